@@ -1,0 +1,17 @@
+//! Shared vocabulary of Tandem.
+//!
+//! The proxy, the replicator and (later) the witness group talk about the same
+//! few things: positions in the primary's write-ahead log ([`Lsn`]), the
+//! PostgreSQL nodes of a cluster ([`NodeId`], [`NodeAddr`]) and the generation
+//! of the cluster's topology ([`Epoch`]). They live here so that every part
+//! parses, prints and compares them the same way.
+
+mod addr;
+mod epoch;
+mod lsn;
+mod node;
+
+pub use addr::{AddrError, NodeAddr};
+pub use epoch::Epoch;
+pub use lsn::{Lsn, LsnParseError};
+pub use node::{NodeId, NodeIdError, Role};

@@ -1,0 +1,303 @@
+//! Proxy configuration: what `tandem proxy` flags and the `[proxy]` table of
+//! `tandem.toml` turn into.
+//!
+//! Loaded once, checked by [`ProxyConfig::validate`], then shared read-only as
+//! `Arc<ProxyConfig>` by every task of the proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tandem_core::{NodeAddr, NodeId};
+
+/// Everything the proxy needs to know to serve clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// The node that takes writes.
+    pub primary: Option<NodeConfig>,
+    /// Nodes that serve reads.
+    pub replicas: Vec<NodeConfig>,
+    /// When a server connection goes back to its pool.
+    pub pool_mode: PoolMode,
+    /// How clients prove who they are.
+    pub auth: AuthMethod,
+    /// Users with passwords known to the proxy. Users not listed are looked up
+    /// on the primary with `auth_query` (when `auth` is not `trust`).
+    pub users: Vec<UserConfig>,
+    /// Query returning `(usename, passwd)` for a user name (`$1`), run on the
+    /// primary as the control user, like PgBouncer's `auth_query`.
+    pub auth_query: String,
+    /// Credentials for the proxy's own connections: health checks, function
+    /// volatility look-ups and `auth_query`.
+    pub control: ControlConfig,
+    /// Server connections per (node, user, database) pool.
+    pub pool_size: u32,
+    /// Maximum number of client connections; more are refused with 53300.
+    pub max_client_conn: usize,
+    /// Send reads to replicas. Off: everything goes to the primary.
+    pub read_from_replicas: bool,
+    /// How reads are spread over healthy replicas.
+    pub load_balance: LoadBalance,
+    /// A replica further behind the primary than this many bytes of WAL gets no reads.
+    pub max_replica_lag: u64,
+    /// After a client's write, its reads go only to replicas that have replayed it.
+    pub read_your_writes: bool,
+    /// How often nodes are health-checked, in milliseconds.
+    pub health_interval_ms: u64,
+    /// Time allowed to connect and log in to a server, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time a client has to finish startup and authentication, in milliseconds.
+    pub login_timeout_ms: u64,
+    /// Server connections idle longer than this are closed, in milliseconds.
+    pub server_idle_timeout_ms: u64,
+    /// Time running transactions get to finish on shutdown, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// Largest protocol message accepted from a client, in bytes.
+    pub max_message_size: usize,
+    /// TLS for client connections; without it SSLRequest is answered 'N'.
+    pub tls: Option<TlsConfig>,
+    /// Users allowed into the admin console (database `tandem`). With `trust`
+    /// auth and an empty list, anyone may connect to it.
+    pub admin_users: Vec<String>,
+    /// Address of the Prometheus `/metrics` endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            primary: None,
+            replicas: Vec::new(),
+            pool_mode: PoolMode::Transaction,
+            auth: AuthMethod::Trust,
+            users: Vec::new(),
+            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1".into(),
+            control: ControlConfig::default(),
+            pool_size: 20,
+            max_client_conn: 10_000,
+            read_from_replicas: true,
+            load_balance: LoadBalance::LeastOutstanding,
+            max_replica_lag: 16 * 1024 * 1024,
+            read_your_writes: true,
+            health_interval_ms: 1000,
+            connect_timeout_ms: 5000,
+            login_timeout_ms: 15_000,
+            server_idle_timeout_ms: 600_000,
+            shutdown_timeout_ms: 30_000,
+            max_message_size: 256 * 1024 * 1024,
+            tls: None,
+            admin_users: Vec::new(),
+            metrics_listen: None,
+        }
+    }
+}
+
+/// One PostgreSQL server the proxy routes to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name used in admin output, metrics and logs.
+    pub name: NodeId,
+    /// Where the server listens.
+    pub addr: NodeAddr,
+    /// Share of reads under `load_balance = "weighted"`.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Server-connection lifetime, as in PgBouncer.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps its server connections until it disconnects.
+    Session,
+    /// A client holds a server connection only for the length of a transaction.
+    Transaction,
+}
+
+/// Client authentication method.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// Anyone may log in as anyone (local demos, tests).
+    Trust,
+    /// MD5 challenge; works with md5 or plain secrets.
+    Md5,
+    /// SCRAM-SHA-256; works with SCRAM or plain secrets.
+    Scram,
+}
+
+/// A user the proxy knows the password of.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Role name.
+    pub name: String,
+    /// Plain password, `md5...` hash or `SCRAM-SHA-256$...` secret, as in pg_authid.
+    pub password: String,
+}
+
+/// The proxy's own login to the servers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Role for health checks, look-ups and `auth_query`.
+    pub user: String,
+    /// Its password, if the servers ask for one.
+    pub password: Option<String>,
+    /// Database those connections use.
+    pub database: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { user: "postgres".into(), password: None, database: "postgres".into() }
+    }
+}
+
+/// Certificate and key for client TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Read load-balancing policy.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalance {
+    /// The replica with the fewest requests in flight (ties: round-robin).
+    LeastOutstanding,
+    /// Each replica in turn.
+    RoundRobin,
+    /// A uniformly random replica.
+    Random,
+    /// Random, in proportion to each replica's `weight`.
+    Weighted,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No primary was given.
+    #[error("no primary configured: pass --primary HOST:PORT or set [proxy.primary]")]
+    NoPrimary,
+    /// Two nodes share a name.
+    #[error("node name {0} is used twice")]
+    DuplicateNode(String),
+    /// A number is out of range.
+    #[error("{field} must be {rule}")]
+    OutOfRange {
+        /// The offending setting.
+        field: &'static str,
+        /// What it must be.
+        rule: &'static str,
+    },
+    /// The auth query has no `$1`.
+    #[error("auth_query must take the user name as $1")]
+    AuthQuery,
+}
+
+impl ProxyConfig {
+    /// Checks the settings together; called once at load.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let primary = self.primary.as_ref().ok_or(ConfigError::NoPrimary)?;
+        let mut names = vec![primary.name.as_str()];
+        for r in &self.replicas {
+            if names.contains(&r.name.as_str()) {
+                return Err(ConfigError::DuplicateNode(r.name.to_string()));
+            }
+            names.push(r.name.as_str());
+        }
+        let range = |ok: bool, field, rule| if ok { Ok(()) } else { Err(ConfigError::OutOfRange { field, rule }) };
+        range(self.pool_size >= 1 && self.pool_size <= 10_000, "pool_size", "between 1 and 10000")?;
+        range(self.max_client_conn >= 1, "max_client_conn", "at least 1")?;
+        range(self.health_interval_ms >= 10, "health_interval_ms", "at least 10")?;
+        range(self.connect_timeout_ms >= 10, "connect_timeout_ms", "at least 10")?;
+        range(self.login_timeout_ms >= 10, "login_timeout_ms", "at least 10")?;
+        range(
+            self.max_message_size >= 1024 && self.max_message_size <= 1 << 30,
+            "max_message_size",
+            "between 1 KiB and 1 GiB",
+        )?;
+        if self.auth != AuthMethod::Trust && !self.auth_query.contains("$1") {
+            return Err(ConfigError::AuthQuery);
+        }
+        Ok(())
+    }
+
+    /// The health-check period.
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+
+    /// The server connect-and-login deadline.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The client startup-and-login deadline.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.login_timeout_ms)
+    }
+
+    /// The graceful-shutdown deadline.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addr: &str) -> NodeConfig {
+        NodeConfig { name: name.parse().unwrap(), addr: addr.parse().unwrap(), weight: 1 }
+    }
+
+    #[test]
+    fn needs_a_primary() {
+        assert!(matches!(ProxyConfig::default().validate(), Err(ConfigError::NoPrimary)));
+    }
+
+    #[test]
+    fn rejects_duplicate_names() {
+        let cfg = ProxyConfig {
+            primary: Some(node("a", "127.0.0.1:5432")),
+            replicas: vec![node("a", "127.0.0.1:5433")],
+            ..Default::default()
+        };
+        assert!(matches!(cfg.validate(), Err(ConfigError::DuplicateNode(_))));
+    }
+
+    #[test]
+    fn parses_toml_and_rejects_unknown_fields() {
+        let cfg: ProxyConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:7000"
+            pool_mode = "session"
+            load_balance = "round-robin"
+            primary = { name = "pg1", addr = "127.0.0.1:5432" }
+            replicas = [{ name = "pg2", addr = "127.0.0.1:5433", weight = 3 }]
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.pool_mode, PoolMode::Session);
+        assert_eq!(cfg.replicas[0].weight, 3);
+        let err = toml::from_str::<ProxyConfig>("listen = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Read/write classification of SQL. Built in the `classify` work branch.

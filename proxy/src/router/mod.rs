@@ -1,0 +1,3 @@
+//! Routing: which node serves a statement.
+
+pub mod classify;
