@@ -1,1 +1,64 @@
-fn main() {}
+//! The `tandem` command: parses flags and hands over to the library parts.
+//!
+//! `tandem proxy` runs the PostgreSQL endpoint, `tandem demo` a whole local
+//! cluster. Settings come from `--config tandem.toml`, then `TANDEM_*`
+//! environment variables, then flags (highest wins).
+
+mod demo;
+mod file;
+mod proxy_cmd;
+mod signals;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tandem: PostgreSQL high availability — proxy, change stream and failover in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about, long_about = None)]
+struct Cli {
+    /// Cluster file with [proxy] / [replicator] tables.
+    #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
+    #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the PostgreSQL proxy: writes to the primary, reads spread over replicas.
+    Proxy(proxy_cmd::ProxyArgs),
+    /// Start a local cluster (primary, 2 replicas, proxy) and print how to connect.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Proxy(args) => proxy_cmd::run(cli.config, args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

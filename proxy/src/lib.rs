@@ -6,13 +6,24 @@
 //!   then runs one session task per client;
 //! - [`router`]: classifies statements as reads or writes and picks a node;
 //! - [`pool`]: bb8 pools of server connections per (node, user, database);
-//! - [`admin`] and [`metrics`]: the `tandem` admin database and `/metrics`.
+//! - [`admin`] and [`metrics`]: the `tandem` admin database and `/metrics`;
+//! - [`cancel`] and [`gate`]: CancelRequest forwarding, PAUSE/RESUME.
 //!
 //! [`run`] wires them together under one cancellation token.
 
+pub mod admin;
 pub mod auth;
+pub mod cancel;
 pub mod config;
+pub mod context;
+pub mod frontend;
+pub mod gate;
+pub mod metrics;
+pub mod pool;
 pub mod protocol;
 pub mod router;
+mod runtime;
+pub mod tls;
 
 pub use config::ProxyConfig;
+pub use runtime::{run, ProxyError, Reloader};

@@ -1,0 +1,200 @@
+//! `tandem proxy`: flags → [`ProxyConfig`] → [`tandem_proxy::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tandem_core::{NodeAddr, NodeId};
+use tandem_proxy::config::{AuthMethod, LoadBalance, NodeConfig, PoolMode, TlsConfig, UserConfig};
+use tandem_proxy::ProxyConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `tandem proxy`; each overrides the `[proxy]` table of the cluster file.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Address to accept clients on [default: 127.0.0.1:6432].
+    #[arg(long, env = "TANDEM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The primary: HOST:PORT or NAME=HOST:PORT.
+    #[arg(long, env = "TANDEM_PRIMARY")]
+    primary: Option<String>,
+    /// A replica: HOST:PORT or NAME=HOST:PORT; repeat for more.
+    #[arg(long = "replica", env = "TANDEM_REPLICAS", value_delimiter = ',')]
+    replicas: Vec<String>,
+    /// `transaction` (default) or `session`.
+    #[arg(long, env = "TANDEM_POOL_MODE")]
+    pool_mode: Option<String>,
+    /// Client authentication: `trust` (default), `md5` or `scram`.
+    #[arg(long, env = "TANDEM_AUTH")]
+    auth: Option<String>,
+    /// A user the proxy knows: NAME=PASSWORD (plain, md5... or SCRAM-SHA-256$... secret); repeat for more.
+    #[arg(long = "user", env = "TANDEM_USERS", value_delimiter = ',')]
+    users: Vec<String>,
+    /// Role the proxy uses for health checks, catalog look-ups and auth_query [default: postgres].
+    #[arg(long, env = "TANDEM_CONTROL_USER")]
+    control_user: Option<String>,
+    /// Password of the control role.
+    #[arg(long, env = "TANDEM_CONTROL_PASSWORD", hide_env_values = true)]
+    control_password: Option<String>,
+    /// Server connections per (node, user, database) [default: 20].
+    #[arg(long, env = "TANDEM_POOL_SIZE")]
+    pool_size: Option<u32>,
+    /// Maximum client connections [default: 10000].
+    #[arg(long, env = "TANDEM_MAX_CLIENT_CONN")]
+    max_client_conn: Option<usize>,
+    /// Read balancing: least-outstanding (default), round-robin, random, weighted.
+    #[arg(long, env = "TANDEM_LOAD_BALANCE")]
+    load_balance: Option<String>,
+    /// Skip replicas further behind than this many bytes of WAL (suffixes kB, MB, GB) [default: 16MB].
+    #[arg(long, env = "TANDEM_MAX_REPLICA_LAG")]
+    max_replica_lag: Option<String>,
+    /// Send every statement to the primary (no read splitting).
+    #[arg(long, env = "TANDEM_NO_READ_SPLIT")]
+    no_read_split: bool,
+    /// Health-check interval in milliseconds [default: 1000].
+    #[arg(long, env = "TANDEM_HEALTH_INTERVAL_MS")]
+    health_interval_ms: Option<u64>,
+    /// PEM certificate chain for client TLS.
+    #[arg(long, env = "TANDEM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for client TLS.
+    #[arg(long, env = "TANDEM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "TANDEM_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// Parses `NAME=HOST:PORT` or `HOST:PORT` (named `default_name`).
+fn node(spec: &str, default_name: &str) -> anyhow::Result<NodeConfig> {
+    let (name, addr) = match spec.split_once('=') {
+        Some((n, a)) => (n, a),
+        None => (default_name, spec),
+    };
+    let name: NodeId = name.parse().with_context(|| format!("in node {spec:?}"))?;
+    let addr: NodeAddr = addr.parse().with_context(|| format!("in node {spec:?}"))?;
+    Ok(NodeConfig { name, addr, weight: 1 })
+}
+
+/// Parses `16MB`, `512kB`, `1GB` or a plain byte count.
+fn bytes(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, ""),
+    };
+    let mult: u64 = match mult.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        other => bail!("unknown size unit {other:?} in {text:?} (use kB, MB or GB)"),
+    };
+    let n: u64 = num.parse().with_context(|| format!("invalid size {text:?}"))?;
+    Ok(n * mult)
+}
+
+fn enum_value<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Result<T> {
+    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value))
+        .map_err(|_| anyhow::anyhow!("invalid --{flag} value {value:?}"))
+}
+
+/// Builds the proxy configuration from the file (if any) and the flags.
+pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
+    let mut cfg = match file {
+        Some(path) => crate::file::load(path)?.proxy.unwrap_or_default(),
+        None => ProxyConfig::default(),
+    };
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    if let Some(p) = &args.primary {
+        cfg.primary = Some(node(p, "primary")?);
+    }
+    if !args.replicas.is_empty() {
+        cfg.replicas = args
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| node(r, &format!("replica{}", i + 1)))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(v) = &args.pool_mode {
+        cfg.pool_mode = enum_value::<PoolMode>("pool-mode", v)?;
+    }
+    if let Some(v) = &args.auth {
+        cfg.auth = enum_value::<AuthMethod>("auth", v)?;
+    }
+    for u in &args.users {
+        let (name, password) = u.split_once('=').with_context(|| format!("--user {u:?}: expected NAME=PASSWORD"))?;
+        cfg.users.retain(|x| x.name != name);
+        cfg.users.push(UserConfig { name: name.to_owned(), password: password.to_owned() });
+    }
+    if let Some(v) = &args.control_user {
+        cfg.control.user = v.clone();
+    }
+    if let Some(v) = &args.control_password {
+        cfg.control.password = Some(v.clone());
+    }
+    if let Some(v) = args.pool_size {
+        cfg.pool_size = v;
+    }
+    if let Some(v) = args.max_client_conn {
+        cfg.max_client_conn = v;
+    }
+    if let Some(v) = &args.load_balance {
+        cfg.load_balance = enum_value::<LoadBalance>("load-balance", v)?;
+    }
+    if let Some(v) = &args.max_replica_lag {
+        cfg.max_replica_lag = bytes(v)?;
+    }
+    if args.no_read_split {
+        cfg.read_from_replicas = false;
+    }
+    if let Some(v) = args.health_interval_ms {
+        cfg.health_interval_ms = v;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = Some(TlsConfig { cert: cert.clone(), key: key.clone() });
+    }
+    if let Some(v) = args.metrics_listen {
+        cfg.metrics_listen = Some(v);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Runs `tandem proxy` until SIGINT/SIGTERM.
+pub async fn run(file: Option<PathBuf>, args: ProxyArgs) -> anyhow::Result<()> {
+    let cfg = Arc::new(build_config(file.as_deref(), &args)?);
+    let reloader: Option<tandem_proxy::Reloader> = file.map(|path| {
+        let args = args.clone();
+        Arc::new(move || build_config(Some(&path), &args).map_err(|e| format!("{e:#}"))) as tandem_proxy::Reloader
+    });
+    let shutdown = CancellationToken::new();
+    crate::signals::cancel_on_signal(shutdown.clone());
+    tandem_proxy::run(cfg, reloader, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(bytes("16MB").unwrap(), 16 << 20);
+        assert_eq!(bytes("512kB").unwrap(), 512 << 10);
+        assert_eq!(bytes("100").unwrap(), 100);
+        assert!(bytes("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn nodes_parse_with_or_without_names() {
+        assert_eq!(node("pg2=127.0.0.1:5433", "x").unwrap().name.as_str(), "pg2");
+        assert_eq!(node("127.0.0.1:5433", "replica1").unwrap().name.as_str(), "replica1");
+        assert!(node("bad name=127.0.0.1:1", "x").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! Query cancellation across the proxy.
+//!
+//! Clients get a BackendKeyData made up by the proxy. A CancelRequest arrives
+//! on a fresh connection carrying that key; the [`CancelRegistry`] finds the
+//! client's session, and if the session has a server connection busy right
+//! now, the proxy sends a CancelRequest with *that server's* key to that
+//! server. Sessions keep their entry current through a [`CancelHandle`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pool::CancelKey;
+
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+#[derive(Debug)]
+struct Entry {
+    secret: i32,
+    target: Arc<Mutex<Option<CancelKey>>>,
+}
+
+/// All live client cancel keys.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<i32, Entry>>,
+}
+
+/// A session's entry in the registry; removed on drop.
+#[derive(Debug)]
+pub struct CancelHandle {
+    /// Process id handed to the client.
+    pub pid: i32,
+    /// Secret handed to the client.
+    pub secret: i32,
+    target: Arc<Mutex<Option<CancelKey>>>,
+    registry: Weak<CancelRegistry>,
+}
+
+impl CancelHandle {
+    /// Points cancellation at the server connection now in use (or none).
+    pub fn set_target(&self, key: Option<CancelKey>) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = key;
+        }
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        if let Some(reg) = self.registry.upgrade() {
+            if let Ok(mut map) = reg.map.lock() {
+                map.remove(&self.pid);
+            }
+        }
+    }
+}
+
+impl CancelRegistry {
+    /// Issues a fresh key for a new session.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let mut rng = rand::thread_rng();
+        let target = Arc::new(Mutex::new(None));
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        loop {
+            let pid = rng.gen_range(1..i32::MAX);
+            if map.contains_key(&pid) {
+                continue;
+            }
+            let secret = rng.gen::<i32>();
+            map.insert(pid, Entry { secret, target: target.clone() });
+            return CancelHandle { pid, secret, target, registry: Arc::downgrade(self) };
+        }
+    }
+
+    /// Handles a client's CancelRequest; unknown or wrong keys are ignored, as PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: &[u8]) {
+        let Ok(secret) = <[u8; 4]>::try_from(secret) else { return };
+        let secret = i32::from_be_bytes(secret);
+        let target = {
+            let Ok(map) = self.map.lock() else { return };
+            match map.get(&pid) {
+                Some(e) if e.secret == secret => e.target.lock().ok().and_then(|t| t.clone()),
+                _ => None,
+            }
+        };
+        if let Some(key) = target {
+            if let Err(e) = send_cancel(&key).await {
+                tracing::warn!(server = %key.addr, error = %e, "could not forward cancel request");
+            }
+        }
+    }
+}
+
+/// Sends a CancelRequest for `key` to its server.
+pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect((key.addr.host.as_str(), key.addr.port)).await?;
+    let mut pkt = Vec::with_capacity(16);
+    pkt.extend_from_slice(&16u32.to_be_bytes());
+    pkt.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+    pkt.extend_from_slice(&key.pid.to_be_bytes());
+    pkt.extend_from_slice(&key.secret.to_be_bytes());
+    stream.write_all(&pkt).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_removed_on_drop() {
+        let reg = Arc::new(CancelRegistry::default());
+        let a = reg.register();
+        let b = reg.register();
+        assert_ne!(a.pid, b.pid);
+        drop(a);
+        assert_eq!(reg.map.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn forwards_to_the_current_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reg = Arc::new(CancelRegistry::default());
+        let h = reg.register();
+        h.set_target(Some(CancelKey { addr: format!("127.0.0.1:{port}").parse().unwrap(), pid: 42, secret: 7 }));
+        let accept = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 16];
+            s.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        reg.cancel(h.pid, &h.secret.to_be_bytes()).await;
+        let got = accept.await.unwrap();
+        assert_eq!(&got[8..12], &42i32.to_be_bytes());
+        assert_eq!(&got[12..16], &7i32.to_be_bytes());
+    }
+}

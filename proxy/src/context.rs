@@ -1,0 +1,176 @@
+//! The state every session shares, built once by [`crate::run`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::SecretStore;
+use crate::cancel::CancelRegistry;
+use crate::config::ProxyConfig;
+use crate::gate::PauseGate;
+use crate::metrics::Metrics;
+use crate::pool::Pools;
+use crate::router::classify::{Classifier, FunctionTable};
+use crate::router::Router;
+
+/// Shared by all client sessions of one proxy.
+pub struct ProxyContext {
+    /// Settings.
+    pub cfg: Arc<ProxyConfig>,
+    /// Node choice.
+    pub router: Router,
+    /// Server connection pools.
+    pub pools: Arc<Pools>,
+    /// Statement classifier.
+    pub classifier: Classifier,
+    /// Function volatilities the classifier consults.
+    pub functions: Arc<FunctionTable>,
+    /// Where client secrets come from.
+    pub secrets: SecretStore,
+    /// Cancel keys of live sessions.
+    pub cancels: Arc<CancelRegistry>,
+    /// PAUSE / RESUME.
+    pub gate: Arc<PauseGate>,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Connected clients, for SHOW CLIENTS.
+    pub clients: ClientList,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Fires when the proxy shuts down.
+    pub shutdown: CancellationToken,
+    /// When the proxy started.
+    pub started: Instant,
+    /// RELOAD support.
+    pub reload: ReloadHook,
+}
+
+/// What a client is doing, for SHOW CLIENTS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logging in.
+    Login = 0,
+    /// Waiting for the client's next request.
+    Idle = 1,
+    /// Running a request on a server connection.
+    Active = 2,
+    /// Waiting for a server connection or for RESUME.
+    Waiting = 3,
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Proxy-wide client number.
+    pub id: u64,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// When it connected.
+    pub connected_at: SystemTime,
+    /// User and database once known.
+    pub login: Mutex<Option<(String, String)>>,
+    /// Whether the connection is encrypted.
+    pub tls: std::sync::atomic::AtomicBool,
+    state: AtomicU8,
+    /// Node of the server connection in use, if any.
+    pub node: Mutex<Option<String>>,
+    /// Requests completed.
+    pub requests: AtomicU64,
+}
+
+impl ClientInfo {
+    /// Sets the displayed state.
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// The displayed state.
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => ClientState::Login,
+            1 => ClientState::Idle,
+            2 => ClientState::Active,
+            _ => ClientState::Waiting,
+        }
+    }
+}
+
+/// The set of connected clients.
+#[derive(Debug, Default)]
+pub struct ClientList {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+}
+
+/// Removes a client from the list when its session ends.
+pub struct ClientGuard<'a> {
+    list: &'a ClientList,
+    /// The client.
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for ClientGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.list.map.lock() {
+            m.remove(&self.info.id);
+        }
+    }
+}
+
+impl ClientList {
+    /// Adds a client; `None` if `max` clients are already connected.
+    pub fn add(&self, addr: SocketAddr, max: usize) -> Option<ClientGuard<'_>> {
+        let mut m = self.map.lock().ok()?;
+        if m.len() >= max {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let info = Arc::new(ClientInfo {
+            id,
+            addr,
+            connected_at: SystemTime::now(),
+            login: Mutex::new(None),
+            tls: Default::default(),
+            state: AtomicU8::new(ClientState::Login as u8),
+            node: Mutex::new(None),
+            requests: AtomicU64::new(0),
+        });
+        m.insert(id, info.clone());
+        Some(ClientGuard { list: self, info })
+    }
+
+    /// Connected clients, oldest first.
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.map.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Number of connected clients.
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What RELOAD needs: the config source and the handles it replaces.
+pub struct ReloadHook {
+    /// Re-reads the configuration file, if there is one.
+    pub reloader: Option<crate::runtime::Reloader>,
+    /// Publishes a new topology to the router.
+    pub topology: tokio::sync::watch::Sender<Arc<crate::router::Topology>>,
+    /// Stops the current health-check tasks.
+    pub health_token: Mutex<CancellationToken>,
+    /// Where new background tasks go.
+    pub tracker: tokio_util::task::TaskTracker,
+}

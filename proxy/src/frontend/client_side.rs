@@ -1,0 +1,457 @@
+//! Client messages of a session: routing each unit of work and forwarding it.
+//!
+//! A unit starts with the first message after the session was idle (a
+//! `Query`, or the first extended-protocol message) and ends when the server
+//! has answered everything, `ReadyForQuery` included. The first message decides
+//! the route; the rest of the unit, and everything inside a transaction, follow
+//! it to the same server connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::pipeline::Expect;
+use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
+use super::state::Statement;
+use crate::config::PoolMode;
+use crate::context::ClientState;
+use crate::pool::{AcquireError, ConnectError, PoolKey};
+use crate::protocol::build::{self, sqlstate, Severity};
+use crate::protocol::fields::{self, Target, TxStatus};
+use crate::protocol::frame::{split_message, FrameError};
+use crate::protocol::Frame;
+use crate::router::classify::{PinReason, Route, SessionEffect};
+use tandem_core::Role;
+
+/// A unit could not start; the client gets this error.
+pub(super) struct UnitFailed {
+    code: &'static str,
+    message: String,
+}
+
+impl Session {
+    /// Handles every complete message buffered from the client.
+    pub(super) async fn process_client(&mut self) -> Result<(), End> {
+        let max = self.ctx.cfg.max_message_size;
+        loop {
+            if self.sout.len() >= super::session::HIGH_WATER || self.cout.len() >= super::session::HIGH_WATER {
+                self.client_backlog = true;
+                return Ok(());
+            }
+            let frame = match split_message(&mut self.cin, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let (code, msg) = match e {
+                        FrameError::TooLarge { len, max } => (
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
+                        ),
+                        FrameError::BadLength(l) => (sqlstate::PROTOCOL_VIOLATION, format!("invalid message length {l}")),
+                    };
+                    self.ctx.metrics.error("protocol");
+                    self.client_error(Severity::Fatal, code, &msg);
+                    return Err(End::Fatal);
+                }
+            };
+            self.handle_client_message(frame).await?;
+        }
+    }
+
+    async fn handle_client_message(&mut self, frame: Frame) -> Result<(), End> {
+        let tag = frame.tag();
+        if self.skip_until_sync {
+            if tag == b'S' {
+                self.skip_until_sync = false;
+                build::ready_for_query(&mut self.cout, self.tx);
+            } else if tag == b'X' {
+                return Err(End::ClientGone);
+            }
+            return Ok(());
+        }
+        let result = match tag {
+            b'Q' => self.on_query(frame).await,
+            b'P' => self.on_parse(frame).await,
+            b'B' => self.on_bind(frame).await,
+            b'D' => self.on_describe(frame).await,
+            b'C' => self.on_close(frame).await,
+            b'E' => self.forward_in_unit(frame, Expect::Execute).await,
+            b'F' => self.forward_in_unit(frame, Expect::FunctionCall).await,
+            b'S' => {
+                if self.active.is_some() {
+                    self.forward(frame, Some(Expect::Sync));
+                } else {
+                    build::ready_for_query(&mut self.cout, self.tx);
+                }
+                Ok(())
+            }
+            b'H' => {
+                if self.active.is_some() {
+                    self.forward(frame, None);
+                }
+                Ok(())
+            }
+            b'd' | b'c' | b'f' => {
+                // COPY data belongs to the server running the COPY; outside a
+                // COPY the server would ignore it, so does the proxy.
+                if self.active.is_some() {
+                    self.forward(frame, None);
+                }
+                Ok(())
+            }
+            b'X' => return Err(End::ClientGone),
+            other => {
+                self.ctx.metrics.error("protocol");
+                self.client_error(
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!("invalid frontend message type {}", other),
+                );
+                return Err(End::Fatal);
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Failure::Unit(f)) => {
+                self.client_error(Severity::Error, f.code, &f.message);
+                if tag == b'Q' || tag == b'F' {
+                    build::ready_for_query(&mut self.cout, self.tx);
+                } else {
+                    self.skip_until_sync = true;
+                }
+                Ok(())
+            }
+            Err(Failure::Protocol(msg)) => {
+                self.ctx.metrics.error("protocol");
+                self.client_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &msg);
+                Err(End::Fatal)
+            }
+        }
+    }
+
+    async fn on_query(&mut self, frame: Frame) -> Result<(), Failure> {
+        let sql = fields::query_text(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
+        let class = match std::str::from_utf8(sql) {
+            Ok(sql) => self.ctx.classifier.classify(sql),
+            Err(_) => crate::router::classify::Classification { route: Route::Write, effects: Vec::new() },
+        };
+        self.begin_unit(class.route).await?;
+        self.note_effects(&class.effects);
+        self.forward(frame, Some(Expect::Query { swallow: false }));
+        Ok(())
+    }
+
+    async fn on_parse(&mut self, frame: Frame) -> Result<(), Failure> {
+        let p = fields::parse(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
+        let class = match std::str::from_utf8(p.query) {
+            Ok(sql) => self.ctx.classifier.classify(sql),
+            Err(_) => crate::router::classify::Classification { route: Route::Write, effects: Vec::new() },
+        };
+        if p.name.is_empty() {
+            self.statements.unnamed_route = Some(class.route);
+            self.begin_unit(class.route).await?;
+            self.note_effects(&class.effects);
+            self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
+            return Ok(());
+        }
+        let mut stmt = Statement::new(p.query, p.param_types, class.route);
+        stmt.effects = class.effects;
+        let stmt = Arc::new(stmt);
+        self.statements.insert(p.name, stmt.clone());
+        self.begin_unit(stmt.route).await?;
+        let Some(a) = self.active.as_mut() else { return Ok(()) };
+        if a.conn.prepared.contains(&stmt.hash) {
+            let mut done = bytes::BytesMut::new();
+            done.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+            self.pipeline.push(Expect::Synthetic(done.freeze()), &mut self.cout);
+        } else {
+            a.conn.prepared.insert(stmt.hash);
+            build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
+            self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: false }, &mut self.cout);
+        }
+        self.remember(frame);
+        Ok(())
+    }
+
+    async fn on_bind(&mut self, frame: Frame) -> Result<(), Failure> {
+        let b = fields::bind(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
+        if b.statement.is_empty() {
+            let route = self.statements.unnamed_route.unwrap_or(Route::Write);
+            self.begin_unit(route).await?;
+            self.forward(frame, Some(Expect::Bind));
+            return Ok(());
+        }
+        let Some(stmt) = self.statements.get(b.statement).cloned() else {
+            // Unknown to the proxy: let the server raise its own 26000 error.
+            self.begin_unit(Route::Write).await?;
+            self.forward(frame, Some(Expect::Bind));
+            return Ok(());
+        };
+        self.begin_unit(stmt.route).await?;
+        self.note_effects(&stmt.effects);
+        self.ensure_prepared(&stmt);
+        build::bind(&mut self.sout, b.portal, stmt.server_name.as_bytes(), b.rest);
+        self.pipeline.push(Expect::Bind, &mut self.cout);
+        self.remember(frame);
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, frame: Frame) -> Result<(), Failure> {
+        match fields::target(frame.body(), "Describe").map_err(|e| Failure::Protocol(e.to_string()))? {
+            Target::Statement(name) if !name.is_empty() => {
+                let Some(stmt) = self.statements.get(name).cloned() else {
+                    return self.forward_in_unit(frame, Expect::Describe).await;
+                };
+                self.begin_unit(stmt.route).await?;
+                self.ensure_prepared(&stmt);
+                build::target(&mut self.sout, b'D', b'S', stmt.server_name.as_bytes());
+                self.pipeline.push(Expect::Describe, &mut self.cout);
+                self.remember(frame);
+                Ok(())
+            }
+            Target::Statement(_) => {
+                let route = self.statements.unnamed_route.unwrap_or(Route::Write);
+                self.begin_unit(route).await?;
+                self.forward(frame, Some(Expect::Describe));
+                Ok(())
+            }
+            Target::Portal(_) => self.forward_in_unit(frame, Expect::Describe).await,
+        }
+    }
+
+    async fn on_close(&mut self, frame: Frame) -> Result<(), Failure> {
+        match fields::target(frame.body(), "Close").map_err(|e| Failure::Protocol(e.to_string()))? {
+            Target::Statement(name) if !name.is_empty() => {
+                // The server-side statement stays for reuse; the client's name goes.
+                self.statements.remove(name);
+                let done = bytes::Bytes::from_static(&[b'3', 0, 0, 0, 4]);
+                self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
+                Ok(())
+            }
+            _ => self.forward_in_unit(frame, Expect::Close).await,
+        }
+    }
+
+    /// Forwards a message that continues the current unit (or starts one on the primary).
+    async fn forward_in_unit(&mut self, frame: Frame, expect: Expect) -> Result<(), Failure> {
+        if self.active.is_none() {
+            self.begin_unit(Route::Write).await?;
+        }
+        self.forward(frame, Some(expect));
+        Ok(())
+    }
+
+    /// Queues a client message for the active server.
+    pub(super) fn forward(&mut self, frame: Frame, expect: Option<Expect>) {
+        self.sout.extend_from_slice(frame.bytes());
+        if let Some(e) = expect {
+            self.pipeline.push(e, &mut self.cout);
+        }
+        self.remember(frame);
+    }
+
+    /// Keeps a frame for a possible retry on another replica.
+    fn remember(&mut self, frame: Frame) {
+        if self.replay_bytes + frame.bytes().len() <= MAX_REPLAY_BYTES {
+            self.replay_bytes += frame.bytes().len();
+            self.replay.push(frame);
+        } else {
+            self.replay_bytes = usize::MAX / 2;
+            self.replay.clear();
+        }
+    }
+
+    /// Injects a Parse if the active connection lacks `stmt`.
+    fn ensure_prepared(&mut self, stmt: &Statement) {
+        let Some(a) = self.active.as_mut() else { return };
+        if a.conn.prepared.insert(stmt.hash) {
+            build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
+            self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: true }, &mut self.cout);
+        }
+    }
+
+    /// Records session effects of a statement about to run.
+    fn note_effects(&mut self, effects: &[SessionEffect]) {
+        for e in effects {
+            match e {
+                SessionEffect::Pin(reason) => {
+                    if !self.pinned {
+                        tracing::debug!(?reason, "client pinned to its server connection");
+                    }
+                    self.pinned = true;
+                    if *reason == PinReason::Other {
+                        tracing::debug!("statement with session-wide side effects");
+                    }
+                }
+                other => self.pending.push(other.clone()),
+            }
+        }
+    }
+
+    /// Makes sure a server connection is attached for a unit with `route`.
+    pub(super) async fn begin_unit(&mut self, route: Route) -> Result<(), Failure> {
+        if self.stuck_to_active() {
+            return Ok(());
+        }
+        let route = self.unit_route(route);
+        if self.ctx.gate.is_paused() {
+            self.info.set_state(ClientState::Waiting);
+            self.ctx.gate.wait_open().await;
+        }
+        let mut last_err = None;
+        for _attempt in 0..4 {
+            let node = self.ctx.router.pick(route, &mut self.floor);
+            if let Some(a) = &self.active {
+                if Arc::ptr_eq(&a.node, &node) {
+                    last_err = None;
+                    break;
+                }
+            }
+            // Session mode: keep the idle connection for later units.
+            if let Some(a) = self.active.take() {
+                if self.mode == PoolMode::Session && self.held.len() < 8 {
+                    self.held.push(a);
+                }
+            }
+            if let Some(pos) = self.held.iter().position(|h| Arc::ptr_eq(&h.node, &node)) {
+                self.active = Some(self.held.swap_remove(pos));
+                last_err = None;
+                break;
+            }
+            self.info.set_state(ClientState::Waiting);
+            let key = PoolKey { node: node.id.clone(), user: self.user.clone(), database: self.database.clone() };
+            let pool = self.ctx.pools.get(&key, &node.addr, &self.cred);
+            match pool.acquire().await {
+                Ok(conn) => {
+                    self.active = Some(Attached { conn, node, inflight: None });
+                    last_err = None;
+                    break;
+                }
+                Err(e) => {
+                    let kind = if matches!(e, AcquireError::PoolTimeout) { "pool_timeout" } else { "server_connect" };
+                    self.ctx.metrics.error(kind);
+                    tracing::warn!(node = %node.id, error = %e, "could not get a server connection");
+                    let retry = node.role == Role::Replica
+                        && !matches!(e, AcquireError::PoolTimeout | AcquireError::Connect(ConnectError::Server { .. }));
+                    last_err = Some(failure_for(&node.id.to_string(), e));
+                    if retry {
+                        node.set_healthy(false);
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(f) = last_err {
+            self.info.set_state(ClientState::Idle);
+            return Err(Failure::Unit(f));
+        }
+        self.start_unit_on_active(route);
+        Ok(())
+    }
+
+    fn start_unit_on_active(&mut self, route: Route) {
+        let Some(a) = self.active.as_mut() else { return };
+        if self.busy.is_none() {
+            self.busy = Some(self.ctx.gate.enter());
+        }
+        if a.inflight.is_none() {
+            a.inflight = Some(a.node.begin_request());
+            self.unit_started = Some(Instant::now());
+            self.ctx
+                .metrics
+                .queries
+                .get_or_create(&crate::metrics::NodeLabels {
+                    node: a.node.id.to_string(),
+                    role: a.node.role.as_str().to_owned(),
+                })
+                .inc();
+        }
+        self.cancel.set_target(Some(a.conn.cancel_key.clone()));
+        if let Ok(mut n) = self.info.node.lock() {
+            *n = Some(a.node.id.to_string());
+        }
+        self.info.set_state(ClientState::Active);
+        if route == Route::Write && a.node.role == Role::Primary {
+            self.unit_wrote = true;
+        }
+        let want = self.params.signature();
+        if a.conn.params_signature != want {
+            build::query(&mut self.sout, &self.params.replay_sql());
+            self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
+            a.conn.params_signature = want;
+        }
+    }
+
+    /// The active server connection failed. A read that has not answered yet
+    /// moves to another node; anything else ends the session.
+    pub(super) async fn server_lost(&mut self) -> Result<(), End> {
+        let Some(a) = self.active.take() else { return Ok(()) };
+        let node = a.node.clone();
+        tracing::warn!(node = %node.id, "server connection lost");
+        self.ctx.metrics.error("server_lost");
+        discard(a);
+        node.set_healthy(false);
+        let replayable = !self.forwarded
+            && self.tx == TxStatus::Idle
+            && !self.pinned
+            && !self.unit_wrote
+            && node.role == Role::Replica
+            && self.replay_bytes <= MAX_REPLAY_BYTES
+            && !self.replay.is_empty();
+        self.pipeline.clear();
+        self.sout.clear();
+        if replayable {
+            let frames = std::mem::take(&mut self.replay);
+            self.replay_bytes = 0;
+            self.pending.clear();
+            for f in frames {
+                Box::pin(self.handle_client_message(f)).await?;
+            }
+            return Ok(());
+        }
+        self.client_error(
+            Severity::Fatal,
+            sqlstate::CONNECTION_FAILURE,
+            &format!("server connection to node \"{}\" was lost", node.id),
+        );
+        Err(End::Fatal)
+    }
+}
+
+/// Why handling a client message failed.
+pub(super) enum Failure {
+    /// The unit cannot run; the session continues.
+    Unit(UnitFailed),
+    /// The client broke the protocol; the session ends.
+    Protocol(String),
+}
+
+fn failure_for(node: &str, e: AcquireError) -> UnitFailed {
+    match e {
+        AcquireError::Connect(ConnectError::Server { code, message, .. }) => {
+            UnitFailed { code: static_code(&code), message }
+        }
+        AcquireError::PoolTimeout => UnitFailed {
+            code: sqlstate::TOO_MANY_CONNECTIONS,
+            message: "timed out waiting for a free server connection".into(),
+        },
+        other => UnitFailed {
+            code: sqlstate::CONNECTION_FAILURE,
+            message: format!("could not connect to node \"{node}\": {other}"),
+        },
+    }
+}
+
+/// Maps a server's SQLSTATE to a static string (the common login failures),
+/// falling back to a generic connection failure.
+fn static_code(code: &str) -> &'static str {
+    match code {
+        "3D000" => "3D000",
+        "28P01" => "28P01",
+        "28000" => "28000",
+        "53300" => "53300",
+        "57P03" => "57P03",
+        "42501" => "42501",
+        _ => sqlstate::CONNECTION_FAILURE,
+    }
+}

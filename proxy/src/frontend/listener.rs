@@ -1,0 +1,58 @@
+//! The accept loop.
+//!
+//! Stops accepting when the shutdown token fires; every client runs in its own
+//! task on the shared [`TaskTracker`], inside a `client` tracing span.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::startup::{serve_client, StartupError};
+use crate::context::ProxyContext;
+use crate::protocol::build::{self, sqlstate, Severity};
+
+/// Accepts clients until shutdown.
+pub async fn accept_loop(ctx: Arc<ProxyContext>, listener: TcpListener, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        ctx.metrics.client_connections.inc();
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            let Some(guard) = ctx.clients.add(peer, ctx.cfg.max_client_conn) else {
+                ctx.metrics.error("too_many_clients");
+                let mut out = BytesMut::new();
+                build::error(&mut out, Severity::Fatal, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+                let mut tcp = tcp;
+                let _ = tcp.write_all(&out).await;
+                return;
+            };
+            let span = tracing::info_span!("client", id = guard.info.id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+            let ctx2 = ctx.clone();
+            async move {
+                match serve_client(ctx2, tcp, guard).await {
+                    Ok(()) | Err(StartupError::Cancel) => {}
+                    Err(e) => tracing::debug!(error = %e, "client not served"),
+                }
+            }
+            .instrument(span)
+            .await;
+        });
+    }
+    tracing::info!("stopped accepting clients");
+}

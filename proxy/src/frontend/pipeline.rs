@@ -1,0 +1,245 @@
+//! Matching server responses to the client requests that caused them.
+//!
+//! The extended query protocol lets a client pipeline many messages before a
+//! `Sync`; the server answers each in order and, after an error, skips
+//! everything up to the next `Sync`. Transaction pooling needs to answer some
+//! requests itself (a `ParseComplete` for a statement that already exists on
+//! the server connection, a `CloseComplete` for a statement it keeps for
+//! reuse) and to hide the responses to requests it injected (a `Parse` that
+//! prepares a client's statement on a new server connection, the replay of
+//! `SET`s). [`Pipeline`] is the queue of expected responses that makes those
+//! answers land in the right place of the stream. It is pure state, with no
+//! sockets, so it is tested on its own.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+/// A request sent to the server (or answered by the proxy) awaiting its response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// `Parse`; `hash` names a Tandem-managed statement, `swallow` hides the
+    /// `ParseComplete` (the proxy injected this Parse).
+    Parse {
+        /// Statement hash, for Tandem-named statements.
+        hash: Option<u64>,
+        /// Whether the client must not see the ParseComplete.
+        swallow: bool,
+    },
+    /// `Bind` → `BindComplete`.
+    Bind,
+    /// `Describe` → (`ParameterDescription`) + `RowDescription`/`NoData`.
+    Describe,
+    /// `Execute` → rows + `CommandComplete`/`EmptyQueryResponse`/`PortalSuspended`.
+    Execute,
+    /// `Close` → `CloseComplete`.
+    Close,
+    /// `Sync` → `ReadyForQuery`.
+    Sync,
+    /// Simple `Query` → everything up to `ReadyForQuery`; `swallow` hides it all.
+    Query {
+        /// Whether the client must not see any of it (injected SET replay).
+        swallow: bool,
+    },
+    /// `FunctionCall` → `FunctionCallResponse` + `ReadyForQuery`.
+    FunctionCall,
+    /// A response the proxy gives itself once everything before it is answered.
+    Synthetic(Bytes),
+}
+
+/// What to do with one server message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Pass the message on to the client.
+    pub forward: bool,
+    /// The message was a ReadyForQuery answering a client's Sync/Query/FunctionCall.
+    pub client_rfq: bool,
+    /// The message was an ErrorResponse the client sees.
+    pub client_error: bool,
+    /// Tandem statements that were not created after all (the server skipped
+    /// or failed their Parse); remove them from the connection's set.
+    pub unprepared: Vec<u64>,
+}
+
+/// The queue of responses expected from one server connection.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    queue: VecDeque<Expect>,
+}
+
+impl Pipeline {
+    /// Nothing is outstanding: every request has been answered.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Requests outstanding.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Forgets everything (the server connection is gone).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+
+    /// Records a request. A `Synthetic` response with nothing ahead of it is
+    /// written to `out` at once.
+    pub fn push(&mut self, e: Expect, out: &mut BytesMut) {
+        match e {
+            Expect::Synthetic(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
+            e => self.queue.push_back(e),
+        }
+    }
+
+    /// Handles one server message with type `tag`; synthetic responses that
+    /// become due are appended to `out` after the caller forwards the message.
+    pub fn on_server_message(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
+        let mut out = Outcome { forward: true, ..Outcome::default() };
+        if let Some(Expect::Query { swallow: true }) = self.queue.front() {
+            out.forward = false;
+            if tag == b'Z' {
+                self.queue.pop_front();
+                self.emit_due(due);
+            }
+            return out;
+        }
+        match tag {
+            b'1' => {
+                if let Some(Expect::Parse { swallow, .. }) = self.queue.front() {
+                    out.forward = !swallow;
+                    self.pop(due);
+                }
+            }
+            b'2' => self.pop_if(|e| matches!(e, Expect::Bind), due),
+            b'3' => self.pop_if(|e| matches!(e, Expect::Close), due),
+            b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe), due),
+            b'C' | b'I' | b's' => self.pop_if(|e| matches!(e, Expect::Execute), due),
+            b'E' => {
+                out.client_error = true;
+                match self.queue.front() {
+                    Some(Expect::Query { .. }) | Some(Expect::FunctionCall) => {}
+                    _ => {
+                        // The server now skips everything up to the next Sync.
+                        while let Some(front) = self.queue.front() {
+                            if matches!(front, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) {
+                                break;
+                            }
+                            if let Some(Expect::Parse { hash: Some(h), .. }) = self.queue.pop_front() {
+                                out.unprepared.push(h);
+                            }
+                        }
+                    }
+                }
+            }
+            b'Z' => {
+                if matches!(self.queue.front(), Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall)) {
+                    out.client_rfq = true;
+                    self.pop(due);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn pop_if(&mut self, pred: impl Fn(&Expect) -> bool, due: &mut BytesMut) {
+        if self.queue.front().is_some_and(pred) {
+            self.pop(due);
+        }
+    }
+
+    fn pop(&mut self, due: &mut BytesMut) {
+        self.queue.pop_front();
+        self.emit_due(due);
+    }
+
+    fn emit_due(&mut self, due: &mut BytesMut) {
+        while let Some(Expect::Synthetic(_)) = self.queue.front() {
+            if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
+                due.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synth(tag: u8) -> Expect {
+        Expect::Synthetic(Bytes::from(vec![tag, 0, 0, 0, 4]))
+    }
+
+    #[test]
+    fn synthetic_waits_for_earlier_responses() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::Execute, &mut out);
+        p.push(synth(b'1'), &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(out.is_empty());
+        let mut due = BytesMut::new();
+        assert!(p.on_server_message(b'2', &mut due).forward);
+        assert!(due.is_empty());
+        p.on_server_message(b'D', &mut due);
+        p.on_server_message(b'C', &mut due);
+        assert_eq!(&due[..], &[b'1', 0, 0, 0, 4]);
+        let z = p.on_server_message(b'Z', &mut due);
+        assert!(z.client_rfq && p.is_idle());
+    }
+
+    #[test]
+    fn synthetic_with_nothing_ahead_goes_out_at_once() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(synth(b'3'), &mut out);
+        assert_eq!(out.len(), 5);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn injected_parse_is_hidden_and_error_skips_to_sync() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Parse { hash: Some(7), swallow: true }, &mut out);
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::Parse { hash: Some(9), swallow: false }, &mut out);
+        p.push(synth(b'1'), &mut out);
+        p.push(Expect::Sync, &mut out);
+        let mut due = BytesMut::new();
+        assert!(!p.on_server_message(b'1', &mut due).forward);
+        let e = p.on_server_message(b'E', &mut due);
+        assert!(e.forward && e.client_error);
+        assert_eq!(e.unprepared, vec![9]);
+        assert!(due.is_empty(), "skipped synthetic must not be sent");
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn swallowed_query_hides_everything_up_to_rfq() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Query { swallow: true }, &mut out);
+        p.push(Expect::Query { swallow: false }, &mut out);
+        let mut due = BytesMut::new();
+        for tag in [b'S', b'C', b'E', b'Z'] {
+            let o = p.on_server_message(tag, &mut due);
+            assert!(!o.forward && !o.client_rfq, "tag {}", tag as char);
+        }
+        assert!(p.on_server_message(b'C', &mut due).forward);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+    }
+
+    #[test]
+    fn errors_inside_simple_query_wait_for_rfq() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Query { swallow: false }, &mut out);
+        assert!(p.on_server_message(b'E', &mut out).client_error);
+        assert_eq!(p.len(), 1);
+        assert!(p.on_server_message(b'Z', &mut out).client_rfq);
+    }
+}

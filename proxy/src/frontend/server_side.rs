@@ -1,0 +1,133 @@
+//! Server messages of a session: relaying answers, tracking transaction state,
+//! committing session effects and giving connections back.
+
+use super::session::{End, Session, MAX_SERVER_MESSAGE};
+use crate::config::PoolMode;
+use crate::context::ClientState;
+use crate::protocol::build::{sqlstate, Severity};
+use crate::protocol::fields::{self, TxStatus};
+use crate::protocol::frame::split_message;
+use crate::router::classify::SessionEffect;
+
+impl Session {
+    /// Handles every complete message buffered from the active server.
+    pub(super) async fn process_server(&mut self) -> Result<(), End> {
+        loop {
+            let Some(a) = self.active.as_mut() else { return Ok(()) };
+            let frame = match split_message(&mut a.conn.rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(node = %a.node.id, error = %e, "server sent an invalid message");
+                    return self.server_lost().await;
+                }
+            };
+            let tag = frame.tag();
+            let outcome = self.pipeline.on_server_message(tag, &mut self.due);
+            for h in &outcome.unprepared {
+                a.conn.prepared.remove(h);
+            }
+            if outcome.forward {
+                match tag {
+                    b'C' => {
+                        if let Ok(t) = fields::command_tag(frame.body()) {
+                            self.rolled_back = t == b"ROLLBACK";
+                        }
+                    }
+                    b'E' => self.unit_error = true,
+                    _ => {}
+                }
+                self.cout.extend_from_slice(frame.bytes());
+                self.forwarded = true;
+            }
+            if !self.due.is_empty() {
+                self.cout.extend_from_slice(&self.due);
+                self.due.clear();
+            }
+            if outcome.client_rfq {
+                let status = match fields::ready_for_query(frame.body()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.client_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &e.to_string());
+                        return Err(End::Fatal);
+                    }
+                };
+                self.on_ready_for_query(status);
+            }
+        }
+        if self.pipeline.is_idle() && self.active.is_some() {
+            self.on_idle();
+        }
+        Ok(())
+    }
+
+    /// A client request finished with `status`: commit or drop session effects.
+    fn on_ready_for_query(&mut self, status: TxStatus) {
+        self.tx = status;
+        match status {
+            TxStatus::Idle => {
+                let committed = !self.unit_error && !self.aborted && !self.rolled_back;
+                let effects = std::mem::take(&mut self.pending);
+                if committed {
+                    for e in effects {
+                        self.apply_effect(e);
+                    }
+                }
+                self.unit_error = false;
+                self.aborted = false;
+                self.rolled_back = false;
+            }
+            TxStatus::Failed => {
+                self.aborted = true;
+                self.unit_error = false;
+            }
+            TxStatus::InTransaction => self.unit_error = false,
+        }
+    }
+
+    fn apply_effect(&mut self, effect: SessionEffect) {
+        let Some(a) = self.active.as_mut() else { return };
+        match effect {
+            SessionEffect::Set { name, statement } => self.params.set(&name, &statement),
+            SessionEffect::Reset { name } => self.params.reset(&name),
+            SessionEffect::ResetAll => self.params.clear(),
+            SessionEffect::DiscardAll => {
+                self.params.clear();
+                self.statements.clear();
+                a.conn.prepared.clear();
+            }
+            SessionEffect::Deallocate { .. } | SessionEffect::Pin(_) => {}
+        }
+        // The connection that ran the statement now holds exactly the client's settings.
+        a.conn.params_signature = self.params.signature();
+    }
+
+    /// Everything the client asked for is answered.
+    fn on_idle(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        a.inflight = None;
+        if let Some(started) = self.unit_started.take() {
+            self.ctx.metrics.latency.observe(started.elapsed().as_secs_f64());
+            self.info.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.unit_wrote && self.tx == TxStatus::Idle {
+            self.floor.wrote();
+            self.unit_wrote = false;
+        }
+        self.replay.clear();
+        self.replay_bytes = 0;
+        self.forwarded = false;
+        if self.tx != TxStatus::Idle {
+            return;
+        }
+        self.busy = None;
+        self.info.set_state(ClientState::Idle);
+        if self.mode == PoolMode::Transaction && !self.pinned {
+            self.active = None;
+            self.cancel.set_target(None);
+            if let Ok(mut n) = self.info.node.lock() {
+                *n = None;
+            }
+        }
+    }
+}

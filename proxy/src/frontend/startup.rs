@@ -1,0 +1,204 @@
+//! Connection start: SSL/GSS negotiation, cancel requests, StartupMessage,
+//! authentication, and the greeting a client expects before its first query.
+//!
+//! `client → frontend`: everything here happens before the session loop, under
+//! the login timeout, so garbage or a half-sent packet costs the proxy nothing
+//! but one short-lived task.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::session::Session;
+use super::state::SessionParams;
+use super::stream::ClientStream;
+use crate::auth::{self, ServerCredential};
+use crate::context::{ClientGuard, ProxyContext};
+use crate::pool::{AcquireError, ConnectError, PoolKey};
+use crate::protocol::build::{self, sqlstate, Severity};
+use crate::protocol::fields::TxStatus;
+use crate::protocol::frame::split_startup;
+use crate::protocol::startup::{self, StartupParams, StartupRequest};
+
+/// Name of the admin console database.
+pub const ADMIN_DATABASE: &str = "tandem";
+
+/// The connection ended during startup (the reason is logged, and sent to the
+/// client when it can still read it).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Socket error or EOF.
+    #[error("client connection closed during startup: {0}")]
+    Io(#[from] std::io::Error),
+    /// An error was sent to the client.
+    #[error("{0}")]
+    Rejected(String),
+    /// The connection only carried a cancel request.
+    #[error("cancel request handled")]
+    Cancel,
+}
+
+/// Runs startup and, on success, the client's session.
+pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientGuard<'_>) -> Result<(), StartupError> {
+    let login = tokio::time::timeout(ctx.cfg.login_timeout(), negotiate(&ctx, tcp)).await;
+    let (mut stream, params, rbuf) = match login {
+        Ok(r) => r?,
+        Err(_) => return Err(StartupError::Rejected("login timeout".into())),
+    };
+    guard.info.tls.store(stream.is_tls(), std::sync::atomic::Ordering::Relaxed);
+    let Some(user) = params.user().map(str::to_owned) else {
+        return reject(&mut stream, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet").await;
+    };
+    let database = params.database().unwrap_or(&user).to_owned();
+    if let Ok(mut l) = guard.info.login.lock() {
+        *l = Some((user.clone(), database.clone()));
+    }
+    let mut out = BytesMut::new();
+    let unsupported = params.protocol_options();
+    if params.minor_version > 0 || !unsupported.is_empty() {
+        build::negotiate_protocol_version(&mut out, unsupported);
+        stream.write_all(&out).await?;
+        out.clear();
+    }
+    tracing::Span::current().record("user", user.as_str()).record("database", database.as_str());
+    let mut rbuf = rbuf;
+    let auth = tokio::time::timeout(ctx.cfg.login_timeout(), authenticate(&ctx, &mut stream, &mut rbuf, &user)).await;
+    let cred = match auth {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            ctx.metrics.error("auth");
+            return reject(&mut stream, e.sqlstate(), &e.to_string()).await;
+        }
+        Err(_) => return reject(&mut stream, sqlstate::INVALID_AUTHORIZATION, "login timeout").await,
+    };
+    if database == ADMIN_DATABASE {
+        if !ctx.cfg.admin_users.is_empty() && !ctx.cfg.admin_users.contains(&user) {
+            return reject(&mut stream, sqlstate::INVALID_AUTHORIZATION, &format!("user \"{user}\" may not use the admin console")).await;
+        }
+        return crate::admin::serve(ctx, stream, rbuf, guard.info.clone()).await.map_err(StartupError::from);
+    }
+    // Log in to the primary for this user once; the pool keeps its server parameters.
+    let topo = ctx.router.topology();
+    let key = PoolKey { node: topo.primary.id.clone(), user: user.clone(), database: database.clone() };
+    let pool = ctx.pools.get(&key, &topo.primary.addr, &cred);
+    pool.set_credential(&cred);
+    let server_params = match pool.server_params() {
+        Some(p) => p,
+        None => match pool.acquire().await {
+            Ok(conn) => {
+                let p = conn.params.clone();
+                pool.remember_params(p.clone());
+                p
+            }
+            Err(AcquireError::Connect(ConnectError::Server { code, message, .. })) => {
+                ctx.metrics.error("server_connect");
+                return reject(&mut stream, &code, &message).await;
+            }
+            Err(e) => {
+                ctx.metrics.error("server_connect");
+                return reject(&mut stream, sqlstate::CONNECTION_FAILURE, &format!("could not connect to the primary: {e}")).await;
+            }
+        },
+    };
+    let cancel = ctx.cancels.register();
+    build::auth_ok(&mut out);
+    for (name, value) in server_params.iter() {
+        let value = params.get(name).filter(|_| reported_from_client(name)).unwrap_or(value);
+        build::parameter_status(&mut out, name, value);
+    }
+    if params.get("application_name").is_some() && !server_params.iter().any(|(n, _)| n == "application_name") {
+        build::parameter_status(&mut out, "application_name", params.get("application_name").unwrap_or(""));
+    }
+    build::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    build::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await?;
+    tracing::debug!("client logged in");
+    let session_params = SessionParams::from_startup(&params.params);
+    let session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
+    ctx.metrics.clients.inc();
+    session.run(stream).await;
+    ctx.metrics.clients.dec();
+    Ok(())
+}
+
+/// Parameters whose value the client chose at startup and PostgreSQL reports back.
+fn reported_from_client(name: &str) -> bool {
+    matches!(name, "application_name" | "client_encoding" | "DateStyle" | "TimeZone" | "IntervalStyle")
+}
+
+/// SSL/GSS negotiation up to the StartupMessage.
+async fn negotiate(ctx: &ProxyContext, tcp: TcpStream) -> Result<(ClientStream, StartupParams, BytesMut), StartupError> {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = ClientStream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tls_done = false;
+    loop {
+        let body = loop {
+            match split_startup(&mut buf) {
+                Ok(Some(b)) => break b,
+                Ok(None) => {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Err(StartupError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                Err(e) => return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, &format!("invalid startup packet: {e}")).await,
+            }
+        };
+        match startup::parse(&body) {
+            Ok(StartupRequest::Ssl) if !tls_done => {
+                if !buf.is_empty() {
+                    // Bytes after SSLRequest would be read as if encrypted (CVE-2021-23214).
+                    return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, "received unencrypted data after SSL request").await;
+                }
+                match (&ctx.tls, stream) {
+                    (Some(acceptor), ClientStream::Plain(mut tcp)) => {
+                        tcp.write_all(b"S").await?;
+                        let tls = acceptor.accept(tcp).await?;
+                        stream = ClientStream::Tls(Box::new(tls));
+                        tls_done = true;
+                    }
+                    (_, mut s) => {
+                        s.write_all(b"N").await?;
+                        stream = s;
+                    }
+                }
+            }
+            Ok(StartupRequest::GssEnc) if !tls_done => stream.write_all(b"N").await?,
+            Ok(StartupRequest::Ssl) | Ok(StartupRequest::GssEnc) => {
+                return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, "duplicate SSL/GSS negotiation request").await;
+            }
+            Ok(StartupRequest::Cancel { pid, secret }) => {
+                ctx.cancels.cancel(pid, &secret).await;
+                return Err(StartupError::Cancel);
+            }
+            Ok(StartupRequest::Startup(params)) => return Ok((stream, params, buf)),
+            Err(e) => return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await,
+        }
+    }
+}
+
+/// Authenticates the client and works out the credential for the servers.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &ProxyContext,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    user: &str,
+) -> Result<ServerCredential, auth::AuthError> {
+    let primary = ctx.router.topology().primary.addr.clone();
+    let secret = ctx.secrets.lookup(user, &primary).await?;
+    auth::authenticate_client(stream, rbuf, ctx.cfg.auth, user, secret.as_ref()).await
+}
+
+async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) -> Result<(), StartupError> {
+    reject_raw(stream, code, message).await
+}
+
+async fn reject_raw<S: AsyncWrite + Unpin, T>(stream: &mut S, code: &str, message: &str) -> Result<T, StartupError> {
+    let mut out = BytesMut::new();
+    build::error(&mut out, Severity::Fatal, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+    Err(StartupError::Rejected(message.to_owned()))
+}

@@ -1,0 +1,212 @@
+//! What a client has done to "its" session, independent of server connections.
+//!
+//! With transaction pooling a client's statements run on whichever server
+//! connection is free, so the session state the client believes in lives here
+//! and is re-created on a connection when needed: session parameters
+//! ([`SessionParams`], replayed as `SET`s) and named prepared statements
+//! ([`Statements`], prepared lazily under content-derived names).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::router::classify::{Route, SessionEffect};
+
+/// Startup parameters that are connection identity, not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Session parameters set by the client, in the order set.
+#[derive(Clone, Debug, Default)]
+pub struct SessionParams {
+    entries: Vec<(String, String)>,
+    signature: u64,
+}
+
+impl SessionParams {
+    /// Parameters from a StartupMessage (application_name, client_encoding, ...).
+    pub fn from_startup(params: &[(String, String)]) -> SessionParams {
+        let mut p = SessionParams::default();
+        for (name, value) in params {
+            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
+                continue;
+            }
+            p.set(name, &format!("SET {} = {}", quote_ident(name), quote_literal(value)));
+        }
+        p
+    }
+
+    /// Records a session-level `SET` of `name` (lower case) with its statement text.
+    pub fn set(&mut self, name: &str, statement: &str) {
+        self.entries.retain(|(n, _)| n != name);
+        self.entries.push((name.to_owned(), statement.to_owned()));
+        self.resign();
+    }
+
+    /// Records `RESET name`.
+    pub fn reset(&mut self, name: &str) {
+        self.entries.retain(|(n, _)| n != name);
+        self.resign();
+    }
+
+    /// Records `RESET ALL` / `DISCARD ALL`.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.resign();
+    }
+
+    /// Identifies this set of settings; 0 means "server defaults".
+    pub fn signature(&self) -> u64 {
+        self.signature
+    }
+
+    /// The value of a startup-style setting, for reporting ParameterStatus.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// SQL that turns a server session with any settings into this one.
+    pub fn replay_sql(&self) -> String {
+        let mut sql = String::from("RESET ALL");
+        for (_, stmt) in &self.entries {
+            sql.push_str(";\n");
+            sql.push_str(stmt);
+        }
+        sql
+    }
+
+    fn resign(&mut self) {
+        self.signature = if self.entries.is_empty() {
+            0
+        } else {
+            let mut h = DefaultHasher::new();
+            self.entries.hash(&mut h);
+            h.finish() | 1
+        };
+    }
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL (standard_conforming_strings on).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A client's named prepared statement.
+#[derive(Debug)]
+pub struct Statement {
+    /// Hash of query text and parameter types: the server-side identity.
+    pub hash: u64,
+    /// Server-side name derived from the hash.
+    pub server_name: String,
+    /// The SQL text.
+    pub query: Bytes,
+    /// Parameter type count and OIDs as the client sent them.
+    pub param_types: Bytes,
+    /// Where executions of it may run.
+    pub route: Route,
+    /// Session effects of executing it (SET, LISTEN, ...).
+    pub effects: Vec<SessionEffect>,
+}
+
+impl Statement {
+    /// Describes a statement from a client's `Parse`.
+    pub fn new(query: &[u8], param_types: &[u8], route: Route) -> Statement {
+        let mut h = DefaultHasher::new();
+        query.hash(&mut h);
+        param_types.hash(&mut h);
+        let hash = h.finish();
+        Statement {
+            hash,
+            server_name: crate::pool::server::statement_name(hash),
+            query: Bytes::copy_from_slice(query),
+            param_types: Bytes::copy_from_slice(param_types),
+            route,
+            effects: Vec::new(),
+        }
+    }
+}
+
+/// Named prepared statements of one client, by client-side name.
+#[derive(Debug, Default)]
+pub struct Statements {
+    named: HashMap<Bytes, Arc<Statement>>,
+    /// Route of the last unnamed statement parsed.
+    pub unnamed_route: Option<Route>,
+}
+
+impl Statements {
+    /// Defines (or redefines) a named statement.
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
+        self.named.insert(Bytes::copy_from_slice(name), stmt);
+    }
+
+    /// Looks a statement up by client-side name.
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.named.get(name)
+    }
+
+    /// Forgets a statement (Close).
+    pub fn remove(&mut self, name: &[u8]) {
+        self.named.remove(name);
+    }
+
+    /// Forgets all statements (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.named.clear();
+        self.unnamed_route = None;
+    }
+
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.named.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_params_become_sets() {
+        let p = SessionParams::from_startup(&[
+            ("user".into(), "u".into()),
+            ("application_name".into(), "it's".into()),
+        ]);
+        assert_eq!(p.replay_sql(), "RESET ALL;\nSET \"application_name\" = 'it''s'");
+        assert_ne!(p.signature(), 0);
+    }
+
+    #[test]
+    fn set_replaces_and_reset_removes() {
+        let mut p = SessionParams::default();
+        assert_eq!(p.signature(), 0);
+        p.set("search_path", "SET search_path = a");
+        let one = p.signature();
+        p.set("search_path", "SET search_path = b");
+        assert_ne!(p.signature(), one);
+        assert_eq!(p.replay_sql(), "RESET ALL;\nSET search_path = b");
+        p.reset("search_path");
+        assert_eq!(p.signature(), 0);
+    }
+
+    #[test]
+    fn same_statement_same_server_name() {
+        let a = Statement::new(b"select 1", b"\0\0", Route::Read);
+        let b = Statement::new(b"select 1", b"\0\0", Route::Read);
+        let c = Statement::new(b"select 2", b"\0\0", Route::Read);
+        assert_eq!(a.server_name, b.server_name);
+        assert_ne!(a.server_name, c.server_name);
+    }
+}

@@ -1,0 +1,129 @@
+//! Prometheus metrics of the proxy, served at `/metrics`.
+//!
+//! Sessions bump counters as they route and finish requests; pool sizes are
+//! read from the pools when Prometheus scrapes. Every series starts with
+//! `tandem_`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::Pools;
+
+/// Labels of per-node request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// Node name.
+    pub node: String,
+    /// `primary` or `replica`.
+    pub role: String,
+}
+
+/// Labels of error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// What went wrong: `auth`, `protocol`, `server_connect`, `server_lost`, `pool_timeout`, ...
+    pub kind: String,
+}
+
+/// Labels of server-connection gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// Node name.
+    pub node: String,
+    /// `active` (checked out) or `idle`.
+    pub state: String,
+}
+
+/// All metric handles.
+pub struct Metrics {
+    registry: Registry,
+    /// Connected clients.
+    pub clients: Gauge,
+    /// Client connections accepted since start.
+    pub client_connections: Counter,
+    /// Requests (transactions or autocommit statements) routed, per node.
+    pub queries: Family<NodeLabels, Counter>,
+    /// Errors by kind.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Time from routing a request to its last response.
+    pub latency: Histogram,
+    server_connections: Family<ServerLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tandem");
+        let clients = Gauge::default();
+        let client_connections = Counter::default();
+        let queries = Family::<NodeLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let server_connections = Family::<ServerLabels, Gauge>::default();
+        registry.register("clients", "Connected clients", clients.clone());
+        registry.register("client_connections", "Client connections accepted", client_connections.clone());
+        registry.register("queries_routed", "Requests routed, by node and role", queries.clone());
+        registry.register("errors", "Errors, by kind", errors.clone());
+        registry.register("query_duration_seconds", "Request latency through the proxy", latency.clone());
+        registry.register("server_connections", "Server connections, by node and state", server_connections.clone());
+        Metrics { registry, clients, client_connections, queries, errors, latency, server_connections }
+    }
+}
+
+impl Metrics {
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&ErrorLabels { kind: kind.to_owned() }).inc();
+    }
+
+    /// Renders the text exposition format, refreshing pool gauges first.
+    pub fn render(&self, pools: &Pools) -> String {
+        self.server_connections.clear();
+        for p in pools.all() {
+            let (open, idle) = p.sizes();
+            let node = p.key.node.to_string();
+            let active = i64::from(open.saturating_sub(idle));
+            self.server_connections.get_or_create(&ServerLabels { node: node.clone(), state: "active".into() }).inc_by(active);
+            self.server_connections.get_or_create(&ServerLabels { node, state: "idle".into() }).inc_by(i64::from(idle));
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// What the HTTP handler needs.
+pub struct MetricsSource {
+    /// The metric handles.
+    pub metrics: Arc<Metrics>,
+    /// The pools whose sizes are reported.
+    pub pools: Arc<Pools>,
+}
+
+async fn handler(State(src): State<Arc<MetricsSource>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        src.metrics.render(&src.pools),
+    )
+}
+
+/// Serves `/metrics` on `addr` until `shutdown`.
+pub async fn serve(addr: SocketAddr, src: Arc<MetricsSource>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = axum::Router::new().route("/metrics", get(handler)).with_state(src);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}

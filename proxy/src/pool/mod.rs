@@ -1,0 +1,251 @@
+//! Server connection pools, one per (node, user, database).
+//!
+//! `router → pool → server`: once the router has picked a node, the session
+//! checks a [`ServerConn`] out of that node's pool for the client's user and
+//! database. Pools are bb8 pools; [`ServerPool::acquire`] opens new
+//! connections in the client's own task when the pool can grow, so that a
+//! server's refusal (wrong database, bad password, node down) reaches the
+//! client at once instead of surfacing as a bb8 timeout.
+
+pub mod connect;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tandem_core::{NodeAddr, NodeId};
+
+use crate::auth::ServerCredential;
+pub use connect::ConnectError;
+pub use server::{CancelKey, ServerConn};
+
+/// Identity of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// The node the connections go to.
+    pub node: NodeId,
+    /// Role the connections log in as.
+    pub user: String,
+    /// Database they connect to.
+    pub database: String,
+}
+
+/// Opens server connections for one pool (bb8's connection manager).
+pub struct ServerManager {
+    addr: NodeAddr,
+    user: String,
+    database: String,
+    shared: Arc<ManagerShared>,
+    connect_timeout: Duration,
+}
+
+/// Manager state the pool owner also reads and updates.
+struct ManagerShared {
+    /// Latest credential a client of this user proved; refreshed at each login.
+    credential: RwLock<ServerCredential>,
+    /// Connections opened over the pool's life.
+    opened: AtomicU64,
+}
+
+impl ServerManager {
+    async fn open(&self) -> Result<ServerConn, ConnectError> {
+        let cred = self.shared.credential.read().map(|c| c.clone()).unwrap_or(ServerCredential::None);
+        let params = [("application_name".to_owned(), "tandem".to_owned())];
+        let startup =
+            connect::connect(&self.addr, &self.user, &self.database, &params, &cred, self.connect_timeout).await?;
+        self.shared.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(ServerConn::new(self.addr.clone(), startup))
+    }
+}
+
+impl bb8::ManageConnection for ServerManager {
+    type Connection = ServerConn;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<ServerConn, ConnectError> {
+        self.open().await
+    }
+
+    async fn is_valid(&self, _conn: &mut ServerConn) -> Result<(), ConnectError> {
+        // Not called: test_on_check_out is off. A dead pooled connection shows
+        // up as an I/O error on first use, which the session handles.
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+        conn.broken || conn.over_statement_limit()
+    }
+}
+
+/// A checked-out server connection; returns to its pool when dropped.
+pub type Checkout = bb8::PooledConnection<'static, ServerManager>;
+
+/// Why no server connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// Opening a connection failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The pool stayed full for the whole wait.
+    #[error("timed out waiting for a free server connection")]
+    PoolTimeout,
+}
+
+/// Counters shown by `SHOW POOLS` / `SHOW STATS`.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Connections currently checked out by sessions.
+    pub active: AtomicUsize,
+    /// Sessions currently waiting for a connection.
+    pub waiting: AtomicUsize,
+    /// Check-outs served.
+    pub checkouts: AtomicU64,
+}
+
+/// One pool with its identity and counters.
+pub struct ServerPool {
+    /// Which node, user and database.
+    pub key: PoolKey,
+    /// Where the node listens.
+    pub addr: NodeAddr,
+    pool: bb8::Pool<ServerManager>,
+    /// Usage counters.
+    pub stats: PoolStats,
+    max_size: u32,
+    shared: Arc<ManagerShared>,
+    /// ParameterStatus values of the first login, greeted to later clients.
+    params: std::sync::OnceLock<Arc<Vec<(String, String)>>>,
+}
+
+impl ServerPool {
+    /// Checks out a connection, opening one here if the pool may grow.
+    pub async fn acquire(&self) -> Result<Checkout, AcquireError> {
+        let state = self.pool.state();
+        if state.idle_connections == 0 && state.connections < self.max_size {
+            let conn = self.pool.dedicated_connection().await?;
+            // The pool may have filled meanwhile; then the new connection is
+            // simply closed and we wait like everyone else.
+            let _ = self.pool.add(conn);
+        }
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = self.pool.get_owned().await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(c) => {
+                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+                Ok(c)
+            }
+            Err(bb8::RunError::User(e)) => Err(AcquireError::Connect(e)),
+            Err(bb8::RunError::TimedOut) => Err(AcquireError::PoolTimeout),
+        }
+    }
+
+    /// Records the credential of a client that just logged in as this pool's user.
+    pub fn set_credential(&self, cred: &ServerCredential) {
+        if let Ok(mut c) = self.shared.credential.write() {
+            *c = cred.clone();
+        }
+    }
+
+    /// Server parameters seen at the first successful login, if any.
+    pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+        self.params.get().cloned()
+    }
+
+    /// Keeps the server parameters of a successful login.
+    pub fn remember_params(&self, params: Arc<Vec<(String, String)>>) {
+        let _ = self.params.set(params);
+    }
+
+    /// (open connections, idle connections).
+    pub fn sizes(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
+    /// Connections opened since the pool was created.
+    pub fn opened(&self) -> u64 {
+        self.shared.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// Pool settings shared by all pools.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Maximum connections per pool.
+    pub size: u32,
+    /// Login deadline for a new server connection.
+    pub connect_timeout: Duration,
+    /// How long a session waits for a connection of a full pool.
+    pub wait_timeout: Duration,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+}
+
+/// All pools of the proxy.
+pub struct Pools {
+    settings: PoolSettings,
+    map: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+}
+
+impl Pools {
+    /// An empty set of pools.
+    pub fn new(settings: PoolSettings) -> Pools {
+        Pools { settings, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The pool for `key`, created on first use.
+    pub fn get(&self, key: &PoolKey, addr: &NodeAddr, cred: &ServerCredential) -> Arc<ServerPool> {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(p) = map.get(key) {
+            if p.addr == *addr {
+                return p.clone();
+            }
+        }
+        let shared = Arc::new(ManagerShared { credential: RwLock::new(cred.clone()), opened: AtomicU64::new(0) });
+        let manager = ServerManager {
+            addr: addr.clone(),
+            user: key.user.clone(),
+            database: key.database.clone(),
+            shared: shared.clone(),
+            connect_timeout: self.settings.connect_timeout,
+        };
+        let pool = bb8::Pool::builder()
+            .max_size(self.settings.size)
+            .min_idle(None)
+            .test_on_check_out(false)
+            .retry_connection(false)
+            .connection_timeout(self.settings.wait_timeout)
+            .idle_timeout(Some(self.settings.idle_timeout))
+            .max_lifetime(None)
+            .queue_strategy(bb8::QueueStrategy::Lifo)
+            .build_unchecked(manager);
+        let sp = Arc::new(ServerPool {
+            key: key.clone(),
+            addr: addr.clone(),
+            pool,
+            stats: PoolStats::default(),
+            max_size: self.settings.size,
+            shared,
+            params: std::sync::OnceLock::new(),
+        });
+        map.insert(key.clone(), sp.clone());
+        sp
+    }
+
+    /// All pools, sorted by key (for admin output).
+    pub fn all(&self) -> Vec<Arc<ServerPool>> {
+        let map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+}

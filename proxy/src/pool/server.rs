@@ -1,0 +1,81 @@
+//! One connection from the proxy to a PostgreSQL server.
+//!
+//! `pool → server`: a [`ServerConn`] is what bb8 keeps in a pool. Besides the
+//! socket it remembers what the session layer has done to the server-side
+//! session, so that a connection can be handed to another client safely: which
+//! prepared statements exist on it (by Tandem's content-derived names), which
+//! session parameters were last applied, and whether it must be thrown away.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tandem_core::NodeAddr;
+use tokio::net::TcpStream;
+
+use super::connect::ServerStartup;
+
+/// Prepared statements one server connection may hold before it is retired
+/// (closed at its next release), bounding server-side memory.
+pub const MAX_PREPARED_PER_CONN: usize = 2000;
+
+/// Where a server connection points and how to cancel what it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelKey {
+    /// The server's address.
+    pub addr: NodeAddr,
+    /// Server backend process id.
+    pub pid: i32,
+    /// Server cancel secret.
+    pub secret: i32,
+}
+
+/// A logged-in server connection.
+pub struct ServerConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub rbuf: BytesMut,
+    /// How to cancel the query this connection runs.
+    pub cancel_key: CancelKey,
+    /// ParameterStatus values the server sent at login.
+    pub params: Arc<Vec<(String, String)>>,
+    /// Hashes of the Tandem-named prepared statements that exist on this connection.
+    pub prepared: HashSet<u64>,
+    /// Signature of the session parameters applied last (0: server defaults).
+    pub params_signature: u64,
+    /// Set when the connection's state is unknown or unusable; bb8 then drops it.
+    pub broken: bool,
+    /// When the connection was opened.
+    pub created: Instant,
+}
+
+impl ServerConn {
+    /// Wraps a freshly logged-in connection.
+    pub fn new(addr: NodeAddr, startup: ServerStartup) -> ServerConn {
+        ServerConn {
+            stream: startup.stream,
+            rbuf: startup.leftover,
+            cancel_key: CancelKey { addr, pid: startup.backend_pid, secret: startup.backend_secret },
+            params: Arc::new(startup.params),
+            prepared: HashSet::new(),
+            params_signature: 0,
+            broken: false,
+            created: Instant::now(),
+        }
+    }
+
+    /// Whether the connection holds so many prepared statements that it should be retired.
+    pub fn over_statement_limit(&self) -> bool {
+        self.prepared.len() > MAX_PREPARED_PER_CONN
+    }
+}
+
+/// Server-side name of a Tandem-managed prepared statement.
+///
+/// Derived from the statement's text and parameter types, so identical
+/// statements of different clients share one server-side statement.
+pub fn statement_name(hash: u64) -> String {
+    format!("tandem_{hash:016x}")
+}
