@@ -5,3 +5,5 @@
 //! decoded transactions that travel along it.
 
 pub mod change;
+pub mod config;
+pub mod decoder;
