@@ -7,3 +7,4 @@
 pub mod change;
 pub mod config;
 pub mod decoder;
+pub mod source;
