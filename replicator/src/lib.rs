@@ -1,1 +1,3 @@
 //! Tandem replicator.
+
+pub mod changelog;
