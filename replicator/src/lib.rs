@@ -5,6 +5,7 @@
 //! decoded transactions that travel along it.
 
 pub mod change;
+pub mod changelog;
 pub mod config;
 pub mod decoder;
 pub mod source;

@@ -177,3 +177,13 @@ pub async fn stream_database<S: ChangeSink>(
     stream.close().await;
     result
 }
+
+impl ChangeSink for crate::changelog::ChangeLog {
+    type Error = crate::changelog::ChangeLogError;
+    fn last_lsn(&self) -> Lsn {
+        crate::changelog::ChangeLog::last_lsn(self)
+    }
+    fn append(&self, lsn: Lsn, payload: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        crate::changelog::ChangeLog::append(self, lsn, payload)
+    }
+}
