@@ -183,7 +183,11 @@ impl ChangeSink for crate::changelog::ChangeLog {
     fn last_lsn(&self) -> Lsn {
         crate::changelog::ChangeLog::last_lsn(self)
     }
-    fn append(&self, lsn: Lsn, payload: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send {
+    fn append(
+        &self,
+        lsn: Lsn,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
         crate::changelog::ChangeLog::append(self, lsn, payload)
     }
 }

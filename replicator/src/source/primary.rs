@@ -255,15 +255,20 @@ pub async fn set_sync_standbys(client: &Client, value: &str) -> Result<String, S
     if before == value {
         return Ok(before);
     }
+    // Two statements: ALTER SYSTEM refuses to run inside a (multi-statement) transaction.
     client
         .batch_execute(&format!(
-            "ALTER SYSTEM SET synchronous_standby_names = {}; SELECT pg_reload_conf()",
+            "ALTER SYSTEM SET synchronous_standby_names = {}",
             quote_literal(value)
         ))
         .await
         .map_err(SourceError::sql(
             "setting synchronous_standby_names on the primary",
         ))?;
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(SourceError::sql("reloading the primary's configuration"))?;
     // The reload is asynchronous: poll until the setting is visible.
     for _ in 0..100 {
         if show_sync_standbys(client).await? == value {
