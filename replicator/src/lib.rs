@@ -24,6 +24,9 @@ pub use run::{changelog_dir, run_with, ReplicatorError};
 ///
 /// The replica side (initial copy and appliers) is not wired in yet: until
 /// `copy/`/`apply/` provide a [`seam::ReplicaSide`], use [`run_with`].
-pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Result<(), ReplicatorError> {
+pub async fn run(
+    cfg: Arc<ReplicatorConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), ReplicatorError> {
     run_with(cfg, shutdown, Arc::new(seam::Unwired)).await
 }

@@ -17,7 +17,9 @@ use crate::changelog::{ChangeLog, ChangeLogError, ChangeLogOptions};
 use crate::config::{ConfigError, Mode, ReplicatorConfig};
 use crate::seam::{AppliedLsn, BoxError, ReplicaSide, SnapshotInfo};
 use crate::source::primary::{self, DatabaseInfo};
-use crate::source::{stream_database, HeldSnapshot, ReplicationConnection, SourceError, StreamOptions, StreamStats};
+use crate::source::{
+    stream_database, HeldSnapshot, ReplicationConnection, SourceError, StreamOptions, StreamStats,
+};
 
 /// Why the replicator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,20 +66,29 @@ pub async fn run_with(
             Some(_) => {}
         }
     }
-    primary::check_primary(&admin, missing_slots, databases.len().saturating_sub(active)).await?;
+    primary::check_primary(
+        &admin,
+        missing_slots,
+        databases.len().saturating_sub(active),
+    )
+    .await?;
     tracing::info!(databases = databases.len(), mode = %cfg.mode, "primary ready for replication");
 
     let stop = shutdown.child_token();
     let (started_tx, mut started_rx) = mpsc::channel::<()>(databases.len().max(1));
     let mut tasks = JoinSet::new();
     for db in databases.clone() {
-        let (cfg, side, stop, started) = (cfg.clone(), side.clone(), stop.clone(), started_tx.clone());
+        let (cfg, side, stop, started) =
+            (cfg.clone(), side.clone(), stop.clone(), started_tx.clone());
         let primary_cfg = primary_cfg.clone();
         tasks.spawn(async move { run_database(&cfg, &primary_cfg, db, side, stop, started).await });
     }
     drop(started_tx);
 
-    let names: Vec<String> = databases.iter().map(|d| cfg.stream_application_name(d.oid)).collect();
+    let names: Vec<String> = databases
+        .iter()
+        .map(|d| cfg.stream_application_name(d.oid))
+        .collect();
     let mut waiting = databases.len();
     let mut standbys_set = false;
     let result = loop {
@@ -117,7 +128,10 @@ async fn manage_sync_standbys(
         Mode::Sync => {
             let value = primary::sync_standby_value(names);
             if !current.is_empty() && !primary::is_our_sync_value(&current, &cfg.application_name) {
-                tracing::warn!(previous = current, "replacing synchronous_standby_names set outside Tandem");
+                tracing::warn!(
+                    previous = current,
+                    "replacing synchronous_standby_names set outside Tandem"
+                );
             }
             primary::set_sync_standbys(admin, &value).await?;
             tracing::info!(value, "primary now waits for the replicator (sync mode)");
@@ -125,7 +139,9 @@ async fn manage_sync_standbys(
         Mode::Async => {
             if primary::is_our_sync_value(&current, &cfg.application_name) {
                 primary::set_sync_standbys(admin, "").await?;
-                tracing::info!("removed the replicator from synchronous_standby_names (async mode)");
+                tracing::info!(
+                    "removed the replicator from synchronous_standby_names (async mode)"
+                );
             }
         }
     }
@@ -158,10 +174,17 @@ async fn run_database(
     let app = cfg.stream_application_name(db.oid);
     let client = primary::connect_sql(primary_cfg, &db.name, "tandem_replicator_admin").await?;
     primary::ensure_publication(&client, &cfg.publication).await?;
-    let log = ChangeLog::open(&changelog_dir(&cfg.data_dir, &db.name), ChangeLogOptions::default())?;
+    let log = ChangeLog::open(
+        &changelog_dir(&cfg.data_dir, &db.name),
+        ChangeLogOptions::default(),
+    )?;
     let replica_err = |r: &crate::config::ReplicaConfig| {
         let (replica, database) = (r.name.to_string(), db.name.clone());
-        move |source| ReplicatorError::Replica { replica, database, source }
+        move |source| ReplicatorError::Replica {
+            replica,
+            database,
+            source,
+        }
     };
 
     // Initial copies: all replicas in the new slot's snapshot, or, for an
@@ -171,20 +194,32 @@ async fn run_database(
         let conn = ReplicationConnection::connect(primary_cfg, &db.name, &app).await?;
         let held = HeldSnapshot::create(conn, &slot, false).await?;
         let snap = snapshot_info(&db, &held);
-        copy_replicas(primary_cfg, &db, snap, cfg.replicas.iter().collect(), side.as_ref()).await?;
+        copy_replicas(
+            primary_cfg,
+            &db,
+            snap,
+            cfg.replicas.iter().collect(),
+            side.as_ref(),
+        )
+        .await?;
         first_conn = Some(held.release());
         Vec::new()
     } else {
         let mut v = Vec::new();
         for r in &cfg.replicas {
-            if side.needs_copy(primary_cfg, r, &db.name).await.map_err(replica_err(r))? {
+            if side
+                .needs_copy(primary_cfg, r, &db.name)
+                .await
+                .map_err(replica_err(r))?
+            {
                 v.push(r);
             }
         }
         v
     };
     if !to_copy.is_empty() {
-        let conn = ReplicationConnection::connect(primary_cfg, &db.name, &format!("{app}_copy")).await?;
+        let conn =
+            ReplicationConnection::connect(primary_cfg, &db.name, &format!("{app}_copy")).await?;
         let held = HeldSnapshot::create(conn, &format!("{slot}_copy"), true).await?;
         let snap = snapshot_info(&db, &held);
         copy_replicas(primary_cfg, &db, snap, to_copy, side.as_ref()).await?;
@@ -193,11 +228,15 @@ async fn run_database(
 
     let mut applied: Vec<AppliedLsn> = Vec::new();
     for r in &cfg.replicas {
-        applied.push(side.spawn_applier(r, &db.name, log.clone(), stop.clone()).map_err(replica_err(r))?);
+        applied.push(
+            side.spawn_applier(r, &db.name, log.clone(), stop.clone())
+                .map_err(replica_err(r))?,
+        );
     }
     let trimmer = tokio::spawn(trim_loop(log.clone(), applied.clone(), stop.clone()));
 
     let opts = StreamOptions {
+        database: db.name.clone(),
         slot: slot.clone(),
         publication: cfg.publication.clone(),
         mode: cfg.mode,
@@ -233,7 +272,9 @@ async fn run_database(
             let _ = started.send(()).await;
         }
         let outcome = match conn {
-            Ok(conn) => stream_database(conn, &db.name, start, &opts, &log, applied.clone(), &stats, &stop).await,
+            Ok(conn) => {
+                stream_database(conn, start, &opts, &log, applied.clone(), &stats, &stop).await
+            }
             Err(e) => Err(e),
         };
         match outcome {
@@ -274,11 +315,13 @@ async fn copy_replicas(
         let snap = &snap;
         async move {
             tracing::info!(replica = %r.name, database = db.name, "initial copy");
-            side.initial_copy(primary_cfg, r, snap).await.map_err(|source| ReplicatorError::Replica {
-                replica: r.name.to_string(),
-                database: db.name.clone(),
-                source,
-            })
+            side.initial_copy(primary_cfg, r, snap)
+                .await
+                .map_err(|source| ReplicatorError::Replica {
+                    replica: r.name.to_string(),
+                    database: db.name.clone(),
+                    source,
+                })
         }
     });
     for r in futures::future::join_all(copies).await {
@@ -294,7 +337,11 @@ async fn trim_loop(log: ChangeLog, mut applied: Vec<AppliedLsn>, stop: Cancellat
     }
     let mut trimmed = Lsn::ZERO;
     loop {
-        let min = applied.iter().map(|a| *a.borrow()).min().unwrap_or(Lsn::ZERO);
+        let min = applied
+            .iter()
+            .map(|a| *a.borrow())
+            .min()
+            .unwrap_or(Lsn::ZERO);
         if min > trimmed {
             match log.trim(min) {
                 Ok(()) => trimmed = min,
@@ -320,7 +367,10 @@ mod tests {
     fn changelog_dirs_are_safe_and_distinct() {
         let d = Path::new("/x");
         assert_eq!(changelog_dir(d, "app_1"), Path::new("/x/db/app_1"));
-        assert_eq!(changelog_dir(d, "../a b"), Path::new("/x/db/%2E%2E%2Fa%20b"));
+        assert_eq!(
+            changelog_dir(d, "../a b"),
+            Path::new("/x/db/%2E%2E%2Fa%20b")
+        );
         assert_ne!(changelog_dir(d, "a%20b"), changelog_dir(d, "a b"));
     }
 }

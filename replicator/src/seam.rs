@@ -91,7 +91,13 @@ impl ReplicaSide for Unwired {
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async { Err(Box::new(NotWired) as BoxError) })
     }
-    fn spawn_applier(&self, _: &ReplicaConfig, _: &str, _: ChangeLog, _: CancellationToken) -> Result<AppliedLsn, BoxError> {
+    fn spawn_applier(
+        &self,
+        _: &ReplicaConfig,
+        _: &str,
+        _: ChangeLog,
+        _: CancellationToken,
+    ) -> Result<AppliedLsn, BoxError> {
         Err(Box::new(NotWired))
     }
 }

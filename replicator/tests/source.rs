@@ -198,6 +198,7 @@ async fn sql(pg: &Pg) -> tokio_postgres::Client {
 
 fn opts(slot: &str, mode: Mode) -> StreamOptions {
     StreamOptions {
+        database: "postgres".into(),
         slot: slot.into(),
         publication: "tandem".into(),
         mode,
@@ -224,18 +225,9 @@ fn spawn_stream(
     let o = opts(slot, mode);
     let s = stop.clone();
     let task = tokio::spawn(async move {
-        stream_database(
-            conn,
-            "postgres",
-            Lsn::ZERO,
-            &o,
-            &sink,
-            applied,
-            &stats_tx,
-            &s,
-        )
-        .await
-        .unwrap();
+        stream_database(conn, Lsn::ZERO, &o, &sink, applied, &stats_tx, &s)
+            .await
+            .unwrap();
     });
     (stop, task, stats)
 }
@@ -514,4 +506,125 @@ async fn sync_mode_holds_commits_until_a_replica_applied_them() {
     primary::set_sync_standbys(&client, "").await.unwrap();
     stop.cancel();
     task.await.unwrap();
+}
+
+/// A replica side that copies nothing and "applies" by reading the change log.
+#[derive(Default)]
+struct FakeSide {
+    copies: Mutex<Vec<tandem_replicator::seam::SnapshotInfo>>,
+    seen: Arc<Mutex<Vec<Transaction>>>,
+}
+
+impl tandem_replicator::seam::ReplicaSide for FakeSide {
+    fn needs_copy<'a>(
+        &'a self,
+        _: &'a tokio_postgres::Config,
+        _: &'a tandem_replicator::ReplicaConfig,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<bool, tandem_replicator::seam::BoxError>> {
+        Box::pin(async { Ok(false) })
+    }
+    fn initial_copy<'a>(
+        &'a self,
+        _: &'a tokio_postgres::Config,
+        _: &'a tandem_replicator::ReplicaConfig,
+        snap: &'a tandem_replicator::seam::SnapshotInfo,
+    ) -> futures::future::BoxFuture<'a, Result<(), tandem_replicator::seam::BoxError>> {
+        self.copies.lock().unwrap().push(snap.clone());
+        Box::pin(async { Ok(()) })
+    }
+    fn spawn_applier(
+        &self,
+        _: &tandem_replicator::ReplicaConfig,
+        _: &str,
+        log: tandem_replicator::changelog::ChangeLog,
+        shutdown: CancellationToken,
+    ) -> Result<AppliedLsn, tandem_replicator::seam::BoxError> {
+        let (tx, rx) = watch::channel(Lsn::ZERO);
+        let mut reader = log.reader(Lsn::ZERO)?;
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = reader.next() => n,
+                };
+                let Ok((lsn, bytes)) = next else { return };
+                seen.lock().unwrap().push(change::decode(&bytes).unwrap());
+                let _ = tx.send(lsn);
+            }
+        });
+        Ok(rx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_copies_streams_and_gates_commits_in_sync_mode() {
+    let pg = Pg::start();
+    let client = sql(&pg).await;
+    client
+        .batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = tandem_replicator::ReplicatorConfig::new(
+        pg.dsn(),
+        vec!["r1=postgres://postgres@127.0.0.1:1".parse().unwrap()],
+        Mode::Sync,
+        data.path().to_owned(),
+    );
+    cfg.feedback_interval_ms = 1000;
+    let cfg = Arc::new(cfg);
+
+    for round in 1..=2 {
+        let side = Arc::new(FakeSide::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(tandem_replicator::run_with(
+            cfg.clone(),
+            stop.clone(),
+            side.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !primary::is_our_sync_value(
+                &primary::show_sync_standbys(&client).await.unwrap(),
+                "tandem_replicator",
+            ) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("sync standby names never set");
+        // The commit returns because the (fake) replica applied it.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.batch_execute(&format!("INSERT INTO r VALUES ({round})")),
+        )
+        .await
+        .expect("commit not released in sync mode")
+        .unwrap();
+        let copies = side.copies.lock().unwrap().clone();
+        assert_eq!(
+            copies.len(),
+            if round == 1 { 1 } else { 0 },
+            "initial copy only on slot creation"
+        );
+        let seen = side.seen.lock().unwrap().clone();
+        let ids: Vec<_> = seen
+            .iter()
+            .flat_map(|t| t.changes.iter())
+            .map(|c| match c {
+                Change::Insert { new, .. } => new.0[0].clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let want: Vec<_> = (1..=round).map(|i| text(&i.to_string())).collect();
+        assert_eq!(ids, want, "round {round}: every commit once, in order");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    primary::set_sync_standbys(&client, "").await.unwrap();
 }

@@ -46,6 +46,8 @@ pub trait ChangeSink: Send + Sync {
 /// Settings of a stream loop.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
+    /// Database the slot belongs to (stamped on every transaction).
+    pub database: String,
     /// Slot to stream from.
     pub slot: String,
     /// Publication to stream.
@@ -110,12 +112,11 @@ impl AppliedSet {
     }
 }
 
-/// Streams `opts.slot` from `start` on `conn` until `shutdown` (Ok) or a
+/// Streams `opts.slot` (of `opts.database`) from `start` on `conn` until `shutdown` (Ok) or a
 /// stream error (Err: reconnect and call again). `applied` are the replicas'
 /// progress watches for this database, `stats` is updated as it goes.
 pub async fn stream_database<S: ChangeSink>(
     mut conn: ReplicationConnection,
-    database: &str,
     start: Lsn,
     opts: &StreamOptions,
     sink: &S,
@@ -123,6 +124,7 @@ pub async fn stream_database<S: ChangeSink>(
     stats: &watch::Sender<StreamStats>,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
+    let database = opts.database.as_str();
     conn.start_replication(&opts.slot, start, &opts.publication)
         .await?;
     tracing::info!(database, slot = %opts.slot, %start, mode = %opts.mode, "streaming from the primary");
