@@ -38,7 +38,7 @@ pub enum ProxyError {
     #[error("TLS setup failed: {0}")]
     Tls(#[from] crate::tls::TlsError),
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,

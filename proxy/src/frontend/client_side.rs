@@ -32,6 +32,7 @@ impl Session {
     /// Handles every complete message buffered from the client.
     pub(super) async fn process_client(&mut self) -> Result<(), End> {
         let max = self.ctx.cfg.max_message_size;
+        self.client_backlog = false;
         loop {
             if self.sout.len() >= super::session::HIGH_WATER || self.cout.len() >= super::session::HIGH_WATER {
                 self.client_backlog = true;

@@ -180,7 +180,7 @@ impl Session {
                 build::error(&mut self.cout, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "the proxy is shutting down");
                 return End::Fatal;
             }
-            if !self.cin.is_empty() && !self.client_blocked() {
+            if actionable(&self.cin, self.ctx.cfg.max_message_size) && !self.client_blocked() {
                 if let Err(end) = self.process_client().await {
                     return end;
                 }
@@ -188,7 +188,7 @@ impl Session {
             }
             match self.next_io(rd, wr).await {
                 Io::ClientRead(Ok(0)) | Io::ClientRead(Err(_)) | Io::ClientWrote(Err(_)) => return End::ClientGone,
-                Io::ClientRead(Ok(_)) => self.client_backlog = false,
+                Io::ClientRead(Ok(_)) => {}
                 Io::ClientWrote(Ok(_)) => {}
                 Io::ServerRead(Ok(0)) | Io::ServerRead(Err(_)) | Io::ServerWrote(Err(_)) => {
                     if let Err(end) = self.server_lost().await {
@@ -283,6 +283,13 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether `buf` starts with a whole protocol message, or with the header of
+/// one that is too large (which must be refused before it is read in full).
+fn actionable(buf: &[u8], max: usize) -> bool {
+    use crate::protocol::frame::{needed, HEADER_LEN};
+    buf.len() >= HEADER_LEN && (needed(buf) == 0 || buf.len() + needed(buf) > max)
 }
 
 /// Throws away a connection in an unknown state, cancelling what it runs.
