@@ -299,8 +299,11 @@ impl PgServer {
                 std::thread::sleep(Duration::from_millis(10));
             }
             // The dead postmaster may linger as an unreaped zombie that pg_ctl and a new
-            // postmaster would mistake for a live one, so the stale lock file goes.
+            // postmaster would mistake for a live one, so its stale lock files go.
             let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+            let socket = format!(".s.PGSQL.{}", self.port);
+            let _ = std::fs::remove_file(self.dir.path().join(format!("{socket}.lock")));
+            let _ = std::fs::remove_file(self.dir.path().join(socket));
         }
         self.running = false;
     }
