@@ -153,13 +153,15 @@ fn drop_leaves_no_postgres_process() -> anyhow::Result<()> {
         pids.extend(children_of(pid));
         dirs.push(server.data_dir().to_path_buf());
     }
-    assert!(pids.iter().all(|p| is_alive(*p)));
+    // Children may include short-lived backends, so only the postmasters must be alive here.
+    let postmasters = [pg.postmaster_pid(), standby.postmaster_pid()];
+    assert!(postmasters.iter().flatten().all(|p| is_alive(*p)));
     assert!(!pids_with_cmdline(&dirs[0].to_string_lossy()).is_empty());
 
     drop(standby);
     drop(pg);
 
-    let gone = eventually(Duration::from_secs(10), || {
+    let gone = eventually(Duration::from_secs(30), || {
         pids.iter().all(|p| !is_alive(*p)).then_some(())
     });
     assert!(gone.is_some(), "processes left: {:?}", pids.iter().filter(|p| is_alive(**p)).collect::<Vec<_>>());
