@@ -8,7 +8,7 @@
 pub mod kit;
 
 pub use kit::bin::{pg_bin_dir, tandem_bin};
+pub use kit::init_tracing;
 pub use kit::pg::{PgOptions, PgServer};
 pub use kit::port::free_port;
 pub use kit::process::TandemProcess;
-pub use kit::init_tracing;

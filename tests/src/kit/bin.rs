@@ -142,7 +142,9 @@ mod tests {
         let p = tandem_bin();
         assert_eq!(p.file_name().and_then(|n| n.to_str()), Some("tandem"));
         assert_ne!(
-            p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()),
+            p.parent()
+                .and_then(|d| d.file_name())
+                .and_then(|n| n.to_str()),
             Some("deps")
         );
     }

@@ -9,8 +9,8 @@
 pub mod bin;
 pub mod pg;
 pub mod port;
-pub mod procs;
 pub mod process;
+pub mod procs;
 mod run;
 mod template;
 

@@ -92,7 +92,12 @@ impl PgServer {
         Self::launch(name, |dir, data| {
             let mut cp = std::process::Command::new("cp");
             cp.arg("-a").arg(&template).arg(data);
-            run_to_file(cp, &dir.join("cp.out"), Duration::from_secs(60), "copying template")?;
+            run_to_file(
+                cp,
+                &dir.join("cp.out"),
+                Duration::from_secs(60),
+                "copying template",
+            )?;
             write_hba(&data.join("pg_hba.conf"), &opts.hba)?;
             append_settings(
                 &data.join("postgresql.conf"),
@@ -108,9 +113,17 @@ impl PgServer {
         let primary_port = self.port.to_string();
         Self::launch(name, |dir, data| {
             let mut cmd = pg_command(&basebackup, dir, true)?;
-            cmd.args(["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D"])
-                .arg(data)
-                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+            cmd.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
             run_to_file(
                 cmd,
                 &dir.join("pg_basebackup.out"),
@@ -250,7 +263,18 @@ impl PgServer {
         let mut cmd = pg_command(&psql, self.dir.path(), false)?;
         let port = self.port.to_string();
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db, "-f", "-"]);
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-f",
+                "-",
+            ]);
         let out = run_capture(cmd, sql, Duration::from_secs(120), "psql")?;
         if !out.status.success() {
             return Err(anyhow!(
@@ -328,8 +352,17 @@ impl PgServer {
         let deadline = Instant::now() + timeout;
         loop {
             let mut cmd = pg_command(&isready, self.dir.path(), false)?;
-            cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"])
-                .args(["-t", "2"]);
+            cmd.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-t", "2"]);
             let ready = run_capture(cmd, "", Duration::from_secs(10), "pg_isready")
                 .map(|out| out.status.success())
                 .unwrap_or(false);

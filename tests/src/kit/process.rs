@@ -194,7 +194,10 @@ mod tests {
         let status = p.wait_exit(Duration::from_secs(10)).unwrap();
         assert!(status.success());
         let log = p.log();
-        assert!(log.contains("out") && log.contains("err") && log.contains("x=42"), "{log}");
+        assert!(
+            log.contains("out") && log.contains("err") && log.contains("x=42"),
+            "{log}"
+        );
     }
 
     #[test]

@@ -63,7 +63,11 @@ pub(crate) fn chown_for_server(path: &Path) -> anyhow::Result<()> {
 
 /// A command for a PostgreSQL program: server user, clean PG* environment, stdin closed,
 /// working directory `cwd` (the server user must be able to enter it).
-pub(crate) fn pg_command(program: &Path, cwd: &Path, as_server_user: bool) -> anyhow::Result<Command> {
+pub(crate) fn pg_command(
+    program: &Path,
+    cwd: &Path,
+    as_server_user: bool,
+) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
     cmd.current_dir(cwd).stdin(Stdio::null());
     for var in PG_ENV {
@@ -143,7 +147,9 @@ pub(crate) fn run_capture(
 ) -> anyhow::Result<Captured> {
     let mut stdin = tempfile::tempfile().context("temp file for stdin")?;
     std::io::Write::write_all(&mut stdin, input.as_bytes()).context("writing stdin file")?;
-    stdin.seek(SeekFrom::Start(0)).context("rewinding stdin file")?;
+    stdin
+        .seek(SeekFrom::Start(0))
+        .context("rewinding stdin file")?;
     let mut stdout = tempfile::tempfile().context("temp file for stdout")?;
     let mut stderr = tempfile::tempfile().context("temp file for stderr")?;
     cmd.stdin(stdin)
@@ -165,7 +171,8 @@ pub(crate) fn run_capture(
         std::thread::sleep(Duration::from_millis(5));
     };
     let read_all = |f: &mut File| -> anyhow::Result<String> {
-        f.seek(SeekFrom::Start(0)).context("rewinding output file")?;
+        f.seek(SeekFrom::Start(0))
+            .context("rewinding output file")?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).context("reading output file")?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -216,9 +223,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let err = run_to_file(cmd, &dir.path().join("out"), Duration::from_secs(10), "sh test")
-            .unwrap_err()
-            .to_string();
+        let err = run_to_file(
+            cmd,
+            &dir.path().join("out"),
+            Duration::from_secs(10),
+            "sh test",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("boom"), "{err}");
         assert!(err.contains("sh test"), "{err}");
     }
@@ -239,9 +251,14 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let started = Instant::now();
-        let err = run_to_file(cmd, &dir.path().join("out"), Duration::from_millis(200), "sleep")
-            .unwrap_err()
-            .to_string();
+        let err = run_to_file(
+            cmd,
+            &dir.path().join("out"),
+            Duration::from_millis(200),
+            "sleep",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("timed out"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }

@@ -59,16 +59,25 @@ fn build_or_reuse() -> anyhow::Result<PathBuf> {
     let data = staging.path().join("data");
     tracing::info!(bin = %bin.display(), "running initdb for the test template");
     let mut cmd = pg_command(&bin.join("initdb"), staging.path(), true)?;
-    cmd.arg("-D")
-        .arg(&data)
-        .args(["--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C", "-U", "postgres"]);
+    cmd.arg("-D").arg(&data).args([
+        "--auth=trust",
+        "--no-sync",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "-U",
+        "postgres",
+    ]);
     run_to_file(
         cmd,
         &staging.path().join("initdb.out"),
         Duration::from_secs(180),
         "initdb",
     )?;
-    append_settings(&data.join("postgresql.conf"), COMMON_SETTINGS.iter().copied())?;
+    append_settings(
+        &data.join("postgresql.conf"),
+        COMMON_SETTINGS.iter().copied(),
+    )?;
     if final_dir.exists() {
         // Templates are published by rename, so one without PG_VERSION is debris (e.g. a
         // /tmp cleaner ran); clear it so the rename below can succeed.
