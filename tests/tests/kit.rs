@@ -1,23 +1,14 @@
 //! Proves the test kit against real PostgreSQL: primaries, streaming standbys, crash and
 //! restart, psql, options, and that nothing is left running after `Drop`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tandem_tests::kit::procs::{children_of, is_alive, pids_with_cmdline};
-use tandem_tests::{init_tracing, tandem_bin, PgOptions, PgServer, TandemProcess};
+use tandem_tests::{init_tracing, tandem_bin, wait_until, PgOptions, PgServer, TandemProcess};
 
-/// Polls `f` until it returns `Some`, or fails after `timeout`.
-fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `wait_until` as an Option, for assertions with custom messages.
+fn eventually<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_until("condition", timeout, f).ok()
 }
 
 #[tokio::test]

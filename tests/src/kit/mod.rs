@@ -28,3 +28,43 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Polls `check` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
+///
+/// Why: replication, failover and restarts are asynchronous, so end-to-end tests wait for an
+/// observable outcome ("the standby has the row") instead of sleeping a guessed time.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(anyhow::anyhow!(
+                "timed out after {timeout:?} waiting for {what}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn wait_until_returns_value_or_times_out() {
+        let mut n = 0;
+        let v = super::wait_until("n to reach 3", Duration::from_secs(5), || {
+            n += 1;
+            (n >= 3).then_some(n)
+        });
+        assert_eq!(v.unwrap(), 3);
+        let err = super::wait_until("never", Duration::from_millis(100), || None::<()>);
+        assert!(err.unwrap_err().to_string().contains("never"));
+    }
+}
