@@ -136,6 +136,10 @@ async fn options_apply_hba_and_settings() -> anyhow::Result<()> {
     let pg = PgServer::start("opts", opts)?;
     assert_eq!(pg.psql("postgres", "SHOW wal_level")?, "replica");
     assert_eq!(pg.psql("postgres", "SHOW work_mem")?, "7MB");
+    // The kit's common settings apply to every server.
+    assert_eq!(pg.psql("postgres", "SHOW fsync")?, "off");
+    assert_eq!(pg.psql("postgres", "SHOW max_connections")?, "200");
+    assert_eq!(pg.psql("postgres", "SHOW listen_addresses")?, "127.0.0.1");
     pg.psql("postgres", "CREATE ROLE alice LOGIN PASSWORD 'secret'")?;
 
     // alice's line comes before the trust lines, so she needs her password.

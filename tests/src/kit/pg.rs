@@ -1,8 +1,9 @@
 //! Real PostgreSQL servers for tests: primaries and physical streaming standbys.
 //!
 //! Every database Tandem's proxy and replicator talk to in a test is a [`PgServer`]: a copy
-//! of the initdb template (see `template.rs`) in its own temporary directory, on a free
-//! loopback port, driven by `pg_ctl`, and stopped and deleted on `Drop`.
+//! of the initdb template (see `template.rs`) plus the kit's common settings, in its own
+//! temporary directory, on a free loopback port, driven by `pg_ctl`, and stopped and
+//! deleted on `Drop`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use super::bin::{pg_bin_dir, pg_tool};
 use super::port::free_port;
 use super::procs::{children_of, is_alive};
 use super::run::{chown_for_server, pg_command, run_capture, run_to_file, tail};
-use super::template::{append_settings, template_dir};
+use super::template::{append_settings, template_dir, COMMON_SETTINGS};
 
 /// How long pg_ctl may wait for a start or stop.
 const PG_CTL_WAIT: Duration = Duration::from_secs(60);
@@ -77,7 +78,10 @@ pub struct PgServer {
 impl PgServer {
     /// Starts a new server: copy of the template, `opts` applied, `pg_ctl start`, ready.
     pub fn start(name: &str, opts: PgOptions) -> anyhow::Result<PgServer> {
-        let mut settings: Vec<(String, String)> = Vec::new();
+        let mut settings: Vec<(String, String)> = COMMON_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         if opts.wal_level_logical {
             for (k, v) in [
                 ("wal_level", "logical"),

@@ -17,14 +17,15 @@ use anyhow::{anyhow, Context};
 use super::bin::pg_bin_dir;
 use super::run::{chown_for_server, pg_command, run_to_file};
 
-/// Bump when the template's contents or settings change, so stale cached templates are not
-/// reused.
-const TEMPLATE_FORMAT: u32 = 1;
+/// Bump when the initdb arguments change, so stale cached templates are not reused. The
+/// template is plain initdb output: settings are applied per server (see
+/// [`COMMON_SETTINGS`]), so changing them needs no bump.
+const TEMPLATE_FORMAT: u32 = 2;
 
-/// Settings every test server shares, appended to the template's `postgresql.conf`.
+/// Settings every test server shares, appended to each new server's `postgresql.conf`.
 /// Per-server settings (port, sockets, WAL level, test extras) are appended after these, and
 /// PostgreSQL lets the last occurrence win.
-const COMMON_SETTINGS: &[(&str, &str)] = &[
+pub(crate) const COMMON_SETTINGS: &[(&str, &str)] = &[
     ("listen_addresses", "127.0.0.1"),
     ("fsync", "off"),
     ("shared_buffers", "32MB"),
@@ -73,10 +74,6 @@ fn build_or_reuse() -> anyhow::Result<PathBuf> {
         &staging.path().join("initdb.out"),
         Duration::from_secs(180),
         "initdb",
-    )?;
-    append_settings(
-        &data.join("postgresql.conf"),
-        COMMON_SETTINGS.iter().copied(),
     )?;
     if final_dir.exists() {
         // Templates are published by rename, so one without PG_VERSION is debris (e.g. a
