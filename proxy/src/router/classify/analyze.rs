@@ -8,7 +8,6 @@
 
 use pg_query::protobuf::{self, DiscardMode, TransactionStmtKind, VariableSetKind};
 use pg_query::NodeEnum;
-use serde_json::Value;
 
 use super::functions::FunctionView;
 use super::walk::{self, Findings, Scope};
@@ -152,8 +151,9 @@ impl Statement<'_> {
     fn classify(&mut self, node: &NodeEnum) {
         match node {
             NodeEnum::SelectStmt(_) => self.scan(node, Scope::Executes),
-            NodeEnum::VariableShowStmt(_) | NodeEnum::FetchStmt(_) | NodeEnum::ClosePortalStmt(_) => {
-            }
+            NodeEnum::VariableShowStmt(_)
+            | NodeEnum::FetchStmt(_)
+            | NodeEnum::ClosePortalStmt(_) => {}
             NodeEnum::InsertStmt(_)
             | NodeEnum::UpdateStmt(_)
             | NodeEnum::DeleteStmt(_)
@@ -207,10 +207,13 @@ impl Statement<'_> {
             NodeEnum::CreateFunctionStmt(create) => {
                 self.route = Route::Write;
                 self.functions_changed = true;
-                let mut names = create.funcname.iter().filter_map(|n| match n.node.as_ref() {
-                    Some(NodeEnum::String(name)) => Some(name.sval.as_str()),
-                    _ => None,
-                });
+                let mut names = create
+                    .funcname
+                    .iter()
+                    .filter_map(|n| match n.node.as_ref() {
+                        Some(NodeEnum::String(name)) => Some(name.sval.as_str()),
+                        _ => None,
+                    });
                 let schema = names.next();
                 if names.next().is_some() && schema.is_some_and(|s| s.starts_with("pg_temp")) {
                     self.effects.push(SessionEffect::Pin(PinReason::TempObject));
@@ -353,7 +356,7 @@ fn is_false_word(node: &NodeEnum) -> bool {
 
 /// Exposes the serde form of a statement for debugging classifier decisions in tests.
 #[cfg(test)]
-pub(super) fn tree_of(sql: &str) -> Option<Value> {
+pub(super) fn tree_of(sql: &str) -> Option<serde_json::Value> {
     let parsed = pg_query::parse(sql, 0).ok()?;
     serde_json::to_value(&parsed.protobuf).ok()
 }

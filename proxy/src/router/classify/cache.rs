@@ -47,7 +47,11 @@ impl RouteCache {
         let index = (key as usize) & (SHARDS - 1);
         let shard = self.shards.get(index)?;
         // A poisoned shard only means another thread panicked mid-probe; the map is still sound.
-        Some(shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        Some(
+            shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// The cached route for `key` if it was computed under `generation`.

@@ -133,8 +133,22 @@ fn is_ident_cont(b: u8) -> bool {
 fn is_op_char(b: u8) -> bool {
     matches!(
         b,
-        b'~' | b'!' | b'@' | b'#' | b'^' | b'&' | b'|' | b'`' | b'?' | b'+' | b'-' | b'*' | b'/'
-            | b'%' | b'<' | b'>' | b'='
+        b'~' | b'!'
+            | b'@'
+            | b'#'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
+            | b'+'
+            | b'-'
+            | b'*'
+            | b'/'
+            | b'%'
+            | b'<'
+            | b'>'
+            | b'='
     )
 }
 
@@ -187,7 +201,11 @@ impl Lexer<'_> {
 
     /// Notes the hint if `text` contains it, ASCII case-insensitively.
     fn check_hint(&mut self, text: &[u8]) {
-        if !self.hint && text.windows(HINT.len()).any(|w| w.eq_ignore_ascii_case(HINT)) {
+        if !self.hint
+            && text
+                .windows(HINT.len())
+                .any(|w| w.eq_ignore_ascii_case(HINT))
+        {
             self.hint = true;
         }
     }
@@ -311,7 +329,11 @@ impl Lexer<'_> {
             return;
         };
         let body_start = delimiter_end;
-        let end = match self.src.get(body_start..).and_then(|rest| rest.find(delimiter)) {
+        let end = match self
+            .src
+            .get(body_start..)
+            .and_then(|rest| rest.find(delimiter))
+        {
             Some(offset) => body_start + offset + delimiter.len(),
             None => self.bytes.len(),
         };
@@ -506,8 +528,31 @@ mod tests {
     fn unterminated_constructs_do_not_panic() {
         let f = Fingerprinter::new();
         for sql in [
-            "'", "E'\\", "\"", "$$", "$a$ x", "/*", "/* /*", "--", "U&", "U&'", "U&\"", "B'", "0x",
-            "1e", "1e+", ".", "..", "$", "$1", "$é$x$é$", "é", "\u{0}", "x'", "::", ":",
+            "'",
+            "E'\\",
+            "\"",
+            "$$",
+            "$a$ x",
+            "/*",
+            "/* /*",
+            "--",
+            "U&",
+            "U&'",
+            "U&\"",
+            "B'",
+            "0x",
+            "1e",
+            "1e+",
+            ".",
+            "..",
+            "$",
+            "$1",
+            "$é$x$é$",
+            "é",
+            "\u{0}",
+            "x'",
+            "::",
+            ":",
         ] {
             let _ = f.fingerprint(sql);
         }

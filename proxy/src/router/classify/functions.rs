@@ -243,12 +243,19 @@ mod tests {
             ("public", "g", Volatility::Immutable),
         ]);
         assert_eq!(table.volatility(None, "f"), Some(Volatility::Volatile));
-        assert_eq!(table.volatility(Some("public"), "g"), Some(Volatility::Immutable));
+        assert_eq!(
+            table.volatility(Some("public"), "g"),
+            Some(Volatility::Immutable)
+        );
         assert_eq!(table.volatility(None, "g"), Some(Volatility::Stable));
         assert_eq!(table.volatility(Some("other"), "f"), None);
         assert_eq!(table.volatility(None, "h"), None);
         let generation = table.generation();
-        table.replace(FunctionTable::from_functions([("public", "h", Volatility::Stable)]));
+        table.replace(FunctionTable::from_functions([(
+            "public",
+            "h",
+            Volatility::Stable,
+        )]));
         assert_ne!(table.generation(), generation);
         assert_eq!(table.volatility(None, "h"), Some(Volatility::Stable));
         assert_eq!(table.volatility(None, "f"), None);

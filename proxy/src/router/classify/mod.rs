@@ -180,7 +180,11 @@ impl Classifier {
         if analysis.cacheable {
             self.cache.put(fingerprint.hash, route, generation);
         }
-        tracing::trace!(?route, effects = analysis.effects.len(), "classified statement");
+        tracing::trace!(
+            ?route,
+            effects = analysis.effects.len(),
+            "classified statement"
+        );
         Classification {
             route,
             effects: analysis.effects,

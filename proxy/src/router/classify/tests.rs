@@ -241,15 +241,24 @@ fn session_effects_are_reported_with_exact_text() {
             "set TIME ZONE 'UTC'",
             vec![set("timezone", "set TIME ZONE 'UTC'")],
         ),
-        ("SET NAMES 'UTF8'", vec![set("client_encoding", "SET NAMES 'UTF8'")]),
+        (
+            "SET NAMES 'UTF8'",
+            vec![set("client_encoding", "SET NAMES 'UTF8'")],
+        ),
         ("SET ROLE admin", vec![set("role", "SET ROLE admin")]),
         (
             "SET SESSION AUTHORIZATION bob",
-            vec![set("session_authorization", "SET SESSION AUTHORIZATION bob")],
+            vec![set(
+                "session_authorization",
+                "SET SESSION AUTHORIZATION bob",
+            )],
         ),
         (
             "SET SESSION statement_timeout = 5",
-            vec![set("statement_timeout", "SET SESSION statement_timeout = 5")],
+            vec![set(
+                "statement_timeout",
+                "SET SESSION statement_timeout = 5",
+            )],
         ),
         (
             "SET Statement_Timeout = '5s'",
@@ -274,8 +283,18 @@ fn session_effects_are_reported_with_exact_text() {
         ("DISCARD PLANS", vec![DiscardPlans]),
         ("DISCARD TEMP", vec![DiscardTemp]),
         ("DISCARD SEQUENCES", vec![DiscardSequences]),
-        ("DEALLOCATE p", vec![Deallocate { name: Some("p".into()) }]),
-        ("DEALLOCATE PREPARE q", vec![Deallocate { name: Some("q".into()) }]),
+        (
+            "DEALLOCATE p",
+            vec![Deallocate {
+                name: Some("p".into()),
+            }],
+        ),
+        (
+            "DEALLOCATE PREPARE q",
+            vec![Deallocate {
+                name: Some("q".into()),
+            }],
+        ),
         ("DEALLOCATE ALL", vec![Deallocate { name: None }]),
         ("LISTEN ch", vec![Pin(Listen)]),
         ("CREATE TEMP TABLE x (a int)", vec![Pin(TempObject)]),
@@ -284,13 +303,28 @@ fn session_effects_are_reported_with_exact_text() {
         ("CREATE TABLE pg_temp.x (a int)", vec![Pin(TempObject)]),
         ("CREATE TEMP TABLE x AS SELECT 1", vec![Pin(TempObject)]),
         ("SELECT 1 INTO TEMP x", vec![Pin(TempObject)]),
-        ("CREATE FUNCTION pg_temp.f() RETURNS int AS 'select 1' LANGUAGE sql", vec![Pin(TempObject)]),
+        (
+            "CREATE FUNCTION pg_temp.f() RETURNS int AS 'select 1' LANGUAGE sql",
+            vec![Pin(TempObject)],
+        ),
         ("PREPARE p AS SELECT 1", vec![Pin(SqlPrepare)]),
         ("SELECT pg_advisory_lock(1)", vec![Pin(SessionAdvisoryLock)]),
-        ("SELECT pg_advisory_lock_shared(1)", vec![Pin(SessionAdvisoryLock)]),
-        ("SELECT pg_try_advisory_lock(1, 2)", vec![Pin(SessionAdvisoryLock)]),
-        ("SELECT pg_try_advisory_lock_shared(1)", vec![Pin(SessionAdvisoryLock)]),
-        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", vec![Pin(HoldCursor)]),
+        (
+            "SELECT pg_advisory_lock_shared(1)",
+            vec![Pin(SessionAdvisoryLock)],
+        ),
+        (
+            "SELECT pg_try_advisory_lock(1, 2)",
+            vec![Pin(SessionAdvisoryLock)],
+        ),
+        (
+            "SELECT pg_try_advisory_lock_shared(1)",
+            vec![Pin(SessionAdvisoryLock)],
+        ),
+        (
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            vec![Pin(HoldCursor)],
+        ),
         ("LOAD 'auto_explain'", vec![Pin(Load)]),
         ("SELECT set_config('a', 'b', false)", vec![Pin(Other)]),
         ("SELECT set_config('a', 'b', 't')", vec![Pin(Other)]),
@@ -379,33 +413,51 @@ fn hint_and_literals_do_not_leak_through_the_cache() {
     );
     // EXPLAIN's ANALYZE option spelled as a literal must not be cached.
     assert_eq!(
-        classifier.classify("EXPLAIN (ANALYZE 'off') DELETE FROM t").route,
+        classifier
+            .classify("EXPLAIN (ANALYZE 'off') DELETE FROM t")
+            .route,
         Route::Read
     );
     assert_eq!(
-        classifier.classify("EXPLAIN (ANALYZE 'on') DELETE FROM t").route,
+        classifier
+            .classify("EXPLAIN (ANALYZE 'on') DELETE FROM t")
+            .route,
         Route::Write
     );
     assert_eq!(
-        classifier.classify("EXPLAIN (ANALYZE 0) DELETE FROM t").route,
+        classifier
+            .classify("EXPLAIN (ANALYZE 0) DELETE FROM t")
+            .route,
         Route::Read
     );
     assert_eq!(
-        classifier.classify("EXPLAIN (ANALYZE 1) DELETE FROM t").route,
+        classifier
+            .classify("EXPLAIN (ANALYZE 1) DELETE FROM t")
+            .route,
         Route::Write
     );
     // Effects are never served from the cache.
     for _ in 0..3 {
         assert_eq!(classifier.classify("SET a = 1").effects.len(), 1);
-        assert_eq!(classifier.classify("SELECT pg_advisory_lock(7)").effects.len(), 1);
+        assert_eq!(
+            classifier
+                .classify("SELECT pg_advisory_lock(7)")
+                .effects
+                .len(),
+            1
+        );
     }
     // set_config's is_local as a literal keeps the pin.
     assert_eq!(
-        classifier.classify("SELECT set_config('a', 'b', true)").effects,
+        classifier
+            .classify("SELECT set_config('a', 'b', true)")
+            .effects,
         vec![]
     );
     assert_eq!(
-        classifier.classify("SELECT set_config('a', 'b', false)").effects,
+        classifier
+            .classify("SELECT set_config('a', 'b', false)")
+            .effects,
         vec![SessionEffect::Pin(PinReason::Other)]
     );
 }
@@ -415,13 +467,23 @@ fn unknown_functions_request_a_refresh_and_are_not_cached() {
     let functions = Arc::new(table());
     let classifier = Classifier::new(Arc::clone(&functions), 64);
     assert!(!classifier.take_refresh_request());
-    assert_eq!(classifier.classify("SELECT fresh_fn(1)").route, Route::Write);
+    assert_eq!(
+        classifier.classify("SELECT fresh_fn(1)").route,
+        Route::Write
+    );
     assert!(classifier.take_refresh_request());
     assert!(!classifier.take_refresh_request(), "true only once");
     // The same unknown name does not ask again right away.
-    assert_eq!(classifier.classify("SELECT fresh_fn(2)").route, Route::Write);
+    assert_eq!(
+        classifier.classify("SELECT fresh_fn(2)").route,
+        Route::Write
+    );
     assert!(!classifier.take_refresh_request());
-    assert_eq!(classifier.stats().hits, 0, "unknown-function verdicts are not cached");
+    assert_eq!(
+        classifier.stats().hits,
+        0,
+        "unknown-function verdicts are not cached"
+    );
     // After the refresh the function is known and the statement reads.
     functions.replace(FunctionTable::from_functions([(
         "public",
@@ -487,7 +549,9 @@ fn concurrent_classification_is_consistent() {
 #[test]
 fn garbage_never_panics() {
     let classifier = Classifier::new(Arc::new(table()), 64);
-    let alphabet: Vec<char> = "'\"$-/*eEbBxXuU&0123456789._ \n\\;:()abcSELECTé日💥\u{0}".chars().collect();
+    let alphabet: Vec<char> = "'\"$-/*eEbBxXuU&0123456789._ \n\\;:()abcSELECTé日💥\u{0}"
+        .chars()
+        .collect();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..300 {
         let len = (state % 30) as usize;
