@@ -95,7 +95,9 @@ pub fn normalize(sql: &str) -> Normalized {
         src: sql,
         bytes: sql.as_bytes(),
         pos: 0,
-        out: Vec::with_capacity(sql.len() + 8),
+        // Short tokens grow by their tag and terminator; this covers typical statements
+        // without reallocating.
+        out: Vec::with_capacity(sql.len() + sql.len() / 2 + 16),
         hint: false,
     };
     lexer.run();
@@ -117,39 +119,73 @@ struct Lexer<'a> {
     hint: bool,
 }
 
+/// Character classes, looked up in [`CLASSES`] (one table probe instead of a chain of compares).
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+/// PostgreSQL's `op_chars`.
+const OP: u8 = 8;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            class |= SPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class |= IDENT_START | IDENT_CONT;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            class |= IDENT_CONT;
+        }
+        if matches!(
+            c,
+            b'~' | b'!'
+                | b'@'
+                | b'#'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+                | b'%'
+                | b'<'
+                | b'>'
+                | b'='
+        ) {
+            class |= OP;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+fn has_class(b: u8, class: u8) -> bool {
+    CLASSES[usize::from(b)] & class != 0
+}
+
 fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    has_class(b, SPACE)
 }
 
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    has_class(b, IDENT_START)
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    has_class(b, IDENT_CONT)
 }
 
-/// PostgreSQL's `op_chars`.
 fn is_op_char(b: u8) -> bool {
-    matches!(
-        b,
-        b'~' | b'!'
-            | b'@'
-            | b'#'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-            | b'+'
-            | b'-'
-            | b'*'
-            | b'/'
-            | b'%'
-            | b'<'
-            | b'>'
-            | b'='
-    )
+    has_class(b, OP)
 }
 
 impl Lexer<'_> {
@@ -169,7 +205,12 @@ impl Lexer<'_> {
             let b = self.at(self.pos);
             let next = self.at(self.pos + 1);
             match b {
-                _ if is_space(b) => self.pos += 1,
+                _ if is_space(b) => {
+                    self.pos += 1;
+                    while is_space(self.at(self.pos)) {
+                        self.pos += 1;
+                    }
+                }
                 b'-' if next == b'-' => self.line_comment(),
                 b'/' if next == b'*' => self.block_comment(),
                 b'\'' => {
@@ -445,8 +486,11 @@ impl Lexer<'_> {
         }
         self.pos = i;
         self.out.push(tag::WORD);
-        self.out
-            .extend(self.bytes[start..i].iter().map(u8::to_ascii_lowercase));
+        let folded = self.out.len();
+        self.out.extend_from_slice(&self.bytes[start..i]);
+        if let Some(word) = self.out.get_mut(folded..) {
+            word.make_ascii_lowercase();
+        }
         self.out.push(tag::END);
     }
 }

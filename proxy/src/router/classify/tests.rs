@@ -570,8 +570,59 @@ fn garbage_never_panics() {
 }
 
 #[test]
+fn deep_and_long_statements_are_handled() {
+    let classifier = classifier();
+    // Redundant parentheses leave no nodes behind.
+    let parens = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert_eq!(classifier.classify(&parens).route, Route::Read);
+    // Thousands of nested nodes exceed the tree decoder's depth limit: primary, no crash.
+    let deep = format!("SELECT {}1", "1 + ".repeat(5000));
+    assert_eq!(classifier.classify(&deep).route, Route::Write);
+    let calls = format!("SELECT {}'x'{}", "lower(".repeat(3000), ")".repeat(3000));
+    assert_eq!(classifier.classify(&calls).route, Route::Write);
+    let nested = format!("SELECT {}'x'{}", "lower(".repeat(20), ")".repeat(20));
+    assert_eq!(classifier.classify(&nested).route, Route::Read);
+    let rows: Vec<String> = (0..5000).map(|i| format!("({i}, 'row {i}')")).collect();
+    let insert = format!("INSERT INTO t VALUES {}", rows.join(", "));
+    assert_eq!(classifier.classify(&insert).route, Route::Write);
+    let select = format!(
+        "SELECT * FROM t WHERE id IN ({})",
+        vec!["1"; 10_000].join(",")
+    );
+    assert_eq!(classifier.classify(&select).route, Route::Read);
+}
+
+#[test]
 #[ignore = "debug helper: prints the serde form of a statement"]
 fn print_tree() {
     let sql = std::env::var("SQL").unwrap_or_else(|_| "SELECT 1".into());
     println!("{:#}", analyze::tree_of(&sql).unwrap_or_default());
+}
+
+#[test]
+#[ignore = "timing helper: cargo test -p tandem-proxy --lib classify::tests::timing -- --ignored --nocapture"]
+fn timing() {
+    let classifier = classifier();
+    let sql = "SELECT u.id, u.name, lower(u.email) FROM users u JOIN orders o ON o.user_id = u.id \
+               WHERE u.id = $1 AND o.created_at > now() - interval '1 day' ORDER BY o.id LIMIT 10";
+    let rounds = 20_000u32;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        assert_eq!(classifier.classify(sql).route, Route::Read);
+    }
+    let hit = started.elapsed() / rounds;
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        let sql = format!("SELECT a{i}, lower(b) FROM t{i} WHERE c = $1 AND d > now()");
+        assert_eq!(classifier.classify(&sql).route, Route::Read);
+    }
+    let miss = started.elapsed() / 200;
+    println!("hit: {hit:?} per statement, miss: {miss:?} per statement");
+}
+
+#[test]
+fn classifier_is_shareable_across_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Classifier>();
+    assert_send_sync::<FunctionTable>();
 }
