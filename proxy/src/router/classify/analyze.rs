@@ -107,7 +107,14 @@ pub(super) fn analyze(sql: &str, functions: &FunctionView) -> Analysis {
             analysis.cacheable = false;
         }
     }
-    if !analysis.effects.is_empty() || !analysis.unknown_functions.is_empty() {
+    if !analysis.effects.is_empty() {
+        // Session state lives on the primary connection (and is replayed elsewhere), so a
+        // statement with effects never starts on a replica: that also keeps a pin from
+        // binding a client to a replica.
+        analysis.route = Route::Write;
+        analysis.cacheable = false;
+    }
+    if !analysis.unknown_functions.is_empty() {
         analysis.cacheable = false;
     }
     analysis

@@ -47,7 +47,8 @@ pub enum Route {
 pub struct Classification {
     /// Where the statement (string) may run.
     pub route: Route,
-    /// Session state changes, in statement order; empty for most statements.
+    /// Session state changes, in statement order; empty for most statements. Non-empty
+    /// effects always come with [`Route::Write`].
     pub effects: Vec<SessionEffect>,
 }
 

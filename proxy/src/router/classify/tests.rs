@@ -303,6 +303,7 @@ fn session_effects_are_reported_with_exact_text() {
         ("CREATE TABLE pg_temp.x (a int)", vec![Pin(TempObject)]),
         ("CREATE TEMP TABLE x AS SELECT 1", vec![Pin(TempObject)]),
         ("SELECT 1 INTO TEMP x", vec![Pin(TempObject)]),
+        ("SELECT * FROM pg_temp.x", vec![Pin(TempObject)]),
         (
             "CREATE FUNCTION pg_temp.f() RETURNS int AS 'select 1' LANGUAGE sql",
             vec![Pin(TempObject)],
