@@ -41,19 +41,9 @@ fn free_port() -> Result<u16, Box<dyn Error>> {
 }
 
 impl Postgres {
+    /// A fresh primary.
     fn start() -> Result<Postgres, Box<dyn Error>> {
-        let (uid, gid) = postgres_ids()?;
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("tandem-classify-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        let mut server = Postgres {
-            dir,
-            port: 0,
-            uid,
-            gid,
-        };
+        let server = Postgres::empty()?;
         server.run(
             "initdb",
             &[
@@ -67,18 +57,61 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
-        server.port = free_port()?;
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            server.port,
-            server.dir.display()
-        );
-        let log = server.dir.join("log").display().to_string();
+        server.launch()
+    }
+
+    /// A hot standby streaming from `primary` (the restrictions a replica really enforces).
+    fn standby_of(primary: &Postgres) -> Result<Postgres, Box<dyn Error>> {
+        let server = Postgres::empty()?;
+        let port = primary.port.to_string();
         server.run(
-            "pg_ctl",
+            "pg_basebackup",
             &[
                 "-D",
                 &server.data(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        server.launch()
+    }
+
+    fn empty() -> Result<Postgres, Box<dyn Error>> {
+        let (uid, gid) = postgres_ids()?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("tandem-classify-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        Ok(Postgres {
+            dir,
+            port: 0,
+            uid,
+            gid,
+        })
+    }
+
+    fn launch(mut self) -> Result<Postgres, Box<dyn Error>> {
+        self.port = free_port()?;
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
                 "-o",
                 &options,
                 "-l",
@@ -87,7 +120,7 @@ impl Postgres {
                 "start",
             ],
         )?;
-        Ok(server)
+        Ok(self)
     }
 
     fn data(&self) -> String {
@@ -196,12 +229,12 @@ async fn function_table_loads_from_pg_proc_and_drives_routing() -> TestResult {
     Ok(())
 }
 
-/// Every statement classified Read must succeed in a read-only transaction; the write rules
-/// this test exercises must be refused there.
+/// Every statement classified Read must run on a real hot standby; the statements the write
+/// rules catch must be refused there.
 #[tokio::test]
-async fn verdicts_agree_with_read_only_transactions() -> TestResult {
-    let server = Postgres::start()?;
-    let client = server.connect().await?;
+async fn verdicts_agree_with_a_hot_standby() -> TestResult {
+    let primary = Postgres::start()?;
+    let client = primary.connect().await?;
     client
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, a int);
@@ -212,6 +245,13 @@ async fn verdicts_agree_with_read_only_transactions() -> TestResult {
         )
         .await?;
     let classifier = Classifier::new(Arc::new(FunctionTable::load(&client).await?), 1024);
+    let standby = Postgres::standby_of(&primary)?;
+    let replica = standby.connect().await?;
+    let in_recovery: bool = replica
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .try_get(0)?;
+    assert!(in_recovery);
 
     let reads = [
         "SELECT * FROM t WHERE id = 1",
@@ -225,6 +265,8 @@ async fn verdicts_agree_with_read_only_transactions() -> TestResult {
         "EXPLAIN INSERT INTO t VALUES (3, 3)",
         "EXPLAIN ANALYZE SELECT * FROM t",
         "SELECT current_setting('work_mem'), CURRENT_USER",
+        "COPY t TO STDOUT",
+        "BEGIN READ ONLY; SELECT * FROM t; COMMIT",
     ];
     let writes = [
         "INSERT INTO t VALUES (3, 3)",
@@ -239,24 +281,33 @@ async fn verdicts_agree_with_read_only_transactions() -> TestResult {
         "SELECT * INTO t2 FROM t",
         "EXPLAIN ANALYZE INSERT INTO t VALUES (4, 4)",
         "CREATE TABLE t3 (a int)",
-        "SELECT pg_advisory_xact_lock(1)",
+        "CREATE TEMP TABLE t4 (a int)",
+        "COPY t FROM STDIN",
+        "LISTEN ch",
+        "NOTIFY ch",
+        "BEGIN READ WRITE",
     ];
     for sql in reads {
-        assert_eq!(classifier.classify(sql).route, Route::Read, "{sql}");
-        client.batch_execute("BEGIN READ ONLY").await?;
-        let outcome = client.simple_query(sql).await;
-        client.batch_execute("ROLLBACK").await?;
+        // The multi-statement string ends in COMMIT, which routes to the primary on its own.
+        if !sql.contains("COMMIT") {
+            assert_eq!(classifier.classify(sql).route, Route::Read, "{sql}");
+        }
+        if sql.starts_with("COPY") {
+            let rows = replica.copy_out(sql).await;
+            assert!(rows.is_ok(), "{sql}: {:?}", rows.err());
+            continue;
+        }
+        let outcome = replica.simple_query(sql).await;
         assert!(outcome.is_ok(), "{sql}: {outcome:?}");
     }
     for sql in writes {
         assert_eq!(classifier.classify(sql).route, Route::Write, "{sql}");
-    }
-    // The statements the server itself refuses in a read-only transaction.
-    for sql in &writes[..writes.len() - 1] {
-        client.batch_execute("BEGIN READ ONLY").await?;
-        let outcome = client.simple_query(sql).await;
-        client.batch_execute("ROLLBACK").await?;
-        assert!(outcome.is_err(), "{sql} should fail read-only");
+        let outcome = if sql.starts_with("COPY") {
+            replica.copy_in::<_, bytes::Bytes>(sql).await.map(|_| ())
+        } else {
+            replica.simple_query(sql).await.map(|_| ())
+        };
+        assert!(outcome.is_err(), "{sql} should be refused by a standby");
     }
     Ok(())
 }
