@@ -1,0 +1,500 @@
+//! Statement fingerprints: the cache key of the classifier.
+//!
+//! Data flow: client statement text → [`Fingerprinter::fingerprint`] → cache lookup in
+//! [`super::cache`]; only on a miss does the statement reach the pg_query parser.
+//!
+//! Hand-written because no crate offers a PostgreSQL lexer that is cheap enough to run on every
+//! simple query (pg_query's own scanner goes through C, protobuf and allocation per token, which
+//! is the cost the cache is there to avoid). The lexer follows PostgreSQL's `scan.l` closely
+//! enough that two statements with the same fingerprint differ only in literal values,
+//! whitespace and comments, which never decide the route. Where the lexer and PostgreSQL could
+//! disagree about token boundaries (adjacent literals, trailing junk after numbers), the only
+//! statements that can share a fingerprint with a valid one are ones PostgreSQL rejects.
+//!
+//! Guarantees: one pass over the bytes (O(n); the dollar-quote terminator search uses the
+//! linear-time std substring searcher), no panics on any input.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
+
+/// The comment text that forces the primary; matched ASCII case-insensitively inside comments.
+const HINT: &[u8] = b"tandem:primary";
+
+/// Token tags written to the normalized form. Each token is `tag [content] 0xFF`; 0xFF never
+/// occurs in UTF-8, so the encoding is prefix-free and token boundaries cannot blur.
+mod tag {
+    pub const WORD: u8 = b'w';
+    pub const QUOTED_IDENT: u8 = b'q';
+    pub const UNICODE_IDENT: u8 = b'u';
+    pub const STRING: u8 = b's';
+    pub const ESCAPE_STRING: u8 = b'e';
+    pub const UNICODE_STRING: u8 = b'U';
+    pub const BIT_STRING: u8 = b'b';
+    pub const HEX_STRING: u8 = b'x';
+    pub const NATIONAL_STRING: u8 = b'n';
+    pub const DOLLAR_STRING: u8 = b'$';
+    pub const NUMBER: u8 = b'9';
+    pub const PARAM: u8 = b'p';
+    pub const OPERATOR: u8 = b'o';
+    pub const PUNCT: u8 = b'.';
+    pub const HINT: u8 = b'H';
+    pub const END: u8 = 0xFF;
+}
+
+/// The result of fingerprinting one statement string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// 128-bit hash of the normalized token stream (hint flag included); the cache key.
+    pub hash: u128,
+    /// Whether a comment carried the `tandem:primary` hint, which forces the primary.
+    pub hint: bool,
+}
+
+/// Computes fingerprints with per-process random SipHash keys, so that nobody can precompute
+/// colliding statements to steer a write to a replica.
+#[derive(Clone, Debug, Default)]
+pub struct Fingerprinter {
+    /// Key of the low 64 bits.
+    low: RandomState,
+    /// Key of the high 64 bits.
+    high: RandomState,
+}
+
+impl Fingerprinter {
+    /// A fingerprinter with fresh random keys.
+    pub fn new() -> Fingerprinter {
+        Fingerprinter::default()
+    }
+
+    /// Fingerprints `sql`: literals, whitespace and comments are normalized away, keywords and
+    /// unquoted identifiers are case-folded (ASCII only, as PostgreSQL does for UTF-8).
+    pub fn fingerprint(&self, sql: &str) -> Fingerprint {
+        let normalized = normalize(sql);
+        let mut low = self.low.build_hasher();
+        low.write(&normalized.tokens);
+        let mut high = self.high.build_hasher();
+        high.write(&normalized.tokens);
+        Fingerprint {
+            hash: (u128::from(high.finish()) << 64) | u128::from(low.finish()),
+            hint: normalized.hint,
+        }
+    }
+}
+
+/// The normalized token stream of a statement string (exposed for tests and debugging).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Normalized {
+    /// Encoded tokens, see [`tag`].
+    pub tokens: Vec<u8>,
+    /// Whether the hint comment was seen.
+    pub hint: bool,
+}
+
+/// Lexes `sql` into its normalized token stream.
+pub fn normalize(sql: &str) -> Normalized {
+    let mut lexer = Lexer {
+        src: sql,
+        bytes: sql.as_bytes(),
+        pos: 0,
+        // Short tokens grow by their tag and terminator; this covers typical statements
+        // without reallocating.
+        out: Vec::with_capacity(sql.len() + sql.len() / 2 + 16),
+        hint: false,
+    };
+    lexer.run();
+    if lexer.hint {
+        lexer.emit(tag::HINT, &[]);
+    }
+    Normalized {
+        tokens: lexer.out,
+        hint: lexer.hint,
+    }
+}
+
+/// Single-pass lexer state.
+struct Lexer<'a> {
+    src: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    out: Vec<u8>,
+    hint: bool,
+}
+
+/// Character classes, looked up in [`CLASSES`] (one table probe instead of a chain of compares).
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+/// PostgreSQL's `op_chars`.
+const OP: u8 = 8;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            class |= SPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class |= IDENT_START | IDENT_CONT;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            class |= IDENT_CONT;
+        }
+        if matches!(
+            c,
+            b'~' | b'!'
+                | b'@'
+                | b'#'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+                | b'%'
+                | b'<'
+                | b'>'
+                | b'='
+        ) {
+            class |= OP;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+fn has_class(b: u8, class: u8) -> bool {
+    CLASSES[usize::from(b)] & class != 0
+}
+
+fn is_space(b: u8) -> bool {
+    has_class(b, SPACE)
+}
+
+fn is_ident_start(b: u8) -> bool {
+    has_class(b, IDENT_START)
+}
+
+fn is_ident_cont(b: u8) -> bool {
+    has_class(b, IDENT_CONT)
+}
+
+fn is_op_char(b: u8) -> bool {
+    has_class(b, OP)
+}
+
+impl Lexer<'_> {
+    /// Byte at `i`, or 0 past the end (0 matches no token class, so it ends every scan).
+    fn at(&self, i: usize) -> u8 {
+        self.bytes.get(i).copied().unwrap_or(0)
+    }
+
+    fn emit(&mut self, tag: u8, content: &[u8]) {
+        self.out.push(tag);
+        self.out.extend_from_slice(content);
+        self.out.push(tag::END);
+    }
+
+    fn run(&mut self) {
+        while self.pos < self.bytes.len() {
+            let b = self.at(self.pos);
+            let next = self.at(self.pos + 1);
+            match b {
+                _ if is_space(b) => {
+                    self.pos += 1;
+                    while is_space(self.at(self.pos)) {
+                        self.pos += 1;
+                    }
+                }
+                b'-' if next == b'-' => self.line_comment(),
+                b'/' if next == b'*' => self.block_comment(),
+                b'\'' => {
+                    self.pos += 1;
+                    self.quoted_string(false, tag::STRING);
+                }
+                b'"' => self.quoted_ident(tag::QUOTED_IDENT),
+                b'$' => self.dollar(),
+                b'0'..=b'9' => self.number(),
+                b'.' if next.is_ascii_digit() => self.number(),
+                b'.' if next == b'.' => self.punct(2),
+                b':' if next == b':' || next == b'=' => self.punct(2),
+                b',' | b'(' | b')' | b'[' | b']' | b'.' | b';' | b':' => self.punct(1),
+                _ if is_op_char(b) => self.operator(),
+                _ if is_ident_start(b) => self.word(),
+                _ => self.punct(1),
+            }
+        }
+    }
+
+    fn punct(&mut self, len: usize) {
+        let end = (self.pos + len).min(self.bytes.len());
+        let text = &self.bytes[self.pos..end];
+        self.out.push(tag::PUNCT);
+        self.out.extend_from_slice(text);
+        self.out.push(tag::END);
+        self.pos = end;
+    }
+
+    /// Notes the hint if `text` contains it, ASCII case-insensitively.
+    fn check_hint(&mut self, text: &[u8]) {
+        if !self.hint
+            && text
+                .windows(HINT.len())
+                .any(|w| w.eq_ignore_ascii_case(HINT))
+        {
+            self.hint = true;
+        }
+    }
+
+    fn line_comment(&mut self) {
+        let start = self.pos;
+        let mut i = self.pos + 2;
+        while i < self.bytes.len() && !matches!(self.at(i), b'\n' | b'\r') {
+            i += 1;
+        }
+        self.pos = i;
+        let text = &self.bytes[start..i];
+        self.check_hint(text);
+    }
+
+    /// Block comments nest in PostgreSQL; an unterminated one runs to the end.
+    fn block_comment(&mut self) {
+        let start = self.pos;
+        let mut depth = 0usize;
+        let mut i = self.pos;
+        while i < self.bytes.len() {
+            let b = self.at(i);
+            let next = self.at(i + 1);
+            if b == b'/' && next == b'*' {
+                depth += 1;
+                i += 2;
+            } else if b == b'*' && next == b'/' {
+                depth = depth.saturating_sub(1);
+                i += 2;
+                if depth == 0 {
+                    break;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let end = i.min(self.bytes.len());
+        self.pos = end;
+        let text = &self.bytes[start..end];
+        self.check_hint(text);
+    }
+
+    /// Scans a single-quoted literal whose opening quote is already consumed. `backslash`
+    /// selects E'' escape processing. `''` is an escaped quote in every form that allows it.
+    fn quoted_string(&mut self, backslash: bool, tag: u8) {
+        let mut i = self.pos;
+        while i < self.bytes.len() {
+            match self.at(i) {
+                b'\\' if backslash => i += 2,
+                b'\'' if self.at(i + 1) == b'\'' => i += 2,
+                b'\'' => {
+                    i += 1;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        self.pos = i.min(self.bytes.len());
+        self.emit(tag, &[]);
+    }
+
+    /// B'' and X'' literals end at the first quote (no doubling, as in `scan.l`).
+    fn bit_string(&mut self, tag: u8) {
+        let mut i = self.pos;
+        while i < self.bytes.len() && self.at(i) != b'\'' {
+            i += 1;
+        }
+        self.pos = (i + 1).min(self.bytes.len());
+        self.emit(tag, &[]);
+    }
+
+    /// `"..."` identifier kept byte-exact (quoted identifiers are case-sensitive).
+    fn quoted_ident(&mut self, tag: u8) {
+        let start = self.pos;
+        let mut i = self.pos + 1;
+        while i < self.bytes.len() {
+            if self.at(i) == b'"' {
+                if self.at(i + 1) == b'"' {
+                    i += 2;
+                    continue;
+                }
+                i += 1;
+                break;
+            }
+            i += 1;
+        }
+        let end = i.min(self.bytes.len());
+        self.pos = end;
+        let bytes = self.bytes;
+        self.emit(tag, &bytes[start..end]);
+    }
+
+    /// `$1` parameters, `$tag$...$tag$` strings, or a stray `$`.
+    fn dollar(&mut self) {
+        let next = self.at(self.pos + 1);
+        if next.is_ascii_digit() {
+            let mut i = self.pos + 1;
+            while self.at(i).is_ascii_digit() {
+                i += 1;
+            }
+            self.pos = i;
+            self.emit(tag::PARAM, &[]);
+            return;
+        }
+        // Dollar-quote delimiter: `$` [ident_start ident_cont-without-$ *] `$`.
+        let mut i = self.pos + 1;
+        if is_ident_start(self.at(i)) {
+            i += 1;
+            while is_ident_start(self.at(i)) || self.at(i).is_ascii_digit() {
+                i += 1;
+            }
+        }
+        if self.at(i) != b'$' {
+            self.punct(1);
+            return;
+        }
+        let delimiter_end = i + 1;
+        // Both ends are at ASCII `$` bytes, hence char boundaries.
+        let Some(delimiter) = self.src.get(self.pos..delimiter_end) else {
+            self.punct(1);
+            return;
+        };
+        let body_start = delimiter_end;
+        let end = match self
+            .src
+            .get(body_start..)
+            .and_then(|rest| rest.find(delimiter))
+        {
+            Some(offset) => body_start + offset + delimiter.len(),
+            None => self.bytes.len(),
+        };
+        self.pos = end;
+        self.emit(tag::DOLLAR_STRING, &[]);
+    }
+
+    /// Numeric literal: decimal with fraction/exponent, or 0x/0o/0b with underscores.
+    fn number(&mut self) {
+        let mut i = self.pos;
+        let radix_prefix = self.at(i) == b'0'
+            && matches!(self.at(i + 1), b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
+            && self.at(i + 2).is_ascii_hexdigit();
+        if radix_prefix {
+            i += 2;
+            while self.at(i).is_ascii_hexdigit() || self.at(i) == b'_' {
+                i += 1;
+            }
+        } else {
+            i = self.digits(i);
+            if self.at(i) == b'.' && self.at(i + 1) != b'.' {
+                i = self.digits(i + 1);
+            }
+            let exp_sign = matches!(self.at(i + 1), b'+' | b'-');
+            let exp_digit = if exp_sign { i + 2 } else { i + 1 };
+            if matches!(self.at(i), b'e' | b'E') && self.at(exp_digit).is_ascii_digit() {
+                i = self.digits(exp_digit);
+            }
+        }
+        self.pos = i;
+        self.emit(tag::NUMBER, &[]);
+    }
+
+    /// Skips digits with single underscores between them.
+    fn digits(&self, mut i: usize) -> usize {
+        loop {
+            let b = self.at(i);
+            if b.is_ascii_digit() || (b == b'_' && self.at(i + 1).is_ascii_digit()) {
+                i += 1;
+            } else {
+                return i;
+            }
+        }
+    }
+
+    /// Operator run; like `scan.l`, a `--` or `/*` inside ends it (a comment starts there).
+    fn operator(&mut self) {
+        let start = self.pos;
+        let mut i = self.pos;
+        while is_op_char(self.at(i)) {
+            if i > start
+                && ((self.at(i) == b'-' && self.at(i + 1) == b'-')
+                    || (self.at(i) == b'/' && self.at(i + 1) == b'*'))
+            {
+                break;
+            }
+            i += 1;
+        }
+        self.pos = i;
+        let bytes = self.bytes;
+        self.emit(tag::OPERATOR, &bytes[start..i]);
+    }
+
+    /// Keyword or identifier, or the prefix of an E'', B'', X'', N'', U&'' literal or U&"" name.
+    fn word(&mut self) {
+        let start = self.pos;
+        let first = self.at(start);
+        let next = self.at(start + 1);
+        if next == b'\'' {
+            let literal = match first {
+                b'e' | b'E' => Some((true, tag::ESCAPE_STRING)),
+                b'n' | b'N' => Some((false, tag::NATIONAL_STRING)),
+                _ => None,
+            };
+            if let Some((backslash, tag)) = literal {
+                self.pos = start + 2;
+                self.quoted_string(backslash, tag);
+                return;
+            }
+            let bits = match first {
+                b'b' | b'B' => Some(tag::BIT_STRING),
+                b'x' | b'X' => Some(tag::HEX_STRING),
+                _ => None,
+            };
+            if let Some(tag) = bits {
+                self.pos = start + 2;
+                self.bit_string(tag);
+                return;
+            }
+        }
+        if matches!(first, b'u' | b'U') && next == b'&' {
+            match self.at(start + 2) {
+                b'\'' => {
+                    self.pos = start + 3;
+                    self.quoted_string(false, tag::UNICODE_STRING);
+                    return;
+                }
+                b'"' => {
+                    self.pos = start + 2;
+                    self.quoted_ident(tag::UNICODE_IDENT);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let mut i = start;
+        while is_ident_cont(self.at(i)) {
+            i += 1;
+        }
+        self.pos = i;
+        self.out.push(tag::WORD);
+        let folded = self.out.len();
+        self.out.extend_from_slice(&self.bytes[start..i]);
+        if let Some(word) = self.out.get_mut(folded..) {
+            word.make_ascii_lowercase();
+        }
+        self.out.push(tag::END);
+    }
+}
+
+#[cfg(test)]
+#[path = "fingerprint_tests.rs"]
+mod tests;
