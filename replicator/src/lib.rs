@@ -1,1 +1,4 @@
 //! Tandem replicator.
+
+pub mod apply;
+pub mod copy;

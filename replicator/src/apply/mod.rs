@@ -1,0 +1,5 @@
+//! Applying the change stream to replicas.
+
+pub mod session;
+pub mod split;
+pub mod sql;
