@@ -1,4 +1,9 @@
-//! Tandem replicator.
+//! Tandem replicator: the change stream from the primary to every replica.
+//!
+//! Data flow: slot (`source/`) → decoder (`decoder/`) → change log
+//! (`changelog/`) → applier per replica (`apply/`). [`change`] holds the
+//! decoded transactions that travel along it.
 
 pub mod apply;
+pub mod change;
 pub mod copy;
