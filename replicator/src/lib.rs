@@ -7,3 +7,4 @@
 pub mod apply;
 pub mod change;
 pub mod copy;
+pub mod ddl;

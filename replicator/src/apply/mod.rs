@@ -3,3 +3,4 @@
 pub mod session;
 pub mod split;
 pub mod sql;
+pub mod text;

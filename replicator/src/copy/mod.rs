@@ -102,7 +102,11 @@ pub struct CopyRequest<'a> {
     /// Snapshot exported by `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`,
     /// still valid (its replication connection has not run another command).
     pub snapshot: &'a str,
-    /// The slot's consistent point: the progress the copied data stands for.
+    /// The slot's consistent point. Transactions whose commit record starts
+    /// at or after it are streamed, those before are in the snapshot; the
+    /// progress row is therefore set to `consistent_point - 1`, so that the
+    /// applier's rule "skip `commit_lsn <= progress`" keeps a commit sitting
+    /// exactly at the consistent point.
     pub consistent_point: Lsn,
     /// Key of the progress row (the source the replica is fed from).
     pub source: &'a str,
@@ -216,7 +220,7 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
     session::ensure_progress_table(&replica)
         .await
         .map_err(sql("creating the progress table on the replica"))?;
-    session::write_progress(&replica, req.source, req.consistent_point)
+    session::write_progress(&replica, req.source, progress_after_copy(req.consistent_point))
         .await
         .map_err(sql("writing the progress row on the replica"))?;
     replica
@@ -237,6 +241,12 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
         tables: tables.len(),
         rows,
     })
+}
+
+/// The progress row value standing for "everything committed before
+/// `consistent_point`" (see [`CopyRequest::consistent_point`]).
+pub fn progress_after_copy(consistent_point: Lsn) -> Lsn {
+    Lsn(consistent_point.0.saturating_sub(1))
 }
 
 /// The progress of `req.source` in the replica's database, if both exist.
