@@ -8,3 +8,4 @@ pub mod apply;
 pub mod change;
 pub mod copy;
 pub mod ddl;
+pub mod status;
