@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod change;
+pub mod changelog;
 pub mod copy;
 pub mod ddl;
 pub mod status;
