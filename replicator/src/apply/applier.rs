@@ -273,7 +273,6 @@ impl Applier {
             },
         ];
         let mut progress_hit = None;
-        let mut statements = 0;
         for step in steps {
             match step {
                 Step::Row(row, kind) => {
@@ -287,25 +286,25 @@ impl Applier {
                 }
                 Step::Simple(sql) => ops.push(Op::Simple(sql)),
                 Step::Ddl(msg) => {
-                    self.flush(&mut ops, &mut progress_hit).await?;
+                    if !self.flush(&mut ops, &mut progress_hit).await? {
+                        return Ok(false);
+                    }
                     self.replay_ddl(msg).await?;
                     self.statements.clear();
                 }
             }
-            statements += 1;
-            if ops.len() >= PIPELINE_DEPTH {
-                self.flush(&mut ops, &mut progress_hit).await?;
+            if ops.len() >= PIPELINE_DEPTH && !self.flush(&mut ops, &mut progress_hit).await? {
+                return Ok(false);
             }
         }
-        self.flush(&mut ops, &mut progress_hit).await?;
-        if progress_hit != Some(1) {
+        if !self.flush(&mut ops, &mut progress_hit).await? || progress_hit != Some(1) {
             return Ok(false);
         }
         self.client
             .batch_execute("COMMIT")
             .await
             .map_err(|e| ApplyError::sql("committing on the replica", e))?;
-        tracing::trace!(statements, %last, "batch committed");
+        tracing::trace!(statements = steps.len(), %last, "batch committed");
         Ok(true)
     }
 
@@ -326,10 +325,12 @@ impl Applier {
     }
 
     /// Sends every queued op before waiting for any answer, then checks the
-    /// answers in order; the first failure is the error reported.
-    async fn flush(&self, ops: &mut Vec<Op<'_>>, progress_hit: &mut Option<u64>) -> Result<(), ApplyError> {
+    /// answers in order; the first failure is the error reported. `Ok(false)`
+    /// when the progress update found the batch applied already (later
+    /// failures, e.g. duplicate keys, are then expected and ignored).
+    async fn flush(&self, ops: &mut Vec<Op<'_>>, progress_hit: &mut Option<u64>) -> Result<bool, ApplyError> {
         if ops.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         type Fut<'f> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'f>>;
         let client = &self.client;
@@ -379,9 +380,12 @@ impl Applier {
             }
         }
         ops.clear();
+        if *progress_hit == Some(0) {
+            return Ok(false);
+        }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 
