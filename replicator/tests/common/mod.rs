@@ -92,7 +92,7 @@ impl Pg {
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
              wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
-             fsync = off\nsynchronous_commit = off\nshared_buffers = 16MB\n"
+             fsync = off\nshared_buffers = 16MB\n"
         );
         let conf_path = data.join("postgresql.conf");
         let mut existing = std::fs::read_to_string(&conf_path)?;
