@@ -1,16 +1,17 @@
 //! Replication status: what operators and the witness group read.
 //!
-//! Place in the data flow: beside it. The source reports how far the primary
-//! has gone ([`StatusBoard::record_source`]), every apply task reports what
-//! its replica has applied ([`ReplicaReporter`]); an HTTP endpoint serves
+//! Place in the data flow: beside it. Every apply task reports how far its
+//! database's change log goes and what its replica has applied
+//! ([`ReplicaReporter`]); an HTTP endpoint serves
 //! `GET /status` (JSON, per replica and database: applied LSN, lag in bytes
 //! and seconds, apply rate, mode) and `GET /metrics` (Prometheus text,
 //! `tandem_replicator_*` series).
 //!
-//! Lag in seconds is measured in the primary's clock: the commit time of the
-//! newest transaction the source has seen minus that of the newest one the
-//! replica applied (0 when the replica has everything), so it needs no clock
-//! agreement between hosts.
+//! Lag in bytes is the distance between the newest commit in the database's
+//! change log and the replica's applied commit. Lag in seconds is how long
+//! the replica has been behind: the time since it last had everything the
+//! change log held (0 when it has), measured on this host's monotonic clock,
+//! so it needs no clock agreement with the primary.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -42,14 +43,15 @@ pub struct StatusBoard {
 
 #[derive(Default)]
 struct BoardState {
-    source_lsn: Lsn,
-    source_commit_time_us: i64,
+    /// Newest commit LSN per database (its change log's end).
+    sources: BTreeMap<String, Lsn>,
     replicas: BTreeMap<(String, String), ReplicaState>,
 }
 
 struct ReplicaState {
     applied_lsn: Lsn,
-    applied_commit_time_us: i64,
+    /// Since when the replica lacks a commit the change log holds.
+    behind_since: Option<Instant>,
     applied_transactions: u64,
     window_start: Instant,
     window_count: u64,
@@ -121,7 +123,7 @@ pub struct ReplicaStatus {
 pub struct StatusReport {
     /// `sync` or `async`.
     pub mode: String,
-    /// Newest LSN seen from the primary.
+    /// Newest commit LSN over all databases.
     pub source_lsn: Lsn,
     /// One entry per (replica, database).
     pub replicas: Vec<ReplicaStatus>,
@@ -158,7 +160,7 @@ impl StatusBoard {
         let key = (replica.to_owned(), database.to_owned());
         self.state().replicas.entry(key.clone()).or_insert_with(|| ReplicaState {
             applied_lsn: Lsn::ZERO,
-            applied_commit_time_us: 0,
+            behind_since: None,
             applied_transactions: 0,
             window_start: Instant::now(),
             window_count: 0,
@@ -175,13 +177,19 @@ impl StatusBoard {
         }
     }
 
-    /// The source saw a transaction committed at `lsn`, `commit_time_us`
-    /// (microseconds since 2000-01-01, as pgoutput sends it).
-    pub fn record_source(&self, lsn: Lsn, commit_time_us: i64) {
+    /// The change log of `database` holds commits up to `lsn`.
+    pub fn record_source(&self, database: &str, lsn: Lsn) {
         let mut st = self.state();
-        if lsn > st.source_lsn {
-            st.source_lsn = lsn;
-            st.source_commit_time_us = commit_time_us;
+        let entry = st.sources.entry(database.to_owned()).or_insert(Lsn::ZERO);
+        if lsn <= *entry {
+            return;
+        }
+        *entry = lsn;
+        let now = Instant::now();
+        for ((_, db), r) in st.replicas.iter_mut() {
+            if db == database && r.applied_lsn < lsn && r.behind_since.is_none() {
+                r.behind_since = Some(now);
+            }
         }
     }
 
@@ -193,17 +201,13 @@ impl StatusBoard {
             .replicas
             .iter()
             .map(|((replica, database), r)| {
-                let behind = r.applied_lsn < st.source_lsn;
+                let source = st.sources.get(database).copied().unwrap_or(Lsn::ZERO);
                 ReplicaStatus {
                     replica: replica.clone(),
                     database: database.clone(),
                     applied_lsn: r.applied_lsn,
-                    lag_bytes: st.source_lsn.bytes_since(r.applied_lsn),
-                    lag_seconds: if behind {
-                        (st.source_commit_time_us.saturating_sub(r.applied_commit_time_us)).max(0) as f64 / 1e6
-                    } else {
-                        0.0
-                    },
+                    lag_bytes: source.bytes_since(r.applied_lsn),
+                    lag_seconds: r.behind_since.map_or(0.0, |t| now.duration_since(t).as_secs_f64()),
                     apply_rate: current_rate(r, now),
                     applied_transactions: r.applied_transactions,
                     last_error: r.last_error.clone(),
@@ -212,7 +216,7 @@ impl StatusBoard {
             .collect();
         StatusReport {
             mode: self.mode.clone(),
-            source_lsn: st.source_lsn,
+            source_lsn: st.sources.values().copied().max().unwrap_or(Lsn::ZERO),
             replicas,
         }
     }
@@ -250,14 +254,16 @@ fn current_rate(r: &ReplicaState, now: Instant) -> f64 {
 }
 
 impl ReplicaReporter {
-    /// `txns` transactions were applied, the newest committed at `lsn`, `commit_time_us`.
-    pub fn record_applied(&self, lsn: Lsn, commit_time_us: i64, txns: u64) {
+    /// `txns` more transactions were applied, up to commit `lsn`.
+    pub fn record_applied(&self, lsn: Lsn, txns: u64) {
         {
-            let mut st = self.board.state();
+            let mut guard = self.board.state();
+            let st = &mut *guard;
+            let source = st.sources.get(&self.key.1).copied().unwrap_or(Lsn::ZERO);
             let Some(r) = st.replicas.get_mut(&self.key) else { return };
-            if lsn > r.applied_lsn {
-                r.applied_lsn = lsn;
-                r.applied_commit_time_us = commit_time_us;
+            r.applied_lsn = r.applied_lsn.max(lsn);
+            if r.applied_lsn >= source {
+                r.behind_since = None;
             }
             r.applied_transactions += txns;
             r.window_count += txns;
@@ -275,6 +281,11 @@ impl ReplicaReporter {
             .applied_transactions
             .get_or_create(&self.labels)
             .inc_by(txns);
+    }
+
+    /// The change log of this reporter's database holds commits up to `lsn`.
+    pub fn record_source(&self, lsn: Lsn) {
+        self.board.record_source(&self.key.1, lsn);
     }
 
     /// The replica's progress as read from its progress row (at start).
@@ -338,14 +349,15 @@ mod tests {
     fn reports_lag_and_progress() {
         let board = StatusBoard::new("sync");
         let r = board.replica("r1", "app");
-        board.record_source(Lsn(1000), 5_000_000);
-        r.record_applied(Lsn(400), 3_000_000, 2);
+        board.record_source("app", Lsn(1000));
+        r.record_applied(Lsn(400), 2);
+        std::thread::sleep(Duration::from_millis(20));
         let rep = board.report();
         assert_eq!(rep.mode, "sync");
         let s = &rep.replicas[0];
         assert_eq!((s.applied_lsn, s.lag_bytes, s.applied_transactions), (Lsn(400), 600, 2));
-        assert!((s.lag_seconds - 2.0).abs() < 1e-9);
-        r.record_applied(Lsn(1000), 5_000_000, 1);
+        assert!(s.lag_seconds >= 0.02, "{}", s.lag_seconds);
+        r.record_applied(Lsn(1000), 1);
         let s = &board.report().replicas[0];
         assert_eq!((s.lag_bytes, s.lag_seconds), (0, 0.0));
     }
@@ -354,7 +366,7 @@ mod tests {
     fn metrics_have_the_prefix_and_labels() {
         let board = StatusBoard::new("async");
         let r = board.replica("r1", "app");
-        r.record_applied(Lsn(7), 0, 3);
+        r.record_applied(Lsn(7), 3);
         r.record_error("boom");
         let text = board.metrics_text();
         assert!(text.contains("tandem_replicator_applied_transactions_total{replica=\"r1\",database=\"app\"} 3"), "{text}");

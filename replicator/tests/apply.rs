@@ -373,7 +373,7 @@ async fn apply_task_follows_the_change_log() -> Result<()> {
     };
     let handle = tokio::spawn(run_apply_task(task, shutdown.clone()));
     for t in stream() {
-        board.record_source(t.commit_lsn, t.commit_time_us);
+        board.record_source("app", t.commit_lsn);
         log.append(t.commit_lsn, tandem_replicator::change::encode(&t)).await?;
     }
     tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|l| *l >= Lsn(0x400))).await??;

@@ -173,7 +173,7 @@ impl Applier {
         let (Some(first), Some(last)) = (todo.first(), todo.last()) else {
             return Ok(Applied::Skipped);
         };
-        let (first_lsn, last_lsn, last_time) = (first.commit_lsn, last.commit_lsn, last.commit_time_us);
+        let (first_lsn, last_lsn) = (first.commit_lsn, last.commit_lsn);
         let mut steps = Vec::new();
         for txn in &todo {
             self.plan(txn, &mut steps)?;
@@ -181,12 +181,12 @@ impl Applier {
         if steps.is_empty() {
             // Nothing for this database: no replica transaction needed. The
             // progress row stays behind; on restart these are read and skipped again.
-            self.advance(last_lsn, last_time, todo.len());
+            self.advance(last_lsn, todo.len());
             return Ok(Applied::Skipped);
         }
         match self.run(&steps, first_lsn, last_lsn).await {
             Ok(true) => {
-                self.advance(last_lsn, last_time, todo.len());
+                self.advance(last_lsn, todo.len());
                 Ok(Applied::Committed { statements: steps.len() })
             }
             Ok(false) => {
@@ -198,7 +198,7 @@ impl Applier {
                     .unwrap_or(self.progress);
                 tracing::warn!(database = %self.database, %found, batch_first = %first_lsn,
                     "batch already applied by another writer; skipping");
-                self.advance(found.max(self.progress), last_time, 0);
+                self.advance(found.max(self.progress), 0);
                 Ok(Applied::Skipped)
             }
             Err(e) => {
@@ -210,7 +210,7 @@ impl Applier {
         }
     }
 
-    fn advance(&mut self, lsn: Lsn, commit_time_us: i64, txns: usize) {
+    fn advance(&mut self, lsn: Lsn, txns: usize) {
         if lsn > self.progress {
             self.progress = lsn;
         }
@@ -223,7 +223,7 @@ impl Applier {
             newer
         });
         if let Some(r) = &self.reporter {
-            r.record_applied(progress, commit_time_us, txns as u64);
+            r.record_applied(progress, txns as u64);
         }
     }
 

@@ -10,12 +10,14 @@
 pub mod applier;
 pub mod sequences;
 pub mod session;
+pub mod side;
 pub mod split;
 pub mod sql;
 pub mod task;
 pub mod text;
 
 pub use applier::{Applied, Applier};
+pub use side::Replicas;
 pub use task::{run_apply_task, ApplyTask};
 
 use crate::change::ChangeDecodeError;

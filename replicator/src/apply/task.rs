@@ -83,7 +83,13 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
     .await?;
     let mut reader = task.log.reader(applier.progress())?;
     loop {
+        if let Some(r) = &task.reporter {
+            r.record_source(task.log.last_lsn());
+        }
         let first = reader.next().await?;
+        if let Some(r) = &task.reporter {
+            r.record_source(task.log.last_lsn());
+        }
         let mut bytes = first.1.len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_TXNS && bytes < MAX_BATCH_BYTES {

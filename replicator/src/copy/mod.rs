@@ -85,6 +85,20 @@ pub enum CopyError {
         /// The progress key looked for.
         source_name: String,
     },
+    /// The replica's database was fed by Tandem before, but not up to where
+    /// the new stream starts: the changes in between are gone.
+    #[error(
+        "database {database:?} on the replica was applied up to {applied} only, but the stream \
+         now starts after {needed}; drop the replica's database so it is copied again"
+    )]
+    StaleReplica {
+        /// The database.
+        database: String,
+        /// Its progress row.
+        applied: Lsn,
+        /// What the new stream needs.
+        needed: Lsn,
+    },
     /// The replica DSN names no user, so its own role cannot be protected.
     #[error("the replica DSN must name the user to log in as")]
     NoReplicaUser,
@@ -149,8 +163,17 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
         .await
         .map_err(sql("connecting to the primary"))?;
 
-    // If the database already exists with progress, it was copied before.
+    // If the database already exists with progress, it was copied before;
+    // usable only if it has everything up to the new stream's start.
     if let Some(lsn) = existing_progress(req).await? {
+        let needed = progress_after_copy(req.consistent_point);
+        if lsn < needed {
+            return Err(CopyError::StaleReplica {
+                database: req.database.to_owned(),
+                applied: lsn,
+                needed,
+            });
+        }
         tracing::info!(database = req.database, %lsn, "replica database already copied");
         return Ok(CopyOutcome::AlreadyCopied { lsn });
     }

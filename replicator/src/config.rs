@@ -1,0 +1,337 @@
+//! Replicator settings: what `tandem replicator` flags and the `[replicator]`
+//! section of `tandem.toml` turn into, checked once before [`crate::run`] starts.
+//!
+//! Every other module reads its knobs from [`ReplicatorConfig`]; nothing here
+//! touches the network.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use tandem_core::NodeId;
+
+/// Everything the replicator needs to run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicatorConfig {
+    /// DSN (URL or `key=value`) of the primary: the source of changes. Its
+    /// database part is ignored; each replicated database gets its own connection.
+    pub primary: String,
+    /// The servers to keep in step with the primary.
+    pub replicas: Vec<ReplicaConfig>,
+    /// Databases to replicate; empty means every non-template database that allows connections.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Whether the primary waits for replicas (`sync`) or only for the change log (`async`).
+    pub mode: Mode,
+    /// In sync mode, how many replicas must have applied a commit before the primary may acknowledge it.
+    #[serde(default = "default_sync_quorum")]
+    pub sync_quorum: usize,
+    /// Where the change log lives (one sub-directory per database).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP status and `/metrics` endpoint; none disables it.
+    #[serde(default)]
+    pub status_listen: Option<SocketAddr>,
+    /// Prefix of the logical slots Tandem creates on the primary (`<prefix>_<database oid>`).
+    #[serde(default = "default_slot_prefix")]
+    pub slot_prefix: String,
+    /// Publication (`FOR ALL TABLES`) Tandem creates in every replicated database.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// `application_name` of the replication connections; per database it is
+    /// suffixed with the database OID, and those names go into
+    /// `synchronous_standby_names` in sync mode.
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+    /// How often a standby status update is sent even when nothing changed
+    /// (must stay well under the primary's `wal_sender_timeout`).
+    #[serde(default = "default_feedback_interval_ms")]
+    pub feedback_interval_ms: u64,
+    /// Bound of the queue between the socket reader and the decoder, in messages.
+    #[serde(default = "default_stream_buffer")]
+    pub stream_buffer: usize,
+}
+
+/// One replica server.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// The node's name in status output, metrics and the progress table.
+    pub name: NodeId,
+    /// DSN of the replica (a superuser: the apply session writes everywhere).
+    pub dsn: String,
+}
+
+/// When the primary may acknowledge a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only after `sync_quorum` replicas applied it (RPO 0, read-your-writes there).
+    Sync,
+    /// As soon as the change log holds it durably.
+    Async,
+}
+
+impl Mode {
+    /// Lower-case name for status output and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "async" => Ok(Mode::Async),
+            other => Err(ConfigError::Mode(other.to_owned())),
+        }
+    }
+}
+
+impl FromStr for ReplicaConfig {
+    type Err = ConfigError;
+    /// Parses the `--replica NAME=DSN` flag form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, dsn) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError::ReplicaFlag(s.to_owned()))?;
+        let name = NodeId::new(name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(ReplicaConfig {
+            name,
+            dsn: dsn.to_owned(),
+        })
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--mode` is neither `sync` nor `async`.
+    #[error("invalid mode {0:?}: expected sync or async")]
+    Mode(String),
+    /// `--replica` is not `NAME=DSN`.
+    #[error("invalid replica {0:?}: expected NAME=postgres://USER@HOST:PORT")]
+    ReplicaFlag(String),
+    /// A DSN does not parse.
+    #[error("invalid connection string for {what}: {reason}")]
+    Dsn {
+        /// Which server the DSN names.
+        what: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// Any other inconsistent setting, with the reason.
+    #[error("invalid replicator configuration: {0}")]
+    Invalid(String),
+}
+
+fn default_sync_quorum() -> usize {
+    1
+}
+fn default_slot_prefix() -> String {
+    "tandem".into()
+}
+fn default_publication() -> String {
+    "tandem".into()
+}
+fn default_application_name() -> String {
+    "tandem_replicator".into()
+}
+fn default_feedback_interval_ms() -> u64 {
+    10_000
+}
+fn default_stream_buffer() -> usize {
+    1024
+}
+
+impl ReplicatorConfig {
+    /// A configuration with defaults for everything but the servers, mode and directory.
+    pub fn new(
+        primary: impl Into<String>,
+        replicas: Vec<ReplicaConfig>,
+        mode: Mode,
+        data_dir: PathBuf,
+    ) -> Self {
+        ReplicatorConfig {
+            primary: primary.into(),
+            replicas,
+            databases: Vec::new(),
+            mode,
+            sync_quorum: default_sync_quorum(),
+            data_dir,
+            status_listen: None,
+            slot_prefix: default_slot_prefix(),
+            publication: default_publication(),
+            application_name: default_application_name(),
+            feedback_interval_ms: default_feedback_interval_ms(),
+            stream_buffer: default_stream_buffer(),
+        }
+    }
+
+    /// Parses the primary's DSN.
+    pub fn primary_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        parse_dsn("the primary", &self.primary)
+    }
+
+    /// Checks everything that can be checked without connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.primary_config()?;
+        if self.replicas.is_empty() {
+            return invalid("at least one replica is needed".into());
+        }
+        let mut names = HashSet::new();
+        for r in &self.replicas {
+            if !names.insert(&r.name) {
+                return invalid(format!("replica name {} is used twice", r.name));
+            }
+            parse_dsn(&format!("replica {}", r.name), &r.dsn)?;
+        }
+        if self.sync_quorum == 0 {
+            return invalid("sync_quorum must be at least 1".into());
+        }
+        if self.sync_quorum > self.replicas.len() {
+            return invalid(format!(
+                "sync_quorum {} is larger than the number of replicas ({})",
+                self.sync_quorum,
+                self.replicas.len()
+            ));
+        }
+        let mut dbs = HashSet::new();
+        for db in &self.databases {
+            if db.is_empty() || db.contains('\0') {
+                return invalid(format!("invalid database name {db:?}"));
+            }
+            if !dbs.insert(db) {
+                return invalid(format!("database {db} is listed twice"));
+            }
+        }
+        // Slot names allow [a-z0-9_] only; leave room for "_<oid>".
+        if !is_simple_identifier(&self.slot_prefix, 48) {
+            return invalid(format!(
+                "slot_prefix {:?}: use 1 to 48 of a-z 0-9 _",
+                self.slot_prefix
+            ));
+        }
+        if !is_simple_identifier(&self.publication, 63) {
+            return invalid(format!(
+                "publication {:?}: use 1 to 63 of a-z 0-9 _",
+                self.publication
+            ));
+        }
+        if !is_simple_identifier(&self.application_name, 48) {
+            return invalid(format!(
+                "application_name {:?}: use 1 to 48 of a-z 0-9 _",
+                self.application_name
+            ));
+        }
+        if self.feedback_interval_ms == 0 || self.feedback_interval_ms > 60_000 {
+            return invalid("feedback_interval_ms must be between 1 and 60000".into());
+        }
+        if self.stream_buffer == 0 {
+            return invalid("stream_buffer must be at least 1".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir is required".into());
+        }
+        Ok(())
+    }
+
+    /// Name of the logical slot for the database with this OID.
+    pub fn slot_name(&self, db_oid: u32) -> String {
+        format!("{}_{}", self.slot_prefix, db_oid)
+    }
+
+    /// `application_name` of the replication connection for the database with this OID.
+    pub fn stream_application_name(&self, db_oid: u32) -> String {
+        format!("{}_{}", self.application_name, db_oid)
+    }
+}
+
+/// Parses a DSN in URL or `key=value` form, naming `what` in the error.
+pub fn parse_dsn(what: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    dsn.parse::<tokio_postgres::Config>()
+        .map_err(|e| ConfigError::Dsn {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn is_simple_identifier(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ReplicatorConfig {
+        ReplicatorConfig::new(
+            "postgres://postgres@127.0.0.1:5432",
+            vec!["r1=postgres://postgres@127.0.0.1:5433".parse().unwrap()],
+            Mode::Sync,
+            "/tmp/x".into(),
+        )
+    }
+
+    #[test]
+    fn defaults_validate() {
+        cfg().validate().unwrap();
+        assert_eq!(cfg().slot_name(16384), "tandem_16384");
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let mut c = cfg();
+        c.sync_quorum = 2;
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.replicas.push(c.replicas[0].clone());
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        let mut c = cfg();
+        c.slot_prefix = "Bad-Name".into();
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.primary = "postgres://[::1".into();
+        assert!(matches!(c.validate(), Err(ConfigError::Dsn { .. })));
+        assert!("r1".parse::<ReplicaConfig>().is_err());
+        assert!("x".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_fields() {
+        let text = r#"
+            primary = "postgres://postgres@127.0.0.1:5432"
+            mode = "async"
+            data_dir = "/var/lib/tandem"
+            status_listen = "127.0.0.1:9187"
+            [[replicas]]
+            name = "r1"
+            dsn = "host=127.0.0.1 port=5433 user=postgres"
+        "#;
+        let c: ReplicatorConfig = toml::from_str(text).unwrap();
+        assert_eq!(c.mode, Mode::Async);
+        assert_eq!(c.sync_quorum, 1);
+        c.validate().unwrap();
+        let back: ReplicatorConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(toml::from_str::<ReplicatorConfig>(&format!("{text}\nbogus = 1")).is_err());
+    }
+}
