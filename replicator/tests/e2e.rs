@@ -112,6 +112,23 @@ async fn replicate_pgbench(mode: Mode) -> Result<()> {
     )
     .await?;
     pgbench(&primary, &["-n", "-c", "2", "-t", "50", "bench"])?;
+    if mode == Mode::Sync {
+        // An acknowledged commit is already readable on the replica.
+        let r = replica.connect("bench").await?;
+        for i in 0..20 {
+            let note = format!("sync {i}");
+            p.execute(
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime, note) VALUES (1, 1, 1, 0, now(), $1)",
+                &[&note],
+            )
+            .await?;
+            let seen: i64 = r
+                .query_one("SELECT count(*) FROM pgbench_history WHERE note = $1", &[&note])
+                .await?
+                .get(0);
+            assert_eq!(seen, 1, "commit {i} acknowledged but not on the replica");
+        }
+    }
     wait_until_equal(&primary, &replica).await?;
 
     let status = http_get(status_port, "/status").await?;
@@ -127,4 +144,9 @@ async fn replicate_pgbench(mode: Mode) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_load_replicates_in_async_mode() -> Result<()> {
     replicate_pgbench(Mode::Async).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_load_replicates_in_sync_mode() -> Result<()> {
+    replicate_pgbench(Mode::Sync).await
 }
