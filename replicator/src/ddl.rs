@@ -108,7 +108,10 @@ pub async fn install_capture(primary: &Client) -> Result<(), DdlError> {
     ] {
         let name = format!("{TRIGGER_NAME}{suffix}");
         let exists = primary
-            .query_opt("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1", &[&name])
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1",
+                &[&name],
+            )
             .await?
             .is_some();
         if !exists {
@@ -137,7 +140,13 @@ pub fn replay_statements(msg: &DdlMessage) -> Vec<String> {
         .into_iter()
         .filter(|s| DDL_KEYWORDS.contains(&first_keyword(s).as_str()))
         .filter(|s| !creates_temporary(s))
-        .map(|s| if is_create_table_as(&s) { without_data(&s) } else { s })
+        .map(|s| {
+            if is_create_table_as(&s) {
+                without_data(&s)
+            } else {
+                s
+            }
+        })
         .collect()
 }
 
@@ -210,7 +219,8 @@ fn without_data(stmt: &str) -> String {
     let words = top_level_words(stmt);
     let n = words.len();
     let trimmed = stmt.trim_end();
-    let cut = if n >= 3 && words[n - 3] == "WITH" && words[n - 2] == "NO" && words[n - 1] == "DATA" {
+    let cut = if n >= 3 && words[n - 3] == "WITH" && words[n - 2] == "NO" && words[n - 1] == "DATA"
+    {
         strip_tail_words(trimmed, 3)
     } else if n >= 2 && words[n - 2] == "WITH" && words[n - 1] == "DATA" {
         strip_tail_words(trimmed, 2)
@@ -248,14 +258,23 @@ mod tests {
         let got = replay_statements(&msg(
             "BEGIN; CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1); ALTER TABLE t ADD c text; COMMIT",
         ));
-        assert_eq!(got, vec!["CREATE TABLE t (id int primary key)", "ALTER TABLE t ADD c text"]);
+        assert_eq!(
+            got,
+            vec![
+                "CREATE TABLE t (id int primary key)",
+                "ALTER TABLE t ADD c text"
+            ]
+        );
     }
 
     #[test]
     fn skips_temporary_objects() {
         assert!(replay_statements(&msg("CREATE TEMP TABLE x (a int)")).is_empty());
         assert!(replay_statements(&msg("create global temporary table x (a int)")).is_empty());
-        assert_eq!(replay_statements(&msg("CREATE TABLE temp (a int)")).len(), 1);
+        assert_eq!(
+            replay_statements(&msg("CREATE TABLE temp (a int)")).len(),
+            1
+        );
     }
 
     #[test]

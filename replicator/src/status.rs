@@ -85,14 +85,46 @@ impl Metrics {
             apply_errors: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("source_lsn", "Newest LSN seen from the primary (as a byte position)", m.source_lsn.clone());
-        registry.register("sync_mode", "1 when commits wait for replicas (sync mode), 0 in async mode", m.sync_mode.clone());
-        registry.register("applied_lsn", "Commit LSN applied on the replica database (as a byte position)", m.applied_lsn.clone());
-        registry.register("lag_bytes", "WAL bytes between the primary's newest commit and the replica", m.lag_bytes.clone());
-        registry.register("lag_seconds", "Primary commit-time distance between the newest and the applied transaction", m.lag_seconds.clone());
-        registry.register("apply_rate", "Transactions applied per second, recent", m.apply_rate.clone());
-        registry.register("applied_transactions", "Transactions applied on the replica database", m.applied_transactions.clone());
-        registry.register("apply_errors", "Failed apply attempts on the replica database", m.apply_errors.clone());
+        registry.register(
+            "source_lsn",
+            "Newest LSN seen from the primary (as a byte position)",
+            m.source_lsn.clone(),
+        );
+        registry.register(
+            "sync_mode",
+            "1 when commits wait for replicas (sync mode), 0 in async mode",
+            m.sync_mode.clone(),
+        );
+        registry.register(
+            "applied_lsn",
+            "Commit LSN applied on the replica database (as a byte position)",
+            m.applied_lsn.clone(),
+        );
+        registry.register(
+            "lag_bytes",
+            "WAL bytes between the primary's newest commit and the replica",
+            m.lag_bytes.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "Primary commit-time distance between the newest and the applied transaction",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "apply_rate",
+            "Transactions applied per second, recent",
+            m.apply_rate.clone(),
+        );
+        registry.register(
+            "applied_transactions",
+            "Transactions applied on the replica database",
+            m.applied_transactions.clone(),
+        );
+        registry.register(
+            "apply_errors",
+            "Failed apply attempts on the replica database",
+            m.apply_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -158,15 +190,18 @@ impl StatusBoard {
     /// Registers an apply task and returns its reporting handle.
     pub fn replica(self: &Arc<Self>, replica: &str, database: &str) -> ReplicaReporter {
         let key = (replica.to_owned(), database.to_owned());
-        self.state().replicas.entry(key.clone()).or_insert_with(|| ReplicaState {
-            applied_lsn: Lsn::ZERO,
-            behind_since: None,
-            applied_transactions: 0,
-            window_start: Instant::now(),
-            window_count: 0,
-            rate: 0.0,
-            last_error: None,
-        });
+        self.state()
+            .replicas
+            .entry(key.clone())
+            .or_insert_with(|| ReplicaState {
+                applied_lsn: Lsn::ZERO,
+                behind_since: None,
+                applied_transactions: 0,
+                window_start: Instant::now(),
+                window_count: 0,
+                rate: 0.0,
+                last_error: None,
+            });
         ReplicaReporter {
             board: self.clone(),
             labels: vec![
@@ -207,7 +242,9 @@ impl StatusBoard {
                     database: database.clone(),
                     applied_lsn: r.applied_lsn,
                     lag_bytes: source.bytes_since(r.applied_lsn),
-                    lag_seconds: r.behind_since.map_or(0.0, |t| now.duration_since(t).as_secs_f64()),
+                    lag_seconds: r
+                        .behind_since
+                        .map_or(0.0, |t| now.duration_since(t).as_secs_f64()),
                     apply_rate: current_rate(r, now),
                     applied_transactions: r.applied_transactions,
                     last_error: r.last_error.clone(),
@@ -231,7 +268,9 @@ impl StatusBoard {
                 ("replica".to_owned(), r.replica.clone()),
                 ("database".to_owned(), r.database.clone()),
             ];
-            m.applied_lsn.get_or_create(&labels).set(r.applied_lsn.0 as i64);
+            m.applied_lsn
+                .get_or_create(&labels)
+                .set(r.applied_lsn.0 as i64);
             m.lag_bytes.get_or_create(&labels).set(r.lag_bytes as i64);
             m.lag_seconds.get_or_create(&labels).set(r.lag_seconds);
             m.apply_rate.get_or_create(&labels).set(r.apply_rate);
@@ -260,7 +299,9 @@ impl ReplicaReporter {
             let mut guard = self.board.state();
             let st = &mut *guard;
             let source = st.sources.get(&self.key.1).copied().unwrap_or(Lsn::ZERO);
-            let Some(r) = st.replicas.get_mut(&self.key) else { return };
+            let Some(r) = st.replicas.get_mut(&self.key) else {
+                return;
+            };
             r.applied_lsn = r.applied_lsn.max(lsn);
             if r.applied_lsn >= source {
                 r.behind_since = None;
@@ -304,7 +345,11 @@ impl ReplicaReporter {
                 r.last_error = Some(error.to_owned());
             }
         }
-        self.board.metrics.apply_errors.get_or_create(&self.labels).inc();
+        self.board
+            .metrics
+            .apply_errors
+            .get_or_create(&self.labels)
+            .inc();
     }
 }
 
@@ -322,7 +367,10 @@ async fn status_handler(State(board): State<Arc<StatusBoard>>) -> Json<StatusRep
 
 async fn metrics_handler(State(board): State<Arc<StatusBoard>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         board.metrics_text(),
     )
 }
@@ -355,7 +403,10 @@ mod tests {
         let rep = board.report();
         assert_eq!(rep.mode, "sync");
         let s = &rep.replicas[0];
-        assert_eq!((s.applied_lsn, s.lag_bytes, s.applied_transactions), (Lsn(400), 600, 2));
+        assert_eq!(
+            (s.applied_lsn, s.lag_bytes, s.applied_transactions),
+            (Lsn(400), 600, 2)
+        );
         assert!(s.lag_seconds >= 0.02, "{}", s.lag_seconds);
         r.record_applied(Lsn(1000), 1);
         let s = &board.report().replicas[0];
@@ -369,9 +420,17 @@ mod tests {
         r.record_applied(Lsn(7), 3);
         r.record_error("boom");
         let text = board.metrics_text();
-        assert!(text.contains("tandem_replicator_applied_transactions_total{replica=\"r1\",database=\"app\"} 3"), "{text}");
+        assert!(
+            text.contains(
+                "tandem_replicator_applied_transactions_total{replica=\"r1\",database=\"app\"} 3"
+            ),
+            "{text}"
+        );
         assert!(text.contains("tandem_replicator_sync_mode 0"), "{text}");
-        assert!(text.contains("tandem_replicator_apply_errors_total"), "{text}");
+        assert!(
+            text.contains("tandem_replicator_apply_errors_total"),
+            "{text}"
+        );
         assert!(text.contains("# EOF"), "{text}");
     }
 }

@@ -68,7 +68,10 @@ enum Step {
 
 /// One statement in flight in a pipeline.
 enum Op<'a> {
-    Progress { first: PgLsn, last: PgLsn },
+    Progress {
+        first: PgLsn,
+        last: PgLsn,
+    },
     Row {
         stmt: Statement,
         params: &'a [TextParam],
@@ -169,7 +172,10 @@ impl Applier {
     /// Applies transactions given in commit order, in one replica
     /// transaction; those at or below [`Self::progress`] are skipped.
     pub async fn apply_batch(&mut self, txns: &[Transaction]) -> Result<Applied, ApplyError> {
-        let todo: Vec<&Transaction> = txns.iter().filter(|t| t.commit_lsn > self.progress).collect();
+        let todo: Vec<&Transaction> = txns
+            .iter()
+            .filter(|t| t.commit_lsn > self.progress)
+            .collect();
         let (Some(first), Some(last)) = (todo.first(), todo.last()) else {
             return Ok(Applied::Skipped);
         };
@@ -187,7 +193,9 @@ impl Applier {
         match self.run(&steps, first_lsn, last_lsn).await {
             Ok(true) => {
                 self.advance(last_lsn, todo.len());
-                Ok(Applied::Committed { statements: steps.len() })
+                Ok(Applied::Committed {
+                    statements: steps.len(),
+                })
             }
             Ok(false) => {
                 // Someone else applied this batch: believe the progress row.
@@ -235,13 +243,17 @@ impl Applier {
         let ours = |rel: &change::Relation| rel.schema == TANDEM_SCHEMA;
         for change in &txn.changes {
             match change {
-                Change::Insert { rel, new } if !ours(rel) => steps.push(Step::Row(sql::insert(rel, new)?, "INSERT")),
+                Change::Insert { rel, new } if !ours(rel) => {
+                    steps.push(Step::Row(sql::insert(rel, new)?, "INSERT"))
+                }
                 Change::Update { rel, old, new } if !ours(rel) => {
                     if let Some(s) = sql::update(rel, old.as_ref(), new)? {
                         steps.push(Step::Row(s, "UPDATE"));
                     }
                 }
-                Change::Delete { rel, old } if !ours(rel) => steps.push(Step::Row(sql::delete(rel, old)?, "DELETE")),
+                Change::Delete { rel, old } if !ours(rel) => {
+                    steps.push(Step::Row(sql::delete(rel, old)?, "DELETE"))
+                }
                 Change::Truncate {
                     rels,
                     cascade,
@@ -249,13 +261,19 @@ impl Applier {
                 } => {
                     let rels: Vec<_> = rels.iter().filter(|r| !ours(r)).cloned().collect();
                     if !rels.is_empty() {
-                        steps.push(Step::Simple(sql::truncate(&rels, *cascade, *restart_identity)));
+                        steps.push(Step::Simple(sql::truncate(
+                            &rels,
+                            *cascade,
+                            *restart_identity,
+                        )));
                     }
                 }
-                Change::Message { prefix, content } if prefix == DDL_PREFIX => match DdlMessage::parse(content) {
-                    Ok(msg) => steps.push(Step::Ddl(msg)),
-                    Err(e) => tracing::warn!(error = %e, "ignoring malformed DDL message"),
-                },
+                Change::Message { prefix, content } if prefix == DDL_PREFIX => {
+                    match DdlMessage::parse(content) {
+                        Ok(msg) => steps.push(Step::Ddl(msg)),
+                        Err(e) => tracing::warn!(error = %e, "ignoring malformed DDL message"),
+                    }
+                }
                 _ => {}
             }
         }
@@ -328,17 +346,24 @@ impl Applier {
     /// answers in order; the first failure is the error reported. `Ok(false)`
     /// when the progress update found the batch applied already (later
     /// failures, e.g. duplicate keys, are then expected and ignored).
-    async fn flush(&self, ops: &mut Vec<Op<'_>>, progress_hit: &mut Option<u64>) -> Result<bool, ApplyError> {
+    async fn flush(
+        &self,
+        ops: &mut Vec<Op<'_>>,
+        progress_hit: &mut Option<u64>,
+    ) -> Result<bool, ApplyError> {
         if ops.is_empty() {
             return Ok(true);
         }
-        type Fut<'f> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'f>>;
+        type Fut<'f> =
+            Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'f>>;
         let client = &self.client;
         let source = self.source.as_str();
         let mut futures: Vec<Fut<'_>> = Vec::with_capacity(ops.len());
         for op in ops.iter() {
             let fut: Fut<'_> = match op {
-                Op::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| 0) }),
+                Op::Simple(sql) => {
+                    Box::pin(async move { client.batch_execute(sql).await.map(|()| 0) })
+                }
                 Op::Row { stmt, params, .. } => Box::pin(client.execute_raw(stmt, params.iter())),
                 Op::Progress { first, last } => {
                     let stmt = &self.progress_stmt;
@@ -348,7 +373,8 @@ impl Applier {
             futures.push(fut);
         }
         // First poll of each future queues its request on the connection, in order.
-        let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> = Vec::with_capacity(futures.len());
+        let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+            Vec::with_capacity(futures.len());
         for fut in futures.iter_mut() {
             match futures::poll!(fut.as_mut()) {
                 Poll::Ready(r) => results.push(Some(r)),
@@ -402,12 +428,18 @@ impl Applier {
             source: e,
         };
         self.client
-            .execute("SELECT pg_catalog.set_config('search_path', $1, true)", &[&msg.search_path])
+            .execute(
+                "SELECT pg_catalog.set_config('search_path', $1, true)",
+                &[&msg.search_path],
+            )
             .await
             .map_err(err)?;
         let role_exists = self
             .client
-            .query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&msg.role])
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&msg.role],
+            )
             .await
             .map_err(err)?
             .is_some();
@@ -423,7 +455,10 @@ impl Applier {
             tracing::info!(database = %self.database, statement = %stmt, "replaying DDL");
             self.client.batch_execute(stmt).await.map_err(err)?;
         }
-        self.client.batch_execute("RESET ROLE; RESET search_path").await.map_err(err)?;
+        self.client
+            .batch_execute("RESET ROLE; RESET search_path")
+            .await
+            .map_err(err)?;
         Ok(())
     }
 }

@@ -80,6 +80,12 @@ impl ApplyError {
     /// Whether retrying later can help (connection and server errors) as
     /// opposed to errors in the data itself.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ApplyError::Connect(_) | ApplyError::Sql { .. } | ApplyError::Ddl { .. } | ApplyError::ChangeLog(_))
+        matches!(
+            self,
+            ApplyError::Connect(_)
+                | ApplyError::Sql { .. }
+                | ApplyError::Ddl { .. }
+                | ApplyError::ChangeLog(_)
+        )
     }
 }

@@ -49,7 +49,9 @@ pub async fn run_sequence_sync(
         }
         match sync_sequences_once(&primary, &replicas, &database).await {
             Ok(counts) => tracing::debug!(database = %database, ?counts, "sequences synced"),
-            Err(e) => tracing::warn!(database = %database, error = %e, "sequence sync failed; retrying next round"),
+            Err(e) => {
+                tracing::warn!(database = %database, error = %e, "sequence sync failed; retrying next round")
+            }
         }
     }
 }

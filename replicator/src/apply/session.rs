@@ -29,7 +29,11 @@ pub const WRITER_APPLICATION_NAME: &str = "tandem-apply";
 
 /// Opens a session on `database` of the server `cfg` names, with the given
 /// `application_name`; the connection task is spawned and logs how it ended.
-pub async fn connect(cfg: &Config, database: &str, application_name: &str) -> Result<Client, tokio_postgres::Error> {
+pub async fn connect(
+    cfg: &Config,
+    database: &str,
+    application_name: &str,
+) -> Result<Client, tokio_postgres::Error> {
     let mut cfg = cfg.clone();
     cfg.dbname(database).application_name(application_name);
     open(cfg).await
@@ -38,7 +42,10 @@ pub async fn connect(cfg: &Config, database: &str, application_name: &str) -> Re
 /// Opens a writer session on `database` of a replica (see module docs).
 ///
 /// Requires a superuser login on the replica (`session_replication_role`).
-pub async fn connect_writer(replica: &Config, database: &str) -> Result<Client, tokio_postgres::Error> {
+pub async fn connect_writer(
+    replica: &Config,
+    database: &str,
+) -> Result<Client, tokio_postgres::Error> {
     let mut cfg = replica.clone();
     let mut options = cfg.get_options().map(str::to_owned).unwrap_or_default();
     if !options.is_empty() {
@@ -68,17 +75,24 @@ pub async fn make_server_read_only(writer: &Client) -> Result<(), tokio_postgres
     writer
         .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
         .await?;
-    writer.batch_execute("SELECT pg_catalog.pg_reload_conf()").await
+    writer
+        .batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .await
 }
 
 /// Creates `tandem.applied` if needed.
-pub async fn ensure_progress_table(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+pub async fn ensure_progress_table(
+    client: &impl GenericClient,
+) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(PROGRESS_TABLE_SQL).await
 }
 
 /// The applied position for `source`, or `None` if this database was never
 /// fed from it (or has no progress table at all).
-pub async fn read_progress(client: &impl GenericClient, source: &str) -> Result<Option<Lsn>, tokio_postgres::Error> {
+pub async fn read_progress(
+    client: &impl GenericClient,
+    source: &str,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
     let exists: bool = client
         .query_one("SELECT to_regclass('tandem.applied') IS NOT NULL", &[])
         .await?
@@ -87,14 +101,21 @@ pub async fn read_progress(client: &impl GenericClient, source: &str) -> Result<
         return Ok(None);
     }
     let row = client
-        .query_opt("SELECT lsn FROM tandem.applied WHERE source = $1", &[&source])
+        .query_opt(
+            "SELECT lsn FROM tandem.applied WHERE source = $1",
+            &[&source],
+        )
         .await?;
     Ok(row.map(|r| lsn_from_pg(r.get::<_, PgLsn>(0))))
 }
 
 /// Sets the applied position of `source` (insert or overwrite), inside the
 /// caller's transaction.
-pub async fn write_progress(client: &impl GenericClient, source: &str, lsn: Lsn) -> Result<(), tokio_postgres::Error> {
+pub async fn write_progress(
+    client: &impl GenericClient,
+    source: &str,
+    lsn: Lsn,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO tandem.applied (source, lsn, applied_at) VALUES ($1, $2, now()) \

@@ -40,7 +40,10 @@ pub struct Replicas {
 impl Replicas {
     /// The replica side for `cfg`; progress rows are keyed by the slot
     /// prefix (one stream of one primary), reports go to `board` if given.
-    pub fn new(cfg: &ReplicatorConfig, board: Option<Arc<StatusBoard>>) -> Result<Replicas, ConfigError> {
+    pub fn new(
+        cfg: &ReplicatorConfig,
+        board: Option<Arc<StatusBoard>>,
+    ) -> Result<Replicas, ConfigError> {
         Ok(Replicas {
             primary: cfg.primary_config()?,
             source: cfg.slot_prefix.clone(),
@@ -50,7 +53,10 @@ impl Replicas {
 }
 
 fn replica_config(replica: &ReplicaConfig) -> Result<Config, BoxError> {
-    Ok(parse_dsn(&format!("replica {}", replica.name), &replica.dsn)?)
+    Ok(parse_dsn(
+        &format!("replica {}", replica.name),
+        &replica.dsn,
+    )?)
 }
 
 /// Installs DDL capture in `database` of the primary (idempotent).
@@ -72,10 +78,16 @@ impl ReplicaSide for Replicas {
             let cfg = replica_config(replica)?;
             let client = match session::connect_writer(&cfg, database).await {
                 Ok(c) => c,
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => return Ok(true),
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) =>
+                {
+                    return Ok(true)
+                }
                 Err(e) => return Err(e.into()),
             };
-            Ok(session::read_progress(&client, &self.source).await?.is_none())
+            Ok(session::read_progress(&client, &self.source)
+                .await?
+                .is_none())
         })
     }
 

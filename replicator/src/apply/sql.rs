@@ -70,7 +70,9 @@ pub enum PlanError {
 
 /// Type OIDs without a usable `=` (json, xml, geometric types compared by
 /// area, and their arrays): matched as text in REPLICA IDENTITY FULL lookups.
-const COMPARE_AS_TEXT: &[u32] = &[114, 199, 142, 143, 600, 1017, 603, 1020, 604, 1027, 628, 629, 718, 719];
+const COMPARE_AS_TEXT: &[u32] = &[
+    114, 199, 142, 143, 600, 1017, 603, 1020, 604, 1027, 628, 629, 718, 719,
+];
 
 /// `INSERT INTO t (sent columns) VALUES (...)`.
 pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
@@ -80,7 +82,9 @@ pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
     let mut placeholders = Vec::new();
     let mut params = Vec::new();
     for (col, datum) in rel.columns.iter().zip(&new.0) {
-        let Some(param) = param_of(datum) else { continue };
+        let Some(param) = param_of(datum) else {
+            continue;
+        };
         params.push(param);
         cols.push(quote_ident(&col.name));
         placeholders.push(format!("${}", params.len()));
@@ -100,13 +104,19 @@ pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
 /// `UPDATE t SET (sent columns) WHERE (identity)`; unchanged TOAST columns
 /// are left out of the SET list, so the replica keeps its value. `None` when
 /// there is nothing to set.
-pub fn update(rel: &Relation, old: Option<&Tuple>, new: &Tuple) -> Result<Option<RowStatement>, PlanError> {
+pub fn update(
+    rel: &Relation,
+    old: Option<&Tuple>,
+    new: &Tuple,
+) -> Result<Option<RowStatement>, PlanError> {
     let table = qualified(&rel.schema, &rel.name);
     check_arity(rel, new, &table)?;
     let mut params = Vec::new();
     let mut sets = Vec::new();
     for (col, datum) in rel.columns.iter().zip(&new.0) {
-        let Some(param) = param_of(datum) else { continue };
+        let Some(param) = param_of(datum) else {
+            continue;
+        };
         params.push(param);
         sets.push(format!("{} = ${}", quote_ident(&col.name), params.len()));
     }
@@ -133,7 +143,11 @@ pub fn delete(rel: &Relation, old: &Tuple) -> Result<RowStatement, PlanError> {
 }
 
 /// `TRUNCATE t1, t2 [RESTART IDENTITY] [CASCADE]`.
-pub fn truncate(rels: &[std::sync::Arc<Relation>], cascade: bool, restart_identity: bool) -> String {
+pub fn truncate(
+    rels: &[std::sync::Arc<Relation>],
+    cascade: bool,
+    restart_identity: bool,
+) -> String {
     let names: Vec<String> = rels.iter().map(|r| qualified(&r.schema, &r.name)).collect();
     let mut sql = format!("TRUNCATE {}", names.join(", "));
     if restart_identity {
@@ -286,8 +300,14 @@ mod tests {
     fn insert_lists_sent_columns() {
         let r = rel(ReplicaIdentity::Default, &[true, false]);
         let s = insert(&r, &Tuple(vec![t("1"), Datum::Null])).unwrap();
-        assert_eq!(s.sql, r#"INSERT INTO "public"."t" ("c0", "c1") VALUES ($1, $2)"#);
-        assert_eq!(s.params, vec![TextParam::Text(Bytes::from_static(b"1")), TextParam::Null]);
+        assert_eq!(
+            s.sql,
+            r#"INSERT INTO "public"."t" ("c0", "c1") VALUES ($1, $2)"#
+        );
+        assert_eq!(
+            s.params,
+            vec![TextParam::Text(Bytes::from_static(b"1")), TextParam::Null]
+        );
     }
 
     #[test]
@@ -296,17 +316,27 @@ mod tests {
         let s = update(&r, None, &Tuple(vec![t("1"), Datum::Unchanged, t("{}")]))
             .unwrap()
             .unwrap();
-        assert_eq!(s.sql, r#"UPDATE "public"."t" SET "c0" = $1, "c2" = $2 WHERE "c0" = $3"#);
+        assert_eq!(
+            s.sql,
+            r#"UPDATE "public"."t" SET "c0" = $1, "c2" = $2 WHERE "c0" = $3"#
+        );
         assert_eq!(s.params.len(), 3);
     }
 
     #[test]
     fn update_with_changed_key_uses_old_key() {
         let r = rel(ReplicaIdentity::Index, &[true, false]);
-        let s = update(&r, Some(&Tuple(vec![t("7"), Datum::Null])), &Tuple(vec![t("8"), t("x")]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(s.sql, r#"UPDATE "public"."t" SET "c0" = $1, "c1" = $2 WHERE "c0" = $3"#);
+        let s = update(
+            &r,
+            Some(&Tuple(vec![t("7"), Datum::Null])),
+            &Tuple(vec![t("8"), t("x")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.sql,
+            r#"UPDATE "public"."t" SET "c0" = $1, "c1" = $2 WHERE "c0" = $3"#
+        );
         assert_eq!(s.params[2], TextParam::Text(Bytes::from_static(b"7")));
     }
 
@@ -326,12 +356,18 @@ mod tests {
         let err = delete(&r, &Tuple(vec![t("1"), t("2")])).unwrap_err();
         assert!(err.to_string().contains("\"public\".\"t\""), "{err}");
         let r = rel(ReplicaIdentity::Nothing, &[true]);
-        assert!(matches!(update(&r, None, &Tuple(vec![t("1")])), Err(PlanError::NoIdentity { .. })));
+        assert!(matches!(
+            update(&r, None, &Tuple(vec![t("1")])),
+            Err(PlanError::NoIdentity { .. })
+        ));
     }
 
     #[test]
     fn truncate_lists_tables_and_options() {
         let r = Arc::new(rel(ReplicaIdentity::Default, &[true]));
-        assert_eq!(truncate(&[r.clone(), r], true, true), r#"TRUNCATE "public"."t", "public"."t" RESTART IDENTITY CASCADE"#);
+        assert_eq!(
+            truncate(&[r.clone(), r], true, true),
+            r#"TRUNCATE "public"."t", "public"."t" RESTART IDENTITY CASCADE"#
+        );
     }
 }

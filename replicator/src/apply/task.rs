@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_postgres::Config;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApplyError, Applier};
+use super::{Applier, ApplyError};
 use crate::changelog::ChangeLog;
 use crate::status::ReplicaReporter;
 
@@ -46,7 +46,10 @@ pub struct ApplyTask {
 
 /// Runs the apply task until `shutdown`. Returns an error only for failures
 /// retrying cannot fix (the replica was never initially copied).
-pub async fn run_apply_task(task: ApplyTask, shutdown: CancellationToken) -> Result<(), ApplyError> {
+pub async fn run_apply_task(
+    task: ApplyTask,
+    shutdown: CancellationToken,
+) -> Result<(), ApplyError> {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

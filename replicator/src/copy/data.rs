@@ -60,7 +60,10 @@ pub async fn copy_table(primary: &Client, replica: &Client, table: &str) -> Resu
     futures::pin_mut!(sink);
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(sql_err("reading"))?;
-        sink.as_mut().feed(chunk).await.map_err(sql_err("writing"))?;
+        sink.as_mut()
+            .feed(chunk)
+            .await
+            .map_err(sql_err("writing"))?;
     }
     sink.as_mut().finish().await.map_err(sql_err("writing"))
 }
@@ -82,7 +85,10 @@ pub async fn read_sequences(primary: &Client) -> Result<Vec<(String, i64)>, toki
 /// Sets the given sequence values on the replica with `setval`. A sequence
 /// the replica does not have (yet: DDL still in flight) is skipped with a
 /// debug log; returns how many were set.
-pub async fn write_sequences(replica: &Client, values: &[(String, i64)]) -> Result<usize, tokio_postgres::Error> {
+pub async fn write_sequences(
+    replica: &Client,
+    values: &[(String, i64)],
+) -> Result<usize, tokio_postgres::Error> {
     let stmt = replica
         .prepare(
             "SELECT pg_catalog.setval(c.oid, $2, true) FROM pg_catalog.pg_class c \

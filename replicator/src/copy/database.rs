@@ -12,9 +12,16 @@ use crate::apply::sql::{quote_ident, quote_literal};
 
 /// Creates `database` on the replica (through `replica_admin`, a writer
 /// session on another database) unless it exists; returns whether it did.
-pub async fn ensure_database(primary: &Client, replica_admin: &Client, database: &str) -> Result<bool, CopyError> {
+pub async fn ensure_database(
+    primary: &Client,
+    replica_admin: &Client,
+    database: &str,
+) -> Result<bool, CopyError> {
     let exists = replica_admin
-        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&database],
+        )
         .await
         .map_err(|source| CopyError::Sql {
             context: "looking up the database on the replica".to_owned(),

@@ -243,9 +243,13 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
     session::ensure_progress_table(&replica)
         .await
         .map_err(sql("creating the progress table on the replica"))?;
-    session::write_progress(&replica, req.source, progress_after_copy(req.consistent_point))
-        .await
-        .map_err(sql("writing the progress row on the replica"))?;
+    session::write_progress(
+        &replica,
+        req.source,
+        progress_after_copy(req.consistent_point),
+    )
+    .await
+    .map_err(sql("writing the progress row on the replica"))?;
     replica
         .batch_execute("COMMIT")
         .await
@@ -277,7 +281,9 @@ async fn existing_progress(req: &CopyRequest<'_>) -> Result<Option<Lsn>, CopyErr
     let replica = match session::connect_writer(req.replica, req.database).await {
         Ok(c) => c,
         // Most likely the database does not exist yet.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => return Ok(None),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            return Ok(None)
+        }
         Err(source) => {
             return Err(CopyError::Sql {
                 context: format!("connecting to database {} on the replica", req.database),

@@ -75,7 +75,12 @@ impl PgTools {
     /// the server described by `cfg`; returns its standard output.
     ///
     /// The password, if any, travels in `PGPASSWORD` so it never shows in `ps`.
-    pub async fn run(&self, program: &str, cfg: &Config, args: &[String]) -> Result<String, CopyError> {
+    pub async fn run(
+        &self,
+        program: &str,
+        cfg: &Config,
+        args: &[String],
+    ) -> Result<String, CopyError> {
         let path = self.bindir.join(program);
         let mut cmd = tokio::process::Command::new(&path);
         cmd.args(args)
@@ -174,7 +179,9 @@ mod tests {
 
     #[test]
     fn conninfo_quotes_values_and_omits_password() {
-        let cfg: Config = "postgres://al'ice:secret@127.0.0.1:5999/my db".parse().unwrap();
+        let cfg: Config = "postgres://al'ice:secret@127.0.0.1:5999/my db"
+            .parse()
+            .unwrap();
         let s = conninfo(&cfg);
         assert!(s.contains("host='127.0.0.1'"), "{s}");
         assert!(s.contains("port='5999'"), "{s}");
