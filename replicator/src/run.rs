@@ -33,6 +33,15 @@ pub enum ReplicatorError {
     /// The change log could not be opened.
     #[error(transparent)]
     ChangeLog(#[from] ChangeLogError),
+    /// The status endpoint cannot listen on its address.
+    #[error("status endpoint on {addr}: {source}")]
+    Status {
+        /// The `--status-listen` address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The replica side failed.
     #[error("replica {replica}, database {database}: {source}")]
     Replica {

@@ -1,0 +1,373 @@
+//! SQL text building for the applier: quoting and per-relation statements.
+//!
+//! Place in the data flow: between a decoded change and the replica. Each
+//! relation and change shape (which columns are sent, which are unchanged
+//! TOAST, which identify the row) maps to one statement text, prepared once
+//! per writer session and reused.
+
+use super::text::TextParam;
+use crate::change::{Datum, Relation, ReplicaIdentity, Tuple};
+
+/// Quotes an identifier for SQL text (always double-quoted, `"` doubled).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL text (`'` doubled; standard strings).
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// `"schema"."name"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// Statement text and bind parameters for one row change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowStatement {
+    /// SQL text with `$n` placeholders; also the prepared-statement cache key.
+    pub sql: String,
+    /// One text-format value per placeholder, in order.
+    pub params: Vec<TextParam>,
+}
+
+/// Why a change cannot be turned into a statement.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// UPDATE/DELETE on a table with no way to find the old row.
+    #[error(
+        "cannot apply {op} to table {table}: it has no usable replica identity \
+         (add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL on the primary)"
+    )]
+    NoIdentity {
+        /// `UPDATE` or `DELETE`.
+        op: &'static str,
+        /// Quoted table name.
+        table: String,
+    },
+    /// A key column came as "unchanged TOAST" with no old key to use instead.
+    #[error("cannot apply {op} to table {table}: key column {column} was not sent")]
+    KeyNotSent {
+        /// `UPDATE` or `DELETE`.
+        op: &'static str,
+        /// Quoted table name.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The tuple does not have one value per column of its relation.
+    #[error("change for table {table} carries {got} values for {expected} columns")]
+    Arity {
+        /// Quoted table name.
+        table: String,
+        /// Values in the tuple.
+        got: usize,
+        /// Columns in the relation.
+        expected: usize,
+    },
+}
+
+/// Type OIDs without a usable `=` (json, xml, geometric types compared by
+/// area, and their arrays): matched as text in REPLICA IDENTITY FULL lookups.
+const COMPARE_AS_TEXT: &[u32] = &[
+    114, 199, 142, 143, 600, 1017, 603, 1020, 604, 1027, 628, 629, 718, 719,
+];
+
+/// `INSERT INTO t (sent columns) VALUES (...)`.
+pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
+    let table = qualified(&rel.schema, &rel.name);
+    check_arity(rel, new, &table)?;
+    let mut cols = Vec::new();
+    let mut placeholders = Vec::new();
+    let mut params = Vec::new();
+    for (col, datum) in rel.columns.iter().zip(&new.0) {
+        let Some(param) = param_of(datum) else {
+            continue;
+        };
+        params.push(param);
+        cols.push(quote_ident(&col.name));
+        placeholders.push(format!("${}", params.len()));
+    }
+    let sql = if cols.is_empty() {
+        format!("INSERT INTO {table} DEFAULT VALUES")
+    } else {
+        format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            cols.join(", "),
+            placeholders.join(", ")
+        )
+    };
+    Ok(RowStatement { sql, params })
+}
+
+/// `UPDATE t SET (sent columns) WHERE (identity)`; unchanged TOAST columns
+/// are left out of the SET list, so the replica keeps its value. `None` when
+/// there is nothing to set.
+pub fn update(
+    rel: &Relation,
+    old: Option<&Tuple>,
+    new: &Tuple,
+) -> Result<Option<RowStatement>, PlanError> {
+    let table = qualified(&rel.schema, &rel.name);
+    check_arity(rel, new, &table)?;
+    let mut params = Vec::new();
+    let mut sets = Vec::new();
+    for (col, datum) in rel.columns.iter().zip(&new.0) {
+        let Some(param) = param_of(datum) else {
+            continue;
+        };
+        params.push(param);
+        sets.push(format!("{} = ${}", quote_ident(&col.name), params.len()));
+    }
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    let filter = row_filter(rel, old, new, &table, "UPDATE", &mut params)?;
+    Ok(Some(RowStatement {
+        sql: format!("UPDATE {table} SET {} WHERE {filter}", sets.join(", ")),
+        params,
+    }))
+}
+
+/// `DELETE FROM t WHERE (identity)`.
+pub fn delete(rel: &Relation, old: &Tuple) -> Result<RowStatement, PlanError> {
+    let table = qualified(&rel.schema, &rel.name);
+    check_arity(rel, old, &table)?;
+    let mut params = Vec::new();
+    let filter = row_filter(rel, Some(old), old, &table, "DELETE", &mut params)?;
+    Ok(RowStatement {
+        sql: format!("DELETE FROM {table} WHERE {filter}"),
+        params,
+    })
+}
+
+/// `TRUNCATE t1, t2 [RESTART IDENTITY] [CASCADE]`.
+pub fn truncate(
+    rels: &[std::sync::Arc<Relation>],
+    cascade: bool,
+    restart_identity: bool,
+) -> String {
+    let names: Vec<String> = rels.iter().map(|r| qualified(&r.schema, &r.name)).collect();
+    let mut sql = format!("TRUNCATE {}", names.join(", "));
+    if restart_identity {
+        sql.push_str(" RESTART IDENTITY");
+    }
+    if cascade {
+        sql.push_str(" CASCADE");
+    }
+    sql
+}
+
+fn check_arity(rel: &Relation, tuple: &Tuple, table: &str) -> Result<(), PlanError> {
+    if tuple.0.len() != rel.columns.len() {
+        return Err(PlanError::Arity {
+            table: table.to_owned(),
+            got: tuple.0.len(),
+            expected: rel.columns.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The bind value of a datum; `None` for an unchanged TOAST value.
+fn param_of(datum: &Datum) -> Option<TextParam> {
+    match datum {
+        Datum::Null => Some(TextParam::Null),
+        Datum::Text(v) => Some(TextParam::Text(v.clone())),
+        Datum::Unchanged => None,
+    }
+}
+
+/// The WHERE condition finding the old row.
+///
+/// Identity DEFAULT/INDEX: the key columns, from `old` when the key changed,
+/// otherwise from `new`. Identity FULL: every sent column of the old row with
+/// `IS NOT DISTINCT FROM`, limited to one physical row (`ctid`), because a
+/// table without a key may hold identical rows and the primary changed one.
+fn row_filter(
+    rel: &Relation,
+    old: Option<&Tuple>,
+    new: &Tuple,
+    table: &str,
+    op: &'static str,
+    params: &mut Vec<TextParam>,
+) -> Result<String, PlanError> {
+    if let Some(old) = old {
+        check_arity(rel, old, table)?;
+    }
+    let full = rel.replica_identity == ReplicaIdentity::Full && old.is_some();
+    if full {
+        let old = old.unwrap_or(new);
+        let mut conds = Vec::new();
+        for (col, datum) in rel.columns.iter().zip(&old.0) {
+            let name = quote_ident(&col.name);
+            match datum {
+                Datum::Unchanged => continue,
+                Datum::Null => conds.push(format!("{name} IS NULL")),
+                Datum::Text(v) => {
+                    params.push(TextParam::Text(v.clone()));
+                    let n = params.len();
+                    if COMPARE_AS_TEXT.contains(&col.type_oid) {
+                        conds.push(format!("{name}::text = ${n}::text"));
+                    } else {
+                        conds.push(format!("{name} = ${n}"));
+                    }
+                }
+            }
+        }
+        if conds.is_empty() {
+            return Err(PlanError::NoIdentity {
+                op,
+                table: table.to_owned(),
+            });
+        }
+        return Ok(format!(
+            "ctid = (SELECT ctid FROM {table} WHERE {} LIMIT 1)",
+            conds.join(" AND ")
+        ));
+    }
+    if rel.replica_identity == ReplicaIdentity::Nothing {
+        return Err(PlanError::NoIdentity {
+            op,
+            table: table.to_owned(),
+        });
+    }
+    let source = old.unwrap_or(new);
+    let mut conds = Vec::new();
+    for (col, datum) in rel.columns.iter().zip(&source.0) {
+        if !col.is_key {
+            continue;
+        }
+        let name = quote_ident(&col.name);
+        match datum {
+            Datum::Null => conds.push(format!("{name} IS NULL")),
+            Datum::Text(v) => {
+                params.push(TextParam::Text(v.clone()));
+                conds.push(format!("{name} = ${}", params.len()));
+            }
+            Datum::Unchanged => {
+                return Err(PlanError::KeyNotSent {
+                    op,
+                    table: table.to_owned(),
+                    column: col.name.clone(),
+                })
+            }
+        }
+    }
+    if conds.is_empty() {
+        return Err(PlanError::NoIdentity {
+            op,
+            table: table.to_owned(),
+        });
+    }
+    Ok(conds.join(" AND "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::change::Column;
+
+    fn rel(identity: ReplicaIdentity, keys: &[bool]) -> Relation {
+        Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: identity,
+            columns: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Column {
+                    name: format!("c{i}"),
+                    type_oid: if i == 2 { 114 } else { 23 },
+                    type_modifier: -1,
+                    is_key: *k,
+                })
+                .collect(),
+        }
+    }
+
+    fn t(s: &str) -> Datum {
+        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn insert_lists_sent_columns() {
+        let r = rel(ReplicaIdentity::Default, &[true, false]);
+        let s = insert(&r, &Tuple(vec![t("1"), Datum::Null])).unwrap();
+        assert_eq!(
+            s.sql,
+            r#"INSERT INTO "public"."t" ("c0", "c1") VALUES ($1, $2)"#
+        );
+        assert_eq!(
+            s.params,
+            vec![TextParam::Text(Bytes::from_static(b"1")), TextParam::Null]
+        );
+    }
+
+    #[test]
+    fn update_skips_unchanged_toast_and_uses_key() {
+        let r = rel(ReplicaIdentity::Default, &[true, false, false]);
+        let s = update(&r, None, &Tuple(vec![t("1"), Datum::Unchanged, t("{}")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.sql,
+            r#"UPDATE "public"."t" SET "c0" = $1, "c2" = $2 WHERE "c0" = $3"#
+        );
+        assert_eq!(s.params.len(), 3);
+    }
+
+    #[test]
+    fn update_with_changed_key_uses_old_key() {
+        let r = rel(ReplicaIdentity::Index, &[true, false]);
+        let s = update(
+            &r,
+            Some(&Tuple(vec![t("7"), Datum::Null])),
+            &Tuple(vec![t("8"), t("x")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.sql,
+            r#"UPDATE "public"."t" SET "c0" = $1, "c1" = $2 WHERE "c0" = $3"#
+        );
+        assert_eq!(s.params[2], TextParam::Text(Bytes::from_static(b"7")));
+    }
+
+    #[test]
+    fn full_identity_matches_one_row_on_all_columns() {
+        let r = rel(ReplicaIdentity::Full, &[false, false, false]);
+        let s = delete(&r, &Tuple(vec![t("1"), Datum::Null, t("{\"a\":1}")])).unwrap();
+        assert_eq!(
+            s.sql,
+            r#"DELETE FROM "public"."t" WHERE ctid = (SELECT ctid FROM "public"."t" WHERE "c0" = $1 AND "c1" IS NULL AND "c2"::text = $2::text LIMIT 1)"#
+        );
+    }
+
+    #[test]
+    fn missing_identity_is_reported_with_the_table() {
+        let r = rel(ReplicaIdentity::Default, &[false, false]);
+        let err = delete(&r, &Tuple(vec![t("1"), t("2")])).unwrap_err();
+        assert!(err.to_string().contains("\"public\".\"t\""), "{err}");
+        let r = rel(ReplicaIdentity::Nothing, &[true]);
+        assert!(matches!(
+            update(&r, None, &Tuple(vec![t("1")])),
+            Err(PlanError::NoIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn truncate_lists_tables_and_options() {
+        let r = Arc::new(rel(ReplicaIdentity::Default, &[true]));
+        assert_eq!(
+            truncate(&[r.clone(), r], true, true),
+            r#"TRUNCATE "public"."t", "public"."t" RESTART IDENTITY CASCADE"#
+        );
+    }
+}
