@@ -96,7 +96,11 @@ impl Session {
                 self.statements.clear();
                 a.conn.prepared.clear();
             }
-            SessionEffect::Deallocate { .. } | SessionEffect::Pin(_) => {}
+            SessionEffect::Deallocate { .. }
+            | SessionEffect::Pin(_)
+            | SessionEffect::DiscardPlans
+            | SessionEffect::DiscardTemp
+            | SessionEffect::DiscardSequences => {}
         }
         // The connection that ran the statement now holds exactly the client's settings.
         a.conn.params_signature = self.params.signature();
