@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod pool;
 pub mod protocol;
 pub mod router;
 
