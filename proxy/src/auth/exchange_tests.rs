@@ -113,7 +113,10 @@ async fn md5_with_plain_and_md5_secrets() {
     let (mut c, task) = serve(AuthMethod::Md5, "alice", Some(Secret::Md5(hash)));
     md5_login(&mut c, "alice", "wrong").await;
     let err = task.await.unwrap().unwrap_err();
-    assert_eq!((err.sqlstate(), err.to_string().as_str()), ("28P01", "password authentication failed for user \"alice\""));
+    assert_eq!(
+        (err.sqlstate(), err.to_string().as_str()),
+        ("28P01", "password authentication failed for user \"alice\"")
+    );
 }
 
 #[tokio::test]
@@ -189,11 +192,11 @@ async fn eof_mid_exchange_is_an_io_error() {
 #[tokio::test]
 async fn malformed_sasl_messages_are_protocol_violations() {
     let bad_initial: Vec<Vec<u8>> = vec![
-        b"SCRAM-SHA-1\0\0\0\0\x01x".to_vec(), // wrong mechanism
-        b"SCRAM-SHA-256".to_vec(),            // no terminator
-        b"SCRAM-SHA-256\0\0\0".to_vec(),      // short length
-        b"SCRAM-SHA-256\0\0\0\0\x09n,,".to_vec(), // length beyond the data
-        b"SCRAM-SHA-256\0\xff\xff\xff\xff".to_vec(), // -1: no data
+        b"SCRAM-SHA-1\0\0\0\0\x01x".to_vec(),              // wrong mechanism
+        b"SCRAM-SHA-256".to_vec(),                         // no terminator
+        b"SCRAM-SHA-256\0\0\0".to_vec(),                   // short length
+        b"SCRAM-SHA-256\0\0\0\0\x09n,,".to_vec(),          // length beyond the data
+        b"SCRAM-SHA-256\0\xff\xff\xff\xff".to_vec(),       // -1: no data
         b"SCRAM-SHA-256\0\0\0\0\x03\xff\xfe\xfd".to_vec(), // not UTF-8
     ];
     for body in bad_initial {

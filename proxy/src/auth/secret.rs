@@ -107,12 +107,7 @@ impl ScramSecret {
     pub fn derive(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
         let salted = salted_password(password.as_bytes(), salt, iterations);
         let keys = Keys::from_salted_password(&salted);
-        ScramSecret {
-            iterations,
-            salt: salt.to_vec(),
-            stored_key: keys.stored_key(),
-            server_key: keys.server_key,
-        }
+        ScramSecret { iterations, salt: salt.to_vec(), stored_key: keys.stored_key(), server_key: keys.server_key }
     }
 }
 

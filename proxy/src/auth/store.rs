@@ -65,7 +65,12 @@ impl SecretStore {
         Ok(passwd.map(|p| Secret::parse(&p)))
     }
 
-    async fn run_query(&self, query: &str, user: &str, server: &NodeAddr) -> Result<Option<String>, tokio_postgres::Error> {
+    async fn run_query(
+        &self,
+        query: &str,
+        user: &str,
+        server: &NodeAddr,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
         let mut pg = tokio_postgres::Config::new();
         pg.host(&server.host)
             .port(server.port)

@@ -139,10 +139,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Greeting, ConnectError> {
     let mut out = BytesMut::new();
     let params = [("user", user), ("database", database)].into_iter().chain(
-        startup_params
-            .iter()
-            .filter(|(k, _)| k != "user" && k != "database")
-            .map(|(k, v)| (k.as_str(), v.as_str())),
+        startup_params.iter().filter(|(k, _)| k != "user" && k != "database").map(|(k, v)| (k.as_str(), v.as_str())),
     );
     frontend::startup_message(params, &mut out)?;
     stream.write_all(&out).await?;
