@@ -14,7 +14,7 @@ use nix::unistd::{Gid, Uid, User};
 use crate::LocalPgError;
 
 /// libpq environment variables that would redirect a server program.
-const PG_ENV: &[&str] = &[
+pub const LIBPQ_ENV: &[&str] = &[
     "PGDATA", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE",
     "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGSSLMODE", "PGTARGETSESSIONATTRS",
 ];
@@ -48,7 +48,7 @@ pub fn chown_for_server(path: &Path) -> Result<(), LocalPgError> {
 pub fn server_command(program: &Path, cwd: &Path) -> Result<Command, LocalPgError> {
     let mut cmd = Command::new(program);
     cmd.current_dir(cwd).stdin(Stdio::null());
-    for var in PG_ENV {
+    for var in LIBPQ_ENV {
         cmd.env_remove(var);
     }
     if let Some((uid, gid)) = server_user()? {
