@@ -14,7 +14,8 @@ use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
 use super::state::Statement;
 use crate::config::PoolMode;
 use crate::context::ClientState;
-use crate::pool::{AcquireError, ConnectError, PoolKey};
+use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
+use crate::router::Node;
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
 use crate::protocol::frame::{split_message, FrameError};
@@ -319,8 +320,7 @@ impl Session {
                 break;
             }
             self.info.set_state(ClientState::Waiting);
-            let key = PoolKey { node: node.id.clone(), user: self.user.clone(), database: self.database.clone() };
-            let pool = self.ctx.pools.get(&key, &node.addr, &self.cred);
+            let pool = self.pool_for(&node);
             match pool.acquire().await {
                 Ok(conn) => {
                     self.active = Some(Attached { conn, node, inflight: None });
@@ -348,6 +348,19 @@ impl Session {
         }
         self.start_unit_on_active(route);
         Ok(())
+    }
+
+    /// The pool of `node` for this client's user and database, cached per session
+    /// (the lookup would otherwise build a key from three strings per request).
+    fn pool_for(&mut self, node: &Arc<Node>) -> Arc<ServerPool> {
+        if let Some((_, p)) = self.pools.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
+            return p.clone();
+        }
+        let key = PoolKey { node: node.id.clone(), user: self.user.clone(), database: self.database.clone() };
+        let pool = self.ctx.pools.get(&key, &node.addr, &self.cred);
+        self.pools.retain(|(n, _)| Arc::strong_count(n) > 1);
+        self.pools.push((node.clone(), pool.clone()));
+        pool
     }
 
     fn start_unit_on_active(&mut self, route: Route) {

@@ -27,7 +27,7 @@ use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
 use crate::context::{ClientInfo, ClientState, ProxyContext};
 use crate::gate::Busy;
-use crate::pool::Checkout;
+use crate::pool::{Checkout, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::TxStatus;
 use crate::protocol::Frame;
@@ -70,6 +70,8 @@ pub struct Session {
     pub(super) statements: Statements,
     pub(super) floor: ReadFloor,
     pub(super) active: Option<Attached>,
+    /// Pools this session has used, by node.
+    pub(super) pools: Vec<(Arc<Node>, Arc<ServerPool>)>,
     /// Session mode: server connections kept for this client but not in use now.
     pub(super) held: Vec<Attached>,
     pub(super) pipeline: Pipeline,
@@ -133,6 +135,7 @@ impl Session {
             statements: Statements::default(),
             floor: ReadFloor::default(),
             active: None,
+            pools: Vec::new(),
             held: Vec::new(),
             pipeline: Pipeline::default(),
             tx: TxStatus::Idle,

@@ -83,12 +83,27 @@ impl Router {
                 }
             }
         }
-        let candidates: Vec<&Arc<Node>> = topo
-            .replicas
-            .iter()
-            .filter(|r| r.is_healthy() && r.lag_ok() && (!self.read_your_writes || r.lsn() >= floor.min_lsn))
-            .collect();
-        match self.balancer.pick(&candidates) {
+        let eligible = |r: &&Arc<Node>| r.is_healthy() && r.lag_ok() && (!self.read_your_writes || r.lsn() >= floor.min_lsn);
+        // Small clusters (the common case) pick without allocating.
+        let mut few: [Option<&Arc<Node>>; 8] = [None; 8];
+        let mut n = 0;
+        let mut many = Vec::new();
+        for r in topo.replicas.iter().filter(eligible) {
+            if n < few.len() {
+                few[n] = Some(r);
+            } else {
+                many.push(r);
+            }
+            n += 1;
+        }
+        let picked = if n <= few.len() {
+            let arr: [&Arc<Node>; 8] = std::array::from_fn(|i| few[i].unwrap_or(&topo.primary));
+            self.balancer.pick(&arr[..n])
+        } else {
+            many.splice(0..0, few.iter().flatten().copied());
+            self.balancer.pick(&many)
+        };
+        match picked {
             Some(n) => n.clone(),
             None => topo.primary.clone(),
         }
