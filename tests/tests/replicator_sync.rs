@@ -24,8 +24,13 @@ async fn probe(primary: &PgServer, replicas: &[&PgServer], first: i32, count: i3
         rs.push((r.name(), r.connect("postgres", BENCH_DB).await?));
     }
     for id in first..first + count {
-        p.execute("INSERT INTO sync_probe (id) VALUES ($1)", &[&id])
-            .await?;
+        // A commit waiting for ever on the primary is a failure, not a hang.
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            p.execute("INSERT INTO sync_probe (id) VALUES ($1)", &[&id]),
+        )
+        .await
+        .with_context(|| format!("commit of id {id} not acknowledged within 60 s"))??;
         for (name, c) in &rs {
             let seen: i64 = c
                 .query_one("SELECT count(*) FROM sync_probe WHERE id = $1", &[&id])

@@ -67,6 +67,8 @@ fn pgbench_command(pg: &PgServer, args: &[&str]) -> Command {
 pub struct Load {
     child: Option<Child>,
     out: tempfile::NamedTempFile,
+    started: Instant,
+    secs: u32,
 }
 
 impl Load {
@@ -81,13 +83,29 @@ impl Load {
         Ok(Load {
             child: Some(child),
             out,
+            started: Instant::now(),
+            secs,
         })
     }
 
     /// Waits for pgbench to finish and returns how many transactions it committed.
     pub fn finish(mut self) -> Result<u64> {
         let mut child = self.child.take().context("load already finished")?;
-        let status = child.wait()?;
+        // pgbench -T stops starting transactions on time but waits for open
+        // ones; a commit stuck on the primary must fail the test, not hang it.
+        let deadline = self.started + Duration::from_secs(u64::from(self.secs) + 120);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
+                bail!("pgbench -T {} still running 120 s after its end:\n{text}", self.secs);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
         if !status.success() {
             bail!("pgbench failed ({status}):\n{text}");
