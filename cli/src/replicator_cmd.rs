@@ -57,7 +57,10 @@ pub struct ReplicatorArgs {
 }
 
 /// Builds the replicator configuration from the cluster file (if any) and the flags.
-pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
+pub fn build_config(
+    file: Option<&Path>,
+    args: &ReplicatorArgs,
+) -> anyhow::Result<ReplicatorConfig> {
     let from_file = match file {
         Some(path) => crate::file::load(path)?.replicator,
         None => None,
@@ -206,7 +209,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let path = std::env::temp_dir().join(format!("tandem-replicator-cli-{}.toml", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("tandem-replicator-cli-{}.toml", std::process::id()));
         std::fs::write(
             &path,
             r#"
@@ -230,7 +234,10 @@ mod tests {
         assert_eq!(cfg.replicas[0].name.as_str(), "r1");
 
         std::fs::write(&path, "[replicator]\nprimary = \"x\"\nbogus = 1\n").unwrap();
-        let e = format!("{:#}", build_config(Some(&path), &ReplicatorArgs::default()).unwrap_err());
+        let e = format!(
+            "{:#}",
+            build_config(Some(&path), &ReplicatorArgs::default()).unwrap_err()
+        );
         let _ = std::fs::remove_file(&path);
         assert!(e.contains("invalid cluster file"), "{e}");
     }

@@ -15,7 +15,11 @@ fn fails_with(args: &[String]) -> Result<String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut p = TandemProcess::spawn(&args)?;
     let status = p.wait_exit(Duration::from_secs(60))?;
-    assert!(!status.success(), "expected a failure, got {status}\n{}", p.log());
+    assert!(
+        !status.success(),
+        "expected a failure, got {status}\n{}",
+        p.log()
+    );
     Ok(p.log())
 }
 
@@ -34,7 +38,9 @@ fn primary_without_logical_wal_is_refused_with_a_clear_message() -> Result<()> {
     let rep = Replicator::new(dir.path(), &primary, &[("r1", &replica)], "async", &[], &[]);
     let log = fails_with(&rep.args)?;
     assert!(
-        log.contains("wal_level is \"replica\"; set wal_level = logical on the primary and restart it"),
+        log.contains(
+            "wal_level is \"replica\"; set wal_level = logical on the primary and restart it"
+        ),
         "{log}"
     );
     // Nothing was created on the primary.
@@ -42,7 +48,10 @@ fn primary_without_logical_wal_is_refused_with_a_clear_message() -> Result<()> {
         primary.psql("postgres", "SELECT count(*) FROM pg_replication_slots")?,
         "0"
     );
-    assert_eq!(primary.psql("postgres", "SELECT count(*) FROM pg_publication")?, "0");
+    assert_eq!(
+        primary.psql("postgres", "SELECT count(*) FROM pg_publication")?,
+        "0"
+    );
     Ok(())
 }
 
@@ -75,11 +84,21 @@ fn bad_command_lines_are_explained() -> Result<()> {
         "/nonexistent/tandem",
     ];
     let mut a = s(&base);
-    a.extend(s(&["--mode", "eventually", "--replica", "r1=postgres://postgres@127.0.0.1:2"]));
+    a.extend(s(&[
+        "--mode",
+        "eventually",
+        "--replica",
+        "r1=postgres://postgres@127.0.0.1:2",
+    ]));
     assert!(fails_with(&a)?.contains("invalid mode \"eventually\": expected sync or async"));
 
     let mut a = s(&base);
-    a.extend(s(&["--mode", "sync", "--replica", "postgres://postgres@127.0.0.1:2"]));
+    a.extend(s(&[
+        "--mode",
+        "sync",
+        "--replica",
+        "postgres://postgres@127.0.0.1:2",
+    ]));
     assert!(fails_with(&a)?.contains("expected NAME=postgres://USER@HOST:PORT"));
 
     let mut a = s(&base);
@@ -101,7 +120,12 @@ fn bad_command_lines_are_explained() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut a = s(&base);
     a[4] = dir.path().display().to_string();
-    a.extend(s(&["--mode", "async", "--replica", "r1=postgres://postgres@127.0.0.1:2"]));
+    a.extend(s(&[
+        "--mode",
+        "async",
+        "--replica",
+        "r1=postgres://postgres@127.0.0.1:2",
+    ]));
     let log = fails_with(&a)?;
     assert!(log.contains("on the primary"), "{log}");
     Ok(())

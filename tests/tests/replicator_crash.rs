@@ -1,9 +1,10 @@
-//! Faults under pgbench load, async mode, through the real binary:
-//! `kill -9` of the replicator (twice), a torn tail left in its change log,
-//! and `kill -9` of a replica server and its return. At the end every table
-//! has the primary's checksum on both replicas: no transaction lost, none
-//! applied twice (pgbench_history has no key, so a duplicate changes its
-//! row count and checksum).
+//! Faults, async mode, through the real binary: `kill -9` of the replicator
+//! during its first initial copy and twice under pgbench load, a torn tail
+//! left in its change log, `kill -9` of a replica server, a replicator
+//! restart while that replica is down, and the replica's return. At the end
+//! every table has the primary's checksum on both replicas: no transaction
+//! lost, none applied twice (pgbench_history has no key, so a duplicate
+//! changes its row count and checksum).
 
 mod replicator_support;
 
@@ -53,10 +54,22 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
         &[BENCH_DB],
         &[],
     );
+    // kill -9 in the middle of the first initial copy: the next start copies
+    // again (in a fresh snapshot) and joins the stream from there.
+    rep.start()?;
+    wait_until("the initial copy to start", Duration::from_secs(60), || {
+        rep.log().contains("initial copy replica=").then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !is_copied(&r1, BENCH_DB) || !is_copied(&r2, BENCH_DB),
+        "copy finished too early"
+    );
+    rep.kill9();
     rep.start()?;
     wait_copied(&rep, &[&r1, &r2], BENCH_DB, COPY_TIMEOUT)?;
 
-    let load = Load::start(&primary, 20)?;
+    let load = Load::start(&primary, 25)?;
     // kill -9 twice while pgbench runs, restarting in between.
     for _ in 0..2 {
         std::thread::sleep(Duration::from_secs(3));
@@ -77,7 +90,9 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
     // itself left a partial record), and the stream goes on from before them.
     let cut: u64 = wait_until("the torn tail to be cut", Duration::from_secs(30), || {
         let log = rep.log();
-        let line = log.lines().find(|l| l.contains("cutting torn tail of the change log"))?;
+        let line = log
+            .lines()
+            .find(|l| l.contains("cutting torn tail of the change log"))?;
         line.split_whitespace()
             .find_map(|w| w.strip_prefix("cut_bytes="))?
             .parse()
@@ -88,16 +103,27 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
     // kill -9 of a replica server; the replicator reports it and goes on.
     std::thread::sleep(Duration::from_secs(1));
     r2.kill9();
-    wait_until("r2's apply error in the status", Duration::from_secs(30), || {
-        let s = rep.status().ok()?;
-        let e = s["replicas"]
-            .as_array()?
-            .iter()
-            .find(|e| e["replica"] == "r2")?
-            .clone();
-        (!e["last_error"].is_null()).then_some(())
+    wait_until(
+        "r2's apply error in the status",
+        Duration::from_secs(30),
+        || {
+            let s = rep.status().ok()?;
+            let e = s["replicas"]
+                .as_array()?
+                .iter()
+                .find(|e| e["replica"] == "r2")?
+                .clone();
+            (!e["last_error"].is_null()).then_some(())
+        },
+    )?;
+    // The replicator restarts while r2 is still down: r1 goes on being fed.
+    rep.kill9();
+    rep.start()?;
+    let r1_rows = history_rows(&r1)?;
+    wait_until("r1 to be fed without r2", Duration::from_secs(30), || {
+        (history_rows(&r1).ok()? > r1_rows).then_some(())
     })?;
-    std::thread::sleep(Duration::from_secs(2));
+    rep.check_alive()?;
     r2.restart()?;
 
     let txns = load.finish()?;

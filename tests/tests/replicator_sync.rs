@@ -53,7 +53,10 @@ fn sync_mode_end_to_end() -> Result<()> {
         .enable_all()
         .build()?;
     let primary = bench_primary()?;
-    primary.psql(BENCH_DB, "CREATE TABLE sync_probe (id int PRIMARY KEY, at timestamptz DEFAULT now())")?;
+    primary.psql(
+        BENCH_DB,
+        "CREATE TABLE sync_probe (id int PRIMARY KEY, at timestamptz DEFAULT now())",
+    )?;
     let r1 = replica("r1")?;
     let r2 = replica("r2")?;
     let dir = tempfile::tempdir()?;
@@ -69,10 +72,17 @@ fn sync_mode_end_to_end() -> Result<()> {
     wait_copied(&rep, &[&r1, &r2], BENCH_DB, COPY_TIMEOUT)?;
 
     // The replicator manages synchronous_standby_names: its stream of bench.
-    let oid = primary.psql("postgres", "SELECT oid FROM pg_database WHERE datname = 'bench'")?;
+    let oid = primary.psql(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'bench'",
+    )?;
     let want = format!("FIRST 1 (\"tandem_replicator_{oid}\")");
     tandem_tests::wait_until("synchronous_standby_names", Duration::from_secs(30), || {
-        (primary.psql("postgres", "SHOW synchronous_standby_names").ok()? == want).then_some(())
+        (primary
+            .psql("postgres", "SHOW synchronous_standby_names")
+            .ok()?
+            == want)
+            .then_some(())
     })?;
     let state = primary.psql(
         "postgres",
@@ -114,7 +124,10 @@ fn sync_mode_end_to_end() -> Result<()> {
     let status = rep.status()?;
     assert_eq!(status["mode"], "sync");
     let (_, metrics) = rep.http_get("/metrics")?;
-    assert!(metrics.contains("tandem_replicator_sync_mode 1"), "{metrics}");
+    assert!(
+        metrics.contains("tandem_replicator_sync_mode 1"),
+        "{metrics}"
+    );
     drop(rt);
     Ok(())
 }

@@ -54,12 +54,19 @@ pub fn pgbench(pg: &PgServer, args: &[&str]) -> Result<()> {
 
 fn pgbench_command(pg: &PgServer, args: &[&str]) -> Command {
     let mut cmd = Command::new("pgbench");
-    cmd.args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres"])
-        .args(args)
-        .arg(BENCH_DB)
-        .stdin(Stdio::null())
-        .env_remove("PGDATABASE")
-        .env_remove("PGUSER");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+    ])
+    .args(args)
+    .arg(BENCH_DB)
+    .stdin(Stdio::null())
+    .env_remove("PGDATABASE")
+    .env_remove("PGUSER");
     cmd
 }
 
@@ -102,7 +109,10 @@ impl Load {
                 let _ = child.kill();
                 let _ = child.wait();
                 let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
-                bail!("pgbench -T {} still running 120 s after its end:\n{text}", self.secs);
+                bail!(
+                    "pgbench -T {} still running 120 s after its end:\n{text}",
+                    self.secs
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -183,13 +193,17 @@ impl Replicator {
     /// Adds a `--replica NAME=URL` for the next start.
     pub fn add_replica(&mut self, name: &str, r: &PgServer) {
         self.args.push("--replica".into());
-        self.args.push(format!("{name}={}", r.url("postgres", "postgres")));
+        self.args
+            .push(format!("{name}={}", r.url("postgres", "postgres")));
     }
 
     /// Starts the process and waits for its status endpoint.
     pub fn start(&mut self) -> Result<()> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let p = TandemProcess::spawn_with_env(&args, &[("TANDEM_LOG", "info,tandem_replicator=debug")])?;
+        let p = TandemProcess::spawn_with_env(
+            &args,
+            &[("TANDEM_LOG", "info,tandem_replicator=debug")],
+        )?;
         p.wait_for_port(self.status_port, Duration::from_secs(30))?;
         self.proc = Some(p);
         Ok(())
@@ -208,7 +222,10 @@ impl Replicator {
             p.terminate();
             let status = p.wait_exit(Duration::from_secs(30))?;
             if !status.success() {
-                bail!("replicator exited with {status} on SIGTERM\n{}", p.log_tail());
+                bail!(
+                    "replicator exited with {status} on SIGTERM\n{}",
+                    p.log_tail()
+                );
             }
         }
         Ok(())
@@ -218,7 +235,10 @@ impl Replicator {
     pub fn check_alive(&self) -> Result<()> {
         if let Some(p) = &self.proc {
             if let Some(status) = p.try_status()? {
-                bail!("replicator exited ({status})\n--- log ---\n{}", p.log_tail());
+                bail!(
+                    "replicator exited ({status})\n--- log ---\n{}",
+                    p.log_tail()
+                );
             }
         }
         Ok(())
@@ -282,7 +302,12 @@ pub fn is_copied(replica: &PgServer, db: &str) -> bool {
 }
 
 /// Waits until every replica has finished the initial copy of `db`.
-pub fn wait_copied(rep: &Replicator, replicas: &[&PgServer], db: &str, timeout: Duration) -> Result<()> {
+pub fn wait_copied(
+    rep: &Replicator,
+    replicas: &[&PgServer],
+    db: &str,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     for r in replicas {
         while !is_copied(r, db) {
@@ -307,7 +332,11 @@ pub fn user_tables(pg: &PgServer, db: &str) -> Result<Vec<String>> {
         "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
          WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'tandem') ORDER BY 1",
     )?;
-    Ok(out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+    Ok(out
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 /// `count:md5` of every row's text in text order, per table (one psql call).
@@ -355,7 +384,11 @@ pub fn wait_converged(
                     .iter()
                     .map(|(t, w)| {
                         let g = got.iter().find(|(gt, _)| gt == t).map(|(_, c)| c.as_str());
-                        format!("{t}: primary {w}, {} {}", r.name(), g.unwrap_or("(missing)"))
+                        format!(
+                            "{t}: primary {w}, {} {}",
+                            r.name(),
+                            g.unwrap_or("(missing)")
+                        )
                     })
                     .collect();
                 bail!(
