@@ -63,7 +63,7 @@ pub async fn run_with(
     cfg.validate()?;
     let primary_cfg = cfg.primary_config()?;
     let admin_db = primary_cfg.get_dbname().unwrap_or("postgres").to_owned();
-    let admin = primary::connect_sql(&primary_cfg, &admin_db, "tandem_replicator_admin").await?;
+    let admin = admin_session(&primary_cfg, &admin_db).await?;
     let databases = primary::list_databases(&admin, &cfg.databases).await?;
     let mut missing_slots = 0;
     let mut active = 0;
@@ -156,6 +156,25 @@ async fn manage_sync_standbys(
     Ok(())
 }
 
+/// An SQL session on `database` of the primary for the replicator's own
+/// work. Its commits (publication, DDL capture) wait for the primary's WAL
+/// flush only, never for synchronous standbys: in sync mode the standby is
+/// this replicator, which is not streaming yet while it sets up, so such a
+/// commit would otherwise wait for ever (seen after a kill -9 in sync mode).
+async fn admin_session(
+    primary_cfg: &tokio_postgres::Config,
+    database: &str,
+) -> Result<tokio_postgres::Client, SourceError> {
+    let client = primary::connect_sql(primary_cfg, database, "tandem_replicator_admin").await?;
+    client
+        .batch_execute("SET synchronous_commit = local")
+        .await
+        .map_err(SourceError::sql(
+            "setting synchronous_commit on the primary",
+        ))?;
+    Ok(client)
+}
+
 /// Directory of a database's change log: its name with anything outside
 /// `[A-Za-z0-9_-]` percent-escaped, so every name maps to one safe directory.
 pub fn changelog_dir(data_dir: &Path, database: &str) -> PathBuf {
@@ -180,7 +199,7 @@ async fn run_database(
 ) -> Result<(), ReplicatorError> {
     let slot = cfg.slot_name(db.oid);
     let app = cfg.stream_application_name(db.oid);
-    let client = primary::connect_sql(primary_cfg, &db.name, "tandem_replicator_admin").await?;
+    let client = admin_session(primary_cfg, &db.name).await?;
     primary::ensure_publication(&client, &cfg.publication).await?;
     // Before the slot exists: DDL committed after the slot's snapshot must be
     // captured, or replicas copied in that snapshot would miss it.
