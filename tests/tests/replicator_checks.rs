@@ -116,6 +116,31 @@ fn bad_command_lines_are_explained() -> Result<()> {
     ]));
     assert!(fails_with(&a)?.contains("sync_quorum 2 is larger than the number of replicas (1)"));
 
+    // The same settings come from TANDEM_REPLICATOR_* variables.
+    let mut p = TandemProcess::spawn_with_env(
+        &["replicator"],
+        &[
+            (
+                "TANDEM_REPLICATOR_PRIMARY",
+                "postgres://postgres@127.0.0.1:1",
+            ),
+            (
+                "TANDEM_REPLICATOR_REPLICAS",
+                "r1=postgres://postgres@127.0.0.1:2,r2=postgres://postgres@127.0.0.1:3",
+            ),
+            ("TANDEM_REPLICATOR_DATA_DIR", "/nonexistent/tandem"),
+            ("TANDEM_REPLICATOR_MODE", "sync"),
+            ("TANDEM_REPLICATOR_SYNC_QUORUM", "3"),
+        ],
+    )?;
+    assert!(!p.wait_exit(Duration::from_secs(60))?.success());
+    assert!(
+        p.log()
+            .contains("sync_quorum 3 is larger than the number of replicas (2)"),
+        "{}",
+        p.log()
+    );
+
     // Unreachable primary: a connection error naming the primary, not a hang.
     let dir = tempfile::tempdir()?;
     let mut a = s(&base);
