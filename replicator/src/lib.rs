@@ -12,6 +12,7 @@ pub mod config;
 pub mod copy;
 pub mod ddl;
 pub mod decoder;
+mod join;
 mod run;
 pub mod seam;
 pub mod source;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::changelog::{ChangeLog, ChangeLogError, ChangeLogOptions};
 use crate::config::{ConfigError, Mode, ReplicatorConfig};
+use crate::join::{snapshot_info, Joiner};
 use crate::seam::{AppliedLsn, BoxError, ReplicaSide, SnapshotInfo};
 use crate::source::primary::{self, DatabaseInfo};
 use crate::source::{
@@ -33,6 +34,15 @@ pub enum ReplicatorError {
     /// The change log could not be opened.
     #[error(transparent)]
     ChangeLog(#[from] ChangeLogError),
+    /// DDL capture (event triggers) cannot be installed on the primary.
+    #[error("database {database}: {source}")]
+    Ddl {
+        /// Database on the primary.
+        database: String,
+        /// Why installing failed.
+        #[source]
+        source: crate::ddl::DdlError,
+    },
     /// The status endpoint cannot listen on its address.
     #[error("status endpoint on {addr}: {source}")]
     Status {
@@ -41,17 +51,6 @@ pub enum ReplicatorError {
         /// Why binding failed.
         #[source]
         source: std::io::Error,
-    },
-    /// The replica side failed.
-    #[error("replica {replica}, database {database}: {source}")]
-    Replica {
-        /// Replica name.
-        replica: String,
-        /// Database.
-        database: String,
-        /// The replica side's error.
-        #[source]
-        source: BoxError,
     },
 }
 
@@ -64,7 +63,7 @@ pub async fn run_with(
     cfg.validate()?;
     let primary_cfg = cfg.primary_config()?;
     let admin_db = primary_cfg.get_dbname().unwrap_or("postgres").to_owned();
-    let admin = primary::connect_sql(&primary_cfg, &admin_db, "tandem_replicator_admin").await?;
+    let admin = admin_session(&primary_cfg, &admin_db).await?;
     let databases = primary::list_databases(&admin, &cfg.databases).await?;
     let mut missing_slots = 0;
     let mut active = 0;
@@ -157,6 +156,25 @@ async fn manage_sync_standbys(
     Ok(())
 }
 
+/// An SQL session on `database` of the primary for the replicator's own
+/// work. Its commits (publication, DDL capture) wait for the primary's WAL
+/// flush only, never for synchronous standbys: in sync mode the standby is
+/// this replicator, which is not streaming yet while it sets up, so such a
+/// commit would otherwise wait for ever (seen after a kill -9 in sync mode).
+async fn admin_session(
+    primary_cfg: &tokio_postgres::Config,
+    database: &str,
+) -> Result<tokio_postgres::Client, SourceError> {
+    let client = primary::connect_sql(primary_cfg, database, "tandem_replicator_admin").await?;
+    client
+        .batch_execute("SET synchronous_commit = local")
+        .await
+        .map_err(SourceError::sql(
+            "setting synchronous_commit on the primary",
+        ))?;
+    Ok(client)
+}
+
 /// Directory of a database's change log: its name with anything outside
 /// `[A-Za-z0-9_-]` percent-escaped, so every name maps to one safe directory.
 pub fn changelog_dir(data_dir: &Path, database: &str) -> PathBuf {
@@ -181,66 +199,58 @@ async fn run_database(
 ) -> Result<(), ReplicatorError> {
     let slot = cfg.slot_name(db.oid);
     let app = cfg.stream_application_name(db.oid);
-    let client = primary::connect_sql(primary_cfg, &db.name, "tandem_replicator_admin").await?;
+    let client = admin_session(primary_cfg, &db.name).await?;
     primary::ensure_publication(&client, &cfg.publication).await?;
+    // Before the slot exists: DDL committed after the slot's snapshot must be
+    // captured, or replicas copied in that snapshot would miss it.
+    crate::ddl::install_capture(&client)
+        .await
+        .map_err(|source| ReplicatorError::Ddl {
+            database: db.name.clone(),
+            source,
+        })?;
     let log = ChangeLog::open(
         &changelog_dir(&cfg.data_dir, &db.name),
         ChangeLogOptions::default(),
     )?;
-    let replica_err = |r: &crate::config::ReplicaConfig| {
-        let (replica, database) = (r.name.to_string(), db.name.clone());
-        move |source| ReplicatorError::Replica {
-            replica,
-            database,
-            source,
-        }
-    };
+    let joiner = Arc::new(Joiner {
+        primary: primary_cfg.clone(),
+        db: db.clone(),
+        slot: slot.clone(),
+        app: app.clone(),
+        side: side.clone(),
+        log: log.clone(),
+        stop: stop.clone(),
+    });
 
-    // Initial copies: all replicas in the new slot's snapshot, or, for an
-    // existing slot, the replicas still without data in a temporary slot's.
+    // First start: every replica is copied in the new slot's snapshot before
+    // streaming begins. Replicas that fail then, and on later starts every
+    // replica, join in the background (copied first if they need it), so a
+    // replica that is down never holds up the others.
     let mut first_conn = None;
-    let to_copy: Vec<_> = if primary::slot_state(&client, &slot).await?.is_none() {
+    let mut applied: Vec<AppliedLsn> = Vec::new();
+    if primary::slot_state(&client, &slot).await?.is_none() {
         let conn = ReplicationConnection::connect(primary_cfg, &db.name, &app).await?;
         let held = HeldSnapshot::create(conn, &slot, false).await?;
         let snap = snapshot_info(&db, &held);
-        copy_replicas(
-            primary_cfg,
-            &db,
-            snap,
-            cfg.replicas.iter().collect(),
-            side.as_ref(),
-        )
-        .await?;
+        let copies = copy_replicas(primary_cfg, &db, snap, &cfg.replicas, side.as_ref()).await;
         first_conn = Some(held.release());
-        Vec::new()
-    } else {
-        let mut v = Vec::new();
-        for r in &cfg.replicas {
-            if side
-                .needs_copy(primary_cfg, r, &db.name)
-                .await
-                .map_err(replica_err(r))?
-            {
-                v.push(r);
-            }
+        for (i, (r, copied)) in cfg.replicas.iter().zip(copies).enumerate() {
+            let started =
+                copied.and_then(|()| side.spawn_applier(r, &db.name, log.clone(), stop.clone()));
+            applied.push(match started {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!(replica = %r.name, database = db.name, error = %e,
+                        "initial copy failed; retrying in the background");
+                    joiner.spawn(i, r.clone())
+                }
+            });
         }
-        v
-    };
-    if !to_copy.is_empty() {
-        let conn =
-            ReplicationConnection::connect(primary_cfg, &db.name, &format!("{app}_copy")).await?;
-        let held = HeldSnapshot::create(conn, &format!("{slot}_copy"), true).await?;
-        let snap = snapshot_info(&db, &held);
-        copy_replicas(primary_cfg, &db, snap, to_copy, side.as_ref()).await?;
-        held.release().close().await;
-    }
-
-    let mut applied: Vec<AppliedLsn> = Vec::new();
-    for r in &cfg.replicas {
-        applied.push(
-            side.spawn_applier(r, &db.name, log.clone(), stop.clone())
-                .map_err(replica_err(r))?,
-        );
+    } else {
+        for (i, r) in cfg.replicas.iter().enumerate() {
+            applied.push(joiner.spawn(i, r.clone()));
+        }
     }
     let trimmer = tokio::spawn(trim_loop(log.clone(), applied.clone(), stop.clone()));
 
@@ -303,40 +313,23 @@ async fn run_database(
     result
 }
 
-fn snapshot_info(db: &DatabaseInfo, held: &HeldSnapshot) -> SnapshotInfo {
-    SnapshotInfo {
-        database: db.name.clone(),
-        slot: held.slot_name().to_owned(),
-        snapshot: held.snapshot_name().to_owned(),
-        consistent_point: held.consistent_point(),
-    }
-}
-
-/// Copies `replicas` concurrently, all in the one snapshot `snap` (held by the caller).
+/// Copies `replicas` concurrently, all in the one snapshot `snap` (held by
+/// the caller); one outcome per replica, in order.
 async fn copy_replicas(
     primary_cfg: &tokio_postgres::Config,
     db: &DatabaseInfo,
     snap: SnapshotInfo,
-    replicas: Vec<&crate::config::ReplicaConfig>,
+    replicas: &[crate::config::ReplicaConfig],
     side: &dyn ReplicaSide,
-) -> Result<(), ReplicatorError> {
+) -> Vec<Result<(), BoxError>> {
     let copies = replicas.iter().map(|r| {
         let snap = &snap;
         async move {
             tracing::info!(replica = %r.name, database = db.name, "initial copy");
-            side.initial_copy(primary_cfg, r, snap)
-                .await
-                .map_err(|source| ReplicatorError::Replica {
-                    replica: r.name.to_string(),
-                    database: db.name.clone(),
-                    source,
-                })
+            side.initial_copy(primary_cfg, r, snap).await
         }
     });
-    for r in futures::future::join_all(copies).await {
-        r?;
-    }
-    Ok(())
+    futures::future::join_all(copies).await
 }
 
 /// Trims the change log up to what every replica has applied.

@@ -5,6 +5,7 @@
 //! creation attributes that must match for the data to fit are copied:
 //! encoding, collation, character classes, locale provider, owner.
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::CopyError;
@@ -70,12 +71,21 @@ pub async fn ensure_database(
         }
     }
     tracing::info!(database, "creating the database on the replica");
-    replica_admin
-        .batch_execute(&sql)
-        .await
-        .map_err(|source| CopyError::Sql {
+    match replica_admin.batch_execute(&sql).await {
+        Ok(()) => Ok(true),
+        // Another session created it since we looked: typically the session of
+        // a replicator killed in the middle of this very CREATE DATABASE,
+        // which the server finished after its client was gone.
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            tracing::info!(database, "the database appeared on the replica meanwhile");
+            Ok(false)
+        }
+        Err(source) => Err(CopyError::Sql {
             context: format!("creating database {database} on the replica"),
             source,
-        })?;
-    Ok(true)
+        }),
+    }
 }
