@@ -180,7 +180,8 @@ impl Cluster {
         let out = run_pg_client("pgbench", |cmd| {
             cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
                 .args(args);
-        }, "")?;
+        }, "")
+        .with_context(|| format!("pgbench {args:?}\n--- proxy log ---\n{}", self.proxy.log_tail()))?;
         let text = format!("{}\n{}", out.stdout, out.stderr);
         if !out.status.success() {
             return Err(anyhow!(
