@@ -95,7 +95,8 @@ impl Session {
                 // COPY data belongs to the server running the COPY; outside a
                 // COPY the server would ignore it, so does the proxy.
                 if self.active.is_some() {
-                    self.forward(frame, None);
+                    let end = (tag != b'd').then_some(Expect::CopyEnd);
+                    self.forward(frame, end);
                 }
                 Ok(())
             }
