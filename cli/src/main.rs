@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the PostgreSQL proxy: writes to the primary, reads spread over replicas.
-    Proxy(proxy_cmd::ProxyArgs),
+    Proxy(Box<proxy_cmd::ProxyArgs>),
     /// Start a local cluster (primary, 2 replicas, proxy) and print how to connect.
     Demo(demo::DemoArgs),
 }
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Proxy(args) => proxy_cmd::run(cli.config, args).await,
+            Command::Proxy(args) => proxy_cmd::run(cli.config, *args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

@@ -99,7 +99,7 @@ impl Pipeline {
     }
 
     /// Requests outstanding.
-    pub fn len(&self) -> usize {
+    pub fn outstanding(&self) -> usize {
         self.queue.len()
     }
 
@@ -365,7 +365,7 @@ mod tests {
         let mut out = BytesMut::new();
         p.push(Expect::Query { swallow: false }, &mut out);
         assert!(p.on_server_message(b'E', &mut out).client_error);
-        assert_eq!(p.len(), 1);
+        assert_eq!(p.outstanding(), 1);
         assert!(p.on_server_message(b'Z', &mut out).client_rfq);
     }
 }
