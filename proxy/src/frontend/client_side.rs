@@ -96,7 +96,8 @@ impl Session {
                 // COPY data belongs to the server running the COPY; outside a
                 // COPY the server would ignore it, so does the proxy.
                 if self.active.is_some() {
-                    self.forward(frame, None);
+                    let end = (tag != b'd').then_some(Expect::CopyEnd);
+                    self.forward(frame, end);
                 }
                 Ok(())
             }
@@ -159,14 +160,24 @@ impl Session {
         stmt.effects = class.effects;
         let stmt = Arc::new(stmt);
         self.statements.insert(p.name, stmt.clone());
+        let done = bytes::Bytes::from_static(&[b'1', 0, 0, 0, 4]);
+        if self.mode == PoolMode::Transaction
+            && self.active.is_none()
+            && self.tx == TxStatus::Idle
+            && self.ctx.pools.known.contains(&self.database, stmt.hash)
+        {
+            // Known to parse: answer without taking a server connection (see pool::known);
+            // Bind or Describe prepares it on whichever connection runs it.
+            self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
+            return Ok(());
+        }
         self.begin_unit(stmt.route).await?;
         let Some(a) = self.active.as_mut() else { return Ok(()) };
         if a.conn.prepared.contains(&stmt.hash) {
-            let mut done = bytes::BytesMut::new();
-            done.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-            self.pipeline.push(Expect::Synthetic(done.freeze()), &mut self.cout);
+            self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
         } else {
             a.conn.prepared.insert(stmt.hash);
+            self.ctx.pools.known.note(&self.database, stmt.hash);
             build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
             self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: false }, &mut self.cout);
         }
@@ -266,6 +277,7 @@ impl Session {
     fn ensure_prepared(&mut self, stmt: &Statement) {
         let Some(a) = self.active.as_mut() else { return };
         if a.conn.prepared.insert(stmt.hash) {
+            self.ctx.pools.known.note(&self.database, stmt.hash);
             build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
             self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: true }, &mut self.cout);
         }

@@ -45,6 +45,22 @@ pub enum Expect {
     FunctionCall,
     /// A response the proxy gives itself once everything before it is answered.
     Synthetic(Bytes),
+    /// The client's `CopyDone`/`CopyFail`: no response of its own, but it marks where the
+    /// server leaves COPY IN mode (Syncs before it are ignored by the server).
+    CopyEnd,
+}
+
+/// Where the server is in a COPY FROM STDIN, as far as its answers tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Copy {
+    /// Not copying in.
+    #[default]
+    No,
+    /// The server sent CopyInResponse; `ended` once the client's CopyDone/CopyFail is queued.
+    In {
+        /// The client has finished sending data.
+        ended: bool,
+    },
 }
 
 /// What to do with one server message.
@@ -62,15 +78,24 @@ pub struct Outcome {
 }
 
 /// The queue of responses expected from one server connection.
+///
+/// Two server behaviours need more than a queue: in COPY IN mode the server ignores
+/// `Sync`, and after an error in the extended protocol it discards every message up to the
+/// next `Sync`, so until that Sync arrives the connection is not idle even with nothing
+/// queued (handing it to another client would make the server discard that client's
+/// messages).
 #[derive(Debug, Default)]
 pub struct Pipeline {
     queue: VecDeque<Expect>,
+    copy: Copy,
+    /// The server is discarding messages until the client's next Sync.
+    awaiting_sync: bool,
 }
 
 impl Pipeline {
     /// Nothing is outstanding: every request has been answered.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && !self.awaiting_sync
     }
 
     /// Requests outstanding.
@@ -81,15 +106,51 @@ impl Pipeline {
     /// Forgets everything (the server connection is gone).
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.copy = Copy::No;
+        self.awaiting_sync = false;
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
     /// written to `out` at once.
     pub fn push(&mut self, e: Expect, out: &mut BytesMut) {
+        if self.awaiting_sync {
+            // The server discards everything up to the Sync, and answers nothing for it.
+            if e == Expect::Sync {
+                self.awaiting_sync = false;
+                self.queue.push_back(e);
+            }
+            return;
+        }
         match e {
+            Expect::Sync if self.copy == (Copy::In { ended: false }) => {}
+            Expect::CopyEnd => {
+                if self.copy == (Copy::In { ended: false }) {
+                    self.copy = Copy::In { ended: true };
+                }
+                if !self.queue.is_empty() {
+                    self.queue.push_back(e);
+                }
+            }
             Expect::Synthetic(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
             e => self.queue.push_back(e),
         }
+    }
+
+    /// The server entered COPY IN mode: Syncs the client sent before its CopyDone/CopyFail
+    /// will be ignored by the server, so they expect nothing.
+    fn copy_in_started(&mut self) {
+        let end = self.queue.iter().position(|e| *e == Expect::CopyEnd);
+        self.copy = Copy::In { ended: end.is_some() };
+        let mut i = 0;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        while let Some(e) = self.queue.pop_front() {
+            let before_end = end.is_none_or(|end| i < end);
+            if !(before_end && e == Expect::Sync) {
+                kept.push_back(e);
+            }
+            i += 1;
+        }
+        self.queue = kept;
     }
 
     /// Handles one server message with type `tag`; synthetic responses that
@@ -114,21 +175,34 @@ impl Pipeline {
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind), due),
             b'3' => self.pop_if(|e| matches!(e, Expect::Close), due),
             b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe), due),
-            b'C' | b'I' | b's' => self.pop_if(|e| matches!(e, Expect::Execute), due),
+            b'G' => self.copy_in_started(),
+            b'C' | b'I' | b's' => {
+                if tag == b'C' {
+                    self.copy = Copy::No;
+                }
+                self.pop_if(|e| matches!(e, Expect::Execute), due)
+            }
             b'E' => {
                 out.client_error = true;
+                self.copy = Copy::No;
                 match self.queue.front() {
                     Some(Expect::Query { .. }) | Some(Expect::FunctionCall) => {}
                     _ => {
                         // The server now skips everything up to the next Sync.
+                        // An error with nothing outstanding (a FATAL before the server
+                        // closes) does not put the server into skip mode.
+                        let in_flight = !self.queue.is_empty();
+                        let mut reached_sync = false;
                         while let Some(front) = self.queue.front() {
                             if matches!(front, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) {
+                                reached_sync = true;
                                 break;
                             }
                             if let Some(Expect::Parse { hash: Some(h), .. }) = self.queue.pop_front() {
                                 out.unprepared.push(h);
                             }
                         }
+                        self.awaiting_sync = in_flight && !reached_sync;
                     }
                 }
             }
@@ -155,7 +229,7 @@ impl Pipeline {
     }
 
     fn emit_due(&mut self, due: &mut BytesMut) {
-        while let Some(Expect::Synthetic(_)) = self.queue.front() {
+        while let Some(Expect::Synthetic(_) | Expect::CopyEnd) = self.queue.front() {
             if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
                 due.extend_from_slice(&bytes);
             }
@@ -231,6 +305,58 @@ mod tests {
         }
         assert!(p.on_server_message(b'C', &mut due).forward);
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+    }
+
+    #[test]
+    fn syncs_during_copy_in_expect_nothing() {
+        // tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone, Sync.
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+            p.push(e, &mut out);
+        }
+        p.on_server_message(b'2', &mut due);
+        p.on_server_message(b'G', &mut due);
+        p.push(Expect::CopyEnd, &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(p.on_server_message(b'C', &mut due).forward);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle(), "one ReadyForQuery ends it: {p:?}");
+
+        // Everything sent before the server's CopyInResponse arrived.
+        for e in [Expect::Bind, Expect::Execute, Expect::Sync, Expect::CopyEnd, Expect::Sync] {
+            p.push(e, &mut out);
+        }
+        for tag in [b'2', b'G', b'C'] {
+            p.on_server_message(tag, &mut due);
+        }
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle(), "{p:?}");
+        assert!(out.is_empty() && due.is_empty());
+    }
+
+    #[test]
+    fn error_before_sync_keeps_the_connection_until_sync() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        // A failed COPY: the error comes before the client's CopyDone and Sync.
+        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+            p.push(e, &mut out);
+        }
+        p.on_server_message(b'2', &mut due);
+        p.on_server_message(b'G', &mut due);
+        assert!(p.on_server_message(b'E', &mut due).client_error);
+        assert!(!p.is_idle(), "the server waits for a Sync");
+        p.push(Expect::CopyEnd, &mut out);
+        p.push(Expect::Bind, &mut out);
+        p.push(synth(b'1'), &mut out);
+        assert!(!p.is_idle());
+        p.push(Expect::Sync, &mut out);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle(), "{p:?}");
+        assert!(out.is_empty() && due.is_empty(), "discarded messages get no answer");
     }
 
     #[test]

@@ -26,6 +26,7 @@ impl Session {
             let outcome = self.pipeline.on_server_message(tag, &mut self.due);
             for h in &outcome.unprepared {
                 a.conn.prepared.remove(h);
+                self.ctx.pools.known.forget(&self.database, *h);
             }
             if outcome.forward {
                 match tag {

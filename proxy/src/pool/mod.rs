@@ -8,6 +8,7 @@
 //! client at once instead of surfacing as a bb8 timeout.
 
 pub mod connect;
+pub mod known;
 pub mod server;
 
 use std::collections::HashMap;
@@ -188,12 +189,14 @@ pub struct PoolSettings {
 pub struct Pools {
     settings: PoolSettings,
     map: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+    /// Statements that parsed on some server, so a repeated `Parse` needs no server.
+    pub known: known::KnownStatements,
 }
 
 impl Pools {
     /// An empty set of pools.
     pub fn new(settings: PoolSettings) -> Pools {
-        Pools { settings, map: Mutex::new(HashMap::new()) }
+        Pools { settings, map: Mutex::new(HashMap::new()), known: known::KnownStatements::default() }
     }
 
     /// The pool for `key`, created on first use.

@@ -11,7 +11,7 @@ pub mod pg;
 pub mod port;
 pub mod process;
 pub mod procs;
-mod run;
+pub(crate) mod run;
 mod template;
 
 /// Installs a `tracing` subscriber for tests, once per process.

@@ -1,0 +1,262 @@
+//! Faults through the proxy: bad input as raw bytes (garbage before and after startup,
+//! malformed and oversized messages, half-sent packets), clients vanishing mid-transaction,
+//! mid-query and mid-COPY, and a replica killed under read load. Each misbehaving client
+//! gets an ErrorResponse or is closed, its server connection is rolled back or discarded
+//! (checked in the primary's pg_stat_activity), and every other client carries on.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_tests::wire::{first_column, first_error, msg, query, startup, RawClient};
+use tandem_tests::{init_tracing, wait_until, Cluster, ClusterOptions};
+
+/// Logs in, sends `bytes`, and returns everything the proxy answers until it closes.
+async fn after_login(port: u16, bytes: &[u8]) -> anyhow::Result<Vec<tandem_tests::wire::Msg>> {
+    let mut c = RawClient::login(port, "postgres", "postgres").await?;
+    c.send(bytes).await?;
+    c.until_closed().await
+}
+
+/// Asserts that `msgs` hold a FATAL error with SQLSTATE `code`.
+fn assert_fatal(what: &str, msgs: &[tandem_tests::wire::Msg], code: &str) {
+    let e = msgs.iter().find(|m| m.tag == b'E');
+    let e = e.unwrap_or_else(|| panic!("{what}: no ErrorResponse in {msgs:?}"));
+    assert_eq!(e.field(b'C').as_deref(), Some(code), "{what}: {:?}", e.field(b'M'));
+    assert_eq!(e.field(b'S').as_deref(), Some("FATAL"), "{what}");
+}
+
+/// A connection left dirty (in a transaction) would show a transaction start time older
+/// than the statement's; checks a few fresh clients on the shared connections.
+async fn pool_is_clean(c: &Cluster) -> anyhow::Result<()> {
+    for _ in 0..4 {
+        let client = c.connect().await?;
+        // Simple protocol: one Query message, so a fresh transaction has now() equal to
+        // statement_timestamp().
+        let rows = client
+            .simple_query(
+                "SELECT now() = statement_timestamp(), pg_current_xact_id_if_assigned() IS NULL, count(*) FROM v",
+            )
+            .await?;
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow::anyhow!("no row"))?;
+        assert_eq!(row.get(0), Some("t"), "a server connection was returned inside a transaction");
+        assert_eq!(row.get(1), Some("t"));
+        assert_eq!(row.get(2), Some("0"), "nothing of the vanished clients was committed");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
+    init_tracing();
+    // Two primary connections: the bystander's transaction holds one, everyone else shares
+    // the other, so a connection returned dirty would be seen by the next client.
+    let c = Cluster::start(ClusterOptions {
+        replicas: 0,
+        proxy_args: vec!["--pool-size".into(), "2".into()],
+        ..Default::default()
+    })?;
+    c.primary.psql("postgres", "CREATE TABLE v (x int); CREATE TABLE w (x int)")?;
+    let port = c.proxy_port;
+    let bystander = c.connect().await?;
+    bystander.batch_execute("BEGIN; INSERT INTO w VALUES (1)").await?;
+    let bystander_pid: i32 = bystander.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+
+    // --- before startup ---
+    let mut raw = RawClient::connect(port).await?;
+    raw.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
+    let msgs = raw.until_closed().await?;
+    assert_fatal("HTTP request", &msgs, "08P01");
+
+    let mut raw = RawClient::connect(port).await?;
+    raw.send(&[0, 0, 0, 4, 1, 2, 3, 4]).await?;
+    assert_fatal("startup length 4", &raw.until_closed().await?, "08P01");
+
+    let mut raw = RawClient::connect(port).await?;
+    raw.send(&[0, 0, 0, 8, 0, 2, 0, 0]).await?;
+    assert_fatal("protocol 2.0", &raw.until_closed().await?, "08P01");
+
+    let mut raw = RawClient::connect(port).await?;
+    let mut junk = vec![0, 0, 0, 40, 0, 3, 0, 0];
+    junk.extend_from_slice(b"user\0postgres"); // no terminators
+    junk.resize(40, b'x');
+    raw.send(&junk).await?;
+    assert_fatal("unterminated startup parameters", &raw.until_closed().await?, "08P01");
+
+    // Half a startup packet, then gone.
+    let mut raw = RawClient::connect(port).await?;
+    raw.send(&startup("postgres", "postgres")[..7]).await?;
+    drop(raw);
+    // Garbage straight after a valid SSLRequest refusal.
+    let mut raw = RawClient::connect(port).await?;
+    raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    assert_eq!(raw.read_byte().await?, b'N');
+    raw.send(&[0xff; 64]).await?;
+    assert_fatal("garbage after SSLRequest", &raw.until_closed().await?, "08P01");
+
+    // --- after startup ---
+    assert_fatal("unknown message type", &after_login(port, &msg(b'z', b"")).await?, "08P01");
+    assert_fatal("length below 4", &after_login(port, &[b'Q', 0, 0, 0, 3]).await?, "08P01");
+    let started = std::time::Instant::now();
+    assert_fatal("oversized message", &after_login(port, &[b'Q', 0x7f, 0xff, 0xff, 0xff]).await?, "54000");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused without reading it");
+    assert_fatal("query without NUL", &after_login(port, &msg(b'Q', b"SELECT 1")).await?, "08P01");
+    assert_fatal("truncated Parse", &after_login(port, &msg(b'P', b"stmt\0SELECT 1")).await?, "08P01");
+    let mut bad_bind = msg(b'B', b"\0nosuch\0\0\0\0\0\0\0");
+    bad_bind.extend_from_slice(&msg(b'E', b"\0\0\0\0\0"));
+    bad_bind.extend_from_slice(&msg(b'S', b""));
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    raw.send(&bad_bind).await?;
+    let msgs = raw.until_ready().await?;
+    assert_eq!(first_error(&msgs).map(|e| e.0).as_deref(), Some("26000"), "{msgs:?}");
+    assert_eq!(first_column(&raw.simple("SELECT 5").await?), [Some("5".to_string())]);
+    // An extended-protocol error read with Flush before any Sync: the server skips to the
+    // Sync, so the connection must stay with this client until then.
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    let mut bytes = msg(b'P', b"\0SELEC 1\0\0\0");
+    bytes.extend_from_slice(&msg(b'H', b""));
+    raw.send(&bytes).await?;
+    let e = raw.recv().await?.ok_or_else(|| anyhow::anyhow!("closed"))?;
+    assert_eq!(e.sqlstate().as_deref(), Some("42601"));
+    raw.send(&msg(b'S', b"")).await?;
+    assert_eq!(raw.recv().await?.map(|m| m.tag), Some(b'Z'));
+    assert_eq!(first_column(&raw.simple("SELECT 6").await?), [Some("6".to_string())]);
+    // ... and the same client vanishing before its Sync.
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    raw.send(&bytes).await?;
+    assert_eq!(raw.recv().await?.and_then(|m| m.sqlstate()).as_deref(), Some("42601"));
+    drop(raw);
+    // Terminate followed by garbage.
+    let mut bytes = msg(b'X', b"");
+    bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let msgs = after_login(port, &bytes).await?;
+    assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+
+    // --- clients that vanish ---
+    // Mid-transaction, after a write.
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    raw.simple("BEGIN").await?;
+    raw.simple("INSERT INTO v VALUES (1)").await?;
+    drop(raw);
+    // Mid-transaction with half a message sent.
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    raw.simple("BEGIN; INSERT INTO v VALUES (2)").await?;
+    raw.send(&query("INSERT INTO v VALUES (3)")[..9]).await?;
+    drop(raw);
+    // Mid-query, in a transaction.
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    raw.simple("BEGIN; INSERT INTO v VALUES (4)").await?;
+    raw.send(&query("SELECT pg_sleep(60)")).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(raw);
+    // Mid-COPY.
+    let mut raw = RawClient::login(port, "postgres", "postgres").await?;
+    raw.send(&query("COPY v FROM STDIN")).await?;
+    assert_eq!(raw.recv().await?.map(|m| m.tag), Some(b'G'));
+    raw.send(&msg(b'd', b"5\n6\n")).await?;
+    drop(raw);
+
+    wait_until("vanished clients' server sessions to be cleaned", Duration::from_secs(20), || {
+        let n = c
+            .primary
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tandem' \
+                     AND pid <> {bystander_pid} AND (state LIKE 'idle in transaction%' \
+                     OR query LIKE '%pg_sleep(60)%' OR query LIKE 'COPY v%') AND state <> 'idle'"
+                ),
+            )
+            .ok()?;
+        (n == "0").then_some(())
+    })?;
+    pool_is_clean(&c).await?;
+
+    // The bystander never noticed.
+    bystander.batch_execute("INSERT INTO w VALUES (2); COMMIT").await?;
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM w")?, "2");
+    assert!(c.proxy.try_status()?.is_none(), "the proxy is still running");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_load() -> anyhow::Result<()> {
+    init_tracing();
+    let mut c = Cluster::start(ClusterOptions::default())?;
+    c.primary.psql(
+        "postgres",
+        "CREATE TABLE r AS SELECT g AS id FROM generate_series(1, 1000) g",
+    )?;
+    c.wait_replicated()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let client = c.connect().await?;
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let stmt = client.prepare("SELECT count(*), inet_server_port() FROM r WHERE id > $1").await?;
+            let mut ports = HashSet::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = if k % 2 == 0 {
+                    client.query_one(&stmt, &[&0i32]).await
+                } else {
+                    client.query_one("SELECT count(*), inet_server_port() FROM r WHERE id > 0", &[]).await
+                };
+                match r {
+                    Ok(row) => {
+                        if row.get::<_, i64>(0) != 1000 {
+                            errors.push("wrong count".to_string());
+                        }
+                        ports.insert(row.get::<_, i32>(1) as u16);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            anyhow::Ok((ports, errors))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = done.load(Ordering::Relaxed);
+    let killed_port = c.replicas[0].port();
+    c.replicas[0].kill9();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = done.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut all_ports = HashSet::new();
+    for t in tasks {
+        let (ports, errors) = t.await??;
+        assert!(errors.is_empty(), "clients got errors: {errors:?}\n--- proxy log ---\n{}", c.proxy.log_tail());
+        all_ports.extend(ports);
+    }
+    assert!(before > 20 && after > before + 20, "reads went on: {before} then {after}");
+    assert!(all_ports.contains(&killed_port) && all_ports.contains(&c.replicas[1].port()));
+
+    // Now only replica2 serves; after a restart replica1 is back in rotation.
+    let client = c.connect().await?;
+    for _ in 0..10 {
+        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        assert_ne!(port as u16, killed_port);
+    }
+    c.replicas[0].restart()?;
+    let mut back = false;
+    for _ in 0..200 {
+        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        if port as u16 == killed_port {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the restarted replica serves reads again");
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Pooling through the proxy: named prepared statements in transaction mode (many clients,
+//! few server connections), SET tracked and replayed, LISTEN and temp tables pinning a
+//! client to its server connection, pgbench `-M prepared` with zero failures, and session
+//! mode keeping one server session per client.
+
+use std::collections::HashSet;
+
+use tandem_tests::{init_tracing, Cluster, ClusterOptions};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// First column of the first row of a simple query.
+async fn one(client: &Client, sql: &str) -> anyhow::Result<String> {
+    for m in client.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("").to_owned());
+        }
+    }
+    Err(anyhow::anyhow!("no row from {sql}"))
+}
+
+/// Number of failed transactions pgbench reports (PostgreSQL 15 prints the line).
+fn pgbench_failures(out: &str) -> Option<u64> {
+    let line = out.lines().find(|l| l.starts_with("number of failed transactions"))?;
+    line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_and_settings_survive_transaction_pooling() -> anyhow::Result<()> {
+    init_tracing();
+    // Two server connections per node for six clients: statements and settings must be
+    // carried from one server connection to the next.
+    let c = Cluster::start(ClusterOptions {
+        proxy_args: vec!["--pool-size".into(), "2".into()],
+        ..Default::default()
+    })?;
+    c.primary.psql("postgres", "CREATE TABLE p (client int, i int)")?;
+    c.wait_replicated()?;
+
+    let mut tasks = Vec::new();
+    for k in 0..6i32 {
+        let client = c.connect().await?;
+        tasks.push(tokio::spawn(async move {
+            // Every client's first statement gets tokio-postgres's name `s0`, each with a
+            // different text: the proxy must keep them apart.
+            let mul = client.prepare(&format!("SELECT $1::int * {}", k + 2)).await?;
+            let ins = client.prepare("INSERT INTO p VALUES ($1, $2)").await?;
+            let set = format!("SET application_name = 'client{k}'");
+            client.batch_execute(&set).await?;
+            for i in 0..40i32 {
+                let row = client.query_one(&mul, &[&i]).await?;
+                anyhow::ensure!(row.get::<_, i32>(0) == i * (k + 2), "client {k} got another's statement");
+                client.execute(&ins, &[&k, &i]).await?;
+                let app = one(&client, "SHOW application_name").await?;
+                anyhow::ensure!(app == format!("client{k}"), "client {k} sees application_name {app}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*), count(DISTINCT client) FROM p")?, "240|6");
+
+    // SET in a rolled-back transaction is forgotten, SET LOCAL is not kept, RESET removes.
+    let client = c.connect().await?;
+    client.batch_execute("SET search_path = nosuch, public").await?;
+    client.batch_execute("BEGIN; SET search_path = rolled_back; ROLLBACK").await?;
+    client.batch_execute("BEGIN; SET LOCAL work_mem = '7MB'; COMMIT").await?;
+    for _ in 0..6 {
+        assert_eq!(one(&client, "SHOW search_path").await?, "nosuch, public");
+        assert_eq!(one(&client, "SHOW work_mem").await?, "4MB");
+    }
+    client.batch_execute("RESET search_path").await?;
+    for _ in 0..4 {
+        assert_eq!(one(&client, "SHOW search_path").await?, "\"$user\", public");
+    }
+    // Another client never sees those settings on a shared server connection.
+    let other = c.connect().await?;
+    for _ in 0..6 {
+        assert_eq!(one(&other, "SHOW search_path").await?, "\"$user\", public");
+        assert_ne!(one(&other, "SHOW application_name").await?, "client0");
+    }
+    // DEALLOCATE ALL / DISCARD ALL do not break later statements.
+    let stmt = client.prepare("SELECT 41 + 1").await?;
+    client.batch_execute("DISCARD ALL").await?;
+    let stmt2 = client.prepare("SELECT 41 + 1").await?;
+    assert_eq!(client.query_one(&stmt2, &[]).await?.get::<_, i32>(0), 42);
+    drop(stmt);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_and_temp_tables_pin_the_client() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        replicas: 1,
+        proxy_args: vec!["--pool-size".into(), "3".into()],
+        ..Default::default()
+    })?;
+    // Temp table: every later statement needs the same server session.
+    let temp = c.connect().await?;
+    temp.batch_execute("CREATE TEMP TABLE tt (x int); INSERT INTO tt VALUES (1)").await?;
+    let mut pids = HashSet::new();
+    // Other clients keep the pool busy meanwhile.
+    let noise = c.connect().await?;
+    for i in 0..10 {
+        temp.execute("INSERT INTO tt VALUES ($1)", &[&i]).await?;
+        let row = temp.query_one("SELECT count(*), pg_backend_pid() FROM tt", &[]).await?;
+        assert_eq!(row.get::<_, i64>(0), i64::from(i) + 2);
+        pids.insert(row.get::<_, i32>(1));
+        noise.batch_execute("SELECT 1; BEGIN; SELECT 2; COMMIT").await?;
+    }
+    assert_eq!(pids.len(), 1, "a client with a temp table keeps its server session");
+
+    // LISTEN: same.
+    let listener = c.connect().await?;
+    listener.batch_execute("LISTEN ch").await?;
+    let first = one(&listener, "SELECT pg_backend_pid()").await?;
+    for _ in 0..5 {
+        noise.batch_execute("BEGIN; SELECT 2; COMMIT").await?;
+        assert_eq!(one(&listener, "SELECT pg_backend_pid()").await?, first);
+    }
+    let listening = c.primary.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}"),
+    )?;
+    assert_eq!(listening, "1");
+    // A client that is not pinned moves between server sessions.
+    let mut seen = HashSet::new();
+    for _ in 0..10 {
+        seen.insert(one(&noise, "SELECT pg_backend_pid()").await?);
+    }
+    assert!(!seen.contains(&first), "pinned session is not lent to others");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_runs_without_failures() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        proxy_args: vec!["--pool-size".into(), "3".into()],
+        ..Default::default()
+    })?;
+    // Initialization through the proxy too (DDL, COPY, VACUUM).
+    c.pgbench(&["-i", "-s", "1", "-q", "postgres"])?;
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM pgbench_accounts")?, "100000");
+    c.wait_replicated()?;
+    // The first run vacuums and truncates pgbench_history through the proxy; later ones
+    // skip that (-n) so the history rows of both tpcb-like runs stay.
+    for mode in [
+        &["-M", "prepared"][..],
+        &["-n", "-M", "prepared", "-S"],
+        &["-n", "-M", "extended"],
+        &["-n", "-M", "simple", "-S"],
+    ] {
+        let mut args = vec!["-c", "6", "-j", "2", "-t", "60"];
+        args.extend_from_slice(mode);
+        args.push("postgres");
+        eprintln!("pgbench {args:?}");
+        let out = c.pgbench(&args)?;
+        assert_eq!(pgbench_failures(&out), Some(0), "pgbench {mode:?}:\n{out}");
+        assert!(
+            out.contains("number of transactions actually processed: 360/360"),
+            "pgbench {mode:?}:\n{out}"
+        );
+    }
+    // The tpcb-like runs committed on the primary: 2 × 360 history rows.
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM pgbench_history")?, "720");
+    assert_eq!(c.primary_sessions_in("idle in transaction")?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_one_server_session() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 1, pool_mode: "session", ..Default::default() })?;
+    c.primary.psql("postgres", "CREATE TABLE s (x int)")?;
+    let client = c.connect().await?;
+    client.batch_execute("SET application_name = 'sess'").await?;
+    let mut pids = HashSet::new();
+    for i in 0..5 {
+        let row = client
+            .query_one("INSERT INTO s VALUES ($1) RETURNING pg_backend_pid()", &[&i])
+            .await?;
+        pids.insert(row.get::<_, i32>(0));
+        assert_eq!(one(&client, "SHOW application_name").await?, "sess");
+    }
+    assert_eq!(pids.len(), 1, "session mode: one primary session per client");
+    let stmt = client.prepare("SELECT count(*) FROM s").await?;
+    for _ in 0..3 {
+        assert_eq!(client.query_one(&stmt, &[]).await?.get::<_, i64>(0), 5);
+    }
+    // After the client leaves, its session is reset before anyone else gets it.
+    drop(stmt);
+    drop(client);
+    let next = c.connect().await?;
+    for _ in 0..3 {
+        assert_ne!(one(&next, "SHOW application_name").await?, "sess");
+    }
+    Ok(())
+}
