@@ -17,15 +17,23 @@ use tandem_proxy::protocol::fields;
 use tandem_proxy::protocol::frame::{needed, split_message, split_startup, Frame, HEADER_LEN, MAX_STARTUP_PACKET};
 
 /// Small so that the fuzzer reaches the `TooLarge` path, as a client can.
-const MAX_MESSAGE: usize = 4096;
+const SMALL_MAX: usize = 4096;
+/// The session's limit for server messages (`MAX_SERVER_MESSAGE`, 1 GiB).
+const SERVER_MAX: usize = 1 << 30;
+/// How far a partial message may make the buffer grow beyond the bytes that
+/// actually arrived: a 5-byte header must not cost the proxy its announced
+/// length in memory (with many clients that is an easy memory exhaustion).
+const GROWTH_SLACK: usize = 256 * 1024;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    // data[0]: chunking seed; data[1]: bit 0 = start with a startup packet.
+    // data[0]: chunking seed; data[1]: bit 0 = start with a startup packet,
+    // bit 1 = server-side limit instead of a small client limit.
     let chunk_seed = data[0] as usize;
     let startup_first = data[1] & 1 == 1;
+    let max_message = if data[1] & 2 == 2 { SERVER_MAX } else { SMALL_MAX };
     let stream = &data[2..];
 
     let mut buf = BytesMut::new();
@@ -62,11 +70,11 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 let before = buf.len();
                 let missing = needed(&buf);
-                match split_message(&mut buf, MAX_MESSAGE) {
+                match split_message(&mut buf, max_message) {
                     Ok(Some(frame)) => {
                         assert_eq!(missing, 0, "needed() said bytes were missing for a complete frame");
                         let total = frame.bytes().len();
-                        assert!(total >= HEADER_LEN && total <= MAX_MESSAGE);
+                        assert!(total >= HEADER_LEN && total <= max_message);
                         assert_eq!(total, frame.body().len() + HEADER_LEN);
                         assert_eq!(before - buf.len(), total);
                         consumed += total;
@@ -76,6 +84,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Ok(None) => {
                         assert_eq!(buf.len(), before);
+                        assert!(
+                            buf.capacity() <= 4 * fed + GROWTH_SLACK,
+                            "buffer of {} bytes reserved after {fed} bytes arrived",
+                            buf.capacity()
+                        );
                         if before >= HEADER_LEN {
                             assert!(missing > 0, "needed() is 0 but the splitter waits");
                         }

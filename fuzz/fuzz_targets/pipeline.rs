@@ -6,7 +6,7 @@
 //! carries a unique id. Invariants: no panic; a synthetic response is never
 //! emitted twice, never after a `clear`, and always in push order;
 //! `unprepared` only names statements that were pushed and not yet reported;
-//! `len`/`is_idle` move the way the operation says.
+//! `len` moves the way the operation says and `is_idle` implies an empty queue.
 #![no_main]
 
 use std::collections::HashMap;
@@ -94,7 +94,9 @@ fuzz_target!(|data: &[u8]| {
                 outstanding_hashes.clear();
             }
         }
-        assert_eq!(p.is_idle(), p.len() == 0);
+        // Idle needs an empty queue; an empty queue may still wait for the
+        // ReadyForQuery that closes an extended-protocol sequence.
+        assert!(!p.is_idle() || p.len() == 0);
     }
 });
 

@@ -65,12 +65,19 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     queue: VecDeque<Expect>,
+    /// Extended-protocol messages went to the server and no `ReadyForQuery`
+    /// has closed them yet. Until then the server may be inside an implicit
+    /// transaction (or a `BEGIN` run through `Execute`), so the connection must
+    /// stay with this client even when every response has arrived; the
+    /// client's `Sync` must reach the server, not be answered by the proxy.
+    open: bool,
 }
 
 impl Pipeline {
-    /// Nothing is outstanding: every request has been answered.
+    /// Nothing is outstanding: every request has been answered and the server
+    /// is at a message-sequence boundary (its last answer was a ReadyForQuery).
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && !self.open
     }
 
     /// Requests outstanding.
@@ -81,11 +88,15 @@ impl Pipeline {
     /// Forgets everything (the server connection is gone).
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.open = false;
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
     /// written to `out` at once.
     pub fn push(&mut self, e: Expect, out: &mut BytesMut) {
+        if matches!(e, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close) {
+            self.open = true;
+        }
         match e {
             Expect::Synthetic(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
             e => self.queue.push_back(e),
@@ -120,9 +131,11 @@ impl Pipeline {
                 match self.queue.front() {
                     Some(Expect::Query { .. }) | Some(Expect::FunctionCall) => {}
                     _ => {
-                        // The server now skips everything up to the next Sync.
+                        // The server now skips everything up to the next Sync,
+                        // simple Query and FunctionCall included (PostgreSQL's
+                        // ignore_till_sync: they get no answer at all).
                         while let Some(front) = self.queue.front() {
-                            if matches!(front, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) {
+                            if matches!(front, Expect::Sync) {
                                 break;
                             }
                             if let Some(Expect::Parse { hash: Some(h), .. }) = self.queue.pop_front() {
@@ -135,6 +148,10 @@ impl Pipeline {
             b'Z' => {
                 if matches!(self.queue.front(), Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall)) {
                     out.client_rfq = true;
+                    // A Sync, or a simple Query/FunctionCall (which ends an
+                    // unsynced extended sequence too), is a transaction
+                    // boundary on the server.
+                    self.open = false;
                     self.pop(due);
                 }
             }
@@ -231,6 +248,54 @@ mod tests {
         }
         assert!(p.on_server_message(b'C', &mut due).forward);
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+    }
+
+    /// Found by the `session` fuzz target: PostgreSQL ignores a simple Query
+    /// sent after a failed extended message until Sync (verified against
+    /// PostgreSQL 15: Parse(bad), Query, Sync answers E, Z only). The pipeline
+    /// used to stop skipping at the Query, match the Sync's Z to it and keep
+    /// a stale Sync that never idled the connection again.
+    #[test]
+    fn error_skips_queries_up_to_sync() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Parse { hash: Some(3), swallow: false }, &mut out);
+        p.push(Expect::Query { swallow: false }, &mut out);
+        p.push(Expect::FunctionCall, &mut out);
+        p.push(Expect::Sync, &mut out);
+        let mut due = BytesMut::new();
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!(e.unprepared, vec![3]);
+        assert_eq!(p.len(), 1);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+    }
+
+    /// Found by the `session` fuzz target: Bind/Execute answered before the
+    /// client's Sync arrived left the pipeline empty, so the session released
+    /// the connection (inside the implicit transaction, or after an
+    /// Execute'd BEGIN) and answered the later Sync itself with 'I'.
+    #[test]
+    fn answered_extended_messages_stay_open_until_ready_for_query() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::Execute, &mut out);
+        let mut due = BytesMut::new();
+        p.on_server_message(b'2', &mut due);
+        p.on_server_message(b'C', &mut due);
+        assert_eq!(p.len(), 0);
+        assert!(!p.is_idle(), "no Sync yet: the server is mid-transaction");
+        p.push(Expect::Sync, &mut out);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+        // A synthetic answer alone sends nothing to the server.
+        p.push(synth(b'1'), &mut out);
+        assert!(p.is_idle());
+        // clear() forgets an open sequence with the connection.
+        p.push(Expect::Describe, &mut out);
+        p.clear();
+        assert!(p.is_idle());
     }
 
     #[test]
