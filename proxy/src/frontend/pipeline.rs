@@ -71,6 +71,12 @@ pub struct Pipeline {
     /// stay with this client even when every response has arrived; the
     /// client's `Sync` must reach the server, not be answered by the proxy.
     open: bool,
+    /// An extended-protocol error arrived and the server now ignores every
+    /// message up to the next Sync, including ones the client sends later.
+    skipping: bool,
+    /// Tandem statements whose Parse was pushed while `skipping`: the server
+    /// never creates them; reported in the next [`Outcome::unprepared`].
+    dropped: Vec<u64>,
 }
 
 impl Pipeline {
@@ -89,11 +95,22 @@ impl Pipeline {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.open = false;
+        self.skipping = false;
+        self.dropped.clear();
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
-    /// written to `out` at once.
+    /// written to `out` at once. While the server skips to the next Sync after
+    /// an error, requests other than Sync get no answer and are not recorded
+    /// (a synthetic answer is dropped, as the server would drop the request).
     pub fn push(&mut self, e: Expect, out: &mut BytesMut) {
+        if self.skipping {
+            match e {
+                Expect::Sync => self.skipping = false,
+                Expect::Parse { hash: Some(h), .. } => return self.dropped.push(h),
+                _ => return,
+            }
+        }
         if matches!(e, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close) {
             self.open = true;
         }
@@ -106,7 +123,7 @@ impl Pipeline {
     /// Handles one server message with type `tag`; synthetic responses that
     /// become due are appended to `out` after the caller forwards the message.
     pub fn on_server_message(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
-        let mut out = Outcome { forward: true, ..Outcome::default() };
+        let mut out = Outcome { forward: true, unprepared: std::mem::take(&mut self.dropped), ..Outcome::default() };
         if let Some(Expect::Query { swallow: true }) = self.queue.front() {
             out.forward = false;
             if tag == b'Z' {
@@ -142,6 +159,8 @@ impl Pipeline {
                                 out.unprepared.push(h);
                             }
                         }
+                        // No Sync sent yet: what the client sends next is skipped too.
+                        self.skipping = self.queue.is_empty();
                     }
                 }
             }
@@ -296,6 +315,31 @@ mod tests {
         p.push(Expect::Describe, &mut out);
         p.clear();
         assert!(p.is_idle());
+    }
+
+    /// Found by the `session` fuzz target: Describe(missing portal), its
+    /// error back, then Execute and Sync sent by the client afterwards. The
+    /// server ignores the Execute; the pipeline used to queue it, so the
+    /// Sync's ReadyForQuery was never matched and the connection never idled.
+    #[test]
+    fn requests_sent_after_an_error_are_skipped_too() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        p.push(Expect::Describe, &mut out);
+        assert!(p.on_server_message(b'E', &mut due).client_error);
+        p.push(Expect::Execute, &mut out);
+        p.push(Expect::Parse { hash: Some(5), swallow: false }, &mut out);
+        p.push(synth(b'3'), &mut out);
+        assert!(out.is_empty(), "the server would not answer the Close either");
+        p.push(Expect::Sync, &mut out);
+        p.push(Expect::Bind, &mut out);
+        assert_eq!(p.len(), 2);
+        let z = p.on_server_message(b'Z', &mut due);
+        assert!(z.client_rfq);
+        assert_eq!(z.unprepared, vec![5], "the skipped Parse never created the statement");
+        p.on_server_message(b'2', &mut due);
+        assert_eq!(p.len(), 0);
     }
 
     #[test]
