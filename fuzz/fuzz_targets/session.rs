@@ -63,6 +63,9 @@ fuzz_target!(|data: &[u8]| {
     for f in &frames {
         proxy.client_message(f.clone());
         step = step.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        if std::env::var_os("SESSION_DEBUG").is_some() {
+            eprintln!("client {} -> sees {:?} pipeline {}", f.tag() as char, String::from_utf8_lossy(&proxy.client_sees), proxy.pipeline.len());
+        }
         if (step >> 16) & 1 == 1 {
             proxy.exchange(&mut server);
         }

@@ -47,6 +47,14 @@ pub enum Expect {
     Synthetic(Bytes),
 }
 
+impl Expect {
+    /// An extended-protocol request, which leaves the server inside a
+    /// message sequence until the next Sync.
+    fn is_extended(&self) -> bool {
+        matches!(self, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close)
+    }
+}
+
 /// What to do with one server message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -111,7 +119,7 @@ impl Pipeline {
                 _ => return,
             }
         }
-        if matches!(e, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close) {
+        if e.is_extended() {
             self.open = true;
         }
         match e {
@@ -169,9 +177,10 @@ impl Pipeline {
                     out.client_rfq = true;
                     // A Sync, or a simple Query/FunctionCall (which ends an
                     // unsynced extended sequence too), is a transaction
-                    // boundary on the server.
-                    self.open = false;
+                    // boundary on the server, unless extended messages were
+                    // sent after it.
                     self.pop(due);
+                    self.open = self.queue.iter().any(Expect::is_extended);
                 }
             }
             _ => {}
@@ -311,6 +320,13 @@ mod tests {
         // A synthetic answer alone sends nothing to the server.
         p.push(synth(b'1'), &mut out);
         assert!(p.is_idle());
+        // Extended messages sent behind a Query stay open after its RFQ.
+        p.push(Expect::Query { swallow: false }, &mut out);
+        p.push(Expect::Execute, &mut out);
+        p.on_server_message(b'Z', &mut due);
+        p.on_server_message(b'C', &mut due);
+        assert!(!p.is_idle());
+        p.clear();
         // clear() forgets an open sequence with the connection.
         p.push(Expect::Describe, &mut out);
         p.clear();
