@@ -387,6 +387,15 @@ impl FakeServer {
     fn handle(&mut self, f: &Frame, out: &mut Vec<(u8, u8)>) {
         let body = f.body();
         if self.skipping && f.tag() != b'S' {
+            // Known divergence, modelled rather than flagged: the proxy keeps a
+            // client's named statement whose Parse the server skipped, and
+            // prepares it again on the next Bind/Describe (PostgreSQL would
+            // answer 26000 "does not exist").
+            if let (b'P', Ok(p)) = (f.tag(), fields::parse(body)) {
+                if !p.name.is_empty() && !p.query.windows(2).any(|w| w == b"!p") {
+                    self.statements.insert(p.name.to_vec(), p.query.to_vec());
+                }
+            }
             return;
         }
         let has = |q: &[u8], marker: &[u8]| q.windows(2).any(|w| w == marker);
