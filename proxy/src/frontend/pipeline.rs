@@ -50,6 +50,14 @@ pub enum Expect {
     CopyEnd,
 }
 
+impl Expect {
+    /// An extended-protocol request, which leaves the server inside a
+    /// message sequence until the next Sync.
+    fn is_extended(&self) -> bool {
+        matches!(self, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close)
+    }
+}
+
 /// Where the server is in a COPY FROM STDIN, as far as its answers tell.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Copy {
@@ -79,23 +87,33 @@ pub struct Outcome {
 
 /// The queue of responses expected from one server connection.
 ///
-/// Two server behaviours need more than a queue: in COPY IN mode the server ignores
-/// `Sync`, and after an error in the extended protocol it discards every message up to the
-/// next `Sync`, so until that Sync arrives the connection is not idle even with nothing
-/// queued (handing it to another client would make the server discard that client's
-/// messages).
+/// Three server behaviours need more than a queue: after extended-protocol
+/// messages the server stays inside a message sequence (an implicit
+/// transaction) until a Sync, even when every response has arrived; after an
+/// error in the extended protocol it discards every message up to the next
+/// Sync, including ones the client sends later; and in COPY IN mode it ignores
+/// Sync. Until the sequence is closed the connection is not idle: handing it to
+/// another client would mix their messages into this sequence.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     queue: VecDeque<Expect>,
     copy: Copy,
-    /// The server is discarding messages until the client's next Sync.
-    awaiting_sync: bool,
+    /// Extended-protocol messages went to the server and no ReadyForQuery has
+    /// closed them yet.
+    open: bool,
+    /// An extended-protocol error arrived and the server now ignores every
+    /// message up to the next Sync, including ones the client sends later.
+    skipping: bool,
+    /// Tandem statements whose Parse was pushed while `skipping`: the server
+    /// never creates them; reported in the next [`Outcome::unprepared`].
+    dropped: Vec<u64>,
 }
 
 impl Pipeline {
-    /// Nothing is outstanding: every request has been answered.
+    /// Nothing is outstanding: every request has been answered and the server
+    /// is at a message-sequence boundary (its last answer was a ReadyForQuery).
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.awaiting_sync
+        self.queue.is_empty() && !self.open && !self.skipping
     }
 
     /// Requests outstanding.
@@ -107,19 +125,25 @@ impl Pipeline {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.copy = Copy::No;
-        self.awaiting_sync = false;
+        self.open = false;
+        self.skipping = false;
+        self.dropped.clear();
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
-    /// written to `out` at once.
+    /// written to `out` at once. While the server skips to the next Sync after
+    /// an error, requests other than Sync get no answer and are not recorded
+    /// (a synthetic answer is dropped, as the server would drop the request).
     pub fn push(&mut self, e: Expect, out: &mut BytesMut) {
-        if self.awaiting_sync {
-            // The server discards everything up to the Sync, and answers nothing for it.
-            if e == Expect::Sync {
-                self.awaiting_sync = false;
-                self.queue.push_back(e);
+        if self.skipping {
+            match e {
+                Expect::Sync => self.skipping = false,
+                Expect::Parse { hash: Some(h), .. } => return self.dropped.push(h),
+                _ => return,
             }
-            return;
+        }
+        if e.is_extended() {
+            self.open = true;
         }
         match e {
             Expect::Sync if self.copy == (Copy::In { ended: false }) => {}
@@ -156,7 +180,7 @@ impl Pipeline {
     /// Handles one server message with type `tag`; synthetic responses that
     /// become due are appended to `out` after the caller forwards the message.
     pub fn on_server_message(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
-        let mut out = Outcome { forward: true, ..Outcome::default() };
+        let mut out = Outcome { forward: true, unprepared: std::mem::take(&mut self.dropped), ..Outcome::default() };
         if let Some(Expect::Query { swallow: true }) = self.queue.front() {
             out.forward = false;
             if tag == b'Z' {
@@ -188,28 +212,34 @@ impl Pipeline {
                 match self.queue.front() {
                     Some(Expect::Query { .. }) | Some(Expect::FunctionCall) => {}
                     _ => {
-                        // The server now skips everything up to the next Sync.
-                        // An error with nothing outstanding (a FATAL before the server
-                        // closes) does not put the server into skip mode.
+                        // The server now skips everything up to the next Sync,
+                        // simple Query and FunctionCall included (PostgreSQL's
+                        // ignore_till_sync: they get no answer at all). An error
+                        // with nothing outstanding (a FATAL before the server
+                        // closes) does not start skipping.
                         let in_flight = !self.queue.is_empty();
-                        let mut reached_sync = false;
                         while let Some(front) = self.queue.front() {
-                            if matches!(front, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) {
-                                reached_sync = true;
+                            if matches!(front, Expect::Sync) {
                                 break;
                             }
                             if let Some(Expect::Parse { hash: Some(h), .. }) = self.queue.pop_front() {
                                 out.unprepared.push(h);
                             }
                         }
-                        self.awaiting_sync = in_flight && !reached_sync;
+                        // No Sync sent yet: what the client sends next is skipped too.
+                        self.skipping = in_flight && self.queue.is_empty();
                     }
                 }
             }
             b'Z' => {
                 if matches!(self.queue.front(), Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall)) {
                     out.client_rfq = true;
+                    // A Sync, or a simple Query/FunctionCall (which ends an
+                    // unsynced extended sequence too), is a transaction
+                    // boundary on the server, unless extended messages were
+                    // sent after it.
                     self.pop(due);
+                    self.open = self.queue.iter().any(Expect::is_extended);
                 }
             }
             _ => {}
@@ -367,5 +397,82 @@ mod tests {
         assert!(p.on_server_message(b'E', &mut out).client_error);
         assert_eq!(p.outstanding(), 1);
         assert!(p.on_server_message(b'Z', &mut out).client_rfq);
+    }
+
+    #[test]
+    fn error_skips_queries_up_to_sync() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Parse { hash: Some(3), swallow: false }, &mut out);
+        p.push(Expect::Query { swallow: false }, &mut out);
+        p.push(Expect::FunctionCall, &mut out);
+        p.push(Expect::Sync, &mut out);
+        let mut due = BytesMut::new();
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!(e.unprepared, vec![3]);
+        assert_eq!(p.outstanding(), 1);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+    }
+
+    /// Found by the `session` fuzz target: Bind/Execute answered before the
+    /// client's Sync arrived left the pipeline empty, so the session released
+    /// the connection (inside the implicit transaction, or after an
+    /// Execute'd BEGIN) and answered the later Sync itself with 'I'.
+
+    #[test]
+    fn answered_extended_messages_stay_open_until_ready_for_query() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::Execute, &mut out);
+        let mut due = BytesMut::new();
+        p.on_server_message(b'2', &mut due);
+        p.on_server_message(b'C', &mut due);
+        assert_eq!(p.outstanding(), 0);
+        assert!(!p.is_idle(), "no Sync yet: the server is mid-transaction");
+        p.push(Expect::Sync, &mut out);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+        // A synthetic answer alone sends nothing to the server.
+        p.push(synth(b'1'), &mut out);
+        assert!(p.is_idle());
+        // Extended messages sent behind a Query stay open after its RFQ.
+        p.push(Expect::Query { swallow: false }, &mut out);
+        p.push(Expect::Execute, &mut out);
+        p.on_server_message(b'Z', &mut due);
+        p.on_server_message(b'C', &mut due);
+        assert!(!p.is_idle());
+        p.clear();
+        // clear() forgets an open sequence with the connection.
+        p.push(Expect::Describe, &mut out);
+        p.clear();
+        assert!(p.is_idle());
+    }
+
+    /// Found by the `session` fuzz target: Describe(missing portal), its
+    /// error back, then Execute and Sync sent by the client afterwards. The
+    /// server ignores the Execute; the pipeline used to queue it, so the
+    /// Sync's ReadyForQuery was never matched and the connection never idled.
+
+    #[test]
+    fn requests_sent_after_an_error_are_skipped_too() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        p.push(Expect::Describe, &mut out);
+        assert!(p.on_server_message(b'E', &mut due).client_error);
+        p.push(Expect::Execute, &mut out);
+        p.push(Expect::Parse { hash: Some(5), swallow: false }, &mut out);
+        p.push(synth(b'3'), &mut out);
+        assert!(out.is_empty(), "the server would not answer the Close either");
+        p.push(Expect::Sync, &mut out);
+        p.push(Expect::Bind, &mut out);
+        assert_eq!(p.outstanding(), 2);
+        let z = p.on_server_message(b'Z', &mut due);
+        assert!(z.client_rfq);
+        assert_eq!(z.unprepared, vec![5], "the skipped Parse never created the statement");
+        p.on_server_message(b'2', &mut due);
+        assert_eq!(p.outstanding(), 0);
     }
 }

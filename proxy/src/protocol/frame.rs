@@ -11,6 +11,12 @@ use bytes::{Buf, Bytes, BytesMut};
 /// Length of a typed message header: tag byte plus 4-byte length.
 pub const HEADER_LEN: usize = 5;
 
+/// How much buffer space a partial message may reserve ahead of the bytes
+/// that arrived. Reserving its whole announced length would let a 5-byte
+/// header cost `max_len` (256 MiB by default) per client (found by the
+/// `frame` fuzz target); the buffer grows as the body actually arrives.
+pub const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
 /// PostgreSQL's own limit for untyped startup-phase packets
 /// (`MAX_STARTUP_PACKET_LENGTH` in pqcomm.h).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
@@ -88,7 +94,7 @@ pub fn split_message(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>
         return Err(FrameError::TooLarge { len: total, max: max_len });
     }
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(MAX_RESERVE_AHEAD));
         return Ok(None);
     }
     Ok(Some(Frame { bytes: buf.split_to(total).freeze() }))
@@ -167,6 +173,13 @@ mod tests {
         assert_eq!(split_message(&mut buf, 100), Err(FrameError::BadLength(3)));
         let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
         assert!(matches!(split_message(&mut buf, 1 << 20), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn announced_length_does_not_reserve_memory() {
+        let mut buf = BytesMut::from(&[b'Q', 0x3f, 0xff, 0xff, 0xf0][..]);
+        assert!(split_message(&mut buf, 1 << 30).unwrap().is_none());
+        assert!(buf.capacity() <= HEADER_LEN + MAX_RESERVE_AHEAD, "reserved {}", buf.capacity());
     }
 
     #[test]
