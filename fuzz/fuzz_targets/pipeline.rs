@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ops = data.chunks_exact(2);
     for op in &mut ops {
         let (code, arg) = (op[0], op[1]);
-        let before = p.len();
+        let before = p.outstanding();
         match code % 12 {
             0..=8 => {
                 let e = match code % 12 {
@@ -58,21 +58,21 @@ fuzz_target!(|data: &[u8]| {
                 let mut out = BytesMut::new();
                 p.push(e, &mut out);
                 if synthetic && before == 0 {
-                    assert_eq!(p.len(), 0, "synthetic with nothing ahead must go out at once");
+                    assert_eq!(p.outstanding(), 0, "synthetic with nothing ahead must go out at once");
                     collect(&out, &mut emitted, &mut pending_synth);
                 } else {
                     assert!(out.is_empty(), "push wrote while responses were outstanding");
-                    assert_eq!(p.len(), before + 1);
+                    assert_eq!(p.outstanding(), before + 1);
                 }
             }
             9 | 10 => {
                 let tag = if code % 12 == 9 { TAGS[arg as usize % TAGS.len()] } else { arg };
                 let mut due = BytesMut::new();
                 let outcome = p.on_server_message(tag, &mut due);
-                assert!(p.len() <= before, "a server message grew the queue");
+                assert!(p.outstanding() <= before, "a server message grew the queue");
                 if outcome.client_rfq {
                     assert_eq!(tag, b'Z');
-                    assert!(p.len() < before);
+                    assert!(p.outstanding() < before);
                 }
                 if outcome.client_error {
                     assert_eq!(tag, b'E');
@@ -83,20 +83,20 @@ fuzz_target!(|data: &[u8]| {
                     *n -= 1;
                 }
                 if !due.is_empty() {
-                    assert!(p.len() < before, "synthetics came due without progress");
+                    assert!(p.outstanding() < before, "synthetics came due without progress");
                 }
                 collect(&due, &mut emitted, &mut pending_synth);
             }
             _ => {
                 p.clear();
-                assert!(p.is_idle() && p.len() == 0);
+                assert!(p.is_idle() && p.outstanding() == 0);
                 pending_synth.clear();
                 outstanding_hashes.clear();
             }
         }
         // Idle needs an empty queue; an empty queue may still wait for the
         // ReadyForQuery that closes an extended-protocol sequence.
-        assert!(!p.is_idle() || p.len() == 0);
+        assert!(!p.is_idle() || p.outstanding() == 0);
     }
 });
 
