@@ -14,7 +14,7 @@
 #
 # Usage: bench/proxy.sh            (as root; see bench/README.md)
 # Knobs (environment): ROUNDS=3 DURATION=15 CLIENTS=16 THREADS=2 SCALE=10 POOL_SIZE=20
-#   IDLE=2000 PROFILE=1 MAX_LOAD=2.5 LOAD_WAIT=300 SKIP_BUILD=0 KEEP_WORK=0 OUT=<file>
+#   IDLE=2000 PROFILE=1 TANDEM_1W=1 MAX_LOAD=2.5 LOAD_WAIT=300 SKIP_BUILD=0 KEEP_WORK=0 OUT=<file>
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -52,9 +52,20 @@ TANDEM_PORT=$(free_port)
 TANDEM_CMD=("$TANDEM_BIN" --log info proxy --listen "127.0.0.1:$TANDEM_PORT"
     --primary "127.0.0.1:$PG_PORT" --no-read-split --pool-mode transaction --auth trust
     --control-user postgres --pool-size "$POOL_SIZE" --max-client-conn $((IDLE + 500)))
-spawn "$WORK/tandem.log" "${TANDEM_CMD[@]}"
+spawn "$WORK/tandem.log" env ${TANDEM_ENV:-} "${TANDEM_CMD[@]}"
 TANDEM_PID=$SPAWNED_PID
 wait_port "$TANDEM_PORT" 30 || die "tandem proxy did not listen (see $WORK/tandem.log)"
+# Optional fourth path: the same proxy with one tokio worker thread (TOKIO_WORKER_THREADS=1),
+# to show what cross-thread wake-ups cost on a small machine.
+TANDEM1_PORT="" TANDEM1_PID=""
+if [[ ${TANDEM_1W:-1} == 1 ]]; then
+    TANDEM1_PORT=$(free_port)
+    T1_CMD=("${TANDEM_CMD[@]}")
+    T1_CMD[5]="127.0.0.1:$TANDEM1_PORT" # the --listen value
+    spawn "$WORK/tandem-1w.log" env TOKIO_WORKER_THREADS=1 "${T1_CMD[@]}"
+    TANDEM1_PID=$SPAWNED_PID
+    wait_port "$TANDEM1_PORT" 30 || die "tandem proxy (1 worker) did not listen (see $WORK/tandem-1w.log)"
+fi
 
 echo '"postgres" ""' >"$WORK/userlist.txt"
 # pgbouncer_ini NAME PORT MODE: a PgBouncer configuration for one instance.
@@ -72,7 +83,6 @@ auth_file = $WORK/userlist.txt
 pool_mode = $3
 default_pool_size = $POOL_SIZE
 max_client_conn = $((IDLE + 500))
-logfile = $WORK/$1.log
 admin_users = postgres
 EOF
     chown "$PG_USER": "$WORK/$1.ini" "$WORK/userlist.txt"
@@ -88,7 +98,7 @@ PGB_SESSION_PID=$SPAWNED_PID
 wait_port "$PGB_TX_PORT" 30 || die "pgbouncer (transaction) did not listen"
 wait_port "$PGB_SESSION_PORT" 30 || die "pgbouncer (session) did not listen"
 
-for port in "$PG_PORT" "$TANDEM_PORT" "$PGB_TX_PORT" "$PGB_SESSION_PORT"; do
+for port in "$PG_PORT" "$TANDEM_PORT" $TANDEM1_PORT "$PGB_TX_PORT" "$PGB_SESSION_PORT"; do
     psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d "$DB" -c 'SELECT 1' >/dev/null \
         || die "SELECT 1 through port $port failed"
 done
@@ -109,6 +119,7 @@ port_of() {
     case $2 in
         direct) echo "$PG_PORT" ;;
         tandem) echo "$TANDEM_PORT" ;;
+        tandem-1w) echo "$TANDEM1_PORT" ;;
         pgbouncer) if [[ $1 == *prepared ]]; then echo "$PGB_SESSION_PORT"; else echo "$PGB_TX_PORT"; fi ;;
     esac
 }
@@ -116,6 +127,7 @@ pid_of() {
     case $2 in
         direct) echo "" ;;
         tandem) echo "$TANDEM_PID" ;;
+        tandem-1w) echo "$TANDEM1_PID" ;;
         pgbouncer) if [[ $1 == *prepared ]]; then echo "$PGB_SESSION_PID"; else echo "$PGB_TX_PID"; fi ;;
     esac
 }
@@ -162,14 +174,15 @@ run_one() {
 
 LOADS=()
 PATHS=(direct tandem pgbouncer)
+[[ -n $TANDEM1_PORT ]] && PATHS+=(tandem-1w)
 for ((round = 1; round <= ROUNDS; round++)); do
     wait_low_load "$MAX_LOAD" "$LOAD_WAIT"
     LOADS+=("round $round: $(uptime | sed 's/^ *//')")
     log "round $round/$ROUNDS ($(uptime | sed 's/.*load/load/'))"
     for w in "${WORKLOADS[@]}"; do
         # Rotate the order of the paths each round so none always runs first.
-        for ((i = 0; i < 3; i++)); do
-            run_one "$round" "$w" "${PATHS[$(((i + round - 1) % 3))]}"
+        for ((i = 0; i < ${#PATHS[@]}; i++)); do
+            run_one "$round" "$w" "${PATHS[$(((i + round - 1) % ${#PATHS[@]}))]}"
         done
     done
 done
@@ -212,11 +225,52 @@ idle_rss tandem "$TANDEM_PID" "$TANDEM_PORT"
 idle_rss "pgbouncer (transaction)" "$PGB_TX_PID" "$PGB_TX_PORT"
 
 # --- profile ------------------------------------------------------------------------------
+# syscall_row NAME PID PORT: one -S -M simple run through a proxy under `perf stat`; a table row
+# of system calls, context switches and CPU per transaction, by kind of call.
+SYSCALL_EVENTS=raw_syscalls:sys_enter,context-switches,task-clock
+for sc in read write writev readv recvfrom sendto epoll_wait epoll_ctl futex sched_yield; do
+    SYSCALL_EVENTS+=",syscalls:sys_enter_$sc"
+done
+syscall_row() {
+    local name=$1 pid=$2 port=$3 statf="$WORK/perf-stat-${1%% *}.txt" runlog="$WORK/perf-stat-run-${1%% *}.log"
+    perf stat -x, -e "$SYSCALL_EVENTS" -o "$statf" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1 &
+    local ppid=$!
+    BENCH_PIDS+=("$ppid")
+    pgbench -n -S -M simple -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$port" -U postgres "$DB" \
+        >"$runlog" 2>&1 || true
+    wait "$ppid" || true
+    local txns
+    txns=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$runlog")
+    python3 - "$statf" "${txns:-0}" "$name" "$(awk '/^tps = / {print $3; exit}' "$runlog")" <<'PY'
+import sys
+path, txns, name, tps = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+vals = {}
+for line in open(path):
+    parts = line.strip().split(",")
+    if len(parts) > 2 and parts[0] and parts[0][0].isdigit():
+        vals[parts[2]] = float(parts[0])
+def per(ev):
+    return f"{vals[ev] / txns:.2f}" if txns and ev in vals else "—"
+kinds = []
+for ev, v in sorted(vals.items(), key=lambda kv: -kv[1]):
+    if ev.startswith("syscalls:sys_enter_") and txns and v / txns >= 0.05:
+        kinds.append(f"{ev[len('syscalls:sys_enter_'):]} {v / txns:.2f}")
+cpu = f"{vals['task-clock'] * 1000 / txns:.1f}" if txns and "task-clock" in vals else "—"
+print(f"| {name} | {float(tps or 0):,.0f} | {per('raw_syscalls:sys_enter')} | {per('context-switches')} | {cpu} | {', '.join(kinds)} |")
+PY
+}
+
 PROFILE_MD="(profile skipped: PROFILE=0)"
 if [[ $PROFILE == 1 ]]; then
     if ! perf stat -e cpu-clock true >/dev/null 2>&1; then
         PROFILE_MD="(profile skipped: perf does not work here)"
     else
+        log "system calls per transaction (perf stat), -S -M simple"
+        SYSCALL_ROWS=$(
+            syscall_row tandem "$TANDEM_PID" "$TANDEM_PORT"
+            [[ -n $TANDEM1_PID ]] && syscall_row "tandem-1w (1 worker thread)" "$TANDEM1_PID" "$TANDEM1_PORT"
+            syscall_row "pgbouncer (transaction)" "$PGB_TX_PID" "$PGB_TX_PORT"
+        )
         log "perf profile of tandem under -S -M simple"
         PD="$WORK/perf.data"
         perf record -q -F 400 -e cpu-clock --call-graph dwarf,16384 -o "$PD" -p "$TANDEM_PID" \
@@ -226,16 +280,24 @@ if [[ $PROFILE == 1 ]]; then
         pgbench -n -S -M simple -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$TANDEM_PORT" \
             -U postgres "$DB" >"$WORK/profile-run.log" 2>&1 || true
         wait "$perf_pid" || true
-        perf report -i "$PD" --no-children --sort symbol --stdio --percent-limit 0.7 2>/dev/null \
-            | grep -v '^$' | grep -E '^ +[0-9]' | head -40 >"$WORK/perf-self.txt" || true
-        perf report -i "$PD" --children --sort symbol --stdio --percent-limit 3 -g none 2>/dev/null \
-            | grep -v '^$' | grep -E '^ +[0-9]' | head -45 >"$WORK/perf-children.txt" || true
+        log "perf report (this takes a while)"
         perf report -i "$PD" --no-children --sort dso --stdio 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -10 >"$WORK/perf-dso.txt" || true
+            | grep -E '^ +[0-9]' | sed 's/ *$//' | head -8 >"$WORK/perf-dso.txt" || true
+        perf report -i "$PD" --no-children --no-inline -g none --sort dso,symbol --stdio --percent-limit 0.5 2>/dev/null \
+            | grep -E '^ +[0-9]' | cut -c1-150 | sed 's/ *$//' | head -40 >"$WORK/perf-self.txt" || true
+        perf report -i "$PD" --children --no-inline -g none --sort symbol --stdio --percent-limit 1 2>/dev/null \
+            | grep -E '^ +[0-9]' | grep -E 'tandem_proxy|tandem_core|pg_query|tracing|tokio_postgres|bytes::|alloc::|malloc|free' \
+            | cut -c1-170 | sed 's/ *$//' | head -40 >"$WORK/perf-children.txt" || true
         PROFILE_MD=$(
-            echo "pgbench during the profile: $(awk '/^tps = / {print $3; exit}' "$WORK/profile-run.log") TPS"
-            echo "(perf slows the proxy a little). Command:"
-            echo "\`perf record -F 400 -e cpu-clock --call-graph dwarf -p <tandem pid>\` for ${DURATION}s."
+            echo "System calls, context switches and CPU of the proxy process per transaction, one"
+            echo "\`-S -M simple\` run each under \`perf stat -e raw_syscalls:sys_enter,context-switches,task-clock,syscalls:sys_enter_*\`:"
+            echo
+            echo "| proxy | TPS | syscalls / txn | context switches / txn | CPU µs / txn | by call (per txn) |"
+            echo "|---|---:|---:|---:|---:|---|"
+            echo "$SYSCALL_ROWS"
+            echo
+            echo "Profile: \`perf record -F 400 -e cpu-clock --call-graph dwarf -p <tandem pid>\` for ${DURATION}s"
+            echo "during \`-S -M simple\` ($(awk '/^tps = / {printf "%.0f", $3; exit}' "$WORK/profile-run.log") TPS under perf)."
             echo
             echo "By shared object (self time):"
             echo
@@ -243,13 +305,13 @@ if [[ $PROFILE == 1 ]]; then
             cat "$WORK/perf-dso.txt"
             echo '```'
             echo
-            echo "Hottest symbols, self time (flat):"
+            echo "Hottest functions, self time (inlined frames folded into their caller):"
             echo
             echo '```'
             cat "$WORK/perf-self.txt"
             echo '```'
             echo
-            echo "Inclusive time (children), symbols at 3% or more:"
+            echo "Inclusive time of proxy-side functions (children), 1% or more:"
             echo
             echo '```'
             cat "$WORK/perf-children.txt"
@@ -282,6 +344,10 @@ mkdir -p "$(dirname "$OUT")"
     echo "- PgBouncer (Debian's 1.18) has no \`max_prepared_statements\` (added in 1.21), so it cannot"
     echo "  run \`-M prepared\` in transaction mode; the prepared rows compare against a PgBouncer"
     echo "  instance in **session** mode. Tandem runs in **transaction** mode in every row."
+    if [[ -n $TANDEM1_PORT ]]; then
+        echo "- \`tandem-1w\` is the same Tandem build and flags with \`TOKIO_WORKER_THREADS=1\` (one runtime"
+        echo "  worker thread instead of one per core), run as a fourth path in the same rounds."
+    fi
     echo "- Read splitting is off in Tandem (\`--no-read-split\`): one primary behind every path."
     echo "- \"proxy CPU µs per txn\" is the proxy process's user+system CPU time during the run"
     echo "  divided by the transactions pgbench completed."

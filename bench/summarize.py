@@ -62,21 +62,34 @@ def main() -> int:
     def cell(workload, path, column):
         return median(num(r[column]) for r in rows if r["workload"] == workload and r["path"] == path)
 
+    one_worker = any(r["path"] == "tandem-1w" for r in rows)
+    paths = PATHS + (("tandem-1w",) if one_worker else ())
     print("| workload | direct TPS | Tandem TPS | PgBouncer TPS (mode) | Tandem / direct "
-          "| PgBouncer / direct | Tandem / PgBouncer | proxy CPU µs per txn: Tandem / PgBouncer |")
+          "| PgBouncer / direct | **Tandem / PgBouncer** | proxy CPU µs per txn: Tandem / PgBouncer |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for w in workloads:
         d, t, b = (cell(w, p, "tps") for p in PATHS)
         tc, bc = cell(w, "tandem", "proxy_cpu_us"), cell(w, "pgbouncer", "proxy_cpu_us")
         print(f"| {LABEL.get(w, w)} | {fmt(d)} | {fmt(t)} | {fmt(b)} ({PGBOUNCER_MODE.get(w, '?')}) "
-              f"| {ratio(t, d)} | {ratio(b, d)} | {ratio(t, b)} | {fmt(tc, 1)} / {fmt(bc, 1)} |")
+              f"| {ratio(t, d)} | {ratio(b, d)} | **{ratio(t, b)}** | {fmt(tc, 1)} / {fmt(bc, 1)} |")
+    if one_worker:
+        print()
+        print("Tandem with one runtime worker thread (`tandem-1w`, same rounds):")
+        print()
+        print("| workload | tandem-1w TPS | tandem-1w / direct | tandem-1w / PgBouncer | tandem-1w / Tandem "
+              "| proxy CPU µs per txn: tandem-1w / Tandem |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for w in workloads:
+            d, t, b, t1 = (cell(w, p, "tps") for p in paths)
+            print(f"| {LABEL.get(w, w)} | {fmt(t1)} | {ratio(t1, d)} | {ratio(t1, b)} | {ratio(t1, t)} "
+                  f"| {fmt(cell(w, 'tandem-1w', 'proxy_cpu_us'), 1)} / {fmt(cell(w, 'tandem', 'proxy_cpu_us'), 1)} |")
     print()
     print("Latency (median of the rounds' average latency, ms):")
     print()
-    print("| workload | direct | Tandem | PgBouncer |")
-    print("|---|---:|---:|---:|")
+    print("| workload | " + " | ".join(paths) + " |")
+    print("|---|" + "---:|" * len(paths))
     for w in workloads:
-        print(f"| {LABEL.get(w, w)} | " + " | ".join(fmt(cell(w, p, "latency_ms"), 3) for p in PATHS) + " |")
+        print(f"| {LABEL.get(w, w)} | " + " | ".join(fmt(cell(w, p, "latency_ms"), 3) for p in paths) + " |")
     print()
     print("<details><summary>Every run (in the order they ran)</summary>")
     print()
