@@ -20,7 +20,7 @@ const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 #[derive(Debug)]
 struct Entry {
     secret: i32,
-    target: Arc<Mutex<Option<CancelKey>>>,
+    target: Arc<Mutex<Option<Arc<CancelKey>>>>,
 }
 
 /// All live client cancel keys.
@@ -36,13 +36,13 @@ pub struct CancelHandle {
     pub pid: i32,
     /// Secret handed to the client.
     pub secret: i32,
-    target: Arc<Mutex<Option<CancelKey>>>,
+    target: Arc<Mutex<Option<Arc<CancelKey>>>>,
     registry: Weak<CancelRegistry>,
 }
 
 impl CancelHandle {
     /// Points cancellation at the server connection now in use (or none).
-    pub fn set_target(&self, key: Option<CancelKey>) {
+    pub fn set_target(&self, key: Option<Arc<CancelKey>>) {
         if let Ok(mut t) = self.target.lock() {
             *t = key;
         }
@@ -130,7 +130,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let reg = Arc::new(CancelRegistry::default());
         let h = reg.register();
-        h.set_target(Some(CancelKey { addr: format!("127.0.0.1:{port}").parse().unwrap(), pid: 42, secret: 7 }));
+        h.set_target(Some(Arc::new(CancelKey { addr: format!("127.0.0.1:{port}").parse().unwrap(), pid: 42, secret: 7 })));
         let accept = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let (mut s, _) = listener.accept().await.unwrap();

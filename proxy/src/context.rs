@@ -79,7 +79,7 @@ pub struct ClientInfo {
     pub tls: std::sync::atomic::AtomicBool,
     state: AtomicU8,
     /// Node of the server connection in use, if any.
-    pub node: Mutex<Option<String>>,
+    pub node: Mutex<Option<Arc<crate::router::Node>>>,
     /// Requests completed.
     pub requests: AtomicU64,
 }

@@ -11,7 +11,16 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use tokio::sync::watch;
+
+use crate::router::{Node, Topology};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -53,8 +62,6 @@ pub struct Metrics {
     pub clients: Gauge,
     /// Client connections accepted since start.
     pub client_connections: Counter,
-    /// Requests (transactions or autocommit statements) routed, per node.
-    pub queries: Family<NodeLabels, Counter>,
     /// Errors by kind.
     pub errors: Family<ErrorLabels, Counter>,
     /// Time from routing a request to its last response.
@@ -67,21 +74,77 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tandem");
         let clients = Gauge::default();
         let client_connections = Counter::default();
-        let queries = Family::<NodeLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let server_connections = Family::<ServerLabels, Gauge>::default();
         registry.register("clients", "Connected clients", clients.clone());
         registry.register("client_connections", "Client connections accepted", client_connections.clone());
-        registry.register("queries_routed", "Requests routed, by node and role", queries.clone());
         registry.register("errors", "Errors, by kind", errors.clone());
         registry.register("query_duration_seconds", "Request latency through the proxy", latency.clone());
         registry.register("server_connections", "Server connections, by node and state", server_connections.clone());
-        Metrics { registry, clients, client_connections, queries, errors, latency, server_connections }
+        Metrics { registry, clients, client_connections, errors, latency, server_connections }
+    }
+}
+
+/// Per-node series read from the router's node state at scrape time, so the
+/// data path only bumps an atomic counter on the node.
+#[derive(Debug)]
+struct NodeCollector {
+    topology: watch::Receiver<Arc<Topology>>,
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let topo = self.topology.borrow().clone();
+        let labels = |n: &Node| NodeLabels { node: n.id.to_string(), role: n.role.as_str().to_owned() };
+        {
+            let mut m = encoder.encode_descriptor(
+                "queries_routed",
+                "Requests (transactions or autocommit statements) routed, by node and role",
+                None,
+                MetricType::Counter,
+            )?;
+            for n in topo.nodes() {
+                ConstCounter::new(n.routed.load(Ordering::Relaxed)).encode(m.encode_family(&labels(n))?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor("node_up", "1 if the node passes health checks", None, MetricType::Gauge)?;
+            for n in topo.nodes() {
+                ConstGauge::new(i64::from(n.is_healthy())).encode(m.encode_family(&labels(n))?)?;
+            }
+        }
+        {
+            let mut m =
+                encoder.encode_descriptor("node_requests_in_flight", "Requests running on the node", None, MetricType::Gauge)?;
+            for n in topo.nodes() {
+                ConstGauge::new(n.outstanding() as i64).encode(m.encode_family(&labels(n))?)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "replica_lag_bytes",
+                "WAL bytes a replica is behind the primary (last health check)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for n in &topo.replicas {
+                let lag = topo.primary.lsn().bytes_since(n.lsn());
+                ConstGauge::new(lag as i64).encode(m.encode_family(&labels(n))?)?;
+            }
+        }
+        Ok(())
     }
 }
 
 impl Metrics {
+    /// Metrics whose per-node series follow `topology`.
+    pub fn new(topology: watch::Receiver<Arc<Topology>>) -> Metrics {
+        let mut m = Metrics::default();
+        m.registry.register_collector(Box::new(NodeCollector { topology }));
+        m
+    }
+
     /// Counts an error of `kind`.
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&ErrorLabels { kind: kind.to_owned() }).inc();

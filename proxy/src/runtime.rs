@@ -72,6 +72,7 @@ pub async fn run(cfg: Arc<ProxyConfig>, reloader: Option<Reloader>, shutdown: Ca
     let local = listener.local_addr().map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
     let topo = topology(&cfg, Epoch(1))?;
     let (topo_tx, topo_rx) = watch::channel(topo.clone());
+    let metrics = Arc::new(Metrics::new(topo_rx.clone()));
     let functions = Arc::new(FunctionTable::empty());
     let pools = Arc::new(Pools::new(PoolSettings {
         size: cfg.pool_size,
@@ -81,7 +82,6 @@ pub async fn run(cfg: Arc<ProxyConfig>, reloader: Option<Reloader>, shutdown: Ca
     }));
     let tracker = TaskTracker::new();
     let health_token = Mutex::new(shutdown.child_token());
-    let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(ProxyContext {
         router: Router::new(topo_rx, &cfg),
         pools: pools.clone(),

@@ -358,18 +358,10 @@ impl Session {
         if a.inflight.is_none() {
             a.inflight = Some(a.node.begin_request());
             self.unit_started = Some(Instant::now());
-            self.ctx
-                .metrics
-                .queries
-                .get_or_create(&crate::metrics::NodeLabels {
-                    node: a.node.id.to_string(),
-                    role: a.node.role.as_str().to_owned(),
-                })
-                .inc();
         }
         self.cancel.set_target(Some(a.conn.cancel_key.clone()));
         if let Ok(mut n) = self.info.node.lock() {
-            *n = Some(a.node.id.to_string());
+            *n = Some(a.node.clone());
         }
         self.info.set_state(ClientState::Active);
         if route == Route::Write && a.node.role == Role::Primary {

@@ -38,7 +38,7 @@ pub struct ServerConn {
     /// Bytes read from the server and not yet handled.
     pub rbuf: BytesMut,
     /// How to cancel the query this connection runs.
-    pub cancel_key: CancelKey,
+    pub cancel_key: Arc<CancelKey>,
     /// ParameterStatus values the server sent at login.
     pub params: Arc<Vec<(String, String)>>,
     /// Hashes of the Tandem-named prepared statements that exist on this connection.
@@ -57,7 +57,7 @@ impl ServerConn {
         ServerConn {
             stream: startup.stream,
             rbuf: startup.leftover,
-            cancel_key: CancelKey { addr, pid: startup.backend_pid, secret: startup.backend_secret },
+            cancel_key: Arc::new(CancelKey { addr, pid: startup.backend_pid, secret: startup.backend_secret }),
             params: Arc::new(startup.params),
             prepared: HashSet::new(),
             params_signature: 0,

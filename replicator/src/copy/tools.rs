@@ -26,49 +26,23 @@ pub struct PgTools {
 }
 
 impl PgTools {
-    /// Finds the binaries, or says where it looked.
+    /// Finds the binaries (via `tandem_localpg::tool`: `$PG_BIN`,
+    /// `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin`, `PATH`).
     pub async fn locate() -> Result<PgTools, CopyError> {
-        let mut tried = Vec::new();
-        if let Some(dir) = std::env::var_os("PG_BIN") {
-            let dir = PathBuf::from(dir);
-            if has_dump_tools(&dir) {
-                return Ok(PgTools { bindir: dir });
-            }
-            tried.push(dir.display().to_string());
-        }
-        if let Ok(out) = tokio::process::Command::new("pg_config")
-            .arg("--bindir")
-            .stdin(Stdio::null())
-            .output()
+        let found = tokio::task::spawn_blocking(|| tandem_localpg::tool("pg_dump"))
             .await
-        {
-            if out.status.success() {
-                let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-                if has_dump_tools(&dir) {
-                    return Ok(PgTools { bindir: dir });
-                }
-                tried.push(dir.display().to_string());
-            }
-        }
-        let mut versions: Vec<(u32, PathBuf)> = Vec::new();
-        if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(major) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let dir = entry.path().join("bin");
-                if has_dump_tools(&dir) {
-                    versions.push((major, dir));
+            .map_err(|e| CopyError::ToolsNotFound(e.to_string()))?;
+        match found {
+            Ok(pg_dump) => {
+                let bindir = pg_dump.parent().map(Path::to_path_buf).unwrap_or_default();
+                if has_dump_tools(&bindir) {
+                    Ok(PgTools { bindir })
+                } else {
+                    Err(CopyError::ToolsNotFound(format!("{} has pg_dump but no pg_dumpall", bindir.display())))
                 }
             }
+            Err(e) => Err(CopyError::ToolsNotFound(e.to_string())),
         }
-        versions.sort();
-        if let Some((_, dir)) = versions.pop() {
-            return Ok(PgTools { bindir: dir });
-        }
-        tried.push("/usr/lib/postgresql/*/bin".to_owned());
-        Err(CopyError::ToolsNotFound(tried.join(", ")))
     }
 
     /// Runs `program` (a file in [`Self::bindir`]) with `args`, connecting to

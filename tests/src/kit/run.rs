@@ -6,59 +6,15 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use nix::unistd::{Gid, Uid, User};
 
-/// Environment variables that would silently redirect PostgreSQL programs elsewhere.
-const PG_ENV: &[&str] = &[
-    "PGDATA",
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGUSER",
-    "PGDATABASE",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGOPTIONS",
-    "PGSSLMODE",
-    "PGTARGETSESSIONATTRS",
-];
-
-/// The uid/gid server programs run as: `postgres` when we are root, otherwise ourselves
-/// (`None` = no switch).
-pub(crate) fn server_user() -> anyhow::Result<Option<(Uid, Gid)>> {
-    static USER: OnceLock<Result<Option<(Uid, Gid)>, String>> = OnceLock::new();
-    USER.get_or_init(|| {
-        if !Uid::effective().is_root() {
-            return Ok(None);
-        }
-        match User::from_name("postgres") {
-            Ok(Some(u)) => Ok(Some((u.uid, u.gid))),
-            Ok(None) => Err("running as root but there is no `postgres` OS user to run \
-                             PostgreSQL as (install the postgresql package)"
-                .to_string()),
-            Err(e) => Err(format!("looking up the postgres OS user: {e}")),
-        }
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
-}
-
-/// Gives `path` to the server user when we run as root (no-op otherwise).
+/// Gives `path` to the server user (no-op when not root).
 pub(crate) fn chown_for_server(path: &Path) -> anyhow::Result<()> {
-    if let Some((uid, gid)) = server_user()? {
-        nix::unistd::chown(path, Some(uid), Some(gid))
-            .with_context(|| format!("chown {} to postgres", path.display()))?;
-    }
-    Ok(())
+    Ok(tandem_localpg::chown_for_server(path)?)
 }
 
 /// A command for a PostgreSQL program: server user, clean PG* environment, stdin closed,
@@ -68,15 +24,13 @@ pub(crate) fn pg_command(
     cwd: &Path,
     as_server_user: bool,
 ) -> anyhow::Result<Command> {
+    if as_server_user {
+        return Ok(tandem_localpg::server_command(program, cwd)?);
+    }
     let mut cmd = Command::new(program);
     cmd.current_dir(cwd).stdin(Stdio::null());
-    for var in PG_ENV {
+    for var in tandem_localpg::LIBPQ_ENV {
         cmd.env_remove(var);
-    }
-    if as_server_user {
-        if let Some((uid, gid)) = server_user()? {
-            cmd.uid(uid.as_raw()).gid(gid.as_raw());
-        }
     }
     Ok(cmd)
 }
