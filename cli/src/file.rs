@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 use tandem_proxy::ProxyConfig;
+use tandem_replicator::ReplicatorConfig;
 
 /// Top level of `tandem.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -16,9 +17,9 @@ pub struct ClusterFile {
     /// `[proxy]`
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
-    /// `[replicator]`, read by `tandem replicator` (kept opaque here).
+    /// `[replicator]`, read by `tandem replicator`.
     #[serde(default)]
-    pub replicator: Option<toml::Value>,
+    pub replicator: Option<ReplicatorConfig>,
 }
 
 /// Reads and parses a cluster file.

@@ -1,12 +1,13 @@
 //! The `tandem` command: parses flags and hands over to the library parts.
 //!
-//! `tandem proxy` runs the PostgreSQL endpoint, `tandem demo` a whole local
-//! cluster. Settings come from `--config tandem.toml`, then `TANDEM_*`
-//! environment variables, then flags (highest wins).
+//! `tandem proxy` runs the PostgreSQL endpoint, `tandem replicator` the change
+//! stream, `tandem demo` a whole local cluster. Settings come from `--config
+//! tandem.toml`, then `TANDEM_*` environment variables, then flags (highest wins).
 
 mod demo;
 mod file;
 mod proxy_cmd;
+mod replicator_cmd;
 mod signals;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run the PostgreSQL proxy: writes to the primary, reads spread over replicas.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Run the change stream: logical decoding from the primary into a durable
+    /// change log, applied to every replica exactly once (sync or async).
+    Replicator(replicator_cmd::ReplicatorArgs),
     /// Start a local cluster (primary, 2 replicas, proxy) and print how to connect.
     Demo(demo::DemoArgs),
 }
@@ -40,7 +44,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Colours only on a terminal: logs sent to files or journals stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Proxy(args) => proxy_cmd::run(cli.config, args).await,
+            Command::Replicator(args) => replicator_cmd::run(cli.config, args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

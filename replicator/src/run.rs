@@ -33,6 +33,15 @@ pub enum ReplicatorError {
     /// The change log could not be opened.
     #[error(transparent)]
     ChangeLog(#[from] ChangeLogError),
+    /// DDL capture (event triggers) cannot be installed on the primary.
+    #[error("database {database}: {source}")]
+    Ddl {
+        /// Database on the primary.
+        database: String,
+        /// Why installing failed.
+        #[source]
+        source: crate::ddl::DdlError,
+    },
     /// The status endpoint cannot listen on its address.
     #[error("status endpoint on {addr}: {source}")]
     Status {
@@ -183,6 +192,14 @@ async fn run_database(
     let app = cfg.stream_application_name(db.oid);
     let client = primary::connect_sql(primary_cfg, &db.name, "tandem_replicator_admin").await?;
     primary::ensure_publication(&client, &cfg.publication).await?;
+    // Before the slot exists: DDL committed after the slot's snapshot must be
+    // captured, or replicas copied in that snapshot would miss it.
+    crate::ddl::install_capture(&client)
+        .await
+        .map_err(|source| ReplicatorError::Ddl {
+            database: db.name.clone(),
+            source,
+        })?;
     let log = ChangeLog::open(
         &changelog_dir(&cfg.data_dir, &db.name),
         ChangeLogOptions::default(),

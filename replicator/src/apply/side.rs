@@ -3,9 +3,9 @@
 //! Place in the data flow: the seam ([`crate::seam::ReplicaSide`]) between
 //! the source (slots, snapshots, change logs) and this module's parts: the
 //! initial copy ([`crate::copy`]), one apply task per (replica, database)
-//! ([`super::task`]), the periodic sequence sync ([`super::sequences`]), DDL
-//! capture on the primary ([`crate::ddl`]) and status reporting
-//! ([`crate::status`]).
+//! ([`super::task`]), the periodic sequence sync ([`super::sequences`]) and
+//! status reporting ([`crate::status`]). DDL capture on the primary
+//! ([`crate::ddl`]) is installed by [`crate::run`] before any slot exists.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,22 +59,14 @@ fn replica_config(replica: &ReplicaConfig) -> Result<Config, BoxError> {
     )?)
 }
 
-/// Installs DDL capture in `database` of the primary (idempotent).
-async fn install_ddl_capture(primary: &Config, database: &str) -> Result<(), BoxError> {
-    let client = session::connect(primary, database, "tandem-ddl-setup").await?;
-    crate::ddl::install_capture(&client).await?;
-    Ok(())
-}
-
 impl ReplicaSide for Replicas {
     fn needs_copy<'a>(
         &'a self,
-        primary: &'a Config,
+        _primary: &'a Config,
         replica: &'a ReplicaConfig,
         database: &'a str,
     ) -> BoxFuture<'a, Result<bool, BoxError>> {
         Box::pin(async move {
-            install_ddl_capture(primary, database).await?;
             let cfg = replica_config(replica)?;
             let client = match session::connect_writer(&cfg, database).await {
                 Ok(c) => c,
@@ -98,10 +90,8 @@ impl ReplicaSide for Replicas {
         snapshot: &'a SnapshotInfo,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            // DDL committed from here on is captured; earlier DDL is in the snapshot
-            // unless it committed between the slot's creation and this point
-            // (`run` should install capture before creating the slot).
-            install_ddl_capture(primary, &snapshot.database).await?;
+            // DDL capture was installed by `run` before the slot (and its
+            // snapshot) was created: DDL is either in the snapshot or in the stream.
             let cfg = replica_config(replica)?;
             let outcome = copy_database(&CopyRequest {
                 primary,

@@ -32,14 +32,26 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
 }
 
-/// Opens an ordinary SQL connection to `database` on the primary (no TLS yet).
+/// Opens an ordinary SQL connection to `database` on the primary (no TLS yet)
+/// whose commits wait for the primary's own WAL flush only.
 pub async fn connect_sql(
     config: &tokio_postgres::Config,
     database: &str,
     application_name: &str,
 ) -> Result<Client, SourceError> {
     let mut cfg = config.clone();
-    cfg.dbname(database).application_name(application_name);
+    // The replicator's own commits on the primary (publication, DDL capture)
+    // must not wait for synchronous standbys: in sync mode the standby is the
+    // replicator itself, which is not streaming yet while it sets up, so such
+    // a commit would wait for ever.
+    let mut options = cfg.get_options().map(str::to_owned).unwrap_or_default();
+    if !options.is_empty() {
+        options.push(' ');
+    }
+    options.push_str("-c synchronous_commit=local");
+    cfg.dbname(database)
+        .application_name(application_name)
+        .options(options);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
     }

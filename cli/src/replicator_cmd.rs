@@ -1,0 +1,237 @@
+//! `tandem replicator`: flags, `TANDEM_REPLICATOR_*` variables and the
+//! `[replicator]` table of the cluster file → [`ReplicatorConfig`] →
+//! [`tandem_replicator::run`] until SIGINT/SIGTERM.
+//!
+//! Precedence: the file's table is read first (it must be complete on its
+//! own: `deny_unknown_fields`, required keys), then every flag given (or its
+//! environment variable) replaces the matching setting. Without a file the
+//! flags must name the primary, at least one replica, the mode and the data
+//! directory.
+//!
+//! The variables carry a `REPLICATOR` infix because `tandem proxy` already
+//! reads `TANDEM_PRIMARY` and `TANDEM_REPLICAS` with a different meaning
+//! (HOST:PORT rather than a connection string), and one environment often
+//! serves both commands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tandem_replicator::{Mode, ReplicaConfig, ReplicatorConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `tandem replicator`; each overrides the `[replicator]` table of the cluster file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReplicatorArgs {
+    /// The primary: postgres://USER@HOST:PORT (or a key=value connection string).
+    #[arg(long, env = "TANDEM_REPLICATOR_PRIMARY")]
+    primary: Option<String>,
+    /// A replica: NAME=postgres://USER@HOST:PORT; repeat for more (comma-separated in the variable).
+    #[arg(
+        long = "replica",
+        env = "TANDEM_REPLICATOR_REPLICAS",
+        value_delimiter = ','
+    )]
+    replicas: Vec<String>,
+    /// A database to replicate; repeat for more [default: every non-template database].
+    #[arg(
+        long = "database",
+        env = "TANDEM_REPLICATOR_DATABASES",
+        value_delimiter = ','
+    )]
+    databases: Vec<String>,
+    /// `sync` (commits wait until replicas applied them) or `async`.
+    #[arg(long, env = "TANDEM_REPLICATOR_MODE")]
+    mode: Option<String>,
+    /// In sync mode, how many replicas must have applied a commit [default: 1].
+    #[arg(long, env = "TANDEM_REPLICATOR_SYNC_QUORUM")]
+    sync_quorum: Option<usize>,
+    /// Directory of the change log (created if missing).
+    #[arg(long, env = "TANDEM_REPLICATOR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve status JSON at http://ADDR/status and Prometheus metrics at /metrics.
+    #[arg(long, env = "TANDEM_REPLICATOR_STATUS_LISTEN")]
+    status_listen: Option<SocketAddr>,
+}
+
+/// Builds the replicator configuration from the cluster file (if any) and the flags.
+pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
+    let from_file = match file {
+        Some(path) => crate::file::load(path)?.replicator,
+        None => None,
+    };
+    let mut cfg = match from_file {
+        Some(cfg) => cfg,
+        None => {
+            let missing = |what: &str| {
+                anyhow::anyhow!(
+                    "{what} is required (or a [replicator] table in the cluster file given with --config)"
+                )
+            };
+            let primary = args.primary.clone().ok_or_else(|| missing("--primary"))?;
+            let mode = args.mode.as_deref().ok_or_else(|| missing("--mode"))?;
+            let data_dir = args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?;
+            if args.replicas.is_empty() {
+                return Err(missing("--replica NAME=DSN"));
+            }
+            ReplicatorConfig::new(primary, Vec::new(), parse_mode(mode)?, data_dir)
+        }
+    };
+    if let Some(p) = &args.primary {
+        cfg.primary = p.clone();
+    }
+    if !args.replicas.is_empty() {
+        cfg.replicas = args
+            .replicas
+            .iter()
+            .map(|r| parse_replica(r))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if !args.databases.is_empty() {
+        cfg.databases = args.databases.clone();
+    }
+    if let Some(m) = &args.mode {
+        cfg.mode = parse_mode(m)?;
+    }
+    if let Some(q) = args.sync_quorum {
+        cfg.sync_quorum = q;
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(a) = args.status_listen {
+        cfg.status_listen = Some(a);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn parse_mode(text: &str) -> anyhow::Result<Mode> {
+    text.parse::<Mode>()
+        .with_context(|| format!("--mode {text:?}"))
+}
+
+fn parse_replica(spec: &str) -> anyhow::Result<ReplicaConfig> {
+    if spec.trim().is_empty() {
+        bail!("--replica: empty value, expected NAME=postgres://USER@HOST:PORT");
+    }
+    spec.parse::<ReplicaConfig>()
+        .with_context(|| format!("--replica {spec:?}"))
+}
+
+/// Runs `tandem replicator` until SIGINT/SIGTERM.
+pub async fn run(file: Option<PathBuf>, args: ReplicatorArgs) -> anyhow::Result<()> {
+    let cfg = Arc::new(build_config(file.as_deref(), &args)?);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    tracing::info!(
+        mode = %cfg.mode,
+        replicas = cfg.replicas.len(),
+        data_dir = %cfg.data_dir.display(),
+        "starting the replicator"
+    );
+    let shutdown = CancellationToken::new();
+    crate::signals::cancel_on_signal(shutdown.clone());
+    tandem_replicator::run(cfg, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ReplicatorArgs,
+    }
+
+    fn args(flags: &[&str]) -> ReplicatorArgs {
+        let mut v = vec!["tandem"];
+        v.extend_from_slice(flags);
+        Wrap::try_parse_from(v).unwrap().args
+    }
+
+    const FULL: &[&str] = &[
+        "--primary",
+        "postgres://postgres@127.0.0.1:5432",
+        "--replica",
+        "r1=postgres://postgres@127.0.0.1:5433",
+        "--replica",
+        "r2=postgres://postgres@127.0.0.1:5434",
+        "--mode",
+        "sync",
+        "--sync-quorum",
+        "2",
+        "--data-dir",
+        "/tmp/tandem-x",
+        "--database",
+        "app",
+        "--status-listen",
+        "127.0.0.1:9187",
+    ];
+
+    #[test]
+    fn flags_alone_make_a_config() {
+        let cfg = build_config(None, &args(FULL)).unwrap();
+        assert_eq!(cfg.mode, Mode::Sync);
+        assert_eq!(cfg.sync_quorum, 2);
+        assert_eq!(cfg.replicas.len(), 2);
+        assert_eq!(cfg.replicas[1].name.as_str(), "r2");
+        assert_eq!(cfg.databases, vec!["app".to_string()]);
+        assert_eq!(cfg.status_listen, Some("127.0.0.1:9187".parse().unwrap()));
+    }
+
+    #[test]
+    fn missing_and_bad_flags_say_what_is_wrong() {
+        let err = |flags: &[&str]| format!("{:#}", build_config(None, &args(flags)).unwrap_err());
+        assert!(err(&["--mode", "sync"]).contains("--primary is required"));
+        let mut f = FULL.to_vec();
+        f[7] = "fast";
+        assert!(err(&f).contains("invalid mode \"fast\""), "{}", err(&f));
+        let mut f = FULL.to_vec();
+        f[3] = "no-equals-sign";
+        assert!(err(&f).contains("expected NAME="), "{}", err(&f));
+        let mut f = FULL.to_vec();
+        f[9] = "3";
+        assert!(err(&f).contains("sync_quorum 3 is larger"), "{}", err(&f));
+        let mut f = FULL.to_vec();
+        f[1] = "postgres://[::1";
+        assert!(err(&f).contains("the primary"), "{}", err(&f));
+        assert!(Wrap::try_parse_from(["tandem", "--status-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = std::env::temp_dir().join(format!("tandem-replicator-cli-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"
+            [replicator]
+            primary = "postgres://postgres@127.0.0.1:5432"
+            mode = "async"
+            data_dir = "/var/lib/tandem"
+            databases = ["a", "b"]
+            [[replicator.replicas]]
+            name = "r1"
+            dsn = "host=127.0.0.1 port=5433 user=postgres"
+            "#,
+        )
+        .unwrap();
+        let cfg = build_config(Some(&path), &ReplicatorArgs::default()).unwrap();
+        assert_eq!(cfg.mode, Mode::Async);
+        assert_eq!(cfg.databases.len(), 2);
+        let cfg = build_config(Some(&path), &args(&["--mode", "sync", "--database", "c"])).unwrap();
+        assert_eq!(cfg.mode, Mode::Sync);
+        assert_eq!(cfg.databases, vec!["c".to_string()]);
+        assert_eq!(cfg.replicas[0].name.as_str(), "r1");
+
+        std::fs::write(&path, "[replicator]\nprimary = \"x\"\nbogus = 1\n").unwrap();
+        let e = format!("{:#}", build_config(Some(&path), &ReplicatorArgs::default()).unwrap_err());
+        let _ = std::fs::remove_file(&path);
+        assert!(e.contains("invalid cluster file"), "{e}");
+    }
+}
