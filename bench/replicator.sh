@@ -110,8 +110,10 @@ sampler() {
     t0=$(date +%s.%N)
     printf 't\tprimary_rows\treplica_rows\tlag_rows\tlag_seconds\n' >"$out"
     while :; do
-        p=$(psqlp -c 'SELECT count(*) FROM pgbench_history' 2>/dev/null || echo "")
+        # Replica first, then primary: the primary's count is a little newer, so the lag read
+        # is never below the true lag.
         r=$(psqlr -c "SELECT count(*) || ' ' || coalesce(extract(epoch FROM clock_timestamp() - max(mtime))::numeric(10,3)::text, '') FROM pgbench_history" 2>/dev/null || echo "")
+        p=$(psqlp -c 'SELECT count(*) FROM pgbench_history' 2>/dev/null || echo "")
         age=${r#* }
         r=${r%% *}
         if [[ -n $p && -n $r ]]; then
@@ -141,13 +143,15 @@ PROFILE_MD="(profile skipped)"
 TICKS=$(getconf CLK_TCK)
 
 TANDEM_PID=""
+MARKER=0
 start_tandem() { # MODE
     local mode=$1
     TANDEM_STATUS_PORT=$(free_port)
     local cmd=("$TANDEM_BIN" --log info replicator --primary "postgres://postgres@127.0.0.1:$P_PORT/$DB"
         --replica "r1=postgres://postgres@127.0.0.1:$R_PORT/$DB" --database "$DB" --mode "$mode"
         --data-dir "$WORK/changelog-$mode" --status-listen "127.0.0.1:$TANDEM_STATUS_PORT")
-    COMMANDS+=("tandem-$mode: ${cmd[*]/#$TANDEM_BIN/tandem}")
+    local shown="tandem-$mode: ${cmd[*]/#$TANDEM_BIN/tandem}"
+    [[ " ${COMMANDS[*]} " == *"$shown"* ]] || COMMANDS+=("$shown")
     spawn "$WORK/tandem-$mode.log" "${cmd[@]}"
     TANDEM_PID=$SPAWNED_PID
 }
@@ -249,7 +253,8 @@ measure_system() { # SYSTEM
     local t0 t1
     t0=$(date +%s)
     attach "$sys"
-    wait_marker 1 "$CATCHUP_LIMIT" || die "$sys: the replica did not get the initial copy in time (see $WORK)"
+    MARKER=$((MARKER + 1))
+    wait_marker "$MARKER" "$CATCHUP_LIMIT" || die "$sys: the replica did not get the initial copy in time (see $WORK)"
     t1=$(date +%s)
     log "$sys: replica in step after $((t1 - t0))s (initial copy of scale $SCALE)"
 
@@ -319,19 +324,22 @@ profile_report() {
         echo "By shared object (self time):"
         echo
         echo '```'
-        perf report -i "$pd" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8
+        perf report -i "$pd" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | sed 's/ *$//' | head -8
         echo '```'
         echo
-        echo "Hottest symbols, self time:"
+        echo "Hottest functions, self time (inlined frames folded into their caller):"
         echo
         echo '```'
-        perf report -i "$pd" --no-children --sort symbol --stdio --percent-limit 0.7 2>/dev/null | grep -E '^ +[0-9]' | head -35
+        perf report -i "$pd" --no-children --no-inline -g none --sort dso,symbol --stdio --percent-limit 0.7 2>/dev/null \
+            | grep -E '^ +[0-9]' | cut -c1-150 | sed 's/ *$//' | head -35
         echo '```'
         echo
-        echo "Inclusive time (children), symbols at 3% or more:"
+        echo "Inclusive time of replicator functions (children), 2% or more:"
         echo
         echo '```'
-        perf report -i "$pd" --children --sort symbol --stdio --percent-limit 3 -g none 2>/dev/null | grep -E '^ +[0-9]' | head -40
+        perf report -i "$pd" --children --no-inline -g none --sort symbol --stdio --percent-limit 2 2>/dev/null \
+            | grep -E '^ +[0-9]' | grep -E 'tandem_|tokio_postgres|postgres_protocol|fsync|fdatasync|sync_file' \
+            | cut -c1-170 | sed 's/ *$//' | head -40
         echo '```'
     )
 }
