@@ -116,6 +116,7 @@ fn async_mode_end_to_end() -> Result<()> {
          INSERT INTO app_data (body) SELECT 'more ' || g FROM generate_series(1, 50) g",
     )?;
     let txns = load.finish()?;
+    println!("async: pgbench committed {txns} transactions during the first load");
     assert!(txns > 50, "pgbench committed only {txns} transactions");
     assert_eq!(
         history_rows(&primary)?,
@@ -207,6 +208,7 @@ fn async_mode_end_to_end() -> Result<()> {
     rep.start()?;
     wait_copied(&rep, &[&r3], BENCH_DB, COPY_TIMEOUT)?;
     let more = load.finish()?;
+    println!("async: {more} more while r3 was added");
     let sums = wait_converged(&rep, &primary, &[&r1, &r2, &r3], BENCH_DB, CONVERGE_TIMEOUT)?;
     let history = sums
         .iter()

@@ -127,6 +127,7 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
     r2.restart()?;
 
     let txns = load.finish()?;
+    println!("crash: pgbench committed {txns} transactions through 4 replicator kills, a torn tail and a replica kill");
     assert!(txns > 100, "pgbench committed only {txns} transactions");
     assert_eq!(history_rows(&primary)?, txns);
     let sums = wait_converged(&rep, &primary, &[&r1, &r2], BENCH_DB, CONVERGE_TIMEOUT)?;
