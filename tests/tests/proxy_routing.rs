@@ -56,8 +56,11 @@ async fn statements_go_where_they_belong() -> anyhow::Result<()> {
     assert!(row.get::<_, bool>(0), "extended-protocol read on a replica");
 
     // Reads spread over both replicas.
+    // (Each replica qualifies once the proxy's health probe has seen it replay the
+    // CREATE above, read-your-writes; on a loaded machine that can take a moment.)
     let mut ports = HashSet::new();
-    for _ in 0..20 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ports.len() < 2 && std::time::Instant::now() < deadline {
         let row = client.query_one("SELECT inet_server_port()", &[]).await?;
         ports.insert(row.get::<_, i32>(0) as u16);
     }
