@@ -34,7 +34,8 @@ pub struct Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.gate.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a PAUSE waits for the count to reach zero; skip the wake-up otherwise.
+        if self.gate.busy.fetch_sub(1, Ordering::AcqRel) == 1 && self.gate.is_paused() {
             self.gate.idle.notify_waiters();
         }
     }
