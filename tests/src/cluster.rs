@@ -140,7 +140,12 @@ impl Cluster {
         let dsn = self.dsn(user, db);
         let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
             .await
-            .with_context(|| format!("connecting through the proxy ({dsn})\n--- proxy log ---\n{}", self.proxy.log_tail()))?;
+            .with_context(|| {
+                format!(
+                    "connecting through the proxy ({dsn})\n--- proxy log ---\n{}",
+                    self.proxy.log_tail()
+                )
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "proxied test connection ended");
@@ -165,23 +170,41 @@ impl Cluster {
 
     /// Runs psql with connection string `conninfo`, extra arguments and `sql` on stdin,
     /// returning whatever happened (for tests that expect a failure).
-    pub fn psql_raw(&self, conninfo: &str, args: &[&str], sql: &str) -> anyhow::Result<ClientOutput> {
-        run_pg_client("psql", |cmd| {
-            cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-                .args(args)
-                .args(["-d", conninfo, "-f", "-"]);
-        }, sql)
+    pub fn psql_raw(
+        &self,
+        conninfo: &str,
+        args: &[&str],
+        sql: &str,
+    ) -> anyhow::Result<ClientOutput> {
+        run_pg_client(
+            "psql",
+            |cmd| {
+                cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+                    .args(args)
+                    .args(["-d", conninfo, "-f", "-"]);
+            },
+            sql,
+        )
     }
 
     /// Runs `pgbench ARGS` against the proxy (host, port and user are added), returning
     /// its output; `Err` when it exits non-zero.
     pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
         let port = self.proxy_port.to_string();
-        let out = run_pg_client("pgbench", |cmd| {
-            cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
-                .args(args);
-        }, "")
-        .with_context(|| format!("pgbench {args:?}\n--- proxy log ---\n{}", self.proxy.log_tail()))?;
+        let out = run_pg_client(
+            "pgbench",
+            |cmd| {
+                cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                    .args(args);
+            },
+            "",
+        )
+        .with_context(|| {
+            format!(
+                "pgbench {args:?}\n--- proxy log ---\n{}",
+                self.proxy.log_tail()
+            )
+        })?;
         let text = format!("{}\n{}", out.stdout, out.stderr);
         if !out.status.success() {
             return Err(anyhow!(
@@ -196,7 +219,9 @@ impl Cluster {
     /// Waits until every standby has replayed the primary's current WAL position, so that a
     /// read on any replica sees everything committed before the call.
     pub fn wait_replicated(&self) -> anyhow::Result<()> {
-        let lsn = self.primary.psql("postgres", "SELECT pg_current_wal_lsn()")?;
+        let lsn = self
+            .primary
+            .psql("postgres", "SELECT pg_current_wal_lsn()")?;
         for r in &self.replicas {
             let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
             wait_until(
@@ -263,7 +288,11 @@ pub fn run_pg_client(
     let mut cmd = pg_command(&path, &std::env::temp_dir(), false)?;
     configure(&mut cmd);
     let out = run_capture(cmd, stdin, Duration::from_secs(120), program)?;
-    Ok(ClientOutput { status: out.status, stdout: out.stdout, stderr: out.stderr })
+    Ok(ClientOutput {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
 }
 
 /// Writes a self-signed certificate for `localhost`/`127.0.0.1` and its key as PEM files

@@ -1,7 +1,7 @@
 //! Choosing one replica among the eligible ones.
 //!
 //! Least outstanding requests by default: the replica with the fewest
-//! requests in flight, ties broken round-robin so that an idle cluster still
+//! requests in flight, ties broken at random so that an idle cluster still
 //! spreads reads. Round-robin, random and weighted-random are options.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,15 +51,18 @@ impl Balancer {
                 candidates.last().copied()
             }
             LoadBalance::LeastOutstanding => {
-                let mut best: Option<(&'a Arc<Node>, usize)> = None;
-                for i in 0..n {
-                    let c = candidates[(turn + i) % n];
-                    let load = c.outstanding();
-                    if best.is_none_or(|(_, b)| load < b) {
-                        best = Some((c, load));
-                    }
-                }
-                best.map(|(c, _)| c)
+                // Ties are broken at random, not in turn: a client whose every statement
+                // costs two picks (prepare, then execute) would otherwise have all its
+                // executions land on the same replica of two.
+                let min = candidates.iter().map(|c| c.outstanding()).min()?;
+                let tied = candidates.iter().filter(|c| c.outstanding() == min).count();
+                let k = if tied > 1 { rand::thread_rng().gen_range(0..tied) } else { 0 };
+                candidates
+                    .iter()
+                    .filter(|c| c.outstanding() == min)
+                    .nth(k)
+                    .or_else(|| candidates.iter().min_by_key(|c| c.outstanding()))
+                    .copied()
             }
         }
     }
@@ -88,7 +91,7 @@ mod tests {
     fn least_outstanding_spreads_ties() {
         let (a, b) = (node("a", 1), node("b", 1));
         let bal = Balancer::new(LoadBalance::LeastOutstanding);
-        let picks: Vec<_> = (0..4).map(|_| bal.pick(&[&a, &b]).unwrap().id.to_string()).collect();
+        let picks: Vec<_> = (0..64).map(|_| bal.pick(&[&a, &b]).unwrap().id.to_string()).collect();
         assert!(picks.contains(&"a".to_string()) && picks.contains(&"b".to_string()), "{picks:?}");
     }
 
