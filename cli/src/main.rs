@@ -25,6 +25,11 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
     #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
     log: String,
+    /// Runtime worker threads [default: one per core; `tandem proxy` on a machine with up to
+    /// 2 cores: 1, which avoids cross-thread wake-ups when PostgreSQL shares the cores, see
+    /// bench/results].
+    #[arg(long, global = true, env = "TANDEM_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,7 +58,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(ansi)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let small_proxy = cores <= 2 && matches!(cli.command, Command::Proxy(_));
+    let threads = cli.threads.unwrap_or(if small_proxy { 1 } else { cores }).max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tandem: cannot start the async runtime: {e}");
