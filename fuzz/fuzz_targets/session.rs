@@ -414,11 +414,14 @@ impl FakeServer {
             }
             b'P' => {
                 let Ok(p) = fields::parse(body) else { return };
+                // PostgreSQL refuses to redefine a named statement (42P05)
+                // and keeps the old one; the proxy lets a client redefine it,
+                // and the name refers to the new text even when that fails to
+                // parse. Known divergence, modelled the proxy's way.
                 if has(p.query, b"!p") {
+                    self.statements.remove(p.name);
                     return self.error(out, true);
                 }
-                // PostgreSQL refuses to redefine a named statement (42P05);
-                // the proxy lets a client do it. Modelled the proxy's way.
                 self.statements.insert(p.name.to_vec(), p.query.to_vec());
                 out.push((b'1', 0));
             }
