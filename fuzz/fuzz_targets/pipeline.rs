@@ -62,7 +62,8 @@ fuzz_target!(|data: &[u8]| {
                     collect(&out, &mut emitted, &mut pending_synth);
                 } else {
                     assert!(out.is_empty(), "push wrote while responses were outstanding");
-                    assert_eq!(p.outstanding(), before + 1);
+                    // +1, or unchanged when the server skips to Sync after an error.
+                    assert!(p.outstanding() == before + 1 || p.outstanding() == before, "push changed len by more than one");
                 }
             }
             9 | 10 => {
