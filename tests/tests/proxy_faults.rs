@@ -299,7 +299,10 @@ async fn replica_killed_mid_load() -> anyhow::Result<()> {
                         ports.insert(row.get::<_, i32>(1) as u16);
                         done.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => errors.push(e.to_string()),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        break;
+                    }
                 }
             }
             anyhow::Ok((ports, errors))

@@ -174,7 +174,13 @@ impl Session {
         self.begin_unit(stmt.route).await?;
         let Some(a) = self.active.as_mut() else { return Ok(()) };
         if a.conn.prepared.contains(&stmt.hash) {
+            let answered_now = self.pipeline.is_idle();
             self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
+            if answered_now {
+                // Already answered: a replay elsewhere must not answer it again (Bind or
+                // Describe prepare it there).
+                return Ok(());
+            }
         } else {
             a.conn.prepared.insert(stmt.hash);
             self.ctx.pools.known.note(&self.database, stmt.hash);

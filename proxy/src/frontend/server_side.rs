@@ -54,12 +54,25 @@ impl Session {
                     }
                 };
                 self.on_ready_for_query(status);
+                self.trim_replay();
             }
         }
         if self.pipeline.is_idle() && self.active.is_some() {
             self.on_idle();
         }
         Ok(())
+    }
+
+    /// A client request is fully answered (its ReadyForQuery went out): if the server is
+    /// lost later in the same unit (a client that pipelines its next request before this
+    /// answer, as tokio-postgres does), only what the client sent after that request's
+    /// Sync / Query / FunctionCall is re-sent elsewhere, and nothing of it was answered yet.
+    fn trim_replay(&mut self) {
+        if let Some(end) = self.replay.iter().position(|f| matches!(f.tag(), b'S' | b'Q' | b'F')) {
+            self.replay.drain(..=end);
+            self.replay_bytes = self.replay.iter().map(|f| f.bytes().len()).sum();
+            self.forwarded = false;
+        }
     }
 
     /// A client request finished with `status`: commit or drop session effects.
