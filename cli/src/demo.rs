@@ -38,15 +38,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (root, _temp) = match &args.data_dir {
         Some(dir) => (dir.clone(), None),
         None => {
-            let t = tempfile::Builder::new().prefix("tandem-demo-").tempdir().context("create a temporary directory")?;
+            let t =
+                tempfile::Builder::new().prefix("tandem-demo-").tempdir().context("create a temporary directory")?;
             (t.path().to_path_buf(), Some(t))
         }
     };
     let root = std::path::absolute(&root).context("resolve the data directory")?;
     let port = |i: u16| args.port.checked_add(i).context("--port too high: the servers use the next three ports");
     let primary = LocalServer::at(root.join("primary"), port(1)?);
-    let replicas: Vec<LocalServer> =
-        (0..REPLICAS).map(|i| Ok(LocalServer::at(root.join(format!("replica{}", i + 1)), port(2 + i as u16)?))).collect::<anyhow::Result<_>>()?;
+    let replicas: Vec<LocalServer> = (0..REPLICAS)
+        .map(|i| Ok(LocalServer::at(root.join(format!("replica{}", i + 1)), port(2 + i as u16)?)))
+        .collect::<anyhow::Result<_>>()?;
 
     let servers: Vec<LocalServer> = std::iter::once(primary.clone()).chain(replicas.iter().cloned()).collect();
     let setup = servers.clone();
@@ -128,7 +130,11 @@ async fn serve(
     println!("Tandem demo is running ({} replication).", if args.sync { "synchronous" } else { "asynchronous" });
     println!("  connect:  psql \"postgres://postgres@127.0.0.1:{}/postgres\"", args.port);
     println!("  admin:    psql \"postgres://postgres@127.0.0.1:{}/tandem\" -c 'SHOW NODES'", args.port);
-    println!("  nodes:    primary :{}, {}", primary.port, replicas.iter().map(|r| format!("{} :{}", r.name(), r.port)).collect::<Vec<_>>().join(", "));
+    println!(
+        "  nodes:    primary :{}, {}",
+        primary.port,
+        replicas.iter().map(|r| format!("{} :{}", r.name(), r.port)).collect::<Vec<_>>().join(", ")
+    );
     match &args.data_dir {
         Some(_) => println!("  data:     {} (kept)", root.display()),
         None => println!("  data:     {} (removed on exit)", root.display()),
@@ -172,11 +178,8 @@ async fn wait_for_initial_copy(
 async fn copied(r: &LocalServer) -> bool {
     let Ok((client, conn)) = tokio_postgres::connect(&url(r), tokio_postgres::NoTls).await else { return false };
     let task = tokio::spawn(conn);
-    let done = client
-        .query_opt("SELECT 1 FROM tandem.applied LIMIT 1", &[])
-        .await
-        .map(|row| row.is_some())
-        .unwrap_or(false);
+    let done =
+        client.query_opt("SELECT 1 FROM tandem.applied LIMIT 1", &[]).await.map(|row| row.is_some()).unwrap_or(false);
     drop(client);
     task.abort();
     done

@@ -29,18 +29,10 @@ pub struct ReplicatorArgs {
     #[arg(long, env = "TANDEM_REPLICATOR_PRIMARY")]
     primary: Option<String>,
     /// A replica: NAME=postgres://USER@HOST:PORT; repeat for more (comma-separated in the variable).
-    #[arg(
-        long = "replica",
-        env = "TANDEM_REPLICATOR_REPLICAS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "replica", env = "TANDEM_REPLICATOR_REPLICAS", value_delimiter = ',')]
     replicas: Vec<String>,
     /// A database to replicate; repeat for more [default: every non-template database].
-    #[arg(
-        long = "database",
-        env = "TANDEM_REPLICATOR_DATABASES",
-        value_delimiter = ','
-    )]
+    #[arg(long = "database", env = "TANDEM_REPLICATOR_DATABASES", value_delimiter = ',')]
     databases: Vec<String>,
     /// `sync` (commits wait until replicas applied them) or `async`.
     #[arg(long, env = "TANDEM_REPLICATOR_MODE")]
@@ -57,10 +49,7 @@ pub struct ReplicatorArgs {
 }
 
 /// Builds the replicator configuration from the cluster file (if any) and the flags.
-pub fn build_config(
-    file: Option<&Path>,
-    args: &ReplicatorArgs,
-) -> anyhow::Result<ReplicatorConfig> {
+pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
     let from_file = match file {
         Some(path) => crate::file::load(path)?.replicator,
         None => None,
@@ -69,9 +58,7 @@ pub fn build_config(
         Some(cfg) => cfg,
         None => {
             let missing = |what: &str| {
-                anyhow::anyhow!(
-                    "{what} is required (or a [replicator] table in the cluster file given with --config)"
-                )
+                anyhow::anyhow!("{what} is required (or a [replicator] table in the cluster file given with --config)")
             };
             let primary = args.primary.clone().ok_or_else(|| missing("--primary"))?;
             let mode = args.mode.as_deref().ok_or_else(|| missing("--mode"))?;
@@ -86,11 +73,7 @@ pub fn build_config(
         cfg.primary = p.clone();
     }
     if !args.replicas.is_empty() {
-        cfg.replicas = args
-            .replicas
-            .iter()
-            .map(|r| parse_replica(r))
-            .collect::<anyhow::Result<_>>()?;
+        cfg.replicas = args.replicas.iter().map(|r| parse_replica(r)).collect::<anyhow::Result<_>>()?;
     }
     if !args.databases.is_empty() {
         cfg.databases = args.databases.clone();
@@ -112,16 +95,14 @@ pub fn build_config(
 }
 
 fn parse_mode(text: &str) -> anyhow::Result<Mode> {
-    text.parse::<Mode>()
-        .with_context(|| format!("--mode {text:?}"))
+    text.parse::<Mode>().with_context(|| format!("--mode {text:?}"))
 }
 
 fn parse_replica(spec: &str) -> anyhow::Result<ReplicaConfig> {
     if spec.trim().is_empty() {
         bail!("--replica: empty value, expected NAME=postgres://USER@HOST:PORT");
     }
-    spec.parse::<ReplicaConfig>()
-        .with_context(|| format!("--replica {spec:?}"))
+    spec.parse::<ReplicaConfig>().with_context(|| format!("--replica {spec:?}"))
 }
 
 /// Runs `tandem replicator` until SIGINT/SIGTERM.
@@ -209,8 +190,7 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let path =
-            std::env::temp_dir().join(format!("tandem-replicator-cli-{}.toml", std::process::id()));
+        let path = std::env::temp_dir().join(format!("tandem-replicator-cli-{}.toml", std::process::id()));
         std::fs::write(
             &path,
             r#"
@@ -234,10 +214,7 @@ mod tests {
         assert_eq!(cfg.replicas[0].name.as_str(), "r1");
 
         std::fs::write(&path, "[replicator]\nprimary = \"x\"\nbogus = 1\n").unwrap();
-        let e = format!(
-            "{:#}",
-            build_config(Some(&path), &ReplicatorArgs::default()).unwrap_err()
-        );
+        let e = format!("{:#}", build_config(Some(&path), &ReplicatorArgs::default()).unwrap_err());
         let _ = std::fs::remove_file(&path);
         assert!(e.contains("invalid cluster file"), "{e}");
     }

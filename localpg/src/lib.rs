@@ -28,7 +28,9 @@ pub enum LocalPgError {
     #[error("PostgreSQL program {0} not found in the server bin dir or PATH")]
     NoTool(String),
     /// Running as root without a `postgres` OS user.
-    #[error("running as root but there is no `postgres` OS user to run PostgreSQL as (install the postgresql package)")]
+    #[error(
+        "running as root but there is no `postgres` OS user to run PostgreSQL as (install the postgresql package)"
+    )]
     NoServerUser,
     /// A system call failed.
     #[error("{what}: {source}")]

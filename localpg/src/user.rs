@@ -15,8 +15,19 @@ use crate::LocalPgError;
 
 /// libpq environment variables that would redirect a server program.
 pub const LIBPQ_ENV: &[&str] = &[
-    "PGDATA", "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE",
-    "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGSSLMODE", "PGTARGETSESSIONATTRS",
+    "PGDATA",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
+    "PGSSLMODE",
+    "PGTARGETSESSIONATTRS",
 ];
 
 /// The uid/gid server programs must run as: `Some` when we are root.
@@ -37,8 +48,10 @@ pub fn server_user() -> Result<Option<(Uid, Gid)>, LocalPgError> {
 /// Gives `path` to the server user (no-op when not root).
 pub fn chown_for_server(path: &Path) -> Result<(), LocalPgError> {
     if let Some((uid, gid)) = server_user()? {
-        nix::unistd::chown(path, Some(uid), Some(gid))
-            .map_err(|e| LocalPgError::Io { what: format!("chown {} to postgres", path.display()), source: e.into() })?;
+        nix::unistd::chown(path, Some(uid), Some(gid)).map_err(|e| LocalPgError::Io {
+            what: format!("chown {} to postgres", path.display()),
+            source: e.into(),
+        })?;
     }
     Ok(())
 }

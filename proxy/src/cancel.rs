@@ -130,7 +130,11 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let reg = Arc::new(CancelRegistry::default());
         let h = reg.register();
-        h.set_target(Some(Arc::new(CancelKey { addr: format!("127.0.0.1:{port}").parse().unwrap(), pid: 42, secret: 7 })));
+        h.set_target(Some(Arc::new(CancelKey {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            pid: 42,
+            secret: 7,
+        })));
         let accept = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let (mut s, _) = listener.accept().await.unwrap();

@@ -109,14 +109,19 @@ impl Collector for NodeCollector {
             }
         }
         {
-            let mut m = encoder.encode_descriptor("node_up", "1 if the node passes health checks", None, MetricType::Gauge)?;
+            let mut m =
+                encoder.encode_descriptor("node_up", "1 if the node passes health checks", None, MetricType::Gauge)?;
             for n in topo.nodes() {
                 ConstGauge::new(i64::from(n.is_healthy())).encode(m.encode_family(&labels(n))?)?;
             }
         }
         {
-            let mut m =
-                encoder.encode_descriptor("node_requests_in_flight", "Requests running on the node", None, MetricType::Gauge)?;
+            let mut m = encoder.encode_descriptor(
+                "node_requests_in_flight",
+                "Requests running on the node",
+                None,
+                MetricType::Gauge,
+            )?;
             for n in topo.nodes() {
                 ConstGauge::new(n.outstanding() as i64).encode(m.encode_family(&labels(n))?)?;
             }
@@ -157,7 +162,9 @@ impl Metrics {
             let (open, idle) = p.sizes();
             let node = p.key.node.to_string();
             let active = i64::from(open.saturating_sub(idle));
-            self.server_connections.get_or_create(&ServerLabels { node: node.clone(), state: "active".into() }).inc_by(active);
+            self.server_connections
+                .get_or_create(&ServerLabels { node: node.clone(), state: "active".into() })
+                .inc_by(active);
             self.server_connections.get_or_create(&ServerLabels { node, state: "idle".into() }).inc_by(i64::from(idle));
         }
         let mut out = String::new();

@@ -65,10 +65,15 @@ fn topology(cfg: &ProxyConfig, epoch: Epoch) -> Result<Arc<Topology>, ConfigErro
 }
 
 /// Runs the proxy until `shutdown` fires and its sessions have drained.
-pub async fn run(cfg: Arc<ProxyConfig>, reloader: Option<Reloader>, shutdown: CancellationToken) -> Result<(), ProxyError> {
+pub async fn run(
+    cfg: Arc<ProxyConfig>,
+    reloader: Option<Reloader>,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
     cfg.validate()?;
     let tls = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
     let local = listener.local_addr().map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
     let topo = topology(&cfg, Epoch(1))?;
     let (topo_tx, topo_rx) = watch::channel(topo.clone());

@@ -44,19 +44,7 @@ impl Postgres {
     /// A fresh primary.
     fn start() -> Result<Postgres, Box<dyn Error>> {
         let server = Postgres::empty()?;
-        server.run(
-            "initdb",
-            &[
-                "-D",
-                &server.data(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        )?;
+        server.run("initdb", &["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
         server.launch()
     }
 
@@ -87,39 +75,17 @@ impl Postgres {
     fn empty() -> Result<Postgres, Box<dyn Error>> {
         let (uid, gid) = postgres_ids()?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("tandem-classify-{}-{nanos}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tandem-classify-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        Ok(Postgres {
-            dir,
-            port: 0,
-            uid,
-            gid,
-        })
+        Ok(Postgres { dir, port: 0, uid, gid })
     }
 
     fn launch(mut self) -> Result<Postgres, Box<dyn Error>> {
         self.port = free_port()?;
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
         let log = self.dir.join("log").display().to_string();
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-o",
-                &options,
-                "-l",
-                &log,
-                "-w",
-                "start",
-            ],
-        )?;
+        self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"])?;
         Ok(self)
     }
 
@@ -144,10 +110,7 @@ impl Postgres {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, Box<dyn Error>> {
-        let config = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        );
+        let config = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
         let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
@@ -178,50 +141,27 @@ async fn function_table_loads_from_pg_proc_and_drives_routing() -> TestResult {
 
     let table = FunctionTable::load(&client).await?;
     assert_eq!(table.volatility(None, "now"), Some(Volatility::Stable));
-    assert_eq!(
-        table.volatility(Some("pg_catalog"), "now"),
-        Some(Volatility::Stable)
-    );
+    assert_eq!(table.volatility(Some("pg_catalog"), "now"), Some(Volatility::Stable));
     assert_eq!(table.volatility(None, "random"), Some(Volatility::Volatile));
     assert_eq!(table.volatility(None, "lower"), Some(Volatility::Immutable));
-    assert_eq!(
-        table.volatility(None, "nextval"),
-        Some(Volatility::Volatile)
-    );
-    assert_eq!(
-        table.volatility(None, "my_stable_fn"),
-        Some(Volatility::Stable)
-    );
-    assert_eq!(
-        table.volatility(Some("public"), "my_volatile_fn"),
-        Some(Volatility::Volatile)
-    );
+    assert_eq!(table.volatility(None, "nextval"), Some(Volatility::Volatile));
+    assert_eq!(table.volatility(None, "my_stable_fn"), Some(Volatility::Stable));
+    assert_eq!(table.volatility(Some("public"), "my_volatile_fn"), Some(Volatility::Volatile));
     assert_eq!(table.volatility(None, "mixed"), Some(Volatility::Volatile));
     assert_eq!(table.volatility(None, "no_such_function"), None);
     assert!(table.len() > 1000, "pg_proc has thousands of functions");
 
     let functions = Arc::new(table);
     let classifier = Classifier::new(Arc::clone(&functions), 1024);
-    assert_eq!(
-        classifier.classify("SELECT my_stable_fn()").route,
-        Route::Read
-    );
-    assert_eq!(
-        classifier.classify("SELECT my_volatile_fn()").route,
-        Route::Write
-    );
-    assert_eq!(
-        classifier.classify("SELECT now(), lower('A'), 1 + 2").route,
-        Route::Read
-    );
+    assert_eq!(classifier.classify("SELECT my_stable_fn()").route, Route::Read);
+    assert_eq!(classifier.classify("SELECT my_volatile_fn()").route, Route::Write);
+    assert_eq!(classifier.classify("SELECT now(), lower('A'), 1 + 2").route, Route::Read);
     assert_eq!(classifier.classify("SELECT random()").route, Route::Write);
     assert!(!classifier.take_refresh_request());
 
     // A function created after the load: unknown → primary and a refresh request; after the
     // refresh it routes by its real volatility.
-    client
-        .batch_execute("CREATE FUNCTION late_fn() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2'")
-        .await?;
+    client.batch_execute("CREATE FUNCTION late_fn() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2'").await?;
     assert_eq!(classifier.classify("SELECT late_fn()").route, Route::Write);
     assert!(classifier.take_refresh_request());
     functions.replace(FunctionTable::load(&client).await?);
@@ -247,10 +187,7 @@ async fn verdicts_agree_with_a_hot_standby() -> TestResult {
     let classifier = Classifier::new(Arc::new(FunctionTable::load(&client).await?), 1024);
     let standby = Postgres::standby_of(&primary)?;
     let replica = standby.connect().await?;
-    let in_recovery: bool = replica
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await?
-        .try_get(0)?;
+    let in_recovery: bool = replica.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
     assert!(in_recovery);
 
     let reads = [

@@ -96,9 +96,9 @@ impl Change {
     /// The relation(s) the change touches (empty for messages).
     pub fn relations(&self) -> &[Arc<Relation>] {
         match self {
-            Change::Insert { rel, .. }
-            | Change::Update { rel, .. }
-            | Change::Delete { rel, .. } => std::slice::from_ref(rel),
+            Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } => {
+                std::slice::from_ref(rel)
+            }
             Change::Truncate { rels, .. } => rels,
             Change::Message { .. } => &[],
         }
@@ -252,11 +252,7 @@ pub fn encode(txn: &Transaction) -> Bytes {
                 body.put_u32(index_of(rel, &mut rels));
                 put_tuple(&mut body, old);
             }
-            Change::Truncate {
-                rels: trels,
-                cascade,
-                restart_identity,
-            } => {
+            Change::Truncate { rels: trels, cascade, restart_identity } => {
                 body.put_u8(b'T');
                 body.put_u8(u8::from(*cascade) | (u8::from(*restart_identity) << 1));
                 body.put_u32(trels.len() as u32);
@@ -327,11 +323,8 @@ pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
         let schema = r.string("schema")?;
         let name = r.string("relation name")?;
         let ident = r.u8("replica identity")?;
-        let replica_identity =
-            ReplicaIdentity::from_byte(ident).ok_or(ChangeDecodeError::BadTag {
-                what: "replica identity",
-                tag: ident,
-            })?;
+        let replica_identity = ReplicaIdentity::from_byte(ident)
+            .ok_or(ChangeDecodeError::BadTag { what: "replica identity", tag: ident })?;
         let n_cols = r.u16("column count")?;
         let mut columns = Vec::with_capacity(usize::from(n_cols).min(1600));
         for _ in 0..n_cols {
@@ -339,25 +332,12 @@ pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
             let type_oid = r.u32("type oid")?;
             let type_modifier = r.i32("type modifier")?;
             let is_key = r.u8("key flag")? != 0;
-            columns.push(Column {
-                name,
-                type_oid,
-                type_modifier,
-                is_key,
-            });
+            columns.push(Column { name, type_oid, type_modifier, is_key });
         }
-        rels.push(Arc::new(Relation {
-            oid,
-            schema,
-            name,
-            replica_identity,
-            columns,
-        }));
+        rels.push(Arc::new(Relation { oid, schema, name, replica_identity, columns }));
     }
     let rel = |i: u32| -> Result<Arc<Relation>, ChangeDecodeError> {
-        rels.get(i as usize)
-            .cloned()
-            .ok_or(ChangeDecodeError::BadRelation(i))
+        rels.get(i as usize).cloned().ok_or(ChangeDecodeError::BadRelation(i))
     };
 
     let n_changes = r.u32("change count")?;
@@ -365,26 +345,16 @@ pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
     for _ in 0..n_changes {
         let tag = r.u8("change tag")?;
         let change = match tag {
-            b'I' => Change::Insert {
-                rel: rel(r.u32("relation index")?)?,
-                new: r.tuple()?,
-            },
+            b'I' => Change::Insert { rel: rel(r.u32("relation index")?)?, new: r.tuple()? },
             b'U' => {
                 let rel = rel(r.u32("relation index")?)?;
                 let old = match r.u8("old flag")? {
                     0 => None,
                     _ => Some(r.tuple()?),
                 };
-                Change::Update {
-                    rel,
-                    old,
-                    new: r.tuple()?,
-                }
+                Change::Update { rel, old, new: r.tuple()? }
             }
-            b'D' => Change::Delete {
-                rel: rel(r.u32("relation index")?)?,
-                old: r.tuple()?,
-            },
+            b'D' => Change::Delete { rel: rel(r.u32("relation index")?)?, old: r.tuple()? },
             b'T' => {
                 let flags = r.u8("truncate flags")?;
                 let n = r.u32("truncate count")?;
@@ -392,36 +362,17 @@ pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
                 for _ in 0..n {
                     trels.push(rel(r.u32("relation index")?)?);
                 }
-                Change::Truncate {
-                    rels: trels,
-                    cascade: flags & 1 != 0,
-                    restart_identity: flags & 2 != 0,
-                }
+                Change::Truncate { rels: trels, cascade: flags & 1 != 0, restart_identity: flags & 2 != 0 }
             }
-            b'M' => Change::Message {
-                prefix: r.string("message prefix")?,
-                content: r.bytes("message")?,
-            },
-            tag => {
-                return Err(ChangeDecodeError::BadTag {
-                    what: "change",
-                    tag,
-                })
-            }
+            b'M' => Change::Message { prefix: r.string("message prefix")?, content: r.bytes("message")? },
+            tag => return Err(ChangeDecodeError::BadTag { what: "change", tag }),
         };
         changes.push(change);
     }
     if !r.0.is_empty() {
         return Err(ChangeDecodeError::Trailing(r.0.len()));
     }
-    Ok(Transaction {
-        xid,
-        commit_lsn,
-        end_lsn,
-        commit_time_us,
-        database,
-        changes,
-    })
+    Ok(Transaction { xid, commit_lsn, end_lsn, commit_time_us, database, changes })
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -518,18 +469,8 @@ mod tests {
             name: name.into(),
             replica_identity: ident,
             columns: vec![
-                Column {
-                    name: "id".into(),
-                    type_oid: 23,
-                    type_modifier: -1,
-                    is_key: true,
-                },
-                Column {
-                    name: "v".into(),
-                    type_oid: 1043,
-                    type_modifier: 14,
-                    is_key: false,
-                },
+                Column { name: "id".into(), type_oid: 23, type_modifier: -1, is_key: true },
+                Column { name: "v".into(), type_oid: 1043, type_modifier: 14, is_key: false },
             ],
         })
     }
@@ -542,11 +483,7 @@ mod tests {
         let a = rel(16384, "a", ReplicaIdentity::Default);
         let b = rel(16390, "b", ReplicaIdentity::Full);
         // Same OID as `a`, altered mid-transaction: must survive as its own relation.
-        let a2 = Arc::new(Relation {
-            name: "a".into(),
-            columns: vec![],
-            ..(*a).clone()
-        });
+        let a2 = Arc::new(Relation { name: "a".into(), columns: vec![], ..(*a).clone() });
         Transaction {
             xid: 742,
             commit_lsn: Lsn(0x1_0000_0A00),
@@ -554,37 +491,17 @@ mod tests {
             commit_time_us: 760_000_000_123_456,
             database: "app".into(),
             changes: vec![
-                Change::Insert {
-                    rel: a.clone(),
-                    new: Tuple(vec![text("1"), text("héllo")]),
-                },
-                Change::Update {
-                    rel: a.clone(),
-                    old: None,
-                    new: Tuple(vec![text("1"), Datum::Unchanged]),
-                },
+                Change::Insert { rel: a.clone(), new: Tuple(vec![text("1"), text("héllo")]) },
+                Change::Update { rel: a.clone(), old: None, new: Tuple(vec![text("1"), Datum::Unchanged]) },
                 Change::Update {
                     rel: b.clone(),
                     old: Some(Tuple(vec![text("2"), Datum::Null])),
                     new: Tuple(vec![text("3"), text("")]),
                 },
-                Change::Delete {
-                    rel: a.clone(),
-                    old: Tuple(vec![text("1"), Datum::Null]),
-                },
-                Change::Truncate {
-                    rels: vec![a.clone(), b.clone()],
-                    cascade: true,
-                    restart_identity: false,
-                },
-                Change::Message {
-                    prefix: "tandem".into(),
-                    content: Bytes::from_static(b"CREATE TABLE x()"),
-                },
-                Change::Insert {
-                    rel: a2,
-                    new: Tuple(vec![]),
-                },
+                Change::Delete { rel: a.clone(), old: Tuple(vec![text("1"), Datum::Null]) },
+                Change::Truncate { rels: vec![a.clone(), b.clone()], cascade: true, restart_identity: false },
+                Change::Message { prefix: "tandem".into(), content: Bytes::from_static(b"CREATE TABLE x()") },
+                Change::Insert { rel: a2, new: Tuple(vec![]) },
             ],
         }
     }
@@ -596,11 +513,7 @@ mod tests {
         let back = decode(&bytes).unwrap();
         assert_eq!(back, txn);
         // Shared relations come back shared; the altered one stays distinct.
-        let rels: Vec<_> = back
-            .changes
-            .iter()
-            .flat_map(|c| c.relations().to_vec())
-            .collect();
+        let rels: Vec<_> = back.changes.iter().flat_map(|c| c.relations().to_vec()).collect();
         assert!(Arc::ptr_eq(&rels[0], &rels[1]));
         assert_eq!(rels.last().unwrap().columns.len(), 0);
         assert_eq!(decode_bytes(bytes).unwrap(), txn);
@@ -623,10 +536,7 @@ mod tests {
     fn every_truncation_is_an_error_not_a_panic() {
         let bytes = encode(&sample());
         for len in 0..bytes.len() {
-            assert!(
-                decode(&bytes[..len]).is_err(),
-                "prefix of {len} bytes decoded"
-            );
+            assert!(decode(&bytes[..len]).is_err(), "prefix of {len} bytes decoded");
         }
         let mut longer = bytes.to_vec();
         longer.push(0);

@@ -105,14 +105,9 @@ impl FromStr for ReplicaConfig {
     type Err = ConfigError;
     /// Parses the `--replica NAME=DSN` flag form.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, dsn) = s
-            .split_once('=')
-            .ok_or_else(|| ConfigError::ReplicaFlag(s.to_owned()))?;
+        let (name, dsn) = s.split_once('=').ok_or_else(|| ConfigError::ReplicaFlag(s.to_owned()))?;
         let name = NodeId::new(name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Ok(ReplicaConfig {
-            name,
-            dsn: dsn.to_owned(),
-        })
+        Ok(ReplicaConfig { name, dsn: dsn.to_owned() })
     }
 }
 
@@ -159,12 +154,7 @@ fn default_stream_buffer() -> usize {
 
 impl ReplicatorConfig {
     /// A configuration with defaults for everything but the servers, mode and directory.
-    pub fn new(
-        primary: impl Into<String>,
-        replicas: Vec<ReplicaConfig>,
-        mode: Mode,
-        data_dir: PathBuf,
-    ) -> Self {
+    pub fn new(primary: impl Into<String>, replicas: Vec<ReplicaConfig>, mode: Mode, data_dir: PathBuf) -> Self {
         ReplicatorConfig {
             primary: primary.into(),
             replicas,
@@ -221,22 +211,13 @@ impl ReplicatorConfig {
         }
         // Slot names allow [a-z0-9_] only; leave room for "_<oid>".
         if !is_simple_identifier(&self.slot_prefix, 48) {
-            return invalid(format!(
-                "slot_prefix {:?}: use 1 to 48 of a-z 0-9 _",
-                self.slot_prefix
-            ));
+            return invalid(format!("slot_prefix {:?}: use 1 to 48 of a-z 0-9 _", self.slot_prefix));
         }
         if !is_simple_identifier(&self.publication, 63) {
-            return invalid(format!(
-                "publication {:?}: use 1 to 63 of a-z 0-9 _",
-                self.publication
-            ));
+            return invalid(format!("publication {:?}: use 1 to 63 of a-z 0-9 _", self.publication));
         }
         if !is_simple_identifier(&self.application_name, 48) {
-            return invalid(format!(
-                "application_name {:?}: use 1 to 48 of a-z 0-9 _",
-                self.application_name
-            ));
+            return invalid(format!("application_name {:?}: use 1 to 48 of a-z 0-9 _", self.application_name));
         }
         if self.feedback_interval_ms == 0 || self.feedback_interval_ms > 60_000 {
             return invalid("feedback_interval_ms must be between 1 and 60000".into());
@@ -263,18 +244,13 @@ impl ReplicatorConfig {
 
 /// Parses a DSN in URL or `key=value` form, naming `what` in the error.
 pub fn parse_dsn(what: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    dsn.parse::<tokio_postgres::Config>()
-        .map_err(|e| ConfigError::Dsn {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        })
+    dsn.parse::<tokio_postgres::Config>().map_err(|e| ConfigError::Dsn { what: what.to_owned(), reason: e.to_string() })
 }
 
 fn is_simple_identifier(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
 }
 

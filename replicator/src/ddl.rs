@@ -97,28 +97,17 @@ $tandem$"#;
 /// Installs (or refreshes) DDL capture in the primary database `primary` is
 /// connected to. Needs a superuser. Idempotent.
 pub async fn install_capture(primary: &Client) -> Result<(), DdlError> {
-    primary
-        .batch_execute("SET tandem.skip_ddl = on; CREATE SCHEMA IF NOT EXISTS tandem")
-        .await?;
+    primary.batch_execute("SET tandem.skip_ddl = on; CREATE SCHEMA IF NOT EXISTS tandem").await?;
     primary.batch_execute(CAPTURE_FUNCTION).await?;
-    for (suffix, event) in [
-        ("", "ddl_command_end"),
-        ("_start", "ddl_command_start"),
-        ("_drop", "sql_drop"),
-    ] {
+    for (suffix, event) in [("", "ddl_command_end"), ("_start", "ddl_command_start"), ("_drop", "sql_drop")] {
         let name = format!("{TRIGGER_NAME}{suffix}");
         let exists = primary
-            .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1",
-                &[&name],
-            )
+            .query_opt("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1", &[&name])
             .await?
             .is_some();
         if !exists {
             primary
-                .batch_execute(&format!(
-                    "CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION tandem.capture_ddl()"
-                ))
+                .batch_execute(&format!("CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION tandem.capture_ddl()"))
                 .await?;
         }
     }
@@ -127,9 +116,8 @@ pub async fn install_capture(primary: &Client) -> Result<(), DdlError> {
 }
 
 /// Keywords that start statements DDL event triggers fire for.
-const DDL_KEYWORDS: &[&str] = &[
-    "CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "SECURITY", "IMPORT", "REFRESH",
-];
+const DDL_KEYWORDS: &[&str] =
+    &["CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "SECURITY", "IMPORT", "REFRESH"];
 
 /// The statements of a captured query string to run on a replica: its DDL
 /// statements only (the rows of any DML in the same string arrive through
@@ -140,13 +128,7 @@ pub fn replay_statements(msg: &DdlMessage) -> Vec<String> {
         .into_iter()
         .filter(|s| DDL_KEYWORDS.contains(&first_keyword(s).as_str()))
         .filter(|s| !creates_temporary(s))
-        .map(|s| {
-            if is_create_table_as(&s) {
-                without_data(&s)
-            } else {
-                s
-            }
-        })
+        .map(|s| if is_create_table_as(&s) { without_data(&s) } else { s })
         .collect()
 }
 
@@ -219,8 +201,7 @@ fn without_data(stmt: &str) -> String {
     let words = top_level_words(stmt);
     let n = words.len();
     let trimmed = stmt.trim_end();
-    let cut = if n >= 3 && words[n - 3] == "WITH" && words[n - 2] == "NO" && words[n - 1] == "DATA"
-    {
+    let cut = if n >= 3 && words[n - 3] == "WITH" && words[n - 2] == "NO" && words[n - 1] == "DATA" {
         strip_tail_words(trimmed, 3)
     } else if n >= 2 && words[n - 2] == "WITH" && words[n - 1] == "DATA" {
         strip_tail_words(trimmed, 2)
@@ -258,23 +239,14 @@ mod tests {
         let got = replay_statements(&msg(
             "BEGIN; CREATE TABLE t (id int primary key); INSERT INTO t VALUES (1); ALTER TABLE t ADD c text; COMMIT",
         ));
-        assert_eq!(
-            got,
-            vec![
-                "CREATE TABLE t (id int primary key)",
-                "ALTER TABLE t ADD c text"
-            ]
-        );
+        assert_eq!(got, vec!["CREATE TABLE t (id int primary key)", "ALTER TABLE t ADD c text"]);
     }
 
     #[test]
     fn skips_temporary_objects() {
         assert!(replay_statements(&msg("CREATE TEMP TABLE x (a int)")).is_empty());
         assert!(replay_statements(&msg("create global temporary table x (a int)")).is_empty());
-        assert_eq!(
-            replay_statements(&msg("CREATE TABLE temp (a int)")).len(),
-            1
-        );
+        assert_eq!(replay_statements(&msg("CREATE TABLE temp (a int)")).len(), 1);
     }
 
     #[test]

@@ -90,29 +90,15 @@ impl Joiner {
 
     /// One attempt: copy if needed, then start the applier.
     async fn attempt(&self, index: usize, replica: &ReplicaConfig) -> Result<AppliedLsn, BoxError> {
-        if self
-            .side
-            .needs_copy(&self.primary, replica, &self.db.name)
-            .await?
-        {
+        if self.side.needs_copy(&self.primary, replica, &self.db.name).await? {
             self.copy_in_temporary_slot(index, replica).await?;
         }
-        self.side
-            .spawn_applier(replica, &self.db.name, self.log.clone(), self.stop.clone())
+        self.side.spawn_applier(replica, &self.db.name, self.log.clone(), self.stop.clone())
     }
 
     /// Copies `replica` in the exported snapshot of a temporary slot, dropped afterwards.
-    async fn copy_in_temporary_slot(
-        &self,
-        index: usize,
-        replica: &ReplicaConfig,
-    ) -> Result<(), BoxError> {
-        let conn = ReplicationConnection::connect(
-            &self.primary,
-            &self.db.name,
-            &format!("{}_copy", self.app),
-        )
-        .await?;
+    async fn copy_in_temporary_slot(&self, index: usize, replica: &ReplicaConfig) -> Result<(), BoxError> {
+        let conn = ReplicationConnection::connect(&self.primary, &self.db.name, &format!("{}_copy", self.app)).await?;
         // One slot per replica, so replicas joining at once do not collide;
         // `<slot>_c<n>` stays within 63 bytes for the longest allowed prefix.
         let held = HeldSnapshot::create(conn, &format!("{}_c{index}", self.slot), true).await?;

@@ -31,9 +31,8 @@ pub use run::{changelog_dir, run_with, ReplicatorError};
 pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Result<(), ReplicatorError> {
     let board = status::StatusBoard::new(cfg.mode.as_str());
     if let Some(addr) = cfg.status_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ReplicatorError::Status { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ReplicatorError::Status { addr, source })?;
         let (board, stop) = (board.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = status::serve(listener, board, stop).await {

@@ -18,9 +18,7 @@ use crate::config::{ConfigError, Mode, ReplicatorConfig};
 use crate::join::{snapshot_info, Joiner};
 use crate::seam::{AppliedLsn, BoxError, ReplicaSide, SnapshotInfo};
 use crate::source::primary::{self, DatabaseInfo};
-use crate::source::{
-    stream_database, HeldSnapshot, ReplicationConnection, SourceError, StreamOptions, StreamStats,
-};
+use crate::source::{stream_database, HeldSnapshot, ReplicationConnection, SourceError, StreamOptions, StreamStats};
 
 /// Why the replicator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,29 +72,20 @@ pub async fn run_with(
             Some(_) => {}
         }
     }
-    primary::check_primary(
-        &admin,
-        missing_slots,
-        databases.len().saturating_sub(active),
-    )
-    .await?;
+    primary::check_primary(&admin, missing_slots, databases.len().saturating_sub(active)).await?;
     tracing::info!(databases = databases.len(), mode = %cfg.mode, "primary ready for replication");
 
     let stop = shutdown.child_token();
     let (started_tx, mut started_rx) = mpsc::channel::<()>(databases.len().max(1));
     let mut tasks = JoinSet::new();
     for db in databases.clone() {
-        let (cfg, side, stop, started) =
-            (cfg.clone(), side.clone(), stop.clone(), started_tx.clone());
+        let (cfg, side, stop, started) = (cfg.clone(), side.clone(), stop.clone(), started_tx.clone());
         let primary_cfg = primary_cfg.clone();
         tasks.spawn(async move { run_database(&cfg, &primary_cfg, db, side, stop, started).await });
     }
     drop(started_tx);
 
-    let names: Vec<String> = databases
-        .iter()
-        .map(|d| cfg.stream_application_name(d.oid))
-        .collect();
+    let names: Vec<String> = databases.iter().map(|d| cfg.stream_application_name(d.oid)).collect();
     let mut waiting = databases.len();
     let mut standbys_set = false;
     let result = loop {
@@ -136,10 +125,7 @@ async fn manage_sync_standbys(
         Mode::Sync => {
             let value = primary::sync_standby_value(names);
             if !current.is_empty() && !primary::is_our_sync_value(&current, &cfg.application_name) {
-                tracing::warn!(
-                    previous = current,
-                    "replacing synchronous_standby_names set outside Tandem"
-                );
+                tracing::warn!(previous = current, "replacing synchronous_standby_names set outside Tandem");
             }
             primary::set_sync_standbys(admin, &value).await?;
             tracing::info!(value, "primary now waits for the replicator (sync mode)");
@@ -147,9 +133,7 @@ async fn manage_sync_standbys(
         Mode::Async => {
             if primary::is_our_sync_value(&current, &cfg.application_name) {
                 primary::set_sync_standbys(admin, "").await?;
-                tracing::info!(
-                    "removed the replicator from synchronous_standby_names (async mode)"
-                );
+                tracing::info!("removed the replicator from synchronous_standby_names (async mode)");
             }
         }
     }
@@ -169,9 +153,7 @@ async fn admin_session(
     client
         .batch_execute("SET synchronous_commit = local")
         .await
-        .map_err(SourceError::sql(
-            "setting synchronous_commit on the primary",
-        ))?;
+        .map_err(SourceError::sql("setting synchronous_commit on the primary"))?;
     Ok(client)
 }
 
@@ -205,14 +187,8 @@ async fn run_database(
     // captured, or replicas copied in that snapshot would miss it.
     crate::ddl::install_capture(&client)
         .await
-        .map_err(|source| ReplicatorError::Ddl {
-            database: db.name.clone(),
-            source,
-        })?;
-    let log = ChangeLog::open(
-        &changelog_dir(&cfg.data_dir, &db.name),
-        ChangeLogOptions::default(),
-    )?;
+        .map_err(|source| ReplicatorError::Ddl { database: db.name.clone(), source })?;
+    let log = ChangeLog::open(&changelog_dir(&cfg.data_dir, &db.name), ChangeLogOptions::default())?;
     let joiner = Arc::new(Joiner {
         primary: primary_cfg.clone(),
         db: db.clone(),
@@ -236,8 +212,7 @@ async fn run_database(
         let copies = copy_replicas(primary_cfg, &db, snap, &cfg.replicas, side.as_ref()).await;
         first_conn = Some(held.release());
         for (i, (r, copied)) in cfg.replicas.iter().zip(copies).enumerate() {
-            let started =
-                copied.and_then(|()| side.spawn_applier(r, &db.name, log.clone(), stop.clone()));
+            let started = copied.and_then(|()| side.spawn_applier(r, &db.name, log.clone(), stop.clone()));
             applied.push(match started {
                 Ok(rx) => rx,
                 Err(e) => {
@@ -291,9 +266,7 @@ async fn run_database(
             let _ = started.send(()).await;
         }
         let outcome = match conn {
-            Ok(conn) => {
-                stream_database(conn, start, &opts, &log, applied.clone(), &stats, &stop).await
-            }
+            Ok(conn) => stream_database(conn, start, &opts, &log, applied.clone(), &stats, &stop).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -339,11 +312,7 @@ async fn trim_loop(log: ChangeLog, mut applied: Vec<AppliedLsn>, stop: Cancellat
     }
     let mut trimmed = Lsn::ZERO;
     loop {
-        let min = applied
-            .iter()
-            .map(|a| *a.borrow())
-            .min()
-            .unwrap_or(Lsn::ZERO);
+        let min = applied.iter().map(|a| *a.borrow()).min().unwrap_or(Lsn::ZERO);
         if min > trimmed {
             match log.trim(min) {
                 Ok(()) => trimmed = min,
@@ -369,10 +338,7 @@ mod tests {
     fn changelog_dirs_are_safe_and_distinct() {
         let d = Path::new("/x");
         assert_eq!(changelog_dir(d, "app_1"), Path::new("/x/db/app_1"));
-        assert_eq!(
-            changelog_dir(d, "../a b"),
-            Path::new("/x/db/%2E%2E%2Fa%20b")
-        );
+        assert_eq!(changelog_dir(d, "../a b"), Path::new("/x/db/%2E%2E%2Fa%20b"));
         assert_ne!(changelog_dir(d, "a%20b"), changelog_dir(d, "a b"));
     }
 }

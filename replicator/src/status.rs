@@ -85,11 +85,7 @@ impl Metrics {
             apply_errors: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "source_lsn",
-            "Newest LSN seen from the primary (as a byte position)",
-            m.source_lsn.clone(),
-        );
+        registry.register("source_lsn", "Newest LSN seen from the primary (as a byte position)", m.source_lsn.clone());
         registry.register(
             "sync_mode",
             "1 when commits wait for replicas (sync mode), 0 in async mode",
@@ -110,21 +106,13 @@ impl Metrics {
             "Primary commit-time distance between the newest and the applied transaction",
             m.lag_seconds.clone(),
         );
-        registry.register(
-            "apply_rate",
-            "Transactions applied per second, recent",
-            m.apply_rate.clone(),
-        );
+        registry.register("apply_rate", "Transactions applied per second, recent", m.apply_rate.clone());
         registry.register(
             "applied_transactions",
             "Transactions applied on the replica database",
             m.applied_transactions.clone(),
         );
-        registry.register(
-            "apply_errors",
-            "Failed apply attempts on the replica database",
-            m.apply_errors.clone(),
-        );
+        registry.register("apply_errors", "Failed apply attempts on the replica database", m.apply_errors.clone());
         Metrics { registry, ..m }
     }
 }
@@ -175,11 +163,7 @@ impl StatusBoard {
         let mode = mode.into();
         let metrics = Metrics::new();
         metrics.sync_mode.set(i64::from(mode == "sync"));
-        Arc::new(StatusBoard {
-            mode,
-            state: Mutex::new(BoardState::default()),
-            metrics,
-        })
+        Arc::new(StatusBoard { mode, state: Mutex::new(BoardState::default()), metrics })
     }
 
     fn state(&self) -> MutexGuard<'_, BoardState> {
@@ -190,24 +174,18 @@ impl StatusBoard {
     /// Registers an apply task and returns its reporting handle.
     pub fn replica(self: &Arc<Self>, replica: &str, database: &str) -> ReplicaReporter {
         let key = (replica.to_owned(), database.to_owned());
-        self.state()
-            .replicas
-            .entry(key.clone())
-            .or_insert_with(|| ReplicaState {
-                applied_lsn: Lsn::ZERO,
-                behind_since: None,
-                applied_transactions: 0,
-                window_start: Instant::now(),
-                window_count: 0,
-                rate: 0.0,
-                last_error: None,
-            });
+        self.state().replicas.entry(key.clone()).or_insert_with(|| ReplicaState {
+            applied_lsn: Lsn::ZERO,
+            behind_since: None,
+            applied_transactions: 0,
+            window_start: Instant::now(),
+            window_count: 0,
+            rate: 0.0,
+            last_error: None,
+        });
         ReplicaReporter {
             board: self.clone(),
-            labels: vec![
-                ("replica".to_owned(), replica.to_owned()),
-                ("database".to_owned(), database.to_owned()),
-            ],
+            labels: vec![("replica".to_owned(), replica.to_owned()), ("database".to_owned(), database.to_owned())],
             key,
         }
     }
@@ -242,9 +220,7 @@ impl StatusBoard {
                     database: database.clone(),
                     applied_lsn: r.applied_lsn,
                     lag_bytes: source.bytes_since(r.applied_lsn),
-                    lag_seconds: r
-                        .behind_since
-                        .map_or(0.0, |t| now.duration_since(t).as_secs_f64()),
+                    lag_seconds: r.behind_since.map_or(0.0, |t| now.duration_since(t).as_secs_f64()),
                     apply_rate: current_rate(r, now),
                     applied_transactions: r.applied_transactions,
                     last_error: r.last_error.clone(),
@@ -264,13 +240,8 @@ impl StatusBoard {
         let m = &self.metrics;
         m.source_lsn.set(report.source_lsn.0 as i64);
         for r in &report.replicas {
-            let labels = vec![
-                ("replica".to_owned(), r.replica.clone()),
-                ("database".to_owned(), r.database.clone()),
-            ];
-            m.applied_lsn
-                .get_or_create(&labels)
-                .set(r.applied_lsn.0 as i64);
+            let labels = vec![("replica".to_owned(), r.replica.clone()), ("database".to_owned(), r.database.clone())];
+            m.applied_lsn.get_or_create(&labels).set(r.applied_lsn.0 as i64);
             m.lag_bytes.get_or_create(&labels).set(r.lag_bytes as i64);
             m.lag_seconds.get_or_create(&labels).set(r.lag_seconds);
             m.apply_rate.get_or_create(&labels).set(r.apply_rate);
@@ -317,11 +288,7 @@ impl ReplicaReporter {
                 r.window_count = 0;
             }
         }
-        self.board
-            .metrics
-            .applied_transactions
-            .get_or_create(&self.labels)
-            .inc_by(txns);
+        self.board.metrics.applied_transactions.get_or_create(&self.labels).inc_by(txns);
     }
 
     /// The change log of this reporter's database holds commits up to `lsn`.
@@ -345,20 +312,13 @@ impl ReplicaReporter {
                 r.last_error = Some(error.to_owned());
             }
         }
-        self.board
-            .metrics
-            .apply_errors
-            .get_or_create(&self.labels)
-            .inc();
+        self.board.metrics.apply_errors.get_or_create(&self.labels).inc();
     }
 }
 
 /// The HTTP routes (`/status`, `/metrics`) over `board`.
 pub fn router(board: Arc<StatusBoard>) -> Router {
-    Router::new()
-        .route("/status", get(status_handler))
-        .route("/metrics", get(metrics_handler))
-        .with_state(board)
+    Router::new().route("/status", get(status_handler)).route("/metrics", get(metrics_handler)).with_state(board)
 }
 
 async fn status_handler(State(board): State<Arc<StatusBoard>>) -> Json<StatusReport> {
@@ -366,13 +326,7 @@ async fn status_handler(State(board): State<Arc<StatusBoard>>) -> Json<StatusRep
 }
 
 async fn metrics_handler(State(board): State<Arc<StatusBoard>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        board.metrics_text(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], board.metrics_text())
 }
 
 /// Serves the status endpoint on `listener` until `shutdown` is cancelled.
@@ -384,9 +338,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "status endpoint listening");
     }
-    axum::serve(listener, router(board))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, router(board)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 #[cfg(test)]
@@ -403,10 +355,7 @@ mod tests {
         let rep = board.report();
         assert_eq!(rep.mode, "sync");
         let s = &rep.replicas[0];
-        assert_eq!(
-            (s.applied_lsn, s.lag_bytes, s.applied_transactions),
-            (Lsn(400), 600, 2)
-        );
+        assert_eq!((s.applied_lsn, s.lag_bytes, s.applied_transactions), (Lsn(400), 600, 2));
         assert!(s.lag_seconds >= 0.02, "{}", s.lag_seconds);
         r.record_applied(Lsn(1000), 1);
         let s = &board.report().replicas[0];
@@ -421,16 +370,11 @@ mod tests {
         r.record_error("boom");
         let text = board.metrics_text();
         assert!(
-            text.contains(
-                "tandem_replicator_applied_transactions_total{replica=\"r1\",database=\"app\"} 3"
-            ),
+            text.contains("tandem_replicator_applied_transactions_total{replica=\"r1\",database=\"app\"} 3"),
             "{text}"
         );
         assert!(text.contains("tandem_replicator_sync_mode 0"), "{text}");
-        assert!(
-            text.contains("tandem_replicator_apply_errors_total"),
-            "{text}"
-        );
+        assert!(text.contains("tandem_replicator_apply_errors_total"), "{text}");
         assert!(text.contains("# EOF"), "{text}");
     }
 }

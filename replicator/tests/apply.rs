@@ -10,9 +10,7 @@ use bytes::Bytes;
 use common::{table_checksum, Pg};
 use tandem_core::Lsn;
 use tandem_replicator::apply::{session, Applied, Applier};
-use tandem_replicator::change::{
-    Change, Column, Datum, Relation, ReplicaIdentity, Transaction, Tuple,
-};
+use tandem_replicator::change::{Change, Column, Datum, Relation, ReplicaIdentity, Transaction, Tuple};
 use tandem_replicator::copy::{copy_database, progress_after_copy, CopyOutcome, CopyRequest};
 use tokio::sync::watch;
 
@@ -23,10 +21,7 @@ async fn initial_copy_brings_roles_schema_data_and_sequences() -> Result<()> {
     let primary = Pg::start("primary-secret")?;
     let replica = Pg::start("replica-secret")?;
     let p = primary.connect("postgres").await?;
-    p.batch_execute(
-        "CREATE ROLE alice LOGIN PASSWORD 'alice-pw'; CREATE ROLE readers; GRANT readers TO alice",
-    )
-    .await?;
+    p.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'alice-pw'; CREATE ROLE readers; GRANT readers TO alice").await?;
     p.batch_execute("CREATE DATABASE app OWNER alice").await?;
     let app = primary.connect("app").await?;
     app.batch_execute(
@@ -45,20 +40,11 @@ async fn initial_copy_brings_roles_schema_data_and_sequences() -> Result<()> {
     // A snapshot exported by a repeatable-read transaction stands in for the
     // one slot creation exports; rows committed after it must not be copied.
     let holder = primary.connect("app").await?;
-    holder
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .await?;
-    let snapshot: String = holder
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await?
-        .get(0);
-    let lsn: String = holder
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
+    holder.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+    let snapshot: String = holder.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
+    let lsn: String = holder.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
     let consistent_point: Lsn = lsn.parse()?;
-    app.batch_execute("INSERT INTO accounts (name) VALUES ('after snapshot')")
-        .await?;
+    app.batch_execute("INSERT INTO accounts (name) VALUES ('after snapshot')").await?;
 
     let (pcfg, rcfg) = (primary.config(), replica.config());
     let req = CopyRequest {
@@ -70,13 +56,7 @@ async fn initial_copy_brings_roles_schema_data_and_sequences() -> Result<()> {
         source: SOURCE,
     };
     let outcome = copy_database(&req).await?;
-    assert_eq!(
-        outcome,
-        CopyOutcome::Copied {
-            tables: 3,
-            rows: 200 + 2000 + 3
-        }
-    );
+    assert_eq!(outcome, CopyOutcome::Copied { tables: 3, rows: 200 + 2000 + 3 });
     holder.batch_execute("COMMIT").await?;
 
     let r = replica.connect("app").await?;
@@ -95,81 +75,34 @@ async fn initial_copy_brings_roles_schema_data_and_sequences() -> Result<()> {
         assert_eq!(table_checksum(&r, table).await?, want, "table {table}");
     }
     // Roles, ownership, grants, sequences, views.
-    let owner: String = r
-        .query_one(
-            "SELECT tableowner FROM pg_tables WHERE tablename = 'accounts'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let owner: String = r.query_one("SELECT tableowner FROM pg_tables WHERE tablename = 'accounts'", &[]).await?.get(0);
     assert_eq!(owner, "alice");
-    let member: bool = r
-        .query_one("SELECT pg_has_role('alice', 'readers', 'MEMBER')", &[])
-        .await?
-        .get(0);
+    let member: bool = r.query_one("SELECT pg_has_role('alice', 'readers', 'MEMBER')", &[]).await?.get(0);
     assert!(member);
-    let pw: Option<String> = r
-        .query_one(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let pw: Option<String> =
+        r.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'", &[]).await?.get(0);
     assert!(pw.is_some_and(|p| p.starts_with("SCRAM-SHA-256$")));
-    let seq: i64 = r
-        .query_one("SELECT last_value FROM entries_id_seq", &[])
-        .await?
-        .get(0);
+    let seq: i64 = r.query_one("SELECT last_value FROM entries_id_seq", &[]).await?.get(0);
     assert_eq!(seq, 2000);
-    let view_rows: i64 = r
-        .query_one("SELECT count(*) FROM totals", &[])
-        .await?
-        .get(0);
+    let view_rows: i64 = r.query_one("SELECT count(*) FROM totals", &[]).await?.get(0);
     assert_eq!(view_rows, 200);
     let progress = session::read_progress(&r, SOURCE).await?;
     assert_eq!(progress, Some(progress_after_copy(consistent_point)));
 
     // The replica's own superuser kept its password (not the primary's).
     let rp = replica.connect("postgres").await?;
-    let own: String = rp
-        .query_one(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'",
-            &[],
-        )
-        .await?
-        .get(0);
-    let theirs: String = p
-        .query_one(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'",
-            &[],
-        )
-        .await?
-        .get(0);
+    let own: String = rp.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'", &[]).await?.get(0);
+    let theirs: String = p.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'", &[]).await?.get(0);
     assert_ne!(own, theirs);
 
     // Ordinary sessions on the replica are read-only.
-    let ro: String = r
-        .query_one("SHOW default_transaction_read_only", &[])
-        .await?
-        .get(0);
+    let ro: String = r.query_one("SHOW default_transaction_read_only", &[]).await?.get(0);
     assert_eq!(ro, "on");
-    assert!(r
-        .batch_execute("INSERT INTO \"Odd Name\" VALUES (9, 'no')")
-        .await
-        .is_err());
+    assert!(r.batch_execute("INSERT INTO \"Odd Name\" VALUES (9, 'no')").await.is_err());
 
     // A second run finds the progress row and does nothing.
-    let again = copy_database(&CopyRequest {
-        snapshot: "unused",
-        ..req
-    })
-    .await?;
-    assert_eq!(
-        again,
-        CopyOutcome::AlreadyCopied {
-            lsn: progress_after_copy(consistent_point)
-        }
-    );
+    let again = copy_database(&CopyRequest { snapshot: "unused", ..req }).await?;
+    assert_eq!(again, CopyOutcome::AlreadyCopied { lsn: progress_after_copy(consistent_point) });
     Ok(())
 }
 
@@ -178,22 +111,11 @@ fn text(s: &str) -> Datum {
 }
 
 fn col(name: &str, type_oid: u32, is_key: bool) -> Column {
-    Column {
-        name: name.into(),
-        type_oid,
-        type_modifier: -1,
-        is_key,
-    }
+    Column { name: name.into(), type_oid, type_modifier: -1, is_key }
 }
 
 fn rel(oid: u32, name: &str, identity: ReplicaIdentity, columns: Vec<Column>) -> Arc<Relation> {
-    Arc::new(Relation {
-        oid,
-        schema: "public".into(),
-        name: name.into(),
-        replica_identity: identity,
-        columns,
-    })
+    Arc::new(Relation { oid, schema: "public".into(), name: name.into(), replica_identity: identity, columns })
 }
 
 fn txn(lsn: u64, changes: Vec<Change>) -> Transaction {
@@ -211,11 +133,7 @@ fn txn(lsn: u64, changes: Vec<Change>) -> Transaction {
 /// initial copy would leave it.
 async fn prepared_replica() -> Result<Pg> {
     let replica = Pg::start("pw")?;
-    replica
-        .connect("postgres")
-        .await?
-        .batch_execute("CREATE DATABASE app")
-        .await?;
+    replica.connect("postgres").await?.batch_execute("CREATE DATABASE app").await?;
     let c = replica.connect("app").await?;
     c.batch_execute(
         "CREATE TABLE items (id int PRIMARY KEY, name text, body text); \
@@ -237,39 +155,14 @@ fn stream() -> Vec<Transaction> {
         1,
         "items",
         ReplicaIdentity::Default,
-        vec![
-            col("id", 23, true),
-            col("name", 25, false),
-            col("body", 25, false),
-        ],
+        vec![col("id", 23, true), col("name", 25, false), col("body", 25, false)],
     );
-    let log = rel(
-        2,
-        "log",
-        ReplicaIdentity::Default,
-        vec![col("at", 23, false), col("msg", 25, false)],
-    );
-    let bag = rel(
-        3,
-        "bag",
-        ReplicaIdentity::Full,
-        vec![
-            col("a", 23, true),
-            col("b", 3802, true),
-            col("c", 114, true),
-        ],
-    );
-    let pairs = rel(
-        4,
-        "pairs",
-        ReplicaIdentity::Index,
-        vec![col("x", 23, true), col("y", 23, true), col("v", 25, false)],
-    );
+    let log = rel(2, "log", ReplicaIdentity::Default, vec![col("at", 23, false), col("msg", 25, false)]);
+    let bag = rel(3, "bag", ReplicaIdentity::Full, vec![col("a", 23, true), col("b", 3802, true), col("c", 114, true)]);
+    let pairs =
+        rel(4, "pairs", ReplicaIdentity::Index, vec![col("x", 23, true), col("y", 23, true), col("v", 25, false)]);
     let big = "B".repeat(10_000);
-    let ins = |r: &Arc<Relation>, vals: Vec<Datum>| Change::Insert {
-        rel: r.clone(),
-        new: Tuple(vals),
-    };
+    let ins = |r: &Arc<Relation>, vals: Vec<Datum>| Change::Insert { rel: r.clone(), new: Tuple(vals) };
     vec![
         // Before the progress row: must be skipped.
         txn(0x80, vec![ins(&log, vec![text("0"), text("before copy")])]),
@@ -386,12 +279,7 @@ async fn applies_hand_built_transactions_exactly_once() -> Result<()> {
         outcomes.push(applier.apply(t).await?);
     }
     assert_eq!(outcomes[0], Applied::Skipped);
-    assert!(
-        outcomes[1..]
-            .iter()
-            .all(|o| matches!(o, Applied::Committed { .. })),
-        "{outcomes:?}"
-    );
+    assert!(outcomes[1..].iter().all(|o| matches!(o, Applied::Committed { .. })), "{outcomes:?}");
     assert_eq!(*rx.borrow(), Lsn(0x400));
     let c = replica.connect("app").await?;
     assert_eq!(contents(&c).await?, expected());
@@ -416,10 +304,7 @@ async fn a_stale_writer_and_a_failed_batch_apply_nothing_twice() -> Result<()> {
     // still running next to its restarted successor).
     let mut a = Applier::connect(&cfg, "app", SOURCE, tx.clone(), None).await?;
     let mut b = Applier::connect(&cfg, "app", SOURCE, tx.clone(), None).await?;
-    assert!(matches!(
-        a.apply_batch(&txns[..3]).await?,
-        Applied::Committed { .. }
-    ));
+    assert!(matches!(a.apply_batch(&txns[..3]).await?, Applied::Committed { .. }));
     // b's progress guard finds the batch applied and rolls back.
     assert_eq!(b.apply_batch(&txns[..3]).await?, Applied::Skipped);
     assert_eq!(b.progress(), Lsn(0x300));
@@ -432,36 +317,20 @@ async fn a_stale_writer_and_a_failed_batch_apply_nothing_twice() -> Result<()> {
         1,
         "items",
         ReplicaIdentity::Default,
-        vec![
-            col("id", 23, true),
-            col("name", 25, false),
-            col("body", 25, false),
-        ],
+        vec![col("id", 23, true), col("name", 25, false), col("body", 25, false)],
     );
     let bad = txn(
         0x500,
         vec![
-            Change::Insert {
-                rel: items.clone(),
-                new: Tuple(vec![text("7"), text("seven"), Datum::Null]),
-            },
-            Change::Insert {
-                rel: items.clone(),
-                new: Tuple(vec![text("7"), text("duplicate key"), Datum::Null]),
-            },
+            Change::Insert { rel: items.clone(), new: Tuple(vec![text("7"), text("seven"), Datum::Null]) },
+            Change::Insert { rel: items.clone(), new: Tuple(vec![text("7"), text("duplicate key"), Datum::Null]) },
         ],
     );
     assert!(a.apply(&bad).await.is_err());
     assert_eq!(a.progress(), Lsn(0x300));
-    let seven: i64 = c
-        .query_one("SELECT count(*) FROM items WHERE id = 7", &[])
-        .await?
-        .get(0);
+    let seven: i64 = c.query_one("SELECT count(*) FROM items WHERE id = 7", &[]).await?.get(0);
     assert_eq!(seven, 0);
-    assert!(matches!(
-        a.apply(&txns[3]).await?,
-        Applied::Committed { .. }
-    ));
+    assert!(matches!(a.apply(&txns[3]).await?, Applied::Committed { .. }));
     assert_eq!(contents(&c).await?, expected());
     Ok(())
 }
@@ -491,8 +360,7 @@ async fn apply_task_follows_the_change_log() -> Result<()> {
     let handle = tokio::spawn(run_apply_task(task, shutdown.clone()));
     for t in stream() {
         board.record_source("app", t.commit_lsn);
-        log.append(t.commit_lsn, tandem_replicator::change::encode(&t))
-            .await?;
+        log.append(t.commit_lsn, tandem_replicator::change::encode(&t)).await?;
     }
     tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|l| *l >= Lsn(0x400))).await??;
     let c = replica.connect("app").await?;
@@ -507,12 +375,7 @@ async fn apply_task_follows_the_change_log() -> Result<()> {
 
 /// The `tandem.ddl` messages (and row-change lines) a test_decoding slot saw, in order.
 async fn decoded(c: &tokio_postgres::Client, slot: &str) -> Result<Vec<String>> {
-    let rows = c
-        .query(
-            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL)",
-            &[&slot],
-        )
-        .await?;
+    let rows = c.query("SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL)", &[&slot]).await?;
     Ok(rows
         .iter()
         .map(|r| r.get::<_, String>(0))
@@ -530,41 +393,24 @@ async fn ddl_is_captured_on_the_primary_and_replayed_on_a_replica() -> Result<()
     let p = primary.connect("app").await?;
     install_capture(&p).await?;
     install_capture(&p).await?; // idempotent
-    p.query_one(
-        "SELECT pg_create_logical_replication_slot('t', 'test_decoding')",
-        &[],
-    )
-    .await?;
+    p.query_one("SELECT pg_create_logical_replication_slot('t', 'test_decoding')", &[]).await?;
 
     let app = primary.connect("app").await?;
-    app.batch_execute("SET search_path = public; CREATE TABLE t1 (id int PRIMARY KEY)")
-        .await?;
-    app.batch_execute(
-        "CREATE TABLE t2 (x int); INSERT INTO t2 VALUES (1); CREATE INDEX t2_x ON t2 (x)",
-    )
-    .await?;
+    app.batch_execute("SET search_path = public; CREATE TABLE t1 (id int PRIMARY KEY)").await?;
+    app.batch_execute("CREATE TABLE t2 (x int); INSERT INTO t2 VALUES (1); CREATE INDEX t2_x ON t2 (x)").await?;
     app.batch_execute("CREATE TEMP TABLE tmp (x int)").await?;
     app.batch_execute("DROP TABLE tmp").await?;
-    app.batch_execute("CREATE TABLE t3 AS SELECT 7 AS x")
-        .await?;
-    app.batch_execute(
-        "SET tandem.skip_ddl = on; CREATE TABLE hidden (x int); RESET tandem.skip_ddl",
-    )
-    .await?;
-    app.batch_execute("BEGIN; CREATE TABLE gone (x int); ROLLBACK")
-        .await?;
-    app.batch_execute("ALTER TABLE t1 ADD COLUMN name text")
-        .await?;
+    app.batch_execute("CREATE TABLE t3 AS SELECT 7 AS x").await?;
+    app.batch_execute("SET tandem.skip_ddl = on; CREATE TABLE hidden (x int); RESET tandem.skip_ddl").await?;
+    app.batch_execute("BEGIN; CREATE TABLE gone (x int); ROLLBACK").await?;
+    app.batch_execute("ALTER TABLE t1 ADD COLUMN name text").await?;
 
     let lines = decoded(&p, "t").await?;
     let prefix = format!("message: transactional: 1 prefix: {DDL_PREFIX}, sz: ");
     let mut messages = Vec::new();
     for line in &lines {
         if let Some(rest) = line.strip_prefix(&prefix) {
-            let content = rest
-                .split_once(" content:")
-                .map(|(_, c)| c)
-                .unwrap_or_default();
+            let content = rest.split_once(" content:").map(|(_, c)| c).unwrap_or_default();
             messages.push(DdlMessage::parse(content.as_bytes())?);
         }
     }
@@ -582,23 +428,13 @@ async fn ddl_is_captured_on_the_primary_and_replayed_on_a_replica() -> Result<()
     assert_eq!(messages[0].search_path, "public");
     assert_eq!(messages[0].role, "postgres");
     // CREATE TABLE AS: the message comes before the table's rows.
-    let msg_at = lines
-        .iter()
-        .position(|l| l.contains("CREATE TABLE t3"))
-        .unwrap_or(usize::MAX);
-    let row_at = lines
-        .iter()
-        .position(|l| l.starts_with("table public.t3: INSERT"))
-        .unwrap_or(0);
+    let msg_at = lines.iter().position(|l| l.contains("CREATE TABLE t3")).unwrap_or(usize::MAX);
+    let row_at = lines.iter().position(|l| l.starts_with("table public.t3: INSERT")).unwrap_or(0);
     assert!(msg_at < row_at, "{lines:#?}");
 
     // Replay on a replica through the applier, one transaction per message.
     let replica = Pg::start("pw")?;
-    replica
-        .connect("postgres")
-        .await?
-        .batch_execute("CREATE DATABASE app")
-        .await?;
+    replica.connect("postgres").await?.batch_execute("CREATE DATABASE app").await?;
     let r = replica.connect("app").await?;
     session::ensure_progress_table(&r).await?;
     session::write_progress(&r, SOURCE, Lsn(1)).await?;
@@ -606,13 +442,7 @@ async fn ddl_is_captured_on_the_primary_and_replayed_on_a_replica() -> Result<()
     let mut applier = Applier::connect(&replica.config(), "app", SOURCE, tx, None).await?;
     for (i, m) in messages.iter().enumerate() {
         let content = Bytes::from(serde_json::to_vec(m)?);
-        let t = txn(
-            0x10 + i as u64,
-            vec![Change::Message {
-                prefix: DDL_PREFIX.into(),
-                content,
-            }],
-        );
+        let t = txn(0x10 + i as u64, vec![Change::Message { prefix: DDL_PREFIX.into(), content }]);
         applier.apply(&t).await?;
     }
     let cols: Vec<String> = r
@@ -629,10 +459,7 @@ async fn ddl_is_captured_on_the_primary_and_replayed_on_a_replica() -> Result<()
     // DML of the captured strings was not replayed: its rows come through the stream.
     assert_eq!(table_checksum(&r, "t2").await?.0, 0);
     assert_eq!(table_checksum(&r, "t3").await?.0, 0);
-    let index: bool = r
-        .query_one("SELECT to_regclass('public.t2_x') IS NOT NULL", &[])
-        .await?
-        .get(0);
+    let index: bool = r.query_one("SELECT to_regclass('public.t2_x') IS NOT NULL", &[]).await?.get(0);
     assert!(index);
     Ok(())
 }

@@ -15,23 +15,11 @@ use tandem_replicator::{run, Mode, ReplicaConfig, ReplicatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-const TABLES: [&str; 4] = [
-    "pgbench_accounts",
-    "pgbench_branches",
-    "pgbench_tellers",
-    "pgbench_history",
-];
+const TABLES: [&str; 4] = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"];
 
 fn pgbench(pg: &Pg, args: &[&str]) -> Result<()> {
     let out = std::process::Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres"])
         .args(args)
         .output()
         .context("running pgbench")?;
@@ -43,10 +31,7 @@ fn pgbench(pg: &Pg, args: &[&str]) -> Result<()> {
 
 async fn http_get(port: u16, path: &str) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     Ok(body)
@@ -85,11 +70,7 @@ async fn wait_until_equal(primary: &Pg, replica: &Pg) -> Result<()> {
 async fn replicate_pgbench(mode: Mode) -> Result<()> {
     let primary = Pg::start("pw")?;
     let replica = Pg::start("pw")?;
-    primary
-        .connect("postgres")
-        .await?
-        .batch_execute("CREATE DATABASE bench")
-        .await?;
+    primary.connect("postgres").await?.batch_execute("CREATE DATABASE bench").await?;
     pgbench(&primary, &["-i", "-s", "1", "-q", "bench"])?;
 
     let dir = tempfile::tempdir()?;
@@ -113,12 +94,7 @@ async fn replicate_pgbench(mode: Mode) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = replica.connect("bench").await {
-            if session::read_progress(&r, "tandem")
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
+            if session::read_progress(&r, "tandem").await.ok().flatten().is_some() {
                 break;
             }
         }
@@ -145,13 +121,7 @@ async fn replicate_pgbench(mode: Mode) -> Result<()> {
                 &[&note],
             )
             .await?;
-            let seen: i64 = r
-                .query_one(
-                    "SELECT count(*) FROM pgbench_history WHERE note = $1",
-                    &[&note],
-                )
-                .await?
-                .get(0);
+            let seen: i64 = r.query_one("SELECT count(*) FROM pgbench_history WHERE note = $1", &[&note]).await?.get(0);
             assert_eq!(seen, 1, "commit {i} acknowledged but not on the replica");
         }
     }
@@ -160,10 +130,7 @@ async fn replicate_pgbench(mode: Mode) -> Result<()> {
     let status = http_get(status_port, "/status").await?;
     assert!(status.contains("\"replica\":\"r1\""), "{status}");
     let metrics = http_get(status_port, "/metrics").await?;
-    assert!(
-        metrics.contains("tandem_replicator_applied_transactions_total"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("tandem_replicator_applied_transactions_total"), "{metrics}");
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), handle).await???;

@@ -15,8 +15,7 @@ use tandem_core::Lsn;
 use tandem_replicator::change::{self, Change, Datum, ReplicaIdentity, Transaction, Tuple};
 use tandem_replicator::config::Mode;
 use tandem_replicator::source::{
-    primary, stream_database, AppliedLsn, ChangeSink, HeldSnapshot, ReplicationConnection,
-    StreamOptions, StreamStats,
+    primary, stream_database, AppliedLsn, ChangeSink, HeldSnapshot, ReplicationConnection, StreamOptions, StreamStats,
 };
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -54,11 +53,7 @@ impl Pg {
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
+        Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
         as_postgres(
             "initdb",
             &[
@@ -75,42 +70,19 @@ impl Pg {
                 "--no-sync",
             ],
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let opts = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c wal_level=logical \
              -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off -c wal_sender_timeout=60s",
             dir.path().display()
         );
         let log = dir.path().join("log");
-        as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "start",
-            ],
-        );
-        Pg {
-            _dir: dir,
-            data,
-            port,
-        }
+        as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"]);
+        Pg { _dir: dir, data, port }
     }
 
     fn dsn(&self) -> String {
-        format!(
-            "postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres",
-            self.port
-        )
+        format!("postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres", self.port)
     }
 
     fn config(&self) -> tokio_postgres::Config {
@@ -123,13 +95,7 @@ impl Drop for Pg {
         let _ = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(pg_bin().join("pg_ctl"))
-            .args([
-                "-D",
-                self.data.to_str().unwrap_or_default(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
+            .args(["-D", self.data.to_str().unwrap_or_default(), "-m", "immediate", "stop"])
             .stdout(std::process::Stdio::null())
             .status();
     }
@@ -145,18 +111,9 @@ struct MemSink {
 impl ChangeSink for MemSink {
     type Error = std::io::Error;
     fn last_lsn(&self) -> Lsn {
-        self.records
-            .lock()
-            .unwrap()
-            .last()
-            .map(|r| r.0)
-            .unwrap_or(Lsn::ZERO)
+        self.records.lock().unwrap().last().map(|r| r.0).unwrap_or(Lsn::ZERO)
     }
-    fn append(
-        &self,
-        lsn: Lsn,
-        payload: Bytes,
-    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+    fn append(&self, lsn: Lsn, payload: Bytes) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
         let this = self.clone();
         async move {
             {
@@ -191,9 +148,7 @@ impl MemSink {
 }
 
 async fn sql(pg: &Pg) -> tokio_postgres::Client {
-    primary::connect_sql(&pg.config(), "postgres", "tandem-test")
-        .await
-        .unwrap()
+    primary::connect_sql(&pg.config(), "postgres", "tandem-test").await.unwrap()
 }
 
 fn opts(slot: &str, mode: Mode) -> StreamOptions {
@@ -215,19 +170,13 @@ fn spawn_stream(
     mode: Mode,
     sink: MemSink,
     applied: Vec<AppliedLsn>,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-    watch::Receiver<StreamStats>,
-) {
+) -> (CancellationToken, tokio::task::JoinHandle<()>, watch::Receiver<StreamStats>) {
     let stop = CancellationToken::new();
     let (stats_tx, stats) = watch::channel(StreamStats::default());
     let o = opts(slot, mode);
     let s = stop.clone();
     let task = tokio::spawn(async move {
-        stream_database(conn, Lsn::ZERO, &o, &sink, applied, &stats_tx, &s)
-            .await
-            .unwrap();
+        stream_database(conn, Lsn::ZERO, &o, &sink, applied, &stats_tx, &s).await.unwrap();
     });
     (stop, task, stats)
 }
@@ -237,11 +186,7 @@ fn text(s: &str) -> Datum {
 }
 
 async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
-    primary::slot_state(client, slot)
-        .await
-        .unwrap()
-        .unwrap()
-        .confirmed_flush
+    primary::slot_state(client, slot).await.unwrap().unwrap().confirmed_flush
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,33 +204,19 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
 
     primary::check_primary(&client, 1, 1).await.unwrap();
     assert_eq!(
-        primary::list_databases(&client, &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>(),
+        primary::list_databases(&client, &[]).await.unwrap().iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
         ["postgres"]
     );
-    assert!(primary::ensure_publication(&client, "tandem")
-        .await
-        .unwrap());
-    assert!(!primary::ensure_publication(&client, "tandem")
-        .await
-        .unwrap());
+    assert!(primary::ensure_publication(&client, "tandem").await.unwrap());
+    assert!(!primary::ensure_publication(&client, "tandem").await.unwrap());
 
     // Slot with an exported snapshot: the snapshot sees the row committed before it.
-    let mut conn = ReplicationConnection::connect(&pg.config(), "postgres", "tandem_test")
-        .await
-        .unwrap();
+    let mut conn = ReplicationConnection::connect(&pg.config(), "postgres", "tandem_test").await.unwrap();
     let sys = conn.identify_system().await.unwrap();
     assert_eq!(sys.database.as_deref(), Some("postgres"));
     let held = HeldSnapshot::create(conn, "tandem_t", false).await.unwrap();
     assert!(held.consistent_point() > Lsn::ZERO);
-    client
-        .batch_execute("INSERT INTO t VALUES (101, 'after the slot')")
-        .await
-        .unwrap();
+    client.batch_execute("INSERT INTO t VALUES (101, 'after the slot')").await.unwrap();
     let copy = sql(&pg).await;
     copy.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}'",
@@ -293,18 +224,9 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
     ))
     .await
     .unwrap();
-    let ids: Vec<i32> = copy
-        .query("SELECT id FROM t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        ids,
-        [100],
-        "the exported snapshot must not see later commits"
-    );
+    let ids: Vec<i32> =
+        copy.query("SELECT id FROM t ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [100], "the exported snapshot must not see later commits");
     copy.batch_execute("COMMIT").await.unwrap();
     let conn = held.release();
 
@@ -332,16 +254,11 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
     // The insert after the slot was created, exactly once.
     let t0 = &txns[0];
     assert_eq!(t0.changes.len(), 1);
-    let Change::Insert { rel, new } = &t0.changes[0] else {
-        panic!("{:?}", t0.changes[0])
-    };
+    let Change::Insert { rel, new } = &t0.changes[0] else { panic!("{:?}", t0.changes[0]) };
     assert_eq!((rel.schema.as_str(), rel.name.as_str()), ("public", "t"));
     assert_eq!(rel.replica_identity, ReplicaIdentity::Default);
     assert_eq!(
-        rel.columns
-            .iter()
-            .map(|c| (c.name.as_str(), c.type_oid, c.is_key))
-            .collect::<Vec<_>>(),
+        rel.columns.iter().map(|c| (c.name.as_str(), c.type_oid, c.is_key)).collect::<Vec<_>>(),
         [("id", 23, true), ("v", 25, false)]
     );
     assert_eq!(new, &Tuple(vec![text("101"), text("after the slot")]));
@@ -349,11 +266,7 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
     let t1 = &txns[1];
     assert!(t1.commit_lsn > t0.commit_lsn && t1.end_lsn > t1.commit_lsn);
     assert_eq!(t1.database, "postgres");
-    let rels: Vec<_> = t1
-        .changes
-        .iter()
-        .map(|c| c.relations()[0].name.clone())
-        .collect();
+    let rels: Vec<_> = t1.changes.iter().map(|c| c.relations()[0].name.clone()).collect();
     assert_eq!(rels, ["t", "nokey", "nokey", "t"]);
     let nokey = t1.changes[1].relations()[0].clone();
     assert_eq!(nokey.replica_identity, ReplicaIdentity::Full);
@@ -361,38 +274,21 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
     assert_eq!(
         t1.changes,
         [
-            Change::Update {
-                rel: t_rel.clone(),
-                old: None,
-                new: Tuple(vec![text("101"), text("changed")])
-            },
-            Change::Insert {
-                rel: nokey.clone(),
-                new: Tuple(vec![text("1"), text("one")])
-            },
+            Change::Update { rel: t_rel.clone(), old: None, new: Tuple(vec![text("101"), text("changed")]) },
+            Change::Insert { rel: nokey.clone(), new: Tuple(vec![text("1"), text("one")]) },
             Change::Update {
                 rel: nokey.clone(),
                 old: Some(Tuple(vec![text("1"), text("one")])),
                 new: Tuple(vec![text("1"), text("uno")]),
             },
-            Change::Delete {
-                rel: t_rel.clone(),
-                old: Tuple(vec![text("100"), Datum::Null])
-            },
+            Change::Delete { rel: t_rel.clone(), old: Tuple(vec![text("100"), Datum::Null]) },
         ]
     );
     assert_eq!(
         txns[2].changes,
         [
-            Change::Truncate {
-                rels: vec![nokey.clone()],
-                cascade: false,
-                restart_identity: false
-            },
-            Change::Message {
-                prefix: "tandem".into(),
-                content: Bytes::from_static(b"x")
-            },
+            Change::Truncate { rels: vec![nokey.clone()], cascade: false, restart_identity: false },
+            Change::Message { prefix: "tandem".into(), content: Bytes::from_static(b"x") },
         ]
     );
 
@@ -411,23 +307,13 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
     task.abort();
     let _ = task.await;
     drop(stop);
-    client
-        .batch_execute("INSERT INTO t VALUES (102, 'while down')")
-        .await
-        .unwrap();
+    client.batch_execute("INSERT INTO t VALUES (102, 'while down')").await.unwrap();
     let sink2 = MemSink::default();
     let conn = loop {
         primary::release_slot(&client, "tandem_t").await.unwrap();
-        let mut c = ReplicationConnection::connect(&pg.config(), "postgres", "tandem_test")
-            .await
-            .unwrap();
+        let mut c = ReplicationConnection::connect(&pg.config(), "postgres", "tandem_test").await.unwrap();
         // Probe: START_REPLICATION fails while the old walsender still holds the slot.
-        match primary::slot_state(&client, "tandem_t")
-            .await
-            .unwrap()
-            .unwrap()
-            .active_pid
-        {
+        match primary::slot_state(&client, "tandem_t").await.unwrap().unwrap().active_pid {
             None => break c,
             Some(_) => {
                 c.simple_query("SELECT 1").await.unwrap();
@@ -437,14 +323,8 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
     };
     let (stop2, task2, _) = spawn_stream(conn, "tandem_t", Mode::Async, sink2.clone(), vec![]);
     let again = sink2.wait_for(1).await;
-    assert!(
-        again[0].commit_lsn > last_end,
-        "re-delivered a flushed transaction: {:?}",
-        again[0]
-    );
-    let Change::Insert { new, .. } = &again[0].changes[0] else {
-        panic!()
-    };
+    assert!(again[0].commit_lsn > last_end, "re-delivered a flushed transaction: {:?}", again[0]);
+    let Change::Insert { new, .. } = &again[0].changes[0] else { panic!() };
     assert_eq!(new.0[0], text("102"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink2.records.lock().unwrap().len(), 1);
@@ -456,51 +336,29 @@ async fn streams_every_change_kind_and_resumes_after_confirmed() {
 async fn sync_mode_holds_commits_until_a_replica_applied_them() {
     let pg = Pg::start();
     let client = sql(&pg).await;
-    client
-        .batch_execute("CREATE TABLE s (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    primary::ensure_publication(&client, "tandem")
-        .await
-        .unwrap();
-    let conn = ReplicationConnection::connect(&pg.config(), "postgres", "tandem_sync_1")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE s (id int PRIMARY KEY)").await.unwrap();
+    primary::ensure_publication(&client, "tandem").await.unwrap();
+    let conn = ReplicationConnection::connect(&pg.config(), "postgres", "tandem_sync_1").await.unwrap();
     let held = HeldSnapshot::create(conn, "tandem_s", false).await.unwrap();
     let conn = held.release();
 
     let (applied_tx, applied_rx) = watch::channel(Lsn::ZERO);
     let sink = MemSink::default();
-    let (stop, task, _) =
-        spawn_stream(conn, "tandem_s", Mode::Sync, sink.clone(), vec![applied_rx]);
+    let (stop, task, _) = spawn_stream(conn, "tandem_s", Mode::Sync, sink.clone(), vec![applied_rx]);
 
     let value = primary::sync_standby_value(&["tandem_sync_1".into()]);
     assert_eq!(value, "FIRST 1 (\"tandem_sync_1\")");
     primary::set_sync_standbys(&client, &value).await.unwrap();
-    assert!(primary::is_our_sync_value(
-        &primary::show_sync_standbys(&client).await.unwrap(),
-        "tandem_sync"
-    ));
+    assert!(primary::is_our_sync_value(&primary::show_sync_standbys(&client).await.unwrap(), "tandem_sync"));
 
     let writer = sql(&pg).await;
-    let commit = tokio::spawn(async move {
-        writer
-            .batch_execute("INSERT INTO s VALUES (1)")
-            .await
-            .unwrap()
-    });
+    let commit = tokio::spawn(async move { writer.batch_execute("INSERT INTO s VALUES (1)").await.unwrap() });
     let txn = sink.wait_for(1).await.remove(0);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        !commit.is_finished(),
-        "commit returned before any replica applied it"
-    );
+    assert!(!commit.is_finished(), "commit returned before any replica applied it");
 
     applied_tx.send(txn.commit_lsn).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), commit)
-        .await
-        .expect("commit still waiting after apply")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), commit).await.expect("commit still waiting after apply").unwrap();
 
     // Release the primary before stopping (otherwise the drop would hang nothing, but be tidy).
     primary::set_sync_standbys(&client, "").await.unwrap();
@@ -562,10 +420,7 @@ impl tandem_replicator::seam::ReplicaSide for FakeSide {
 async fn run_copies_streams_and_gates_commits_in_sync_mode() {
     let pg = Pg::start();
     let client = sql(&pg).await;
-    client
-        .batch_execute("CREATE TABLE r (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE r (id int PRIMARY KEY)").await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut cfg = tandem_replicator::ReplicatorConfig::new(
         pg.dsn(),
@@ -579,35 +434,22 @@ async fn run_copies_streams_and_gates_commits_in_sync_mode() {
     for round in 1..=2 {
         let side = Arc::new(FakeSide::default());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(tandem_replicator::run_with(
-            cfg.clone(),
-            stop.clone(),
-            side.clone(),
-        ));
+        let task = tokio::spawn(tandem_replicator::run_with(cfg.clone(), stop.clone(), side.clone()));
         tokio::time::timeout(Duration::from_secs(20), async {
-            while !primary::is_our_sync_value(
-                &primary::show_sync_standbys(&client).await.unwrap(),
-                "tandem_replicator",
-            ) {
+            while !primary::is_our_sync_value(&primary::show_sync_standbys(&client).await.unwrap(), "tandem_replicator")
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
         .await
         .expect("sync standby names never set");
         // The commit returns because the (fake) replica applied it.
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            client.batch_execute(&format!("INSERT INTO r VALUES ({round})")),
-        )
-        .await
-        .expect("commit not released in sync mode")
-        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), client.batch_execute(&format!("INSERT INTO r VALUES ({round})")))
+            .await
+            .expect("commit not released in sync mode")
+            .unwrap();
         let copies = side.copies.lock().unwrap().clone();
-        assert_eq!(
-            copies.len(),
-            if round == 1 { 1 } else { 0 },
-            "initial copy only on slot creation"
-        );
+        assert_eq!(copies.len(), if round == 1 { 1 } else { 0 }, "initial copy only on slot creation");
         let seen = side.seen.lock().unwrap().clone();
         let ids: Vec<_> = seen
             .iter()
@@ -620,11 +462,7 @@ async fn run_copies_streams_and_gates_commits_in_sync_mode() {
         let want: Vec<_> = (1..=round).map(|i| text(&i.to_string())).collect();
         assert_eq!(ids, want, "round {round}: every commit once, in order");
         stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
     }
     primary::set_sync_standbys(&client, "").await.unwrap();
 }

@@ -93,14 +93,7 @@ impl Cluster {
         }
         argv.extend(opts.proxy_args.iter().cloned());
         let (proxy, proxy_port) = spawn_proxy(&argv)?;
-        let cluster = Cluster {
-            proxy,
-            proxy_port,
-            metrics_port,
-            primary,
-            replicas,
-            proxy_argv: argv,
-        };
+        let cluster = Cluster { proxy, proxy_port, metrics_port, primary, replicas, proxy_argv: argv };
         cluster.wait_replicated()?;
         Ok(cluster)
     }
@@ -123,10 +116,7 @@ impl Cluster {
 
     /// libpq key/value string for connecting through the proxy.
     pub fn dsn(&self, user: &str, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} dbname={db}",
-            self.proxy_port
-        )
+        format!("host=127.0.0.1 port={} user={user} dbname={db}", self.proxy_port)
     }
 
     /// Connects through the proxy with tokio-postgres (no TLS), spawning the connection
@@ -138,14 +128,9 @@ impl Cluster {
     /// Like [`Cluster::connect`] with another user or database.
     pub async fn connect_as(&self, user: &str, db: &str) -> anyhow::Result<tokio_postgres::Client> {
         let dsn = self.dsn(user, db);
-        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting through the proxy ({dsn})\n--- proxy log ---\n{}",
-                    self.proxy.log_tail()
-                )
-            })?;
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.with_context(|| {
+            format!("connecting through the proxy ({dsn})\n--- proxy log ---\n{}", self.proxy.log_tail())
+        })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "proxied test connection ended");
@@ -170,12 +155,7 @@ impl Cluster {
 
     /// Runs psql with connection string `conninfo`, extra arguments and `sql` on stdin,
     /// returning whatever happened (for tests that expect a failure).
-    pub fn psql_raw(
-        &self,
-        conninfo: &str,
-        args: &[&str],
-        sql: &str,
-    ) -> anyhow::Result<ClientOutput> {
+    pub fn psql_raw(&self, conninfo: &str, args: &[&str], sql: &str) -> anyhow::Result<ClientOutput> {
         run_pg_client(
             "psql",
             |cmd| {
@@ -194,17 +174,11 @@ impl Cluster {
         let out = run_pg_client(
             "pgbench",
             |cmd| {
-                cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
-                    .args(args);
+                cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"]).args(args);
             },
             "",
         )
-        .with_context(|| {
-            format!(
-                "pgbench {args:?}\n--- proxy log ---\n{}",
-                self.proxy.log_tail()
-            )
-        })?;
+        .with_context(|| format!("pgbench {args:?}\n--- proxy log ---\n{}", self.proxy.log_tail()))?;
         let text = format!("{}\n{}", out.stdout, out.stderr);
         if !out.status.success() {
             return Err(anyhow!(
@@ -219,26 +193,19 @@ impl Cluster {
     /// Waits until every standby has replayed the primary's current WAL position, so that a
     /// read on any replica sees everything committed before the call.
     pub fn wait_replicated(&self) -> anyhow::Result<()> {
-        let lsn = self
-            .primary
-            .psql("postgres", "SELECT pg_current_wal_lsn()")?;
+        let lsn = self.primary.psql("postgres", "SELECT pg_current_wal_lsn()")?;
         for r in &self.replicas {
             let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
-            wait_until(
-                &format!("{} to replay up to {lsn}", r.name()),
-                Duration::from_secs(30),
-                || (r.psql("postgres", &sql).ok()? == "t").then_some(()),
-            )?;
+            wait_until(&format!("{} to replay up to {lsn}", r.name()), Duration::from_secs(30), || {
+                (r.psql("postgres", &sql).ok()? == "t").then_some(())
+            })?;
         }
         Ok(())
     }
 
     /// The name (`primary`, `replica1`, ...) of the server listening on `port`.
     pub fn node_name(&self, port: u16) -> Option<&str> {
-        std::iter::once(&self.primary)
-            .chain(self.replicas.iter())
-            .find(|s| s.port() == port)
-            .map(|s| s.name())
+        std::iter::once(&self.primary).chain(self.replicas.iter()).find(|s| s.port() == port).map(|s| s.name())
     }
 
     /// Sessions on the primary in state `state` (e.g. `idle in transaction`) opened by the
@@ -288,11 +255,7 @@ pub fn run_pg_client(
     let mut cmd = pg_command(&path, &std::env::temp_dir(), false)?;
     configure(&mut cmd);
     let out = run_capture(cmd, stdin, Duration::from_secs(120), program)?;
-    Ok(ClientOutput {
-        status: out.status,
-        stdout: out.stdout,
-        stderr: out.stderr,
-    })
+    Ok(ClientOutput { status: out.status, stdout: out.stdout, stderr: out.stderr })
 }
 
 /// Writes a self-signed certificate for `localhost`/`127.0.0.1` and its key as PEM files

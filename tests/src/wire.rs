@@ -86,13 +86,9 @@ pub struct RawClient {
 impl RawClient {
     /// Opens a TCP connection, nothing sent yet.
     pub async fn connect(port: u16) -> anyhow::Result<RawClient> {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-        Ok(RawClient {
-            stream,
-            buf: Vec::new(),
-        })
+        let stream =
+            TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        Ok(RawClient { stream, buf: Vec::new() })
     }
 
     /// Connects and logs in (trust auth), reading up to the first ReadyForQuery.
@@ -108,18 +104,14 @@ impl RawClient {
 
     /// Writes bytes as they are.
     pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .context("writing to the proxy")
+        self.stream.write_all(bytes).await.context("writing to the proxy")
     }
 
     /// Reads one message; `Ok(None)` when the proxy closed the connection.
     pub async fn recv(&mut self) -> anyhow::Result<Option<Msg>> {
         loop {
             if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
                 if len < 4 {
                     return Err(anyhow!("proxy sent a bad length {len}"));
                 }
@@ -142,10 +134,7 @@ impl RawClient {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                return Err(anyhow!(
-                    "proxy closed mid-message ({} bytes pending)",
-                    self.buf.len()
-                ));
+                return Err(anyhow!("proxy closed mid-message ({} bytes pending)", self.buf.len()));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -193,12 +182,7 @@ impl RawClient {
 
 /// The first ErrorResponse in `msgs`, as (SQLSTATE, message).
 pub fn first_error(msgs: &[Msg]) -> Option<(String, String)> {
-    msgs.iter().find(|m| m.tag == b'E').map(|m| {
-        (
-            m.field(b'C').unwrap_or_default(),
-            m.field(b'M').unwrap_or_default(),
-        )
-    })
+    msgs.iter().find(|m| m.tag == b'E').map(|m| (m.field(b'C').unwrap_or_default(), m.field(b'M').unwrap_or_default()))
 }
 
 /// The text of the first column of every DataRow in `msgs`.

@@ -23,33 +23,18 @@ async fn standby_replays_rows_from_primary() -> anyhow::Result<()> {
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()")?, "t");
 
     let client = primary.connect("postgres", "postgres").await?;
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'hello')",
-        )
-        .await?;
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'hello')").await?;
 
     let seen = eventually(Duration::from_secs(30), || {
-        standby
-            .psql("postgres", "SELECT v FROM t WHERE id = 1")
-            .ok()
-            .filter(|v| v == "hello")
+        standby.psql("postgres", "SELECT v FROM t WHERE id = 1").ok().filter(|v| v == "hello")
     });
-    assert_eq!(
-        seen.as_deref(),
-        Some("hello"),
-        "standby log:\n{}",
-        standby.log_tail()
-    );
+    assert_eq!(seen.as_deref(), Some("hello"), "standby log:\n{}", standby.log_tail());
 
     let sc = standby.connect("postgres", "postgres").await?;
     let row = sc.query_one("SELECT pg_is_in_recovery()", &[]).await?;
     assert!(row.get::<_, bool>(0));
     // The standby streams from the primary under its cluster_name.
-    let app = primary.psql(
-        "postgres",
-        "SELECT application_name FROM pg_stat_replication",
-    )?;
+    let app = primary.psql("postgres", "SELECT application_name FROM pg_stat_replication")?;
     assert_eq!(app, "standby");
     Ok(())
 }
@@ -59,10 +44,7 @@ fn kill9_then_restart_keeps_port_and_data() -> anyhow::Result<()> {
     init_tracing();
     let mut pg = PgServer::start("crashy", PgOptions::default())?;
     let port = pg.port();
-    pg.psql(
-        "postgres",
-        "CREATE TABLE k (x int); INSERT INTO k VALUES (7)",
-    )?;
+    pg.psql("postgres", "CREATE TABLE k (x int); INSERT INTO k VALUES (7)")?;
     let pid = pg.postmaster_pid().expect("postmaster.pid");
     let children = children_of(pid);
     assert!(!children.is_empty(), "postmaster has background workers");
@@ -70,10 +52,7 @@ fn kill9_then_restart_keeps_port_and_data() -> anyhow::Result<()> {
     pg.kill9();
     assert!(!is_alive(pid));
     assert!(children.iter().all(|c| !is_alive(*c)));
-    assert!(
-        pg.psql("postgres", "SELECT 1").is_err(),
-        "server is down after kill9"
-    );
+    assert!(pg.psql("postgres", "SELECT 1").is_err(), "server is down after kill9");
 
     pg.restart()?;
     assert_eq!(pg.port(), port);
@@ -102,25 +81,11 @@ fn psql_returns_rows_and_reports_errors() -> anyhow::Result<()> {
     assert_eq!(out, "1|x\n2|y");
     assert_eq!(pg.psql("postgres", "SELECT 1; SELECT 2")?, "1\n2");
 
-    let err = pg
-        .psql("postgres", "SELECT * FROM no_such_table")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("no_such_table") && err.contains("does not exist"),
-        "{err}"
-    );
+    let err = pg.psql("postgres", "SELECT * FROM no_such_table").unwrap_err().to_string();
+    assert!(err.contains("no_such_table") && err.contains("does not exist"), "{err}");
     // ON_ERROR_STOP: nothing after the failing statement runs.
-    assert!(pg
-        .psql("postgres", "SELECT 1/0; CREATE TABLE after_err (x int)")
-        .is_err());
-    assert_eq!(
-        pg.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_class WHERE relname = 'after_err'"
-        )?,
-        "0"
-    );
+    assert!(pg.psql("postgres", "SELECT 1/0; CREATE TABLE after_err (x int)").is_err());
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM pg_class WHERE relname = 'after_err'")?, "0");
     assert!(pg.psql("no_such_db", "SELECT 1").is_err());
     Ok(())
 }
@@ -151,8 +116,7 @@ async fn options_apply_hba_and_settings() -> anyhow::Result<()> {
     assert_eq!(row.get::<_, String>(0), "alice");
 
     // Everyone else is trusted on loopback, via both connection-string forms.
-    let via_url =
-        tokio_postgres::connect(&pg.url("postgres", "postgres"), tokio_postgres::NoTls).await;
+    let via_url = tokio_postgres::connect(&pg.url("postgres", "postgres"), tokio_postgres::NoTls).await;
     assert!(via_url.is_ok());
     assert_eq!(pg.addr(), format!("127.0.0.1:{}", pg.port()));
     assert_eq!(pg.host(), "127.0.0.1");
@@ -181,14 +145,8 @@ fn drop_leaves_no_postgres_process() -> anyhow::Result<()> {
     drop(standby);
     drop(pg);
 
-    let gone = eventually(Duration::from_secs(30), || {
-        pids.iter().all(|p| !is_alive(*p)).then_some(())
-    });
-    assert!(
-        gone.is_some(),
-        "processes left: {:?}",
-        pids.iter().filter(|p| is_alive(**p)).collect::<Vec<_>>()
-    );
+    let gone = eventually(Duration::from_secs(30), || pids.iter().all(|p| !is_alive(*p)).then_some(()));
+    assert!(gone.is_some(), "processes left: {:?}", pids.iter().filter(|p| is_alive(**p)).collect::<Vec<_>>());
     for dir in &dirs {
         assert!(pids_with_cmdline(&dir.to_string_lossy()).is_empty());
         assert!(!dir.exists(), "{} removed", dir.display());
@@ -217,10 +175,7 @@ fn drop_during_panic_stops_server() {
 fn tandem_binary_runs_when_built() -> anyhow::Result<()> {
     init_tracing();
     if !tandem_bin().is_file() {
-        eprintln!(
-            "skipping: {} not built (cargo build -p tandem)",
-            tandem_bin().display()
-        );
+        eprintln!("skipping: {} not built (cargo build -p tandem)", tandem_bin().display());
         return Ok(());
     }
     let mut p = TandemProcess::spawn(&["--help"])?;

@@ -14,10 +14,7 @@ async fn rows(client: &Client, sql: &str) -> anyhow::Result<Vec<Vec<(String, Str
     for m in client.simple_query(sql).await? {
         if let SimpleQueryMessage::Row(r) = m {
             let cols = r.columns().iter().enumerate();
-            out.push(
-                cols.map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
-                    .collect(),
-            );
+            out.push(cols.map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned())).collect());
         }
     }
     Ok(out)
@@ -25,10 +22,7 @@ async fn rows(client: &Client, sql: &str) -> anyhow::Result<Vec<Vec<(String, Str
 
 /// The value of column `col` in `row`.
 fn col<'a>(row: &'a [(String, String)], col: &str) -> &'a str {
-    row.iter()
-        .find(|(n, _)| n == col)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
+    row.iter().find(|(n, _)| n == col).map(|(_, v)| v.as_str()).unwrap_or("")
 }
 
 /// `GET /metrics` with a hand-written HTTP/1.0 request (no HTTP client in the test deps).
@@ -44,14 +38,9 @@ fn scrape(port: u16) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_pause_resume_and_metrics() -> anyhow::Result<()> {
     init_tracing();
-    let c = Cluster::start(ClusterOptions {
-        metrics: true,
-        ..Default::default()
-    })?;
+    let c = Cluster::start(ClusterOptions { metrics: true, ..Default::default() })?;
     let client = c.connect().await?;
-    client
-        .batch_execute("CREATE TABLE a (x int); INSERT INTO a VALUES (1)")
-        .await?;
+    client.batch_execute("CREATE TABLE a (x int); INSERT INTO a VALUES (1)").await?;
     c.wait_replicated()?;
     // Another client reads (the writer's own reads stay on the primary until the replicas
     // have caught up with its write).
@@ -62,43 +51,20 @@ async fn admin_console_pause_resume_and_metrics() -> anyhow::Result<()> {
     let admin = c.connect_as("postgres", "tandem").await?;
 
     let nodes = rows(&admin, "SHOW NODES").await?;
-    let names: Vec<_> = nodes
-        .iter()
-        .map(|r| (col(r, "node"), col(r, "role"), col(r, "healthy")))
-        .collect();
+    let names: Vec<_> = nodes.iter().map(|r| (col(r, "node"), col(r, "role"), col(r, "healthy"))).collect();
     assert_eq!(
         names,
-        [
-            ("primary", "primary", "true"),
-            ("replica1", "replica", "true"),
-            ("replica2", "replica", "true")
-        ]
+        [("primary", "primary", "true"), ("replica1", "replica", "true"), ("replica2", "replica", "true")]
     );
     let pools = rows(&admin, "SHOW POOLS").await?;
-    assert!(pools
-        .iter()
-        .all(|r| col(r, "pool_mode") == "transaction" && col(r, "database") == "postgres"));
-    assert!(
-        pools.iter().any(|r| col(r, "node") == "primary"),
-        "{pools:?}"
-    );
-    assert!(
-        pools.iter().any(|r| col(r, "node").starts_with("replica")),
-        "{pools:?}"
-    );
+    assert!(pools.iter().all(|r| col(r, "pool_mode") == "transaction" && col(r, "database") == "postgres"));
+    assert!(pools.iter().any(|r| col(r, "node") == "primary"), "{pools:?}");
+    assert!(pools.iter().any(|r| col(r, "node").starts_with("replica")), "{pools:?}");
     let clients = rows(&admin, "SHOW CLIENTS").await?;
-    assert!(
-        clients
-            .iter()
-            .any(|r| col(r, "database") == "postgres" && col(r, "requests") != "0"),
-        "{clients:?}"
-    );
+    assert!(clients.iter().any(|r| col(r, "database") == "postgres" && col(r, "requests") != "0"), "{clients:?}");
     assert!(clients.iter().any(|r| col(r, "database") == "tandem"));
     let servers = rows(&admin, "SHOW SERVERS").await?;
-    assert!(
-        servers.iter().any(|r| col(r, "addr") == c.primary.addr()),
-        "{servers:?}"
-    );
+    assert!(servers.iter().any(|r| col(r, "addr") == c.primary.addr()), "{servers:?}");
     let stats = rows(&admin, "SHOW STATS").await?;
     let total = |node: &str| -> u64 {
         stats
@@ -107,55 +73,29 @@ async fn admin_console_pause_resume_and_metrics() -> anyhow::Result<()> {
             .map(|r| col(r, "total_requests").parse().unwrap_or(0))
             .unwrap_or(0)
     };
-    assert!(
-        total("primary") >= 1 && total("replica1") + total("replica2") >= 10,
-        "{stats:?}"
-    );
-    assert!(rows(&admin, "SHOW VERSION").await?[0][0]
-        .1
-        .starts_with("tandem"));
-    let err = admin
-        .simple_query("SHOW NONSENSE")
-        .await
-        .expect_err("unknown command");
+    assert!(total("primary") >= 1 && total("replica1") + total("replica2") >= 10, "{stats:?}");
+    assert!(rows(&admin, "SHOW VERSION").await?[0][0].1.starts_with("tandem"));
+    let err = admin.simple_query("SHOW NONSENSE").await.expect_err("unknown command");
     assert_eq!(err.code().map(|c| c.code()), Some("42601"));
-    let err = admin
-        .query("SHOW NODES", &[])
-        .await
-        .expect_err("extended protocol");
+    let err = admin.query("SHOW NODES", &[]).await.expect_err("extended protocol");
     assert_eq!(err.code().map(|c| c.code()), Some("0A000"));
     // psql works against the console too.
     let out = c.psql_raw(&c.dsn("postgres", "tandem"), &[], "SHOW NODES;")?;
-    assert!(
-        out.status.success() && out.stdout.contains("replica2"),
-        "{out:?}"
-    );
+    assert!(out.status.success() && out.stdout.contains("replica2"), "{out:?}");
 
     // PAUSE waits for the running transaction, then holds new work until RESUME.
-    client
-        .batch_execute("BEGIN; INSERT INTO a VALUES (2)")
-        .await?;
+    client.batch_execute("BEGIN; INSERT INTO a VALUES (2)").await?;
     let pause = tokio::spawn({
         let admin = c.connect_as("postgres", "tandem").await?;
         async move { admin.simple_query("PAUSE").await.map(|_| admin) }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !pause.is_finished(),
-        "PAUSE returned while a transaction was running"
-    );
-    client
-        .batch_execute("INSERT INTO a VALUES (3); COMMIT")
-        .await?;
+    assert!(!pause.is_finished(), "PAUSE returned while a transaction was running");
+    client.batch_execute("INSERT INTO a VALUES (3); COMMIT").await?;
     let admin2 = tokio::time::timeout(Duration::from_secs(10), pause).await???;
     let held = tokio::spawn({
         let other = c.connect().await?;
-        async move {
-            other
-                .query_one("SELECT count(*) FROM a", &[])
-                .await
-                .map(|r| r.get::<_, i64>(0))
-        }
+        async move { other.query_one("SELECT count(*) FROM a", &[]).await.map(|r| r.get::<_, i64>(0)) }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!held.is_finished(), "a new transaction ran while paused");
@@ -165,14 +105,9 @@ async fn admin_console_pause_resume_and_metrics() -> anyhow::Result<()> {
     assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM a")?, "3");
 
     // Prometheus metrics.
-    let port = c
-        .metrics_port
-        .ok_or_else(|| anyhow::anyhow!("no metrics port"))?;
+    let port = c.metrics_port.ok_or_else(|| anyhow::anyhow!("no metrics port"))?;
     let body = scrape(port)?;
-    assert!(
-        body.starts_with("HTTP/1.") && body.contains(" 200 "),
-        "{body}"
-    );
+    assert!(body.starts_with("HTTP/1.") && body.contains(" 200 "), "{body}");
     for series in [
         "tandem_clients",
         "tandem_client_connections_total",
@@ -185,30 +120,20 @@ async fn admin_console_pause_resume_and_metrics() -> anyhow::Result<()> {
     }
     // Every series is Tandem's own.
     let payload = body.split("\r\n\r\n").nth(1).unwrap_or("");
-    let samples: Vec<&str> = payload
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let samples: Vec<&str> = payload.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     assert!(samples.len() > 5, "{payload}");
-    assert!(
-        samples.iter().all(|l| l.starts_with("tandem_")),
-        "{payload}"
-    );
+    assert!(samples.iter().all(|l| l.starts_with("tandem_")), "{payload}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_running_transaction_finish() -> anyhow::Result<()> {
     init_tracing();
-    let mut c = Cluster::start(ClusterOptions {
-        replicas: 0,
-        ..Default::default()
-    })?;
+    let mut c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
     c.primary.psql("postgres", "CREATE TABLE g (x int)")?;
     let busy = c.connect().await?;
     let idle = c.connect().await?;
-    busy.batch_execute("BEGIN; INSERT INTO g VALUES (1)")
-        .await?;
+    busy.batch_execute("BEGIN; INSERT INTO g VALUES (1)").await?;
 
     c.proxy.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -218,18 +143,11 @@ async fn sigterm_lets_the_running_transaction_finish() -> anyhow::Result<()> {
     busy.batch_execute("INSERT INTO g VALUES (2)").await?;
     busy.batch_execute("COMMIT").await?;
     let status = c.proxy.wait_exit(Duration::from_secs(20))?;
-    assert!(
-        status.success(),
-        "exit status {status}\n{}",
-        c.proxy.log_tail()
-    );
+    assert!(status.success(), "exit status {status}\n{}", c.proxy.log_tail());
     assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM g")?, "2");
     // The idle client was told the proxy is going away.
     let err = idle.simple_query("SELECT 1").await.expect_err("closed");
-    assert!(
-        err.code().map(|c| c.code()) == Some("57P01") || err.is_closed(),
-        "{err}"
-    );
+    assert!(err.code().map(|c| c.code()) == Some("57P01") || err.is_closed(), "{err}");
     assert_eq!(c.primary_sessions_in("idle in transaction")?, 0);
     Ok(())
 }

@@ -23,12 +23,7 @@ async fn after_login(port: u16, bytes: &[u8]) -> anyhow::Result<Vec<tandem_tests
 fn assert_fatal(what: &str, msgs: &[tandem_tests::wire::Msg], code: &str) {
     let e = msgs.iter().find(|m| m.tag == b'E');
     let e = e.unwrap_or_else(|| panic!("{what}: no ErrorResponse in {msgs:?}"));
-    assert_eq!(
-        e.field(b'C').as_deref(),
-        Some(code),
-        "{what}: {:?}",
-        e.field(b'M')
-    );
+    assert_eq!(e.field(b'C').as_deref(), Some(code), "{what}: {:?}", e.field(b'M'));
     assert_eq!(e.field(b'S').as_deref(), Some("FATAL"), "{what}");
 }
 
@@ -51,17 +46,9 @@ async fn pool_is_clean(c: &Cluster) -> anyhow::Result<()> {
                 _ => None,
             })
             .ok_or_else(|| anyhow::anyhow!("no row"))?;
-        assert_eq!(
-            row.get(0),
-            Some("t"),
-            "a server connection was returned inside a transaction"
-        );
+        assert_eq!(row.get(0), Some("t"), "a server connection was returned inside a transaction");
         assert_eq!(row.get(1), Some("t"));
-        assert_eq!(
-            row.get(2),
-            Some("0"),
-            "nothing of the vanished clients was committed"
-        );
+        assert_eq!(row.get(2), Some("0"), "nothing of the vanished clients was committed");
     }
     Ok(())
 }
@@ -76,22 +63,15 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
         proxy_args: vec!["--pool-size".into(), "2".into()],
         ..Default::default()
     })?;
-    c.primary
-        .psql("postgres", "CREATE TABLE v (x int); CREATE TABLE w (x int)")?;
+    c.primary.psql("postgres", "CREATE TABLE v (x int); CREATE TABLE w (x int)")?;
     let port = c.proxy_port;
     let bystander = c.connect().await?;
-    bystander
-        .batch_execute("BEGIN; INSERT INTO w VALUES (1)")
-        .await?;
-    let bystander_pid: i32 = bystander
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await?
-        .get(0);
+    bystander.batch_execute("BEGIN; INSERT INTO w VALUES (1)").await?;
+    let bystander_pid: i32 = bystander.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
 
     // --- before startup ---
     let mut raw = RawClient::connect(port).await?;
-    raw.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await?;
+    raw.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
     let msgs = raw.until_closed().await?;
     assert_fatal("HTTP request", &msgs, "08P01");
 
@@ -108,11 +88,7 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
     junk.extend_from_slice(b"user\0postgres"); // no terminators
     junk.resize(40, b'x');
     raw.send(&junk).await?;
-    assert_fatal(
-        "unterminated startup parameters",
-        &raw.until_closed().await?,
-        "08P01",
-    );
+    assert_fatal("unterminated startup parameters", &raw.until_closed().await?, "08P01");
 
     // Half a startup packet, then gone.
     let mut raw = RawClient::connect(port).await?;
@@ -123,58 +99,24 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
     raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
     assert_eq!(raw.read_byte().await?, b'N');
     raw.send(&[0xff; 64]).await?;
-    assert_fatal(
-        "garbage after SSLRequest",
-        &raw.until_closed().await?,
-        "08P01",
-    );
+    assert_fatal("garbage after SSLRequest", &raw.until_closed().await?, "08P01");
 
     // --- after startup ---
-    assert_fatal(
-        "unknown message type",
-        &after_login(port, &msg(b'z', b"")).await?,
-        "08P01",
-    );
-    assert_fatal(
-        "length below 4",
-        &after_login(port, &[b'Q', 0, 0, 0, 3]).await?,
-        "08P01",
-    );
+    assert_fatal("unknown message type", &after_login(port, &msg(b'z', b"")).await?, "08P01");
+    assert_fatal("length below 4", &after_login(port, &[b'Q', 0, 0, 0, 3]).await?, "08P01");
     let started = std::time::Instant::now();
-    assert_fatal(
-        "oversized message",
-        &after_login(port, &[b'Q', 0x7f, 0xff, 0xff, 0xff]).await?,
-        "54000",
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "refused without reading it"
-    );
-    assert_fatal(
-        "query without NUL",
-        &after_login(port, &msg(b'Q', b"SELECT 1")).await?,
-        "08P01",
-    );
-    assert_fatal(
-        "truncated Parse",
-        &after_login(port, &msg(b'P', b"stmt\0SELECT 1")).await?,
-        "08P01",
-    );
+    assert_fatal("oversized message", &after_login(port, &[b'Q', 0x7f, 0xff, 0xff, 0xff]).await?, "54000");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused without reading it");
+    assert_fatal("query without NUL", &after_login(port, &msg(b'Q', b"SELECT 1")).await?, "08P01");
+    assert_fatal("truncated Parse", &after_login(port, &msg(b'P', b"stmt\0SELECT 1")).await?, "08P01");
     let mut bad_bind = msg(b'B', b"\0nosuch\0\0\0\0\0\0\0");
     bad_bind.extend_from_slice(&msg(b'E', b"\0\0\0\0\0"));
     bad_bind.extend_from_slice(&msg(b'S', b""));
     let mut raw = RawClient::login(port, "postgres", "postgres").await?;
     raw.send(&bad_bind).await?;
     let msgs = raw.until_ready().await?;
-    assert_eq!(
-        first_error(&msgs).map(|e| e.0).as_deref(),
-        Some("26000"),
-        "{msgs:?}"
-    );
-    assert_eq!(
-        first_column(&raw.simple("SELECT 5").await?),
-        [Some("5".to_string())]
-    );
+    assert_eq!(first_error(&msgs).map(|e| e.0).as_deref(), Some("26000"), "{msgs:?}");
+    assert_eq!(first_column(&raw.simple("SELECT 5").await?), [Some("5".to_string())]);
     // An extended-protocol error read with Flush before any Sync: the server skips to the
     // Sync, so the connection must stay with this client until then.
     let mut raw = RawClient::login(port, "postgres", "postgres").await?;
@@ -185,17 +127,11 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
     assert_eq!(e.sqlstate().as_deref(), Some("42601"));
     raw.send(&msg(b'S', b"")).await?;
     assert_eq!(raw.recv().await?.map(|m| m.tag), Some(b'Z'));
-    assert_eq!(
-        first_column(&raw.simple("SELECT 6").await?),
-        [Some("6".to_string())]
-    );
+    assert_eq!(first_column(&raw.simple("SELECT 6").await?), [Some("6".to_string())]);
     // ... and the same client vanishing before its Sync.
     let mut raw = RawClient::login(port, "postgres", "postgres").await?;
     raw.send(&bytes).await?;
-    assert_eq!(
-        raw.recv().await?.and_then(|m| m.sqlstate()).as_deref(),
-        Some("42601")
-    );
+    assert_eq!(raw.recv().await?.and_then(|m| m.sqlstate()).as_deref(), Some("42601"));
     drop(raw);
     // Terminate followed by garbage.
     let mut bytes = msg(b'X', b"");
@@ -227,35 +163,26 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
     raw.send(&msg(b'd', b"5\n6\n")).await?;
     drop(raw);
 
-    wait_until(
-        "vanished clients' server sessions to be cleaned",
-        Duration::from_secs(20),
-        || {
-            let n = c
-                .primary
-                .psql(
-                    "postgres",
-                    &format!(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tandem' \
+    wait_until("vanished clients' server sessions to be cleaned", Duration::from_secs(20), || {
+        let n = c
+            .primary
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tandem' \
                      AND pid <> {bystander_pid} AND (state LIKE 'idle in transaction%' \
                      OR query LIKE '%pg_sleep(60)%' OR query LIKE 'COPY v%') AND state <> 'idle'"
-                    ),
-                )
-                .ok()?;
-            (n == "0").then_some(())
-        },
-    )?;
+                ),
+            )
+            .ok()?;
+        (n == "0").then_some(())
+    })?;
     pool_is_clean(&c).await?;
 
     // The bystander never noticed.
-    bystander
-        .batch_execute("INSERT INTO w VALUES (2); COMMIT")
-        .await?;
+    bystander.batch_execute("INSERT INTO w VALUES (2); COMMIT").await?;
     assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM w")?, "2");
-    assert!(
-        c.proxy.try_status()?.is_none(),
-        "the proxy is still running"
-    );
+    assert!(c.proxy.try_status()?.is_none(), "the proxy is still running");
     Ok(())
 }
 
@@ -263,10 +190,7 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
 async fn replica_killed_mid_load() -> anyhow::Result<()> {
     init_tracing();
     let mut c = Cluster::start(ClusterOptions::default())?;
-    c.primary.psql(
-        "postgres",
-        "CREATE TABLE r AS SELECT g AS id FROM generate_series(1, 1000) g",
-    )?;
+    c.primary.psql("postgres", "CREATE TABLE r AS SELECT g AS id FROM generate_series(1, 1000) g")?;
     c.wait_replicated()?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -275,21 +199,14 @@ async fn replica_killed_mid_load() -> anyhow::Result<()> {
         let client = c.connect().await?;
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let stmt = client
-                .prepare("SELECT count(*), inet_server_port() FROM r WHERE id > $1")
-                .await?;
+            let stmt = client.prepare("SELECT count(*), inet_server_port() FROM r WHERE id > $1").await?;
             let mut ports = HashSet::new();
             let mut errors = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = if k % 2 == 0 {
                     client.query_one(&stmt, &[&0i32]).await
                 } else {
-                    client
-                        .query_one(
-                            "SELECT count(*), inet_server_port() FROM r WHERE id > 0",
-                            &[],
-                        )
-                        .await
+                    client.query_one("SELECT count(*), inet_server_port() FROM r WHERE id > 0", &[]).await
                 };
                 match r {
                     Ok(row) => {
@@ -318,35 +235,22 @@ async fn replica_killed_mid_load() -> anyhow::Result<()> {
     let mut all_ports = HashSet::new();
     for t in tasks {
         let (ports, errors) = t.await??;
-        assert!(
-            errors.is_empty(),
-            "clients got errors: {errors:?}\n--- proxy log ---\n{}",
-            c.proxy.log_tail()
-        );
+        assert!(errors.is_empty(), "clients got errors: {errors:?}\n--- proxy log ---\n{}", c.proxy.log_tail());
         all_ports.extend(ports);
     }
-    assert!(
-        before > 20 && after > before + 20,
-        "reads went on: {before} then {after}"
-    );
+    assert!(before > 20 && after > before + 20, "reads went on: {before} then {after}");
     assert!(all_ports.contains(&killed_port) && all_ports.contains(&c.replicas[1].port()));
 
     // Now only replica2 serves; after a restart replica1 is back in rotation.
     let client = c.connect().await?;
     for _ in 0..10 {
-        let port: i32 = client
-            .query_one("SELECT inet_server_port()", &[])
-            .await?
-            .get(0);
+        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await?.get(0);
         assert_ne!(port as u16, killed_port);
     }
     c.replicas[0].restart()?;
     let mut back = false;
     for _ in 0..200 {
-        let port: i32 = client
-            .query_one("SELECT inet_server_port()", &[])
-            .await?
-            .get(0);
+        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await?.get(0);
         if port as u16 == killed_port {
             back = true;
             break;

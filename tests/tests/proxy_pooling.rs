@@ -20,15 +20,8 @@ async fn one(client: &Client, sql: &str) -> anyhow::Result<String> {
 
 /// Number of failed transactions pgbench reports (PostgreSQL 15 prints the line).
 fn pgbench_failures(out: &str) -> Option<u64> {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("number of failed transactions"))?;
-    line.split(':')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let line = out.lines().find(|l| l.starts_with("number of failed transactions"))?;
+    line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,12 +29,9 @@ async fn prepared_statements_and_settings_survive_transaction_pooling() -> anyho
     init_tracing();
     // Two server connections per node for six clients: statements and settings must be
     // carried from one server connection to the next.
-    let c = Cluster::start(ClusterOptions {
-        proxy_args: vec!["--pool-size".into(), "2".into()],
-        ..Default::default()
-    })?;
-    c.primary
-        .psql("postgres", "CREATE TABLE p (client int, i int)")?;
+    let c =
+        Cluster::start(ClusterOptions { proxy_args: vec!["--pool-size".into(), "2".into()], ..Default::default() })?;
+    c.primary.psql("postgres", "CREATE TABLE p (client int, i int)")?;
     c.wait_replicated()?;
 
     let mut tasks = Vec::new();
@@ -50,24 +40,16 @@ async fn prepared_statements_and_settings_survive_transaction_pooling() -> anyho
         tasks.push(tokio::spawn(async move {
             // Every client's first statement gets tokio-postgres's name `s0`, each with a
             // different text: the proxy must keep them apart.
-            let mul = client
-                .prepare(&format!("SELECT $1::int * {}", k + 2))
-                .await?;
+            let mul = client.prepare(&format!("SELECT $1::int * {}", k + 2)).await?;
             let ins = client.prepare("INSERT INTO p VALUES ($1, $2)").await?;
             let set = format!("SET application_name = 'client{k}'");
             client.batch_execute(&set).await?;
             for i in 0..40i32 {
                 let row = client.query_one(&mul, &[&i]).await?;
-                anyhow::ensure!(
-                    row.get::<_, i32>(0) == i * (k + 2),
-                    "client {k} got another's statement"
-                );
+                anyhow::ensure!(row.get::<_, i32>(0) == i * (k + 2), "client {k} got another's statement");
                 client.execute(&ins, &[&k, &i]).await?;
                 let app = one(&client, "SHOW application_name").await?;
-                anyhow::ensure!(
-                    app == format!("client{k}"),
-                    "client {k} sees application_name {app}"
-                );
+                anyhow::ensure!(app == format!("client{k}"), "client {k} sees application_name {app}");
             }
             anyhow::Ok(())
         }));
@@ -75,23 +57,13 @@ async fn prepared_statements_and_settings_survive_transaction_pooling() -> anyho
     for t in tasks {
         t.await??;
     }
-    assert_eq!(
-        c.primary
-            .psql("postgres", "SELECT count(*), count(DISTINCT client) FROM p")?,
-        "240|6"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*), count(DISTINCT client) FROM p")?, "240|6");
 
     // SET in a rolled-back transaction is forgotten, SET LOCAL is not kept, RESET removes.
     let client = c.connect().await?;
-    client
-        .batch_execute("SET search_path = nosuch, public")
-        .await?;
-    client
-        .batch_execute("BEGIN; SET search_path = rolled_back; ROLLBACK")
-        .await?;
-    client
-        .batch_execute("BEGIN; SET LOCAL work_mem = '7MB'; COMMIT")
-        .await?;
+    client.batch_execute("SET search_path = nosuch, public").await?;
+    client.batch_execute("BEGIN; SET search_path = rolled_back; ROLLBACK").await?;
+    client.batch_execute("BEGIN; SET LOCAL work_mem = '7MB'; COMMIT").await?;
     for _ in 0..6 {
         assert_eq!(one(&client, "SHOW search_path").await?, "nosuch, public");
         assert_eq!(one(&client, "SHOW work_mem").await?, "4MB");
@@ -125,27 +97,18 @@ async fn listen_and_temp_tables_pin_the_client() -> anyhow::Result<()> {
     })?;
     // Temp table: every later statement needs the same server session.
     let temp = c.connect().await?;
-    temp.batch_execute("CREATE TEMP TABLE tt (x int); INSERT INTO tt VALUES (1)")
-        .await?;
+    temp.batch_execute("CREATE TEMP TABLE tt (x int); INSERT INTO tt VALUES (1)").await?;
     let mut pids = HashSet::new();
     // Other clients keep the pool busy meanwhile.
     let noise = c.connect().await?;
     for i in 0..10 {
         temp.execute("INSERT INTO tt VALUES ($1)", &[&i]).await?;
-        let row = temp
-            .query_one("SELECT count(*), pg_backend_pid() FROM tt", &[])
-            .await?;
+        let row = temp.query_one("SELECT count(*), pg_backend_pid() FROM tt", &[]).await?;
         assert_eq!(row.get::<_, i64>(0), i64::from(i) + 2);
         pids.insert(row.get::<_, i32>(1));
-        noise
-            .batch_execute("SELECT 1; BEGIN; SELECT 2; COMMIT")
-            .await?;
+        noise.batch_execute("SELECT 1; BEGIN; SELECT 2; COMMIT").await?;
     }
-    assert_eq!(
-        pids.len(),
-        1,
-        "a client with a temp table keeps its server session"
-    );
+    assert_eq!(pids.len(), 1, "a client with a temp table keeps its server session");
 
     // LISTEN: same.
     let listener = c.connect().await?;
@@ -155,37 +118,26 @@ async fn listen_and_temp_tables_pin_the_client() -> anyhow::Result<()> {
         noise.batch_execute("BEGIN; SELECT 2; COMMIT").await?;
         assert_eq!(one(&listener, "SELECT pg_backend_pid()").await?, first);
     }
-    let listening = c.primary.psql(
-        "postgres",
-        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}"),
-    )?;
+    let listening =
+        c.primary.psql("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}"))?;
     assert_eq!(listening, "1");
     // A client that is not pinned moves between server sessions.
     let mut seen = HashSet::new();
     for _ in 0..10 {
         seen.insert(one(&noise, "SELECT pg_backend_pid()").await?);
     }
-    assert!(
-        !seen.contains(&first),
-        "pinned session is not lent to others"
-    );
+    assert!(!seen.contains(&first), "pinned session is not lent to others");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_runs_without_failures() -> anyhow::Result<()> {
     init_tracing();
-    let c = Cluster::start(ClusterOptions {
-        proxy_args: vec!["--pool-size".into(), "3".into()],
-        ..Default::default()
-    })?;
+    let c =
+        Cluster::start(ClusterOptions { proxy_args: vec!["--pool-size".into(), "3".into()], ..Default::default() })?;
     // Initialization through the proxy too (DDL, COPY, VACUUM).
     c.pgbench(&["-i", "-s", "1", "-q", "postgres"])?;
-    assert_eq!(
-        c.primary
-            .psql("postgres", "SELECT count(*) FROM pgbench_accounts")?,
-        "100000"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM pgbench_accounts")?, "100000");
     c.wait_replicated()?;
     // The first run vacuums and truncates pgbench_history through the proxy; later ones
     // skip that (-n) so the history rows of both tpcb-like runs stay.
@@ -201,17 +153,10 @@ async fn pgbench_prepared_runs_without_failures() -> anyhow::Result<()> {
         eprintln!("pgbench {args:?}");
         let out = c.pgbench(&args)?;
         assert_eq!(pgbench_failures(&out), Some(0), "pgbench {mode:?}:\n{out}");
-        assert!(
-            out.contains("number of transactions actually processed: 360/360"),
-            "pgbench {mode:?}:\n{out}"
-        );
+        assert!(out.contains("number of transactions actually processed: 360/360"), "pgbench {mode:?}:\n{out}");
     }
     // The tpcb-like runs committed on the primary: 2 × 360 history rows.
-    assert_eq!(
-        c.primary
-            .psql("postgres", "SELECT count(*) FROM pgbench_history")?,
-        "720"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM pgbench_history")?, "720");
     assert_eq!(c.primary_sessions_in("idle in transaction")?, 0);
     Ok(())
 }
@@ -219,32 +164,17 @@ async fn pgbench_prepared_runs_without_failures() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_keeps_one_server_session() -> anyhow::Result<()> {
     init_tracing();
-    let c = Cluster::start(ClusterOptions {
-        replicas: 1,
-        pool_mode: "session",
-        ..Default::default()
-    })?;
+    let c = Cluster::start(ClusterOptions { replicas: 1, pool_mode: "session", ..Default::default() })?;
     c.primary.psql("postgres", "CREATE TABLE s (x int)")?;
     let client = c.connect().await?;
-    client
-        .batch_execute("SET application_name = 'sess'")
-        .await?;
+    client.batch_execute("SET application_name = 'sess'").await?;
     let mut pids = HashSet::new();
     for i in 0..5 {
-        let row = client
-            .query_one(
-                "INSERT INTO s VALUES ($1) RETURNING pg_backend_pid()",
-                &[&i],
-            )
-            .await?;
+        let row = client.query_one("INSERT INTO s VALUES ($1) RETURNING pg_backend_pid()", &[&i]).await?;
         pids.insert(row.get::<_, i32>(0));
         assert_eq!(one(&client, "SHOW application_name").await?, "sess");
     }
-    assert_eq!(
-        pids.len(),
-        1,
-        "session mode: one primary session per client"
-    );
+    assert_eq!(pids.len(), 1, "session mode: one primary session per client");
     let stmt = client.prepare("SELECT count(*) FROM s").await?;
     for _ in 0..3 {
         assert_eq!(client.query_one(&stmt, &[]).await?.get::<_, i64>(0), 5);

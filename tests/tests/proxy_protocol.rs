@@ -12,11 +12,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
 /// Connects through the proxy and forwards notifications to a channel.
-async fn connect_listening(
-    c: &Cluster,
-) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
-    let (client, mut conn) =
-        tokio_postgres::connect(&c.dsn("postgres", "postgres"), tokio_postgres::NoTls).await?;
+async fn connect_listening(c: &Cluster) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<Notification>)> {
+    let (client, mut conn) = tokio_postgres::connect(&c.dsn("postgres", "postgres"), tokio_postgres::NoTls).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -47,9 +44,7 @@ async fn copy_errors_pipelining_and_large_results() -> anyhow::Result<()> {
 
 async fn copy_errors_body(c: &Cluster) -> anyhow::Result<()> {
     let client = c.connect().await?;
-    client
-        .batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text)")
-        .await?;
+    client.batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text)").await?;
 
     // COPY FROM STDIN through the proxy.
     let sink = client.copy_in("COPY c FROM STDIN").await?;
@@ -60,31 +55,18 @@ async fn copy_errors_body(c: &Cluster) -> anyhow::Result<()> {
     }
     sink.send(Bytes::from(data)).await?;
     assert_eq!(sink.finish().await?, 5000);
-    assert_eq!(
-        c.primary.psql("postgres", "SELECT count(*) FROM c")?,
-        "5000"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM c")?, "5000");
     // A bad row fails the COPY with the server's error; the session goes on.
     let sink = client.copy_in("COPY c FROM STDIN").await?;
     futures::pin_mut!(sink);
-    sink.send(Bytes::from_static(b"9999\tok\nnot-a-number\tbad\n"))
-        .await?;
+    sink.send(Bytes::from_static(b"9999\tok\nnot-a-number\tbad\n")).await?;
     let err = sink.finish().await.expect_err("bad COPY data must fail");
-    assert_eq!(
-        code(&err),
-        Some(&SqlState::INVALID_TEXT_REPRESENTATION),
-        "{err}"
-    );
-    assert_eq!(
-        c.primary.psql("postgres", "SELECT count(*) FROM c")?,
-        "5000"
-    );
+    assert_eq!(code(&err), Some(&SqlState::INVALID_TEXT_REPRESENTATION), "{err}");
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM c")?, "5000");
 
     // COPY TO STDOUT.
     c.wait_replicated()?;
-    let stream = client
-        .copy_out("COPY (SELECT * FROM c ORDER BY id) TO STDOUT")
-        .await?;
+    let stream = client.copy_out("COPY (SELECT * FROM c ORDER BY id) TO STDOUT").await?;
     let chunks: Vec<Bytes> = stream.try_collect().await?;
     let text: Vec<u8> = chunks.concat();
     let text = String::from_utf8(text)?;
@@ -98,47 +80,25 @@ async fn copy_errors_body(c: &Cluster) -> anyhow::Result<()> {
 
     // An error inside a transaction: the transaction is aborted until ROLLBACK, nothing of
     // it stays, and the client carries on.
-    client
-        .batch_execute("BEGIN; INSERT INTO c VALUES (-1, 'tx')")
-        .await?;
-    let err = client
-        .batch_execute("SELECT 1/0")
-        .await
-        .expect_err("division by zero");
+    client.batch_execute("BEGIN; INSERT INTO c VALUES (-1, 'tx')").await?;
+    let err = client.batch_execute("SELECT 1/0").await.expect_err("division by zero");
     assert_eq!(code(&err), Some(&SqlState::DIVISION_BY_ZERO));
-    let err = client
-        .batch_execute("SELECT 1")
-        .await
-        .expect_err("aborted transaction");
+    let err = client.batch_execute("SELECT 1").await.expect_err("aborted transaction");
     assert_eq!(code(&err), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     client.batch_execute("ROLLBACK").await?;
-    assert_eq!(
-        c.primary
-            .psql("postgres", "SELECT count(*) FROM c WHERE id = -1")?,
-        "0"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM c WHERE id = -1")?, "0");
     let mut client = client;
     {
         let tx = client.transaction().await?;
         tx.execute("INSERT INTO c VALUES (-2, 'tx')", &[]).await?;
-        let err = tx
-            .execute("INSERT INTO c VALUES (-2, 'dup')", &[])
-            .await
-            .expect_err("duplicate");
+        let err = tx.execute("INSERT INTO c VALUES (-2, 'dup')", &[]).await.expect_err("duplicate");
         assert_eq!(code(&err), Some(&SqlState::UNIQUE_VIOLATION));
         // Dropping the transaction rolls back.
     }
-    assert_eq!(
-        c.primary
-            .psql("postgres", "SELECT count(*) FROM c WHERE id = -2")?,
-        "0"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM c WHERE id = -2")?, "0");
     assert_eq!(client.query_one("SELECT 7", &[]).await?.get::<_, i32>(0), 7);
     // Errors outside transactions, simple and extended.
-    let err = client
-        .simple_query("SELECT * FROM nope")
-        .await
-        .expect_err("no table");
+    let err = client.simple_query("SELECT * FROM nope").await.expect_err("no table");
     assert_eq!(code(&err), Some(&SqlState::UNDEFINED_TABLE));
     let err = client.prepare("SELEC 1").await.expect_err("syntax");
     assert_eq!(code(&err), Some(&SqlState::SYNTAX_ERROR));
@@ -150,23 +110,14 @@ async fn copy_errors_body(c: &Cluster) -> anyhow::Result<()> {
         let (client, stmt) = (&client, &stmt);
         async move {
             if i == 30 {
-                client
-                    .query_one("SELECT 1/0", &[])
-                    .await
-                    .map(|_| String::new())
+                client.query_one("SELECT 1/0", &[]).await.map(|_| String::new())
             } else if i % 10 == 0 {
                 client
-                    .query_one(
-                        "INSERT INTO c VALUES ($1, 'p') RETURNING v",
-                        &[&(10_000 + i)],
-                    )
+                    .query_one("INSERT INTO c VALUES ($1, 'p') RETURNING v", &[&(10_000 + i)])
                     .await
                     .map(|r| r.get::<_, String>(0))
             } else {
-                client
-                    .query_one(stmt, &[&i])
-                    .await
-                    .map(|r| r.get::<_, String>(0))
+                client.query_one(stmt, &[&i]).await.map(|r| r.get::<_, String>(0))
             }
         }
     });
@@ -179,51 +130,30 @@ async fn copy_errors_body(c: &Cluster) -> anyhow::Result<()> {
             (i, Err(e)) => panic!("request {i} failed: {e}"),
         }
     }
-    assert_eq!(
-        c.primary
-            .psql("postgres", "SELECT count(*) FROM c WHERE id >= 10000")?,
-        "5"
-    );
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM c WHERE id >= 10000")?, "5");
 
     // A large result streams through (about 20 MB).
-    let rows = client
-        .query(
-            "SELECT repeat('x', 1000) FROM generate_series(1, 20000)",
-            &[],
-        )
-        .await?;
+    let rows = client.query("SELECT repeat('x', 1000) FROM generate_series(1, 20000)", &[]).await?;
     assert_eq!(rows.len(), 20000);
     assert_eq!(rows[19999].get::<_, String>(0).len(), 1000);
     // Empty query and notices.
     assert!(client.simple_query("").await.is_ok());
-    let out = c.psql_raw(
-        &c.dsn("postgres", "postgres"),
-        &[],
-        "DO $$ BEGIN RAISE NOTICE 'hello from %', 'plpgsql'; END $$",
-    )?;
-    assert!(
-        out.status.success() && out.stderr.contains("hello from plpgsql"),
-        "{out:?}"
-    );
+    let out =
+        c.psql_raw(&c.dsn("postgres", "postgres"), &[], "DO $$ BEGIN RAISE NOTICE 'hello from %', 'plpgsql'; END $$")?;
+    assert!(out.status.success() && out.stderr.contains("hello from plpgsql"), "{out:?}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_a_long_query() -> anyhow::Result<()> {
     init_tracing();
-    let c = Cluster::start(ClusterOptions {
-        replicas: 1,
-        ..Default::default()
-    })?;
+    let c = Cluster::start(ClusterOptions { replicas: 1, ..Default::default() })?;
     let client = c.connect().await?;
     for (what, sql) in [
         // pg_sleep is VOLATILE: it runs on the primary.
         ("primary", "SELECT pg_sleep(30)"),
         // A long read runs on the replica.
-        (
-            "replica",
-            "SELECT count(*) FROM generate_series(1, 2000000000)",
-        ),
+        ("replica", "SELECT count(*) FROM generate_series(1, 2000000000)"),
     ] {
         let token = client.cancel_token();
         let started = Instant::now();
@@ -234,11 +164,7 @@ async fn cancel_a_long_query() -> anyhow::Result<()> {
         let err = client.simple_query(sql).await.expect_err("cancelled");
         canceller.await??;
         assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED), "{what}: {err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{what}: cancel took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(15), "{what}: cancel took {:?}", started.elapsed());
         // The session goes on.
         assert_eq!(client.query_one("SELECT 1", &[]).await?.get::<_, i32>(0), 1);
     }
@@ -249,18 +175,12 @@ async fn cancel_a_long_query() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         token.cancel_query(tokio_postgres::NoTls).await
     });
-    let err = client
-        .simple_query("SELECT pg_sleep(30)")
-        .await
-        .expect_err("cancelled");
+    let err = client.simple_query("SELECT pg_sleep(30)").await.expect_err("cancelled");
     canceller.await??;
     assert_eq!(code(&err), Some(&SqlState::QUERY_CANCELED));
     client.batch_execute("ROLLBACK").await?;
     // A cancel while idle hits nothing.
-    client
-        .cancel_token()
-        .cancel_query(tokio_postgres::NoTls)
-        .await?;
+    client.cancel_token().cancel_query(tokio_postgres::NoTls).await?;
     assert_eq!(client.query_one("SELECT 2", &[]).await?.get::<_, i32>(0), 2);
     Ok(())
 }
@@ -269,27 +189,17 @@ async fn cancel_a_long_query() -> anyhow::Result<()> {
 async fn listen_notify() -> anyhow::Result<()> {
     init_tracing();
     for mode in ["session", "transaction"] {
-        let c = Cluster::start(ClusterOptions {
-            replicas: 1,
-            pool_mode: mode,
-            ..Default::default()
-        })?;
+        let c = Cluster::start(ClusterOptions { replicas: 1, pool_mode: mode, ..Default::default() })?;
         let (listener, mut notes) = connect_listening(&c).await?;
         listener.batch_execute("LISTEN jobs").await?;
         let sender = c.connect().await?;
         for i in 0..3 {
-            sender
-                .batch_execute(&format!("NOTIFY jobs, 'job {i}'"))
-                .await?;
+            sender.batch_execute(&format!("NOTIFY jobs, 'job {i}'")).await?;
             // The listener keeps working meanwhile.
-            assert_eq!(
-                listener.query_one("SELECT 1", &[]).await?.get::<_, i32>(0),
-                1
-            );
+            assert_eq!(listener.query_one("SELECT 1", &[]).await?.get::<_, i32>(0), 1);
         }
         // Also from outside the proxy, straight to the primary.
-        c.primary
-            .psql("postgres", "SELECT pg_notify('jobs', 'direct')")?;
+        c.primary.psql("postgres", "SELECT pg_notify('jobs', 'direct')")?;
         let mut got = Vec::new();
         while got.len() < 4 {
             let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())

@@ -52,9 +52,7 @@ async fn statements_go_where_they_belong() -> anyhow::Result<()> {
 
     // Plain reads, simple and extended protocol, go to a replica.
     assert!(on_replica(&client, "SELECT standby FROM whereami").await?);
-    let row = client
-        .query_one("SELECT standby FROM whereami", &[])
-        .await?;
+    let row = client.query_one("SELECT standby FROM whereami", &[]).await?;
     assert!(row.get::<_, bool>(0), "extended-protocol read on a replica");
 
     // Reads spread over both replicas.
@@ -70,20 +68,12 @@ async fn statements_go_where_they_belong() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let names: HashSet<_> = ports.iter().filter_map(|p| c.node_name(*p)).collect();
-    assert!(
-        names.contains("replica1") && names.contains("replica2"),
-        "reads spread: {names:?}"
-    );
+    assert!(names.contains("replica1") && names.contains("replica2"), "reads spread: {names:?}");
 
     // Writes and anything with effects go to the primary. A VOLATILE function makes a
     // statement a write, even this read-only one.
     assert!(!on_replica(&client, "SELECT pg_is_in_recovery()").await?);
-    let row = client
-        .query_one(
-            "INSERT INTO t VALUES (1, 'a') RETURNING pg_is_in_recovery()",
-            &[],
-        )
-        .await?;
+    let row = client.query_one("INSERT INTO t VALUES (1, 'a') RETURNING pg_is_in_recovery()", &[]).await?;
     assert!(!row.get::<_, bool>(0), "INSERT on the primary");
     for sql in [
         "SELECT current_setting('in_hot_standby') FROM t WHERE id = 1 FOR UPDATE",
@@ -113,29 +103,20 @@ async fn statements_go_where_they_belong() -> anyhow::Result<()> {
     // reads its own writes).
     reads_back_on_replicas(&client).await?;
     client.batch_execute("BEGIN READ ONLY").await?;
-    assert!(
-        on_replica(&client, "SELECT standby FROM whereami").await?,
-        "BEGIN READ ONLY on a replica"
-    );
+    assert!(on_replica(&client, "SELECT standby FROM whereami").await?, "BEGIN READ ONLY on a replica");
     assert!(on_replica(&client, "SELECT current_setting('in_hot_standby')").await?);
     client.batch_execute("COMMIT").await?;
     {
         let tx = client.build_transaction().read_only(true).start().await?;
         let row = tx.query_one("SELECT standby FROM whereami", &[]).await?;
-        assert!(
-            row.get::<_, bool>(0),
-            "START TRANSACTION READ ONLY on a replica"
-        );
+        assert!(row.get::<_, bool>(0), "START TRANSACTION READ ONLY on a replica");
         tx.commit().await?;
     }
 
     // psql through the proxy.
     reads_back_on_replicas(&client).await?;
     assert_eq!(c.psql("SELECT standby FROM whereami")?, "t");
-    assert_eq!(
-        c.psql("INSERT INTO t VALUES (3, 'c') RETURNING pg_is_in_recovery()")?,
-        "f"
-    );
+    assert_eq!(c.psql("INSERT INTO t VALUES (3, 'c') RETURNING pg_is_in_recovery()")?, "f");
     Ok(())
 }
 
@@ -144,9 +125,7 @@ async fn reads_see_own_writes_while_replicas_lag() -> anyhow::Result<()> {
     init_tracing();
     let c = Cluster::start(ClusterOptions::default())?;
     let writer = c.connect().await?;
-    writer
-        .batch_execute(&format!("CREATE TABLE ryw (id int); {WHEREAMI}"))
-        .await?;
+    writer.batch_execute(&format!("CREATE TABLE ryw (id int); {WHEREAMI}")).await?;
     c.wait_replicated()?;
     for r in &c.replicas {
         r.psql("postgres", "SELECT pg_wal_replay_pause()")?;
@@ -154,26 +133,13 @@ async fn reads_see_own_writes_while_replicas_lag() -> anyhow::Result<()> {
     for i in 0..5 {
         writer.execute("INSERT INTO ryw VALUES ($1)", &[&i]).await?;
         let row = writer.query_one("SELECT count(*) FROM ryw", &[]).await?;
-        assert_eq!(
-            row.get::<_, i64>(0),
-            i64::from(i) + 1,
-            "the writer sees its write"
-        );
+        assert_eq!(row.get::<_, i64>(0), i64::from(i) + 1, "the writer sees its write");
     }
     // Another client is not held back: it reads a lagging replica.
     let other = c.connect().await?;
-    let row = other
-        .query_one(
-            "SELECT count(*), (SELECT standby FROM whereami) FROM ryw",
-            &[],
-        )
-        .await?;
+    let row = other.query_one("SELECT count(*), (SELECT standby FROM whereami) FROM ryw", &[]).await?;
     assert!(row.get::<_, bool>(1), "the other client reads a replica");
-    assert_eq!(
-        row.get::<_, i64>(0),
-        0,
-        "replay is paused, so the replica lags"
-    );
+    assert_eq!(row.get::<_, i64>(0), 0, "replay is paused, so the replica lags");
 
     for r in &c.replicas {
         r.psql("postgres", "SELECT pg_wal_replay_resume()")?;
@@ -182,12 +148,7 @@ async fn reads_see_own_writes_while_replicas_lag() -> anyhow::Result<()> {
     // Once the replicas caught up, the writer's reads go back to them.
     let mut back = false;
     for _ in 0..100 {
-        let row = writer
-            .query_one(
-                "SELECT count(*), (SELECT standby FROM whereami) FROM ryw",
-                &[],
-            )
-            .await?;
+        let row = writer.query_one("SELECT count(*), (SELECT standby FROM whereami) FROM ryw", &[]).await?;
         assert_eq!(row.get::<_, i64>(0), 5);
         if row.get::<_, bool>(1) {
             back = true;
@@ -202,10 +163,7 @@ async fn reads_see_own_writes_while_replicas_lag() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_split_and_replica_outage() -> anyhow::Result<()> {
     init_tracing();
-    let mut c = Cluster::start(ClusterOptions {
-        replicas: 1,
-        ..Default::default()
-    })?;
+    let mut c = Cluster::start(ClusterOptions { replicas: 1, ..Default::default() })?;
     c.primary.psql("postgres", WHEREAMI)?;
     c.wait_replicated()?;
     let client = c.connect().await?;
@@ -217,14 +175,10 @@ async fn no_read_split_and_replica_outage() -> anyhow::Result<()> {
         assert!(!on_replica(&client, "SELECT standby FROM whereami").await?);
     }
     c.replicas[0].restart()?;
-    wait_until(
-        "the replica back in rotation",
-        Duration::from_secs(20),
-        || {
-            let out = c.psql("SELECT standby FROM whereami").ok()?;
-            (out == "t").then_some(())
-        },
-    )?;
+    wait_until("the replica back in rotation", Duration::from_secs(20), || {
+        let out = c.psql("SELECT standby FROM whereami").ok()?;
+        (out == "t").then_some(())
+    })?;
     drop(client);
 
     // --no-read-split: everything on the primary.

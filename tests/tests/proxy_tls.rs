@@ -21,8 +21,7 @@ fn psql_sslmode_require_through_the_proxy() -> anyhow::Result<()> {
         ..Default::default()
     })?;
     let port = c.proxy_port;
-    let require =
-        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require");
+    let require = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require");
     let out = c.psql_raw(&require, &[], "SELECT 40 + 2;")?;
     assert!(out.status.success(), "{out:?}\n{}", c.proxy.log_tail());
     assert_eq!(out.stdout.trim(), "42");
@@ -33,11 +32,7 @@ fn psql_sslmode_require_through_the_proxy() -> anyhow::Result<()> {
          sslmode=verify-full sslrootcert={}",
         cert.display()
     );
-    let out = c.psql_raw(
-        &verify,
-        &[],
-        "CREATE TABLE s (x int); INSERT INTO s VALUES (1); SELECT count(*) FROM s;",
-    )?;
+    let out = c.psql_raw(&verify, &[], "CREATE TABLE s (x int); INSERT INTO s VALUES (1); SELECT count(*) FROM s;")?;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout.trim(), "1");
 
@@ -45,13 +40,7 @@ fn psql_sslmode_require_through_the_proxy() -> anyhow::Result<()> {
     let admin = format!("host=127.0.0.1 port={port} user=postgres dbname=tandem sslmode=require");
     let out = c.psql_raw(&admin, &["-F", ","], "SHOW CLIENTS;")?;
     assert!(out.status.success(), "{out:?}");
-    assert!(
-        out.stdout
-            .lines()
-            .any(|l| l.contains(",tandem,") && l.contains(",true,")),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.lines().any(|l| l.contains(",tandem,") && l.contains(",true,")), "{}", out.stdout);
     // Plain connections still work.
     let plain = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable");
     assert!(c.psql_raw(&plain, &[], "SELECT 1;")?.status.success());
@@ -62,16 +51,11 @@ fn psql_sslmode_require_through_the_proxy() -> anyhow::Result<()> {
     let primary = format!("primary={}", c.primary.addr());
     let proxy = TandemProcess::spawn(&["proxy", "--listen", &listen, "--primary", &primary])?;
     proxy.wait_for_port(no_tls_port, std::time::Duration::from_secs(20))?;
-    let require =
-        format!("host=127.0.0.1 port={no_tls_port} user=postgres dbname=postgres sslmode=require");
+    let require = format!("host=127.0.0.1 port={no_tls_port} user=postgres dbname=postgres sslmode=require");
     let out = c.psql_raw(&require, &[], "SELECT 1;")?;
     assert!(!out.status.success());
-    assert!(
-        out.stderr.contains("server does not support SSL"),
-        "{out:?}"
-    );
-    let prefer =
-        format!("host=127.0.0.1 port={no_tls_port} user=postgres dbname=postgres sslmode=prefer");
+    assert!(out.stderr.contains("server does not support SSL"), "{out:?}");
+    let prefer = format!("host=127.0.0.1 port={no_tls_port} user=postgres dbname=postgres sslmode=prefer");
     assert!(c.psql_raw(&prefer, &[], "SELECT 1;")?.status.success());
     Ok(())
 }

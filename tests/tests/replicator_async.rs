@@ -16,15 +16,8 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The status entry of `replica` for `db`.
-fn entry<'a>(
-    status: &'a serde_json::Value,
-    replica: &str,
-    db: &str,
-) -> Option<&'a serde_json::Value> {
-    status["replicas"]
-        .as_array()?
-        .iter()
-        .find(|r| r["replica"] == replica && r["database"] == db)
+fn entry<'a>(status: &'a serde_json::Value, replica: &str, db: &str) -> Option<&'a serde_json::Value> {
+    status["replicas"].as_array()?.iter().find(|r| r["replica"] == replica && r["database"] == db)
 }
 
 #[test]
@@ -43,14 +36,7 @@ fn async_mode_end_to_end() -> Result<()> {
     let r2 = replica("r2")?;
     let dir = tempfile::tempdir()?;
     // No --database: every non-template database (postgres and bench) is replicated.
-    let mut rep = Replicator::new(
-        dir.path(),
-        &primary,
-        &[("r1", &r1), ("r2", &r2)],
-        "async",
-        &[],
-        &[],
-    );
+    let mut rep = Replicator::new(dir.path(), &primary, &[("r1", &r1), ("r2", &r2)], "async", &[], &[]);
     rep.start()?;
     for db in [BENCH_DB, "postgres"] {
         wait_copied(&rep, &[&r1, &r2], db, COPY_TIMEOUT)?;
@@ -72,29 +58,16 @@ fn async_mode_end_to_end() -> Result<()> {
     assert!(copied[1].1.starts_with("100000:"), "{copied:?}");
     for r in [&r1, &r2] {
         assert_eq!(
-            r.psql(
-                "postgres",
-                "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_owner'"
-            )?,
+            r.psql("postgres", "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app_owner'")?,
             "t",
             "role copied to {}",
             r.name()
         );
-        assert_eq!(
-            r.psql(
-                BENCH_DB,
-                "SELECT tableowner FROM pg_tables WHERE tablename = 'app_data'"
-            )?,
-            "app_owner"
-        );
+        assert_eq!(r.psql(BENCH_DB, "SELECT tableowner FROM pg_tables WHERE tablename = 'app_data'")?, "app_owner");
         // Ordinary sessions cannot write on a replica.
-        let err = r
-            .psql(BENCH_DB, "INSERT INTO app_data (body) VALUES ('sneaky')")
-            .expect_err("a replica must be read-only");
-        assert!(
-            format!("{err:#}").contains("read-only transaction"),
-            "{err:#}"
-        );
+        let err =
+            r.psql(BENCH_DB, "INSERT INTO app_data (body) VALUES ('sneaky')").expect_err("a replica must be read-only");
+        assert!(format!("{err:#}").contains("read-only transaction"), "{err:#}");
     }
 
     // pgbench load with DDL and other changes in the middle of it.
@@ -118,24 +91,14 @@ fn async_mode_end_to_end() -> Result<()> {
     let txns = load.finish()?;
     println!("async: pgbench committed {txns} transactions during the first load");
     assert!(txns > 50, "pgbench committed only {txns} transactions");
-    assert_eq!(
-        history_rows(&primary)?,
-        txns,
-        "one history row per pgbench transaction"
-    );
+    assert_eq!(history_rows(&primary)?, txns, "one history row per pgbench transaction");
     let sums = wait_converged(&rep, &primary, &[&r1, &r2], BENCH_DB, CONVERGE_TIMEOUT)?;
     assert_eq!(sums.len(), 6, "ddl_made is replicated too: {sums:?}");
-    let history = sums
-        .iter()
-        .find(|(t, _)| t == "public.pgbench_history")
-        .context("history")?;
+    let history = sums.iter().find(|(t, _)| t == "public.pgbench_history").context("history")?;
     assert!(history.1.starts_with(&format!("{txns}:")), "{history:?}");
     for r in [&r1, &r2] {
         assert_eq!(
-            r.psql(
-                BENCH_DB,
-                "SELECT count(*) FROM pg_indexes WHERE indexname = 'history_aid'"
-            )?,
+            r.psql(BENCH_DB, "SELECT count(*) FROM pg_indexes WHERE indexname = 'history_aid'")?,
             "1",
             "CREATE INDEX replayed on {}",
             r.name()
@@ -146,41 +109,25 @@ fn async_mode_end_to_end() -> Result<()> {
     let want_seq = primary.psql(BENCH_DB, "SELECT last_value FROM app_data_id_seq")?;
     assert_eq!(want_seq, "550");
     for r in [&r1, &r2] {
-        wait_until(
-            "sequence value on the replica",
-            Duration::from_secs(40),
-            || {
-                (r.psql(BENCH_DB, "SELECT last_value FROM app_data_id_seq")
-                    .ok()?
-                    == want_seq)
-                    .then_some(())
-            },
-        )?;
+        wait_until("sequence value on the replica", Duration::from_secs(40), || {
+            (r.psql(BENCH_DB, "SELECT last_value FROM app_data_id_seq").ok()? == want_seq).then_some(())
+        })?;
     }
 
     // Status endpoint: every (replica, database) caught up, in async mode.
     let status = wait_until("status to show no lag", Duration::from_secs(20), || {
         let s = rep.status().ok()?;
-        let bench_ok = ["r1", "r2"]
-            .iter()
-            .all(|r| entry(&s, r, BENCH_DB).is_some_and(|e| e["lag_bytes"] == 0));
+        let bench_ok = ["r1", "r2"].iter().all(|r| entry(&s, r, BENCH_DB).is_some_and(|e| e["lag_bytes"] == 0));
         bench_ok.then_some(s)
     })?;
     assert_eq!(status["mode"], "async");
-    assert_eq!(
-        status["replicas"].as_array().map(Vec::len),
-        Some(4),
-        "{status}"
-    );
+    assert_eq!(status["replicas"].as_array().map(Vec::len), Some(4), "{status}");
     for r in ["r1", "r2"] {
         let e = entry(&status, r, BENCH_DB).context("entry")?;
         assert!(e["applied_transactions"].as_u64() >= Some(txns), "{e}");
         assert_eq!(e["lag_seconds"], 0.0, "{e}");
         assert!(e["last_error"].is_null(), "{e}");
-        assert!(
-            e["applied_lsn"].as_str().is_some_and(|l| l.contains('/')),
-            "{e}"
-        );
+        assert!(e["applied_lsn"].as_str().is_some_and(|l| l.contains('/')), "{e}");
     }
     let (code, metrics) = rep.http_get("/metrics")?;
     assert_eq!(code, 200);
@@ -192,10 +139,7 @@ fn async_mode_end_to_end() -> Result<()> {
         "tandem_replicator_applied_transactions_total{",
         "tandem_replicator_sync_mode 0",
     ] {
-        assert!(
-            metrics.contains(series),
-            "{series} missing from:\n{metrics}"
-        );
+        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
     }
     assert!(metrics.contains("replica=\"r2\""), "{metrics}");
 
@@ -210,14 +154,8 @@ fn async_mode_end_to_end() -> Result<()> {
     let more = load.finish()?;
     println!("async: {more} more while r3 was added");
     let sums = wait_converged(&rep, &primary, &[&r1, &r2, &r3], BENCH_DB, CONVERGE_TIMEOUT)?;
-    let history = sums
-        .iter()
-        .find(|(t, _)| t == "public.pgbench_history")
-        .context("history")?;
-    assert!(
-        history.1.starts_with(&format!("{}:", txns + more)),
-        "{history:?}"
-    );
+    let history = sums.iter().find(|(t, _)| t == "public.pgbench_history").context("history")?;
+    assert!(history.1.starts_with(&format!("{}:", txns + more)), "{history:?}");
     // Only the new replica was copied; the others resumed from their progress.
     let copies: Vec<String> = rep
         .log()
@@ -225,10 +163,7 @@ fn async_mode_end_to_end() -> Result<()> {
         .filter(|l| l.contains("initial copy replica=") && l.contains("bench"))
         .map(str::to_owned)
         .collect();
-    assert!(
-        copies.len() == 1 && copies[0].contains("replica=r3"),
-        "{copies:#?}"
-    );
+    assert!(copies.len() == 1 && copies[0].contains("replica=r3"), "{copies:#?}");
     rep.stop()?;
     Ok(())
 }

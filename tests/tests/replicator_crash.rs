@@ -46,14 +46,7 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
     let r1 = replica("r1")?;
     let mut r2 = replica("r2")?;
     let dir = tempfile::tempdir()?;
-    let mut rep = Replicator::new(
-        dir.path(),
-        &primary,
-        &[("r1", &r1), ("r2", &r2)],
-        "async",
-        &[BENCH_DB],
-        &[],
-    );
+    let mut rep = Replicator::new(dir.path(), &primary, &[("r1", &r1), ("r2", &r2)], "async", &[BENCH_DB], &[]);
     // kill -9 in the middle of the first initial copy: the next start copies
     // again (in a fresh snapshot) and joins the stream from there.
     rep.start()?;
@@ -61,10 +54,7 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
         rep.log().contains("initial copy replica=").then_some(())
     })?;
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !is_copied(&r1, BENCH_DB) || !is_copied(&r2, BENCH_DB),
-        "copy finished too early"
-    );
+    assert!(!is_copied(&r1, BENCH_DB) || !is_copied(&r2, BENCH_DB), "copy finished too early");
     rep.kill9();
     rep.start()?;
     wait_copied(&rep, &[&r1, &r2], BENCH_DB, COPY_TIMEOUT)?;
@@ -90,32 +80,19 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
     // itself left a partial record), and the stream goes on from before them.
     let cut: u64 = wait_until("the torn tail to be cut", Duration::from_secs(30), || {
         let log = rep.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("cutting torn tail of the change log"))?;
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("cut_bytes="))?
-            .parse()
-            .ok()
+        let line = log.lines().find(|l| l.contains("cutting torn tail of the change log"))?;
+        line.split_whitespace().find_map(|w| w.strip_prefix("cut_bytes="))?.parse().ok()
     })?;
     assert!(cut >= junk, "cut {cut} bytes, appended {junk}");
 
     // kill -9 of a replica server; the replicator reports it and goes on.
     std::thread::sleep(Duration::from_secs(1));
     r2.kill9();
-    wait_until(
-        "r2's apply error in the status",
-        Duration::from_secs(30),
-        || {
-            let s = rep.status().ok()?;
-            let e = s["replicas"]
-                .as_array()?
-                .iter()
-                .find(|e| e["replica"] == "r2")?
-                .clone();
-            (!e["last_error"].is_null()).then_some(())
-        },
-    )?;
+    wait_until("r2's apply error in the status", Duration::from_secs(30), || {
+        let s = rep.status().ok()?;
+        let e = s["replicas"].as_array()?.iter().find(|e| e["replica"] == "r2")?.clone();
+        (!e["last_error"].is_null()).then_some(())
+    })?;
     // The replicator restarts while r2 is still down: r1 goes on being fed.
     rep.kill9();
     rep.start()?;
@@ -131,18 +108,11 @@ fn crashes_torn_tail_and_replica_loss_under_load() -> Result<()> {
     assert!(txns > 100, "pgbench committed only {txns} transactions");
     assert_eq!(history_rows(&primary)?, txns);
     let sums = wait_converged(&rep, &primary, &[&r1, &r2], BENCH_DB, CONVERGE_TIMEOUT)?;
-    let history = sums
-        .iter()
-        .find(|(t, _)| t == "public.pgbench_history")
-        .context("history")?;
+    let history = sums.iter().find(|(t, _)| t == "public.pgbench_history").context("history")?;
     assert!(history.1.starts_with(&format!("{txns}:")), "{history:?}");
     wait_until("r2's error to clear", Duration::from_secs(30), || {
         let s = rep.status().ok()?;
-        s["replicas"]
-            .as_array()?
-            .iter()
-            .all(|e| e["last_error"].is_null() && e["lag_bytes"] == 0)
-            .then_some(())
+        s["replicas"].as_array()?.iter().all(|e| e["last_error"].is_null() && e["lag_bytes"] == 0).then_some(())
     })?;
     rep.stop()?;
     Ok(())

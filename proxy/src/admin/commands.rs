@@ -22,10 +22,20 @@ pub async fn run(ctx: &ProxyContext, sql: &str, out: &mut BytesMut) {
         ["show", "help"] => table(
             out,
             &["command"],
-            ["SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW NODES", "SHOW STATS", "SHOW VERSION", "PAUSE", "RESUME", "RELOAD"]
-                .iter()
-                .map(|c| vec![Some((*c).to_owned())])
-                .collect(),
+            [
+                "SHOW POOLS",
+                "SHOW CLIENTS",
+                "SHOW SERVERS",
+                "SHOW NODES",
+                "SHOW STATS",
+                "SHOW VERSION",
+                "PAUSE",
+                "RESUME",
+                "RELOAD",
+            ]
+            .iter()
+            .map(|c| vec![Some((*c).to_owned())])
+            .collect(),
             "SHOW",
         ),
         ["pause"] => {
@@ -97,7 +107,12 @@ fn show_pools(ctx: &ProxyContext, out: &mut BytesMut) {
             ]
         })
         .collect();
-    table(out, &["database", "user", "node", "sv_active", "sv_idle", "cl_waiting", "checkouts", "pool_mode"], rows, "SHOW");
+    table(
+        out,
+        &["database", "user", "node", "sv_active", "sv_idle", "cl_waiting", "checkouts", "pool_mode"],
+        rows,
+        "SHOW",
+    );
 }
 
 fn show_clients(ctx: &ProxyContext, out: &mut BytesMut) {

@@ -15,12 +15,12 @@ use super::state::Statement;
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
-use crate::router::Node;
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
 use crate::protocol::frame::{split_message, FrameError};
 use crate::protocol::Frame;
 use crate::router::classify::{PinReason, Route, SessionEffect};
+use crate::router::Node;
 use tandem_core::Role;
 
 /// A unit could not start; the client gets this error.
@@ -48,7 +48,9 @@ impl Session {
                             sqlstate::PROGRAM_LIMIT_EXCEEDED,
                             format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
                         ),
-                        FrameError::BadLength(l) => (sqlstate::PROTOCOL_VIOLATION, format!("invalid message length {l}")),
+                        FrameError::BadLength(l) => {
+                            (sqlstate::PROTOCOL_VIOLATION, format!("invalid message length {l}"))
+                        }
                     };
                     self.ctx.metrics.error("protocol");
                     self.client_error(Severity::Fatal, code, &msg);

@@ -214,11 +214,7 @@ impl Session {
         self.sout.len() >= HIGH_WATER || self.cout.len() >= HIGH_WATER
     }
 
-    async fn next_io<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        rd: &mut ReadHalf<S>,
-        wr: &mut WriteHalf<S>,
-    ) -> Io {
+    async fn next_io<S: AsyncRead + AsyncWrite + Unpin>(&mut self, rd: &mut ReadHalf<S>, wr: &mut WriteHalf<S>) -> Io {
         let read_client = !self.client_backlog && !self.client_blocked();
         let read_server = self.cout.len() < HIGH_WATER;
         let shutdown = self.ctx.shutdown.clone();
@@ -326,7 +322,8 @@ async fn reset(a: &mut Attached) -> bool {
             }
         }
     };
-    let ok = matches!(tokio::time::timeout(std::time::Duration::from_secs(5), work).await, Ok(Ok::<bool, io::Error>(true)));
+    let ok =
+        matches!(tokio::time::timeout(std::time::Duration::from_secs(5), work).await, Ok(Ok::<bool, io::Error>(true)));
     if ok {
         conn.prepared.clear();
         conn.params_signature = 0;

@@ -49,7 +49,12 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
     };
     guard.info.tls.store(stream.is_tls(), std::sync::atomic::Ordering::Relaxed);
     let Some(user) = params.user().map(str::to_owned) else {
-        return reject(&mut stream, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet").await;
+        return reject(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await;
     };
     let database = params.database().unwrap_or(&user).to_owned();
     if let Ok(mut l) = guard.info.login.lock() {
@@ -75,7 +80,12 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
     };
     if database == ADMIN_DATABASE {
         if !ctx.cfg.admin_users.is_empty() && !ctx.cfg.admin_users.contains(&user) {
-            return reject(&mut stream, sqlstate::INVALID_AUTHORIZATION, &format!("user \"{user}\" may not use the admin console")).await;
+            return reject(
+                &mut stream,
+                sqlstate::INVALID_AUTHORIZATION,
+                &format!("user \"{user}\" may not use the admin console"),
+            )
+            .await;
         }
         return crate::admin::serve(ctx, stream, rbuf, guard.info.clone()).await.map_err(StartupError::from);
     }
@@ -98,7 +108,12 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
             }
             Err(e) => {
                 ctx.metrics.error("server_connect");
-                return reject(&mut stream, sqlstate::CONNECTION_FAILURE, &format!("could not connect to the primary: {e}")).await;
+                return reject(
+                    &mut stream,
+                    sqlstate::CONNECTION_FAILURE,
+                    &format!("could not connect to the primary: {e}"),
+                )
+                .await;
             }
         },
     };
@@ -129,7 +144,10 @@ fn reported_from_client(name: &str) -> bool {
 }
 
 /// SSL/GSS negotiation up to the StartupMessage.
-async fn negotiate(ctx: &ProxyContext, tcp: TcpStream) -> Result<(ClientStream, StartupParams, BytesMut), StartupError> {
+async fn negotiate(
+    ctx: &ProxyContext,
+    tcp: TcpStream,
+) -> Result<(ClientStream, StartupParams, BytesMut), StartupError> {
     let _ = tcp.set_nodelay(true);
     let mut stream = ClientStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
@@ -143,14 +161,26 @@ async fn negotiate(ctx: &ProxyContext, tcp: TcpStream) -> Result<(ClientStream, 
                         return Err(StartupError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                     }
                 }
-                Err(e) => return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, &format!("invalid startup packet: {e}")).await,
+                Err(e) => {
+                    return reject_raw(
+                        &mut stream,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!("invalid startup packet: {e}"),
+                    )
+                    .await
+                }
             }
         };
         match startup::parse(&body) {
             Ok(StartupRequest::Ssl) if !tls_done => {
                 if !buf.is_empty() {
                     // Bytes after SSLRequest would be read as if encrypted (CVE-2021-23214).
-                    return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, "received unencrypted data after SSL request").await;
+                    return reject_raw(
+                        &mut stream,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request",
+                    )
+                    .await;
                 }
                 match (&ctx.tls, stream) {
                     (Some(acceptor), ClientStream::Plain(mut tcp)) => {
@@ -167,7 +197,8 @@ async fn negotiate(ctx: &ProxyContext, tcp: TcpStream) -> Result<(ClientStream, 
             }
             Ok(StartupRequest::GssEnc) if !tls_done => stream.write_all(b"N").await?,
             Ok(StartupRequest::Ssl) | Ok(StartupRequest::GssEnc) => {
-                return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, "duplicate SSL/GSS negotiation request").await;
+                return reject_raw(&mut stream, sqlstate::PROTOCOL_VIOLATION, "duplicate SSL/GSS negotiation request")
+                    .await;
             }
             Ok(StartupRequest::Cancel { pid, secret }) => {
                 ctx.cancels.cancel(pid, &secret).await;

@@ -180,10 +180,7 @@ mod tests {
 
     #[test]
     fn startup_params_become_sets() {
-        let p = SessionParams::from_startup(&[
-            ("user".into(), "u".into()),
-            ("application_name".into(), "it's".into()),
-        ]);
+        let p = SessionParams::from_startup(&[("user".into(), "u".into()), ("application_name".into(), "it's".into())]);
         assert_eq!(p.replay_sql(), "RESET ALL;\nSET \"application_name\" = 'it''s'");
         assert_ne!(p.signature(), 0);
     }

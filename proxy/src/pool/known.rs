@@ -27,9 +27,7 @@ pub struct KnownStatements {
 impl Default for KnownStatements {
     fn default() -> Self {
         let cap = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
-        KnownStatements {
-            set: Mutex::new(LruCache::new(cap)),
-        }
+        KnownStatements { set: Mutex::new(LruCache::new(cap)) }
     }
 }
 
@@ -57,10 +55,7 @@ impl KnownStatements {
 
     /// Whether the statement was prepared in `database` before.
     pub fn contains(&self, database: &str, hash: u64) -> bool {
-        self.set
-            .lock()
-            .map(|mut s| s.get(&key(database, hash)).is_some())
-            .unwrap_or(false)
+        self.set.lock().map(|mut s| s.get(&key(database, hash)).is_some()).unwrap_or(false)
     }
 }
 

@@ -8,12 +8,8 @@
 
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
-use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
-};
-use pgwire::messages::startup::{
-    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
-};
+use pgwire::messages::response::{CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey};
 use pgwire::messages::Message;
 
 use super::fields::TxStatus;
@@ -69,12 +65,8 @@ pub fn error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) 
         Severity::Error => "ERROR",
         Severity::Fatal => "FATAL",
     };
-    let fields = vec![
-        (b'S', sev.to_owned()),
-        (b'V', sev.to_owned()),
-        (b'C', code.to_owned()),
-        (b'M', message.to_owned()),
-    ];
+    let fields =
+        vec![(b'S', sev.to_owned()), (b'V', sev.to_owned()), (b'C', code.to_owned()), (b'M', message.to_owned())];
     encode(buf, ErrorResponse::new(fields));
 }
 
@@ -158,10 +150,8 @@ pub fn empty_query(buf: &mut BytesMut) {
 /// Appends a `RowDescription` of text columns.
 pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
     const TEXT_OID: u32 = 25;
-    let fields = columns
-        .iter()
-        .map(|name| FieldDescription::new((*name).to_owned(), 0, 0, TEXT_OID, -1, -1, 0))
-        .collect();
+    let fields =
+        columns.iter().map(|name| FieldDescription::new((*name).to_owned(), 0, 0, TEXT_OID, -1, -1, 0)).collect();
     encode(buf, RowDescription::new(fields));
 }
 

@@ -32,12 +32,7 @@ enum Position {
 }
 
 /// Starts one probe task per node of `topology`.
-pub fn spawn(
-    topology: Arc<Topology>,
-    cfg: Arc<ProxyConfig>,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
+pub fn spawn(topology: Arc<Topology>, cfg: Arc<ProxyConfig>, shutdown: CancellationToken, tracker: &TaskTracker) {
     for node in topology.nodes() {
         let (node, primary, cfg, shutdown) = (node.clone(), topology.primary.clone(), cfg.clone(), shutdown.clone());
         tracker.spawn(async move {
@@ -65,36 +60,34 @@ async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>) 
     let interval = cfg.health_interval();
     loop {
         match connect(&cfg, &node).await {
-            Ok((client, position)) => {
-                loop {
-                    let sent = Instant::now();
-                    match tokio::time::timeout(cfg.connect_timeout(), probe(&client, position)).await {
-                        Ok(Ok(lsn)) => {
-                            node.set_healthy(true);
-                            if let Some(lsn) = lsn {
-                                if node.role == Role::Primary {
-                                    node.record_sample(sent, lsn);
-                                } else {
-                                    node.set_lsn(lsn);
-                                    let behind = primary.lsn().bytes_since(lsn);
-                                    node.set_lag_ok(behind <= cfg.max_replica_lag);
-                                }
+            Ok((client, position)) => loop {
+                let sent = Instant::now();
+                match tokio::time::timeout(cfg.connect_timeout(), probe(&client, position)).await {
+                    Ok(Ok(lsn)) => {
+                        node.set_healthy(true);
+                        if let Some(lsn) = lsn {
+                            if node.role == Role::Primary {
+                                node.record_sample(sent, lsn);
+                            } else {
+                                node.set_lsn(lsn);
+                                let behind = primary.lsn().bytes_since(lsn);
+                                node.set_lag_ok(behind <= cfg.max_replica_lag);
                             }
                         }
-                        Ok(Err(e)) => {
-                            tracing::warn!(node = %node.id, error = %e, "health check failed");
-                            node.set_healthy(false);
-                            break;
-                        }
-                        Err(_) => {
-                            tracing::warn!(node = %node.id, "health check timed out");
-                            node.set_healthy(false);
-                            break;
-                        }
                     }
-                    tokio::time::sleep(interval).await;
+                    Ok(Err(e)) => {
+                        tracing::warn!(node = %node.id, error = %e, "health check failed");
+                        node.set_healthy(false);
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(node = %node.id, "health check timed out");
+                        node.set_healthy(false);
+                        break;
+                    }
                 }
-            }
+                tokio::time::sleep(interval).await;
+            },
             Err(e) => {
                 tracing::debug!(node = %node.id, error = %e, "health check cannot connect");
                 node.set_healthy(false);
@@ -109,9 +102,7 @@ async fn connect(cfg: &ProxyConfig, node: &Node) -> Result<(tokio_postgres::Clie
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let row = client
-        .query_one("SELECT pg_is_in_recovery(), to_regclass('tandem.applied') IS NOT NULL", &[])
-        .await?;
+    let row = client.query_one("SELECT pg_is_in_recovery(), to_regclass('tandem.applied') IS NOT NULL", &[]).await?;
     let (in_recovery, has_progress): (bool, bool) = (row.get(0), row.get(1));
     let position = match (node.role, in_recovery, has_progress) {
         (Role::Primary, false, _) => Position::Insert,

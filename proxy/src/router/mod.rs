@@ -83,7 +83,8 @@ impl Router {
                 }
             }
         }
-        let eligible = |r: &&Arc<Node>| r.is_healthy() && r.lag_ok() && (!self.read_your_writes || r.lsn() >= floor.min_lsn);
+        let eligible =
+            |r: &&Arc<Node>| r.is_healthy() && r.lag_ok() && (!self.read_your_writes || r.lsn() >= floor.min_lsn);
         // Small clusters (the common case) pick without allocating.
         let mut few: [Option<&Arc<Node>>; 8] = [None; 8];
         let mut n = 0;

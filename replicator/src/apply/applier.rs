@@ -68,16 +68,8 @@ enum Step {
 
 /// One statement in flight in a pipeline.
 enum Op<'a> {
-    Progress {
-        first: PgLsn,
-        last: PgLsn,
-    },
-    Row {
-        stmt: Statement,
-        params: &'a [TextParam],
-        kind: &'static str,
-        sql: &'a str,
-    },
+    Progress { first: PgLsn, last: PgLsn },
+    Row { stmt: Statement, params: &'a [TextParam], kind: &'static str, sql: &'a str },
     Simple(&'a str),
 }
 
@@ -105,9 +97,7 @@ impl Applier {
         applied: watch::Sender<Lsn>,
         reporter: Option<ReplicaReporter>,
     ) -> Result<Applier, ApplyError> {
-        let client = session::connect_writer(replica, database)
-            .await
-            .map_err(ApplyError::Connect)?;
+        let client = session::connect_writer(replica, database).await.map_err(ApplyError::Connect)?;
         let progress = session::read_progress(&client, source)
             .await
             .map_err(|e| ApplyError::sql("reading the progress row", e))?
@@ -157,10 +147,8 @@ impl Applier {
 
     /// Decodes change-log records and applies them as one batch.
     pub async fn apply_records(&mut self, records: &[(Lsn, Bytes)]) -> Result<Applied, ApplyError> {
-        let txns = records
-            .iter()
-            .map(|(_, payload)| change::decode_bytes(payload.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let txns =
+            records.iter().map(|(_, payload)| change::decode_bytes(payload.clone())).collect::<Result<Vec<_>, _>>()?;
         self.apply_batch(&txns).await
     }
 
@@ -172,10 +160,7 @@ impl Applier {
     /// Applies transactions given in commit order, in one replica
     /// transaction; those at or below [`Self::progress`] are skipped.
     pub async fn apply_batch(&mut self, txns: &[Transaction]) -> Result<Applied, ApplyError> {
-        let todo: Vec<&Transaction> = txns
-            .iter()
-            .filter(|t| t.commit_lsn > self.progress)
-            .collect();
+        let todo: Vec<&Transaction> = txns.iter().filter(|t| t.commit_lsn > self.progress).collect();
         let (Some(first), Some(last)) = (todo.first(), todo.last()) else {
             return Ok(Applied::Skipped);
         };
@@ -193,9 +178,7 @@ impl Applier {
         match self.run(&steps, first_lsn, last_lsn).await {
             Ok(true) => {
                 self.advance(last_lsn, todo.len());
-                Ok(Applied::Committed {
-                    statements: steps.len(),
-                })
+                Ok(Applied::Committed { statements: steps.len() })
             }
             Ok(false) => {
                 // Someone else applied this batch: believe the progress row.
@@ -243,37 +226,23 @@ impl Applier {
         let ours = |rel: &change::Relation| rel.schema == TANDEM_SCHEMA;
         for change in &txn.changes {
             match change {
-                Change::Insert { rel, new } if !ours(rel) => {
-                    steps.push(Step::Row(sql::insert(rel, new)?, "INSERT"))
-                }
+                Change::Insert { rel, new } if !ours(rel) => steps.push(Step::Row(sql::insert(rel, new)?, "INSERT")),
                 Change::Update { rel, old, new } if !ours(rel) => {
                     if let Some(s) = sql::update(rel, old.as_ref(), new)? {
                         steps.push(Step::Row(s, "UPDATE"));
                     }
                 }
-                Change::Delete { rel, old } if !ours(rel) => {
-                    steps.push(Step::Row(sql::delete(rel, old)?, "DELETE"))
-                }
-                Change::Truncate {
-                    rels,
-                    cascade,
-                    restart_identity,
-                } => {
+                Change::Delete { rel, old } if !ours(rel) => steps.push(Step::Row(sql::delete(rel, old)?, "DELETE")),
+                Change::Truncate { rels, cascade, restart_identity } => {
                     let rels: Vec<_> = rels.iter().filter(|r| !ours(r)).cloned().collect();
                     if !rels.is_empty() {
-                        steps.push(Step::Simple(sql::truncate(
-                            &rels,
-                            *cascade,
-                            *restart_identity,
-                        )));
+                        steps.push(Step::Simple(sql::truncate(&rels, *cascade, *restart_identity)));
                     }
                 }
-                Change::Message { prefix, content } if prefix == DDL_PREFIX => {
-                    match DdlMessage::parse(content) {
-                        Ok(msg) => steps.push(Step::Ddl(msg)),
-                        Err(e) => tracing::warn!(error = %e, "ignoring malformed DDL message"),
-                    }
-                }
+                Change::Message { prefix, content } if prefix == DDL_PREFIX => match DdlMessage::parse(content) {
+                    Ok(msg) => steps.push(Step::Ddl(msg)),
+                    Err(e) => tracing::warn!(error = %e, "ignoring malformed DDL message"),
+                },
                 _ => {}
             }
         }
@@ -283,24 +252,14 @@ impl Applier {
     /// Runs the steps in one replica transaction; `Ok(false)` when the
     /// progress row shows the batch as applied already.
     async fn run(&mut self, steps: &[Step], first: Lsn, last: Lsn) -> Result<bool, ApplyError> {
-        let mut ops: Vec<Op<'_>> = vec![
-            Op::Simple("BEGIN"),
-            Op::Progress {
-                first: lsn_to_pg(first),
-                last: lsn_to_pg(last),
-            },
-        ];
+        let mut ops: Vec<Op<'_>> =
+            vec![Op::Simple("BEGIN"), Op::Progress { first: lsn_to_pg(first), last: lsn_to_pg(last) }];
         let mut progress_hit = None;
         for step in steps {
             match step {
                 Step::Row(row, kind) => {
                     let stmt = self.prepared(&row.sql).await?;
-                    ops.push(Op::Row {
-                        stmt,
-                        params: &row.params,
-                        kind,
-                        sql: &row.sql,
-                    });
+                    ops.push(Op::Row { stmt, params: &row.params, kind, sql: &row.sql });
                 }
                 Step::Simple(sql) => ops.push(Op::Simple(sql)),
                 Step::Ddl(msg) => {
@@ -318,10 +277,7 @@ impl Applier {
         if !self.flush(&mut ops, &mut progress_hit).await? || progress_hit != Some(1) {
             return Ok(false);
         }
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| ApplyError::sql("committing on the replica", e))?;
+        self.client.batch_execute("COMMIT").await.map_err(|e| ApplyError::sql("committing on the replica", e))?;
         tracing::trace!(statements = steps.len(), %last, "batch committed");
         Ok(true)
     }
@@ -333,11 +289,7 @@ impl Applier {
         if self.statements.len() >= MAX_PREPARED {
             self.statements.clear();
         }
-        let stmt = self
-            .client
-            .prepare(sql)
-            .await
-            .map_err(|e| ApplyError::sql(format!("preparing `{sql}`"), e))?;
+        let stmt = self.client.prepare(sql).await.map_err(|e| ApplyError::sql(format!("preparing `{sql}`"), e))?;
         self.statements.insert(sql.to_owned(), stmt.clone());
         Ok(stmt)
     }
@@ -346,24 +298,17 @@ impl Applier {
     /// answers in order; the first failure is the error reported. `Ok(false)`
     /// when the progress update found the batch applied already (later
     /// failures, e.g. duplicate keys, are then expected and ignored).
-    async fn flush(
-        &self,
-        ops: &mut Vec<Op<'_>>,
-        progress_hit: &mut Option<u64>,
-    ) -> Result<bool, ApplyError> {
+    async fn flush(&self, ops: &mut Vec<Op<'_>>, progress_hit: &mut Option<u64>) -> Result<bool, ApplyError> {
         if ops.is_empty() {
             return Ok(true);
         }
-        type Fut<'f> =
-            Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'f>>;
+        type Fut<'f> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'f>>;
         let client = &self.client;
         let source = self.source.as_str();
         let mut futures: Vec<Fut<'_>> = Vec::with_capacity(ops.len());
         for op in ops.iter() {
             let fut: Fut<'_> = match op {
-                Op::Simple(sql) => {
-                    Box::pin(async move { client.batch_execute(sql).await.map(|()| 0) })
-                }
+                Op::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| 0) }),
                 Op::Row { stmt, params, .. } => Box::pin(client.execute_raw(stmt, params.iter())),
                 Op::Progress { first, last } => {
                     let stmt = &self.progress_stmt;
@@ -373,8 +318,7 @@ impl Applier {
             futures.push(fut);
         }
         // First poll of each future queues its request on the connection, in order.
-        let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> =
-            Vec::with_capacity(futures.len());
+        let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> = Vec::with_capacity(futures.len());
         for fut in futures.iter_mut() {
             match futures::poll!(fut.as_mut()) {
                 Poll::Ready(r) => results.push(Some(r)),
@@ -423,31 +367,19 @@ impl Applier {
             tracing::warn!(query = %msg.query, "captured DDL has no statement to replay (DDL run inside a function?)");
             return Ok(());
         }
-        let err = |e| ApplyError::Ddl {
-            query: msg.query.clone(),
-            source: e,
-        };
+        let err = |e| ApplyError::Ddl { query: msg.query.clone(), source: e };
         self.client
-            .execute(
-                "SELECT pg_catalog.set_config('search_path', $1, true)",
-                &[&msg.search_path],
-            )
+            .execute("SELECT pg_catalog.set_config('search_path', $1, true)", &[&msg.search_path])
             .await
             .map_err(err)?;
         let role_exists = self
             .client
-            .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                &[&msg.role],
-            )
+            .query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&msg.role])
             .await
             .map_err(err)?
             .is_some();
         if role_exists {
-            self.client
-                .batch_execute(&format!("SET LOCAL ROLE {}", sql::quote_ident(&msg.role)))
-                .await
-                .map_err(err)?;
+            self.client.batch_execute(&format!("SET LOCAL ROLE {}", sql::quote_ident(&msg.role))).await.map_err(err)?;
         } else {
             tracing::warn!(role = %msg.role, "role of captured DDL missing on the replica; replaying as the replicator");
         }
@@ -455,10 +387,7 @@ impl Applier {
             tracing::info!(database = %self.database, statement = %stmt, "replaying DDL");
             self.client.batch_execute(stmt).await.map_err(err)?;
         }
-        self.client
-            .batch_execute("RESET ROLE; RESET search_path")
-            .await
-            .map_err(err)?;
+        self.client.batch_execute("RESET ROLE; RESET search_path").await.map_err(err)?;
         Ok(())
     }
 }

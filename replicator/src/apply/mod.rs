@@ -71,10 +71,7 @@ pub enum ApplyError {
 
 impl ApplyError {
     pub(crate) fn sql(context: impl Into<String>, source: tokio_postgres::Error) -> ApplyError {
-        ApplyError::Sql {
-            context: context.into(),
-            source,
-        }
+        ApplyError::Sql { context: context.into(), source }
     }
 
     /// Whether retrying later can help (connection and server errors) as
@@ -82,10 +79,7 @@ impl ApplyError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ApplyError::Connect(_)
-                | ApplyError::Sql { .. }
-                | ApplyError::Ddl { .. }
-                | ApplyError::ChangeLog(_)
+            ApplyError::Connect(_) | ApplyError::Sql { .. } | ApplyError::Ddl { .. } | ApplyError::ChangeLog(_)
         )
     }
 }

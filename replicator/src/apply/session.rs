@@ -29,11 +29,7 @@ pub const WRITER_APPLICATION_NAME: &str = "tandem-apply";
 
 /// Opens a session on `database` of the server `cfg` names, with the given
 /// `application_name`; the connection task is spawned and logs how it ended.
-pub async fn connect(
-    cfg: &Config,
-    database: &str,
-    application_name: &str,
-) -> Result<Client, tokio_postgres::Error> {
+pub async fn connect(cfg: &Config, database: &str, application_name: &str) -> Result<Client, tokio_postgres::Error> {
     let mut cfg = cfg.clone();
     cfg.dbname(database).application_name(application_name);
     open(cfg).await
@@ -42,19 +38,14 @@ pub async fn connect(
 /// Opens a writer session on `database` of a replica (see module docs).
 ///
 /// Requires a superuser login on the replica (`session_replication_role`).
-pub async fn connect_writer(
-    replica: &Config,
-    database: &str,
-) -> Result<Client, tokio_postgres::Error> {
+pub async fn connect_writer(replica: &Config, database: &str) -> Result<Client, tokio_postgres::Error> {
     let mut cfg = replica.clone();
     let mut options = cfg.get_options().map(str::to_owned).unwrap_or_default();
     if !options.is_empty() {
         options.push(' ');
     }
     options.push_str("-c default_transaction_read_only=off -c session_replication_role=replica");
-    cfg.dbname(database)
-        .application_name(WRITER_APPLICATION_NAME)
-        .options(options);
+    cfg.dbname(database).application_name(WRITER_APPLICATION_NAME).options(options);
     open(cfg).await
 }
 
@@ -72,50 +63,29 @@ async fn open(cfg: Config) -> Result<Client, tokio_postgres::Error> {
 /// Makes the replica server read-only for every session but the writer's
 /// (`ALTER SYSTEM SET default_transaction_read_only = on` and a reload).
 pub async fn make_server_read_only(writer: &Client) -> Result<(), tokio_postgres::Error> {
-    writer
-        .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        .await?;
-    writer
-        .batch_execute("SELECT pg_catalog.pg_reload_conf()")
-        .await
+    writer.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await?;
+    writer.batch_execute("SELECT pg_catalog.pg_reload_conf()").await
 }
 
 /// Creates `tandem.applied` if needed.
-pub async fn ensure_progress_table(
-    client: &impl GenericClient,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn ensure_progress_table(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(PROGRESS_TABLE_SQL).await
 }
 
 /// The applied position for `source`, or `None` if this database was never
 /// fed from it (or has no progress table at all).
-pub async fn read_progress(
-    client: &impl GenericClient,
-    source: &str,
-) -> Result<Option<Lsn>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('tandem.applied') IS NOT NULL", &[])
-        .await?
-        .get(0);
+pub async fn read_progress(client: &impl GenericClient, source: &str) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    let exists: bool = client.query_one("SELECT to_regclass('tandem.applied') IS NOT NULL", &[]).await?.get(0);
     if !exists {
         return Ok(None);
     }
-    let row = client
-        .query_opt(
-            "SELECT lsn FROM tandem.applied WHERE source = $1",
-            &[&source],
-        )
-        .await?;
+    let row = client.query_opt("SELECT lsn FROM tandem.applied WHERE source = $1", &[&source]).await?;
     Ok(row.map(|r| lsn_from_pg(r.get::<_, PgLsn>(0))))
 }
 
 /// Sets the applied position of `source` (insert or overwrite), inside the
 /// caller's transaction.
-pub async fn write_progress(
-    client: &impl GenericClient,
-    source: &str,
-    lsn: Lsn,
-) -> Result<(), tokio_postgres::Error> {
+pub async fn write_progress(client: &impl GenericClient, source: &str, lsn: Lsn) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO tandem.applied (source, lsn, applied_at) VALUES ($1, $2, now()) \

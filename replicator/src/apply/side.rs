@@ -40,23 +40,13 @@ pub struct Replicas {
 impl Replicas {
     /// The replica side for `cfg`; progress rows are keyed by the slot
     /// prefix (one stream of one primary), reports go to `board` if given.
-    pub fn new(
-        cfg: &ReplicatorConfig,
-        board: Option<Arc<StatusBoard>>,
-    ) -> Result<Replicas, ConfigError> {
-        Ok(Replicas {
-            primary: cfg.primary_config()?,
-            source: cfg.slot_prefix.clone(),
-            board,
-        })
+    pub fn new(cfg: &ReplicatorConfig, board: Option<Arc<StatusBoard>>) -> Result<Replicas, ConfigError> {
+        Ok(Replicas { primary: cfg.primary_config()?, source: cfg.slot_prefix.clone(), board })
     }
 }
 
 fn replica_config(replica: &ReplicaConfig) -> Result<Config, BoxError> {
-    Ok(parse_dsn(
-        &format!("replica {}", replica.name),
-        &replica.dsn,
-    )?)
+    Ok(parse_dsn(&format!("replica {}", replica.name), &replica.dsn)?)
 }
 
 impl ReplicaSide for Replicas {
@@ -70,16 +60,10 @@ impl ReplicaSide for Replicas {
             let cfg = replica_config(replica)?;
             let client = match session::connect_writer(&cfg, database).await {
                 Ok(c) => c,
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) =>
-                {
-                    return Ok(true)
-                }
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => return Ok(true),
                 Err(e) => return Err(e.into()),
             };
-            Ok(session::read_progress(&client, &self.source)
-                .await?
-                .is_none())
+            Ok(session::read_progress(&client, &self.source).await?.is_none())
         })
     }
 

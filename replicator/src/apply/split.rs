@@ -71,9 +71,7 @@ pub fn split_statements(script: &str) -> Vec<String> {
                 continue;
             }
             b'\'' => {
-                let escapes = i > 0
-                    && matches!(bytes[i - 1], b'E' | b'e')
-                    && (i < 2 || !is_ident_byte(bytes[i - 2]));
+                let escapes = i > 0 && matches!(bytes[i - 1], b'E' | b'e') && (i < 2 || !is_ident_byte(bytes[i - 2]));
                 i = skip_quoted(bytes, i, b'\'', escapes);
             }
             b'"' => i = skip_quoted(bytes, i, b'"', false),
@@ -189,11 +187,9 @@ mod tests {
 
     #[test]
     fn splits_plain_statements_and_drops_comments() {
-        let s = "-- header\nSET a = 1;\n\nCREATE ROLE x; -- trailing\n/* block /* nested */ */ ALTER ROLE x WITH LOGIN;";
-        assert_eq!(
-            split_statements(s),
-            vec!["SET a = 1", "CREATE ROLE x", "ALTER ROLE x WITH LOGIN"]
-        );
+        let s =
+            "-- header\nSET a = 1;\n\nCREATE ROLE x; -- trailing\n/* block /* nested */ */ ALTER ROLE x WITH LOGIN;";
+        assert_eq!(split_statements(s), vec!["SET a = 1", "CREATE ROLE x", "ALTER ROLE x WITH LOGIN"]);
     }
 
     #[test]

@@ -70,9 +70,7 @@ pub enum PlanError {
 
 /// Type OIDs without a usable `=` (json, xml, geometric types compared by
 /// area, and their arrays): matched as text in REPLICA IDENTITY FULL lookups.
-const COMPARE_AS_TEXT: &[u32] = &[
-    114, 199, 142, 143, 600, 1017, 603, 1020, 604, 1027, 628, 629, 718, 719,
-];
+const COMPARE_AS_TEXT: &[u32] = &[114, 199, 142, 143, 600, 1017, 603, 1020, 604, 1027, 628, 629, 718, 719];
 
 /// `INSERT INTO t (sent columns) VALUES (...)`.
 pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
@@ -92,11 +90,7 @@ pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
     let sql = if cols.is_empty() {
         format!("INSERT INTO {table} DEFAULT VALUES")
     } else {
-        format!(
-            "INSERT INTO {table} ({}) VALUES ({})",
-            cols.join(", "),
-            placeholders.join(", ")
-        )
+        format!("INSERT INTO {table} ({}) VALUES ({})", cols.join(", "), placeholders.join(", "))
     };
     Ok(RowStatement { sql, params })
 }
@@ -104,11 +98,7 @@ pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
 /// `UPDATE t SET (sent columns) WHERE (identity)`; unchanged TOAST columns
 /// are left out of the SET list, so the replica keeps its value. `None` when
 /// there is nothing to set.
-pub fn update(
-    rel: &Relation,
-    old: Option<&Tuple>,
-    new: &Tuple,
-) -> Result<Option<RowStatement>, PlanError> {
+pub fn update(rel: &Relation, old: Option<&Tuple>, new: &Tuple) -> Result<Option<RowStatement>, PlanError> {
     let table = qualified(&rel.schema, &rel.name);
     check_arity(rel, new, &table)?;
     let mut params = Vec::new();
@@ -124,10 +114,7 @@ pub fn update(
         return Ok(None);
     }
     let filter = row_filter(rel, old, new, &table, "UPDATE", &mut params)?;
-    Ok(Some(RowStatement {
-        sql: format!("UPDATE {table} SET {} WHERE {filter}", sets.join(", ")),
-        params,
-    }))
+    Ok(Some(RowStatement { sql: format!("UPDATE {table} SET {} WHERE {filter}", sets.join(", ")), params }))
 }
 
 /// `DELETE FROM t WHERE (identity)`.
@@ -136,18 +123,11 @@ pub fn delete(rel: &Relation, old: &Tuple) -> Result<RowStatement, PlanError> {
     check_arity(rel, old, &table)?;
     let mut params = Vec::new();
     let filter = row_filter(rel, Some(old), old, &table, "DELETE", &mut params)?;
-    Ok(RowStatement {
-        sql: format!("DELETE FROM {table} WHERE {filter}"),
-        params,
-    })
+    Ok(RowStatement { sql: format!("DELETE FROM {table} WHERE {filter}"), params })
 }
 
 /// `TRUNCATE t1, t2 [RESTART IDENTITY] [CASCADE]`.
-pub fn truncate(
-    rels: &[std::sync::Arc<Relation>],
-    cascade: bool,
-    restart_identity: bool,
-) -> String {
+pub fn truncate(rels: &[std::sync::Arc<Relation>], cascade: bool, restart_identity: bool) -> String {
     let names: Vec<String> = rels.iter().map(|r| qualified(&r.schema, &r.name)).collect();
     let mut sql = format!("TRUNCATE {}", names.join(", "));
     if restart_identity {
@@ -161,11 +141,7 @@ pub fn truncate(
 
 fn check_arity(rel: &Relation, tuple: &Tuple, table: &str) -> Result<(), PlanError> {
     if tuple.0.len() != rel.columns.len() {
-        return Err(PlanError::Arity {
-            table: table.to_owned(),
-            got: tuple.0.len(),
-            expected: rel.columns.len(),
-        });
+        return Err(PlanError::Arity { table: table.to_owned(), got: tuple.0.len(), expected: rel.columns.len() });
     }
     Ok(())
 }
@@ -217,21 +193,12 @@ fn row_filter(
             }
         }
         if conds.is_empty() {
-            return Err(PlanError::NoIdentity {
-                op,
-                table: table.to_owned(),
-            });
+            return Err(PlanError::NoIdentity { op, table: table.to_owned() });
         }
-        return Ok(format!(
-            "ctid = (SELECT ctid FROM {table} WHERE {} LIMIT 1)",
-            conds.join(" AND ")
-        ));
+        return Ok(format!("ctid = (SELECT ctid FROM {table} WHERE {} LIMIT 1)", conds.join(" AND ")));
     }
     if rel.replica_identity == ReplicaIdentity::Nothing {
-        return Err(PlanError::NoIdentity {
-            op,
-            table: table.to_owned(),
-        });
+        return Err(PlanError::NoIdentity { op, table: table.to_owned() });
     }
     let source = old.unwrap_or(new);
     let mut conds = Vec::new();
@@ -247,19 +214,12 @@ fn row_filter(
                 conds.push(format!("{name} = ${}", params.len()));
             }
             Datum::Unchanged => {
-                return Err(PlanError::KeyNotSent {
-                    op,
-                    table: table.to_owned(),
-                    column: col.name.clone(),
-                })
+                return Err(PlanError::KeyNotSent { op, table: table.to_owned(), column: col.name.clone() })
             }
         }
     }
     if conds.is_empty() {
-        return Err(PlanError::NoIdentity {
-            op,
-            table: table.to_owned(),
-        });
+        return Err(PlanError::NoIdentity { op, table: table.to_owned() });
     }
     Ok(conds.join(" AND "))
 }
@@ -300,43 +260,23 @@ mod tests {
     fn insert_lists_sent_columns() {
         let r = rel(ReplicaIdentity::Default, &[true, false]);
         let s = insert(&r, &Tuple(vec![t("1"), Datum::Null])).unwrap();
-        assert_eq!(
-            s.sql,
-            r#"INSERT INTO "public"."t" ("c0", "c1") VALUES ($1, $2)"#
-        );
-        assert_eq!(
-            s.params,
-            vec![TextParam::Text(Bytes::from_static(b"1")), TextParam::Null]
-        );
+        assert_eq!(s.sql, r#"INSERT INTO "public"."t" ("c0", "c1") VALUES ($1, $2)"#);
+        assert_eq!(s.params, vec![TextParam::Text(Bytes::from_static(b"1")), TextParam::Null]);
     }
 
     #[test]
     fn update_skips_unchanged_toast_and_uses_key() {
         let r = rel(ReplicaIdentity::Default, &[true, false, false]);
-        let s = update(&r, None, &Tuple(vec![t("1"), Datum::Unchanged, t("{}")]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            s.sql,
-            r#"UPDATE "public"."t" SET "c0" = $1, "c2" = $2 WHERE "c0" = $3"#
-        );
+        let s = update(&r, None, &Tuple(vec![t("1"), Datum::Unchanged, t("{}")])).unwrap().unwrap();
+        assert_eq!(s.sql, r#"UPDATE "public"."t" SET "c0" = $1, "c2" = $2 WHERE "c0" = $3"#);
         assert_eq!(s.params.len(), 3);
     }
 
     #[test]
     fn update_with_changed_key_uses_old_key() {
         let r = rel(ReplicaIdentity::Index, &[true, false]);
-        let s = update(
-            &r,
-            Some(&Tuple(vec![t("7"), Datum::Null])),
-            &Tuple(vec![t("8"), t("x")]),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            s.sql,
-            r#"UPDATE "public"."t" SET "c0" = $1, "c1" = $2 WHERE "c0" = $3"#
-        );
+        let s = update(&r, Some(&Tuple(vec![t("7"), Datum::Null])), &Tuple(vec![t("8"), t("x")])).unwrap().unwrap();
+        assert_eq!(s.sql, r#"UPDATE "public"."t" SET "c0" = $1, "c1" = $2 WHERE "c0" = $3"#);
         assert_eq!(s.params[2], TextParam::Text(Bytes::from_static(b"7")));
     }
 
@@ -356,10 +296,7 @@ mod tests {
         let err = delete(&r, &Tuple(vec![t("1"), t("2")])).unwrap_err();
         assert!(err.to_string().contains("\"public\".\"t\""), "{err}");
         let r = rel(ReplicaIdentity::Nothing, &[true]);
-        assert!(matches!(
-            update(&r, None, &Tuple(vec![t("1")])),
-            Err(PlanError::NoIdentity { .. })
-        ));
+        assert!(matches!(update(&r, None, &Tuple(vec![t("1")])), Err(PlanError::NoIdentity { .. })));
     }
 
     #[test]

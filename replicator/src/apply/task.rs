@@ -46,10 +46,7 @@ pub struct ApplyTask {
 
 /// Runs the apply task until `shutdown`. Returns an error only for failures
 /// retrying cannot fix (the replica was never initially copied).
-pub async fn run_apply_task(
-    task: ApplyTask,
-    shutdown: CancellationToken,
-) -> Result<(), ApplyError> {
+pub async fn run_apply_task(task: ApplyTask, shutdown: CancellationToken) -> Result<(), ApplyError> {
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -76,14 +73,9 @@ pub async fn run_apply_task(
 
 /// One session's life: open, read, apply, until something fails.
 async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
-    let mut applier = Applier::connect(
-        &task.replica,
-        &task.database,
-        &task.source,
-        task.applied.clone(),
-        task.reporter.clone(),
-    )
-    .await?;
+    let mut applier =
+        Applier::connect(&task.replica, &task.database, &task.source, task.applied.clone(), task.reporter.clone())
+            .await?;
     let mut reader = task.log.reader(applier.progress())?;
     loop {
         if let Some(r) = &task.reporter {

@@ -22,11 +22,7 @@ pub enum TextParam {
 }
 
 impl ToSql for TextParam {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self {
             TextParam::Null => Ok(IsNull::Yes),
             TextParam::Text(v) => {

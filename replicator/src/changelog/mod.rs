@@ -143,11 +143,8 @@ impl ChangeLog {
             last = %last_lsn,
             "change log opened"
         );
-        let shared = Arc::new(Shared {
-            dir: dir.to_path_buf(),
-            index: Mutex::new(recovered.index),
-            stats: Counters::default(),
-        });
+        let shared =
+            Arc::new(Shared { dir: dir.to_path_buf(), index: Mutex::new(recovered.index), stats: Counters::default() });
         let (durable_tx, durable_rx) = watch::channel(last_lsn);
         let writer = Writer::new(
             shared.clone(),
@@ -182,7 +179,11 @@ impl ChangeLog {
     /// withdraw the record. LSNs must increase; an `lsn` not above the last one
     /// appended is ignored (re-delivery after a restart) and resolves once the
     /// batch it was queued with is durable.
-    pub fn append(&self, lsn: Lsn, payload: Bytes) -> impl Future<Output = Result<(), ChangeLogError>> + Send + 'static {
+    pub fn append(
+        &self,
+        lsn: Lsn,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), ChangeLogError>> + Send + 'static {
         let (done_tx, done_rx) = oneshot::channel();
         let queued = if payload.len() > MAX_PAYLOAD_LEN {
             Err(ChangeLogError::TooLarge { len: payload.len(), limit: MAX_PAYLOAD_LEN })

@@ -133,7 +133,9 @@ impl ChangeLogReader {
                 offset: start.offset,
                 buf: BytesMut::new(),
             })),
-            Err(e) if e.kind() == ErrorKind::NotFound && !self.shared.lock_index().segments.contains_key(&start.first) => {
+            Err(e)
+                if e.kind() == ErrorKind::NotFound && !self.shared.lock_index().segments.contains_key(&start.first) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(ChangeLogError::io(start.path, e)),

@@ -34,10 +34,7 @@ pub async fn list_tables(primary: &Client) -> Result<Vec<String>, CopyError> {
             &[&TANDEM_SCHEMA],
         )
         .await
-        .map_err(|source| CopyError::Sql {
-            context: "listing the primary's tables".to_owned(),
-            source,
-        })?;
+        .map_err(|source| CopyError::Sql { context: "listing the primary's tables".to_owned(), source })?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -48,22 +45,13 @@ pub async fn copy_table(primary: &Client, replica: &Client, table: &str) -> Resu
         let context = format!("{what} table {table}");
         move |source| CopyError::Sql { context, source }
     };
-    let out = primary
-        .copy_out(&format!("COPY {table} TO STDOUT"))
-        .await
-        .map_err(sql_err("reading"))?;
-    let sink = replica
-        .copy_in::<_, Bytes>(&format!("COPY {table} FROM STDIN"))
-        .await
-        .map_err(sql_err("writing"))?;
+    let out = primary.copy_out(&format!("COPY {table} TO STDOUT")).await.map_err(sql_err("reading"))?;
+    let sink = replica.copy_in::<_, Bytes>(&format!("COPY {table} FROM STDIN")).await.map_err(sql_err("writing"))?;
     futures::pin_mut!(out);
     futures::pin_mut!(sink);
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(sql_err("reading"))?;
-        sink.as_mut()
-            .feed(chunk)
-            .await
-            .map_err(sql_err("writing"))?;
+        sink.as_mut().feed(chunk).await.map_err(sql_err("writing"))?;
     }
     sink.as_mut().finish().await.map_err(sql_err("writing"))
 }
@@ -85,10 +73,7 @@ pub async fn read_sequences(primary: &Client) -> Result<Vec<(String, i64)>, toki
 /// Sets the given sequence values on the replica with `setval`. A sequence
 /// the replica does not have (yet: DDL still in flight) is skipped with a
 /// debug log; returns how many were set.
-pub async fn write_sequences(
-    replica: &Client,
-    values: &[(String, i64)],
-) -> Result<usize, tokio_postgres::Error> {
+pub async fn write_sequences(replica: &Client, values: &[(String, i64)]) -> Result<usize, tokio_postgres::Error> {
     let stmt = replica
         .prepare(
             "SELECT pg_catalog.setval(c.oid, $2, true) FROM pg_catalog.pg_class c \

@@ -13,21 +13,11 @@ use crate::apply::sql::{quote_ident, quote_literal};
 
 /// Creates `database` on the replica (through `replica_admin`, a writer
 /// session on another database) unless it exists; returns whether it did.
-pub async fn ensure_database(
-    primary: &Client,
-    replica_admin: &Client,
-    database: &str,
-) -> Result<bool, CopyError> {
+pub async fn ensure_database(primary: &Client, replica_admin: &Client, database: &str) -> Result<bool, CopyError> {
     let exists = replica_admin
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
-            &[&database],
-        )
+        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&database])
         .await
-        .map_err(|source| CopyError::Sql {
-            context: "looking up the database on the replica".to_owned(),
-            source,
-        })?
+        .map_err(|source| CopyError::Sql { context: "looking up the database on the replica".to_owned(), source })?
         .is_some();
     if exists {
         return Ok(false);
@@ -76,16 +66,10 @@ pub async fn ensure_database(
         // Another session created it since we looked: typically the session of
         // a replicator killed in the middle of this very CREATE DATABASE,
         // which the server finished after its client was gone.
-        Err(e)
-            if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
-                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
-        {
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tracing::info!(database, "the database appeared on the replica meanwhile");
             Ok(false)
         }
-        Err(source) => Err(CopyError::Sql {
-            context: format!("creating database {database} on the replica"),
-            source,
-        }),
+        Err(source) => Err(CopyError::Sql { context: format!("creating database {database} on the replica"), source }),
     }
 }

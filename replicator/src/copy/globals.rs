@@ -25,29 +25,17 @@ pub async fn copy_globals(
     replica: &Client,
     replica_user: &str,
 ) -> Result<usize, CopyError> {
-    let script = tools
-        .run(
-            "pg_dumpall",
-            primary,
-            &["--globals-only".to_owned(), "--no-tablespaces".to_owned()],
-        )
-        .await?;
+    let script =
+        tools.run("pg_dumpall", primary, &["--globals-only".to_owned(), "--no-tablespaces".to_owned()]).await?;
     apply_globals(&script, replica, replica_user).await
 }
 
 /// Runs a `pg_dumpall --globals-only` script on the replica (see module docs).
-pub async fn apply_globals(
-    script: &str,
-    replica: &Client,
-    replica_user: &str,
-) -> Result<usize, CopyError> {
+pub async fn apply_globals(script: &str, replica: &Client, replica_user: &str) -> Result<usize, CopyError> {
     let mut applied = 0;
     for stmt in split_statements(script) {
         if about_role(&stmt, replica_user) {
-            tracing::debug!(
-                role = replica_user,
-                "keeping the replica's own login role as it is"
-            );
+            tracing::debug!(role = replica_user, "keeping the replica's own login role as it is");
             continue;
         }
         match replica.batch_execute(&stmt).await {
@@ -75,16 +63,10 @@ fn is_create_role(stmt: &str) -> bool {
 fn about_role(stmt: &str, role: &str) -> bool {
     let trimmed = stmt.trim_start();
     let upper = trimmed.to_ascii_uppercase();
-    let rest = [
-        "CREATE ROLE ",
-        "ALTER ROLE ",
-        "CREATE USER ",
-        "ALTER USER ",
-        "COMMENT ON ROLE ",
-    ]
-    .iter()
-    .find(|prefix| upper.starts_with(*prefix))
-    .map(|prefix| &trimmed[prefix.len()..]);
+    let rest = ["CREATE ROLE ", "ALTER ROLE ", "CREATE USER ", "ALTER USER ", "COMMENT ON ROLE "]
+        .iter()
+        .find(|prefix| upper.starts_with(*prefix))
+        .map(|prefix| &trimmed[prefix.len()..]);
     match rest.and_then(leading_identifier) {
         Some(name) => name == role,
         None => false,
@@ -111,10 +93,7 @@ fn leading_identifier(s: &str) -> Option<String> {
         }
         None
     } else {
-        let name: String = s
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
-            .collect();
+        let name: String = s.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$').collect();
         (!name.is_empty()).then(|| name.to_lowercase())
     }
 }
@@ -140,10 +119,7 @@ mod tests {
 
     #[test]
     fn recognises_statements_about_the_login_role() {
-        assert!(about_role(
-            "ALTER ROLE postgres WITH SUPERUSER PASSWORD 'x'",
-            "postgres"
-        ));
+        assert!(about_role("ALTER ROLE postgres WITH SUPERUSER PASSWORD 'x'", "postgres"));
         assert!(about_role("CREATE ROLE \"Weird\"\"Name\"", "Weird\"Name"));
         assert!(!about_role("ALTER ROLE alice WITH LOGIN", "postgres"));
         assert!(!about_role("GRANT postgres TO alice", "postgres"));

@@ -154,41 +154,31 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
     };
 
     let maintenance_db = req.replica.get_dbname().unwrap_or("postgres");
-    let admin = session::connect_writer(req.replica, maintenance_db)
-        .await
-        .map_err(sql("connecting to the replica"))?;
+    let admin = session::connect_writer(req.replica, maintenance_db).await.map_err(sql("connecting to the replica"))?;
     let mut primary_cfg = req.primary.clone();
     primary_cfg.dbname(req.database);
-    let primary = session::connect(&primary_cfg, req.database, "tandem-copy")
-        .await
-        .map_err(sql("connecting to the primary"))?;
+    let primary =
+        session::connect(&primary_cfg, req.database, "tandem-copy").await.map_err(sql("connecting to the primary"))?;
 
     // If the database already exists with progress, it was copied before;
     // usable only if it has everything up to the new stream's start.
     if let Some(lsn) = existing_progress(req).await? {
         let needed = progress_after_copy(req.consistent_point);
         if lsn < needed {
-            return Err(CopyError::StaleReplica {
-                database: req.database.to_owned(),
-                applied: lsn,
-                needed,
-            });
+            return Err(CopyError::StaleReplica { database: req.database.to_owned(), applied: lsn, needed });
         }
         tracing::info!(database = req.database, %lsn, "replica database already copied");
         return Ok(CopyOutcome::AlreadyCopied { lsn });
     }
 
-    session::make_server_read_only(&admin)
-        .await
-        .map_err(sql("making the replica server read-only"))?;
+    session::make_server_read_only(&admin).await.map_err(sql("making the replica server read-only"))?;
     let globals = copy_globals(&tools, &primary_cfg, &admin, replica_user).await?;
     tracing::info!(statements = globals, "copied roles to the replica");
     ensure_database(&primary, &admin, req.database).await?;
     drop(admin);
 
-    let replica = session::connect_writer(req.replica, req.database)
-        .await
-        .map_err(sql("connecting to the replica database"))?;
+    let replica =
+        session::connect_writer(req.replica, req.database).await.map_err(sql("connecting to the replica database"))?;
     if let Some(example) = any_user_table(&replica).await? {
         return Err(CopyError::ReplicaNotEmpty {
             database: req.database.to_owned(),
@@ -218,14 +208,8 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
         ))
         .await
         .map_err(sql("importing the exported snapshot on the primary"))?;
-    replica
-        .batch_execute("BEGIN")
-        .await
-        .map_err(sql("starting the copy transaction on the replica"))?;
-    replica
-        .batch_execute(&strip_meta_commands(&schema))
-        .await
-        .map_err(sql("restoring the schema on the replica"))?;
+    replica.batch_execute("BEGIN").await.map_err(sql("starting the copy transaction on the replica"))?;
+    replica.batch_execute(&strip_meta_commands(&schema)).await.map_err(sql("restoring the schema on the replica"))?;
 
     let tables = list_tables(&primary).await?;
     let mut rows = 0;
@@ -234,26 +218,13 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
         tracing::debug!(table = %table, rows = n, "copied table");
         rows += n;
     }
-    let sequences = read_sequences(&primary)
+    let sequences = read_sequences(&primary).await.map_err(sql("reading sequences on the primary"))?;
+    write_sequences(&replica, &sequences).await.map_err(sql("setting sequences on the replica"))?;
+    session::ensure_progress_table(&replica).await.map_err(sql("creating the progress table on the replica"))?;
+    session::write_progress(&replica, req.source, progress_after_copy(req.consistent_point))
         .await
-        .map_err(sql("reading sequences on the primary"))?;
-    write_sequences(&replica, &sequences)
-        .await
-        .map_err(sql("setting sequences on the replica"))?;
-    session::ensure_progress_table(&replica)
-        .await
-        .map_err(sql("creating the progress table on the replica"))?;
-    session::write_progress(
-        &replica,
-        req.source,
-        progress_after_copy(req.consistent_point),
-    )
-    .await
-    .map_err(sql("writing the progress row on the replica"))?;
-    replica
-        .batch_execute("COMMIT")
-        .await
-        .map_err(sql("committing the copy on the replica"))?;
+        .map_err(sql("writing the progress row on the replica"))?;
+    replica.batch_execute("COMMIT").await.map_err(sql("committing the copy on the replica"))?;
     // The primary side only read; ending it releases the snapshot.
     let _ = primary.batch_execute("COMMIT").await;
     tracing::info!(
@@ -264,10 +235,7 @@ pub async fn copy_database(req: &CopyRequest<'_>) -> Result<CopyOutcome, CopyErr
         elapsed_ms = started.elapsed().as_millis() as u64,
         "initial copy done"
     );
-    Ok(CopyOutcome::Copied {
-        tables: tables.len(),
-        rows,
-    })
+    Ok(CopyOutcome::Copied { tables: tables.len(), rows })
 }
 
 /// The progress row value standing for "everything committed before
@@ -281,9 +249,7 @@ async fn existing_progress(req: &CopyRequest<'_>) -> Result<Option<Lsn>, CopyErr
     let replica = match session::connect_writer(req.replica, req.database).await {
         Ok(c) => c,
         // Most likely the database does not exist yet.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
-            return Ok(None)
-        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => return Ok(None),
         Err(source) => {
             return Err(CopyError::Sql {
                 context: format!("connecting to database {} on the replica", req.database),
@@ -293,10 +259,7 @@ async fn existing_progress(req: &CopyRequest<'_>) -> Result<Option<Lsn>, CopyErr
     };
     session::read_progress(&replica, req.source)
         .await
-        .map_err(|source| CopyError::Sql {
-            context: "reading the replica's progress".to_owned(),
-            source,
-        })
+        .map_err(|source| CopyError::Sql { context: "reading the replica's progress".to_owned(), source })
 }
 
 /// A user table in the replica's database, if there is any.
@@ -312,9 +275,6 @@ async fn any_user_table(replica: &tokio_postgres::Client) -> Result<Option<Strin
             &[],
         )
         .await
-        .map_err(|source| CopyError::Sql {
-            context: "looking for tables on the replica".to_owned(),
-            source,
-        })?;
+        .map_err(|source| CopyError::Sql { context: "looking for tables on the replica".to_owned(), source })?;
     Ok(row.map(|r| r.get(0)))
 }

@@ -49,12 +49,7 @@ impl PgTools {
     /// the server described by `cfg`; returns its standard output.
     ///
     /// The password, if any, travels in `PGPASSWORD` so it never shows in `ps`.
-    pub async fn run(
-        &self,
-        program: &str,
-        cfg: &Config,
-        args: &[String],
-    ) -> Result<String, CopyError> {
+    pub async fn run(&self, program: &str, cfg: &Config, args: &[String]) -> Result<String, CopyError> {
         let path = self.bindir.join(program);
         let mut cmd = tokio::process::Command::new(&path);
         cmd.args(args)
@@ -68,10 +63,10 @@ impl PgTools {
             cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref());
         }
         tracing::debug!(program, ?args, "running PostgreSQL tool");
-        let out = cmd.output().await.map_err(|source| CopyError::ToolSpawn {
-            program: path.display().to_string(),
-            source,
-        })?;
+        let out = cmd
+            .output()
+            .await
+            .map_err(|source| CopyError::ToolSpawn { program: path.display().to_string(), source })?;
         if !out.status.success() {
             return Err(CopyError::ToolFailed {
                 program: program.to_owned(),
@@ -153,9 +148,7 @@ mod tests {
 
     #[test]
     fn conninfo_quotes_values_and_omits_password() {
-        let cfg: Config = "postgres://al'ice:secret@127.0.0.1:5999/my db"
-            .parse()
-            .unwrap();
+        let cfg: Config = "postgres://al'ice:secret@127.0.0.1:5999/my db".parse().unwrap();
         let s = conninfo(&cfg);
         assert!(s.contains("host='127.0.0.1'"), "{s}");
         assert!(s.contains("port='5999'"), "{s}");

@@ -81,11 +81,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for the stream of `database` (the name is stamped on each transaction).
     pub fn new(database: impl Into<String>) -> Self {
-        Decoder {
-            database: database.into(),
-            relations: HashMap::new(),
-            current: None,
-        }
+        Decoder { database: database.into(), relations: HashMap::new(), current: None }
     }
 
     /// True between a Begin and its Commit (positions from keepalives must not be
@@ -97,11 +93,7 @@ impl Decoder {
     /// Feeds one `XLogData` payload.
     pub fn feed(&mut self, payload: Bytes) -> Result<Decoded, DecodeError> {
         match pgoutput::parse(payload)? {
-            PgOutputMessage::Begin {
-                final_lsn,
-                commit_time_us,
-                xid,
-            } => {
+            PgOutputMessage::Begin { final_lsn, commit_time_us, xid } => {
                 if let Some(t) = &self.current {
                     return Err(DecodeError::NestedBegin(t.xid));
                 }
@@ -114,20 +106,10 @@ impl Decoder {
                     changes: Vec::new(),
                 });
             }
-            PgOutputMessage::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time_us,
-            } => {
-                let mut txn = self
-                    .current
-                    .take()
-                    .ok_or(DecodeError::OutsideTransaction("Commit"))?;
+            PgOutputMessage::Commit { commit_lsn, end_lsn, commit_time_us } => {
+                let mut txn = self.current.take().ok_or(DecodeError::OutsideTransaction("Commit"))?;
                 if txn.commit_lsn != Lsn(commit_lsn) {
-                    return Err(DecodeError::CommitMismatch {
-                        begin: txn.commit_lsn,
-                        commit: Lsn(commit_lsn),
-                    });
+                    return Err(DecodeError::CommitMismatch { begin: txn.commit_lsn, commit: Lsn(commit_lsn) });
                 }
                 txn.end_lsn = Lsn(end_lsn);
                 txn.commit_time_us = commit_time_us;
@@ -143,12 +125,7 @@ impl Decoder {
                     columns: body
                         .columns
                         .into_iter()
-                        .map(|(is_key, name, type_oid, type_modifier)| Column {
-                            name,
-                            type_oid,
-                            type_modifier,
-                            is_key,
-                        })
+                        .map(|(is_key, name, type_oid, type_modifier)| Column { name, type_oid, type_modifier, is_key })
                         .collect(),
                 };
                 self.relations.insert(rel.oid, Arc::new(rel));
@@ -171,30 +148,11 @@ impl Decoder {
                 check_width(&rel, &old)?;
                 self.push("Delete", Change::Delete { rel, old })?;
             }
-            PgOutputMessage::Truncate {
-                oids,
-                cascade,
-                restart_identity,
-            } => {
-                let rels = oids
-                    .into_iter()
-                    .map(|o| self.relation(o))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.push(
-                    "Truncate",
-                    Change::Truncate {
-                        rels,
-                        cascade,
-                        restart_identity,
-                    },
-                )?;
+            PgOutputMessage::Truncate { oids, cascade, restart_identity } => {
+                let rels = oids.into_iter().map(|o| self.relation(o)).collect::<Result<Vec<_>, _>>()?;
+                self.push("Truncate", Change::Truncate { rels, cascade, restart_identity })?;
             }
-            PgOutputMessage::Message {
-                transactional,
-                prefix,
-                content,
-                ..
-            } => {
+            PgOutputMessage::Message { transactional, prefix, content, .. } => {
                 if !transactional {
                     return Ok(Decoded::Message { prefix, content });
                 }
@@ -205,17 +163,11 @@ impl Decoder {
     }
 
     fn relation(&self, oid: u32) -> Result<Arc<Relation>, DecodeError> {
-        self.relations
-            .get(&oid)
-            .cloned()
-            .ok_or(DecodeError::UnknownRelation(oid))
+        self.relations.get(&oid).cloned().ok_or(DecodeError::UnknownRelation(oid))
     }
 
     fn push(&mut self, what: &'static str, change: Change) -> Result<(), DecodeError> {
-        let txn = self
-            .current
-            .as_mut()
-            .ok_or(DecodeError::OutsideTransaction(what))?;
+        let txn = self.current.as_mut().ok_or(DecodeError::OutsideTransaction(what))?;
         txn.changes.push(change);
         Ok(())
     }
@@ -249,23 +201,15 @@ mod tests {
         assert_eq!(d.feed(begin(0x200, 10, 99)).unwrap(), Decoded::Nothing);
         assert!(d.in_transaction());
         d.feed(relation(16384, "public", "t", b'd', &cols)).unwrap();
-        d.feed(insert(16384, &[Some(Some("1")), Some(Some("a"))]))
-            .unwrap();
-        d.feed(update(16384, None, &[Some(Some("1")), Some(None)]))
-            .unwrap();
-        d.feed(delete(16384, b'K', &[Some(Some("1")), None]))
-            .unwrap();
+        d.feed(insert(16384, &[Some(Some("1")), Some(Some("a"))])).unwrap();
+        d.feed(update(16384, None, &[Some(Some("1")), Some(None)])).unwrap();
+        d.feed(delete(16384, b'K', &[Some(Some("1")), None])).unwrap();
         d.feed(truncate(&[16384], 1)).unwrap();
         d.feed(message(true, 0x1F0, "tandem", b"x")).unwrap();
-        let Decoded::Transaction(txn) = d.feed(commit(0x200, 0x230, 11)).unwrap() else {
-            panic!("no txn")
-        };
+        let Decoded::Transaction(txn) = d.feed(commit(0x200, 0x230, 11)).unwrap() else { panic!("no txn") };
         assert!(!d.in_transaction());
         assert_eq!(txn.xid, 99);
-        assert_eq!(
-            (txn.commit_lsn, txn.end_lsn, txn.commit_time_us),
-            (Lsn(0x200), Lsn(0x230), 11)
-        );
+        assert_eq!((txn.commit_lsn, txn.end_lsn, txn.commit_time_us), (Lsn(0x200), Lsn(0x230), 11));
         assert_eq!(txn.database, "app");
         let rel = txn.changes[0].relations()[0].clone();
         assert_eq!((rel.schema.as_str(), rel.name.as_str()), ("public", "t"));
@@ -274,64 +218,32 @@ mod tests {
         assert_eq!(
             txn.changes[1..],
             [
-                Change::Update {
-                    rel: rel.clone(),
-                    old: None,
-                    new: Tuple(vec![t("1"), Datum::Unchanged])
-                },
-                Change::Delete {
-                    rel: rel.clone(),
-                    old: Tuple(vec![t("1"), Datum::Null])
-                },
-                Change::Truncate {
-                    rels: vec![rel.clone()],
-                    cascade: true,
-                    restart_identity: false
-                },
-                Change::Message {
-                    prefix: "tandem".into(),
-                    content: Bytes::from_static(b"x")
-                },
+                Change::Update { rel: rel.clone(), old: None, new: Tuple(vec![t("1"), Datum::Unchanged]) },
+                Change::Delete { rel: rel.clone(), old: Tuple(vec![t("1"), Datum::Null]) },
+                Change::Truncate { rels: vec![rel.clone()], cascade: true, restart_identity: false },
+                Change::Message { prefix: "tandem".into(), content: Bytes::from_static(b"x") },
             ]
         );
         // The relation cache survives across transactions (pgoutput sends it once).
         d.feed(begin(0x300, 12, 100)).unwrap();
         d.feed(insert(16384, &[Some(Some("2")), None])).unwrap();
-        assert!(
-            matches!(d.feed(commit(0x300, 0x330, 12)).unwrap(), Decoded::Transaction(t) if t.changes.len() == 1)
-        );
+        assert!(matches!(d.feed(commit(0x300, 0x330, 12)).unwrap(), Decoded::Transaction(t) if t.changes.len() == 1));
     }
 
     #[test]
     fn rejects_protocol_violations() {
         let mut d = Decoder::new("app");
         assert_eq!(d.feed(insert(1, &[])), Err(DecodeError::UnknownRelation(1)));
-        d.feed(relation(1, "public", "t", b'd', &[(true, "id", 23)]))
-            .unwrap();
-        assert_eq!(
-            d.feed(insert(1, &[None])),
-            Err(DecodeError::OutsideTransaction("Insert"))
-        );
-        assert_eq!(
-            d.feed(commit(1, 2, 3)),
-            Err(DecodeError::OutsideTransaction("Commit"))
-        );
+        d.feed(relation(1, "public", "t", b'd', &[(true, "id", 23)])).unwrap();
+        assert_eq!(d.feed(insert(1, &[None])), Err(DecodeError::OutsideTransaction("Insert")));
+        assert_eq!(d.feed(commit(1, 2, 3)), Err(DecodeError::OutsideTransaction("Commit")));
         d.feed(begin(5, 0, 1)).unwrap();
         assert_eq!(d.feed(begin(6, 0, 2)), Err(DecodeError::NestedBegin(1)));
-        assert!(matches!(
-            d.feed(insert(1, &[None, None])),
-            Err(DecodeError::TupleWidth { .. })
-        ));
-        assert!(matches!(
-            d.feed(commit(6, 7, 0)),
-            Err(DecodeError::CommitMismatch { .. })
-        ));
+        assert!(matches!(d.feed(insert(1, &[None, None])), Err(DecodeError::TupleWidth { .. })));
+        assert!(matches!(d.feed(commit(6, 7, 0)), Err(DecodeError::CommitMismatch { .. })));
         assert_eq!(
             d.feed(message(false, 1, "p", b"c")).unwrap(),
-            Decoded::Message {
-                prefix: "p".into(),
-                content: Bytes::from_static(b"c")
-            }
+            Decoded::Message { prefix: "p".into(), content: Bytes::from_static(b"c") }
         );
     }
 }

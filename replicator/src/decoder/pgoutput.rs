@@ -151,28 +151,14 @@ pub fn parse(mut buf: Bytes) -> Result<PgOutputMessage, PgOutputError> {
     }
     let tag = buf.get_u8();
     let (msg, name) = {
-        let mut r = Cur {
-            b: &mut buf,
-            msg: msg_name(tag),
-        };
+        let mut r = Cur { b: &mut buf, msg: msg_name(tag) };
         let m = match tag {
-            b'B' => PgOutputMessage::Begin {
-                final_lsn: r.u64()?,
-                commit_time_us: r.i64()?,
-                xid: r.u32()?,
-            },
+            b'B' => PgOutputMessage::Begin { final_lsn: r.u64()?, commit_time_us: r.i64()?, xid: r.u32()? },
             b'C' => {
                 let _flags = r.u8()?;
-                PgOutputMessage::Commit {
-                    commit_lsn: r.u64()?,
-                    end_lsn: r.u64()?,
-                    commit_time_us: r.i64()?,
-                }
+                PgOutputMessage::Commit { commit_lsn: r.u64()?, end_lsn: r.u64()?, commit_time_us: r.i64()? }
             }
-            b'O' => PgOutputMessage::Origin {
-                lsn: r.u64()?,
-                name: r.cstr()?,
-            },
+            b'O' => PgOutputMessage::Origin { lsn: r.u64()?, name: r.cstr()? },
             b'R' => {
                 let oid = r.u32()?;
                 let mut schema = r.cstr()?;
@@ -182,10 +168,7 @@ pub fn parse(mut buf: Bytes) -> Result<PgOutputMessage, PgOutputError> {
                 let name = r.cstr()?;
                 let ident = r.u8()?;
                 let replica_identity =
-                    ReplicaIdentity::from_byte(ident).ok_or(PgOutputError::BadTag {
-                        msg: r.msg,
-                        tag: ident,
-                    })?;
+                    ReplicaIdentity::from_byte(ident).ok_or(PgOutputError::BadTag { msg: r.msg, tag: ident })?;
                 let n = r.u16()?;
                 let mut columns = Vec::with_capacity(usize::from(n).min(1600));
                 for _ in 0..n {
@@ -195,26 +178,13 @@ pub fn parse(mut buf: Bytes) -> Result<PgOutputMessage, PgOutputError> {
                     let typmod = r.i32()?;
                     columns.push((flags & 1 != 0, cname, type_oid, typmod));
                 }
-                PgOutputMessage::Relation(RelationBody {
-                    oid,
-                    schema,
-                    name,
-                    replica_identity,
-                    columns,
-                })
+                PgOutputMessage::Relation(RelationBody { oid, schema, name, replica_identity, columns })
             }
-            b'Y' => PgOutputMessage::Type {
-                oid: r.u32()?,
-                schema: r.cstr()?,
-                name: r.cstr()?,
-            },
+            b'Y' => PgOutputMessage::Type { oid: r.u32()?, schema: r.cstr()?, name: r.cstr()? },
             b'I' => {
                 let oid = r.u32()?;
                 r.expect(b'N')?;
-                PgOutputMessage::Insert {
-                    oid,
-                    new: r.tuple()?,
-                }
+                PgOutputMessage::Insert { oid, new: r.tuple()? }
             }
             b'U' => {
                 let oid = r.u32()?;
@@ -225,30 +195,17 @@ pub fn parse(mut buf: Bytes) -> Result<PgOutputMessage, PgOutputError> {
                     kind = r.u8()?;
                 }
                 if kind != b'N' {
-                    return Err(PgOutputError::BadTag {
-                        msg: r.msg,
-                        tag: kind,
-                    });
+                    return Err(PgOutputError::BadTag { msg: r.msg, tag: kind });
                 }
-                PgOutputMessage::Update {
-                    oid,
-                    old,
-                    new: r.tuple()?,
-                }
+                PgOutputMessage::Update { oid, old, new: r.tuple()? }
             }
             b'D' => {
                 let oid = r.u32()?;
                 let kind = r.u8()?;
                 if kind != b'K' && kind != b'O' {
-                    return Err(PgOutputError::BadTag {
-                        msg: r.msg,
-                        tag: kind,
-                    });
+                    return Err(PgOutputError::BadTag { msg: r.msg, tag: kind });
                 }
-                PgOutputMessage::Delete {
-                    oid,
-                    old: r.tuple()?,
-                }
+                PgOutputMessage::Delete { oid, old: r.tuple()? }
             }
             b'T' => {
                 let n = r.u32()?;
@@ -257,11 +214,7 @@ pub fn parse(mut buf: Bytes) -> Result<PgOutputMessage, PgOutputError> {
                 for _ in 0..n {
                     oids.push(r.u32()?);
                 }
-                PgOutputMessage::Truncate {
-                    oids,
-                    cascade: options & 1 != 0,
-                    restart_identity: options & 2 != 0,
-                }
+                PgOutputMessage::Truncate { oids, cascade: options & 1 != 0, restart_identity: options & 2 != 0 }
             }
             b'M' => {
                 let flags = r.u8()?;
@@ -269,27 +222,14 @@ pub fn parse(mut buf: Bytes) -> Result<PgOutputMessage, PgOutputError> {
                 let prefix = r.cstr()?;
                 let len = r.u32()? as usize;
                 let content = r.take(len)?;
-                PgOutputMessage::Message {
-                    transactional: flags & 1 != 0,
-                    lsn,
-                    prefix,
-                    content,
-                }
+                PgOutputMessage::Message { transactional: flags & 1 != 0, lsn, prefix, content }
             }
-            tag => {
-                return Err(PgOutputError::BadTag {
-                    msg: "pgoutput",
-                    tag,
-                })
-            }
+            tag => return Err(PgOutputError::BadTag { msg: "pgoutput", tag }),
         };
         (m, r.msg)
     };
     if !buf.is_empty() {
-        return Err(PgOutputError::Trailing {
-            msg: name,
-            extra: buf.len(),
-        });
+        return Err(PgOutputError::Trailing { msg: name, extra: buf.len() });
     }
     Ok(msg)
 }
@@ -331,10 +271,7 @@ impl Cur<'_> {
     fn expect(&mut self, tag: u8) -> Result<(), PgOutputError> {
         match self.u8()? {
             t if t == tag => Ok(()),
-            t => Err(PgOutputError::BadTag {
-                msg: self.msg,
-                tag: t,
-            }),
+            t => Err(PgOutputError::BadTag { msg: self.msg, tag: t }),
         }
     }
     fn u16(&mut self) -> Result<u16, PgOutputError> {
@@ -362,11 +299,7 @@ impl Cur<'_> {
         Ok(self.b.split_to(n))
     }
     fn cstr(&mut self) -> Result<String, PgOutputError> {
-        let end = self
-            .b
-            .iter()
-            .position(|&c| c == 0)
-            .ok_or(PgOutputError::BadString { msg: self.msg })?;
+        let end = self.b.iter().position(|&c| c == 0).ok_or(PgOutputError::BadString { msg: self.msg })?;
         let s = self.b.split_to(end);
         self.b.advance(1);
         String::from_utf8(s.to_vec()).map_err(|_| PgOutputError::BadString { msg: self.msg })
@@ -413,13 +346,7 @@ pub(crate) mod build {
         b.put_i64(ts);
         b.freeze()
     }
-    pub fn relation(
-        oid: u32,
-        schema: &str,
-        name: &str,
-        ident: u8,
-        cols: &[(bool, &str, u32)],
-    ) -> Bytes {
+    pub fn relation(oid: u32, schema: &str, name: &str, ident: u8, cols: &[(bool, &str, u32)]) -> Bytes {
         let mut b = BytesMut::new();
         b.put_u8(b'R');
         b.put_u32(oid);
@@ -458,11 +385,7 @@ pub(crate) mod build {
         tuple(&mut b, cols);
         b.freeze()
     }
-    pub fn update(
-        oid: u32,
-        old: Option<(u8, &[Option<Option<&str>>])>,
-        new: &[Option<Option<&str>>],
-    ) -> Bytes {
+    pub fn update(oid: u32, old: Option<(u8, &[Option<Option<&str>>])>, new: &[Option<Option<&str>>]) -> Bytes {
         let mut b = BytesMut::new();
         b.put_u8(b'U');
         b.put_u32(oid);
@@ -517,67 +440,33 @@ mod tests {
     fn parses_each_message() {
         assert_eq!(
             parse(begin(0x100, 5, 7)).unwrap(),
-            PgOutputMessage::Begin {
-                final_lsn: 0x100,
-                commit_time_us: 5,
-                xid: 7
-            }
+            PgOutputMessage::Begin { final_lsn: 0x100, commit_time_us: 5, xid: 7 }
         );
         assert_eq!(
             parse(commit(0x100, 0x130, 5)).unwrap(),
-            PgOutputMessage::Commit {
-                commit_lsn: 0x100,
-                end_lsn: 0x130,
-                commit_time_us: 5
-            }
+            PgOutputMessage::Commit { commit_lsn: 0x100, end_lsn: 0x130, commit_time_us: 5 }
         );
-        let PgOutputMessage::Relation(r) = parse(relation(
-            16384,
-            "",
-            "t",
-            b'f',
-            &[(true, "id", 23), (false, "v", 25)],
-        ))
-        .unwrap() else {
+        let PgOutputMessage::Relation(r) =
+            parse(relation(16384, "", "t", b'f', &[(true, "id", 23), (false, "v", 25)])).unwrap()
+        else {
             panic!("not a relation")
         };
         assert_eq!(r.schema, "pg_catalog");
         assert_eq!(r.replica_identity, ReplicaIdentity::Full);
         assert_eq!(r.columns[0], (true, "id".to_string(), 23, -1));
         assert_eq!(
-            parse(update(
-                1,
-                Some((b'K', &[Some(Some("1")), None])),
-                &[Some(Some("2")), Some(None)]
-            ))
-            .unwrap(),
+            parse(update(1, Some((b'K', &[Some(Some("1")), None])), &[Some(Some("2")), Some(None)])).unwrap(),
             PgOutputMessage::Update {
                 oid: 1,
-                old: Some(Tuple(vec![
-                    Datum::Text(Bytes::from_static(b"1")),
-                    Datum::Null
-                ])),
-                new: Tuple(vec![
-                    Datum::Text(Bytes::from_static(b"2")),
-                    Datum::Unchanged
-                ]),
+                old: Some(Tuple(vec![Datum::Text(Bytes::from_static(b"1")), Datum::Null])),
+                new: Tuple(vec![Datum::Text(Bytes::from_static(b"2")), Datum::Unchanged]),
             }
         );
-        assert!(matches!(
-            parse(update(1, None, &[])).unwrap(),
-            PgOutputMessage::Update { old: None, .. }
-        ));
-        assert!(matches!(
-            parse(delete(1, b'O', &[None])).unwrap(),
-            PgOutputMessage::Delete { oid: 1, .. }
-        ));
+        assert!(matches!(parse(update(1, None, &[])).unwrap(), PgOutputMessage::Update { old: None, .. }));
+        assert!(matches!(parse(delete(1, b'O', &[None])).unwrap(), PgOutputMessage::Delete { oid: 1, .. }));
         assert_eq!(
             parse(truncate(&[1, 2], 3)).unwrap(),
-            PgOutputMessage::Truncate {
-                oids: vec![1, 2],
-                cascade: true,
-                restart_identity: true
-            }
+            PgOutputMessage::Truncate { oids: vec![1, 2], cascade: true, restart_identity: true }
         );
         assert_eq!(
             parse(message(true, 9, "tandem", b"x")).unwrap(),
@@ -605,11 +494,7 @@ mod tests {
         for s in samples {
             parse(s.clone()).unwrap();
             for len in 0..s.len() {
-                assert!(
-                    parse(s.slice(..len)).is_err(),
-                    "{:?} cut at {len} parsed",
-                    s
-                );
+                assert!(parse(s.slice(..len)).is_err(), "{:?} cut at {len} parsed", s);
             }
             let mut longer = s.to_vec();
             longer.push(0);
@@ -620,13 +505,7 @@ mod tests {
                 let _ = parse(Bytes::from(b));
             }
         }
-        assert_eq!(
-            parse(Bytes::from_static(b"Z")),
-            Err(PgOutputError::BadTag {
-                msg: "pgoutput",
-                tag: b'Z'
-            })
-        );
+        assert_eq!(parse(Bytes::from_static(b"Z")), Err(PgOutputError::BadTag { msg: "pgoutput", tag: b'Z' }));
         assert!(parse(insert(1, &[])).is_ok());
         let mut bad = insert(1, &[]).to_vec();
         bad[5] = b'X';

@@ -91,9 +91,7 @@ pub struct ReplicationConnection {
 
 impl std::fmt::Debug for ReplicationConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicationConnection")
-            .field("backend_pid", &self.backend_pid)
-            .finish()
+        f.debug_struct("ReplicationConnection").field("backend_pid", &self.backend_pid).finish()
     }
 }
 
@@ -112,13 +110,8 @@ impl ReplicationConnection {
                 "sslmode=require is not supported for the replication connection yet".into(),
             ));
         }
-        let user = config
-            .get_user()
-            .ok_or_else(|| SourceError::Config("the primary DSN must name a user".into()))?;
-        let timeout = config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
+        let user = config.get_user().ok_or_else(|| SourceError::Config("the primary DSN must name a user".into()))?;
+        let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
         let io = open_socket(config, timeout).await?;
         Self::startup(io, user, config.get_password(), database, application_name).await
     }
@@ -131,12 +124,8 @@ impl ReplicationConnection {
         database: &str,
         application_name: &str,
     ) -> Result<ReplicationConnection, SourceError> {
-        let mut conn = ReplicationConnection {
-            io,
-            rbuf: BytesMut::with_capacity(8192),
-            wbuf: BytesMut::new(),
-            backend_pid: 0,
-        };
+        let mut conn =
+            ReplicationConnection { io, rbuf: BytesMut::with_capacity(8192), wbuf: BytesMut::new(), backend_pid: 0 };
         let mut params: Vec<(&str, &str)> = vec![
             ("user", user),
             ("database", database),
@@ -151,36 +140,25 @@ impl ReplicationConnection {
         loop {
             match conn.read().await? {
                 Backend::Message(Message::BackendKeyData(k)) => conn.backend_pid = k.process_id(),
-                Backend::Message(Message::ParameterStatus(_))
-                | Backend::Message(Message::NoticeResponse(_)) => {}
+                Backend::Message(Message::ParameterStatus(_)) | Backend::Message(Message::NoticeResponse(_)) => {}
                 Backend::Message(Message::ReadyForQuery(_)) => return Ok(conn),
                 Backend::Message(Message::ErrorResponse(e)) => {
                     return Err(SourceError::Server(server_error(e.fields())))
                 }
-                _ => {
-                    return Err(SourceError::Protocol(
-                        "unexpected message during startup".into(),
-                    ))
-                }
+                _ => return Err(SourceError::Protocol("unexpected message during startup".into())),
             }
         }
     }
 
-    async fn authenticate(
-        &mut self,
-        user: &str,
-        password: Option<&[u8]>,
-    ) -> Result<(), SourceError> {
-        let need_password =
-            || SourceError::Auth("the server asks for a password but the DSN has none".into());
+    async fn authenticate(&mut self, user: &str, password: Option<&[u8]>) -> Result<(), SourceError> {
+        let need_password = || SourceError::Auth("the server asks for a password but the DSN has none".into());
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.read().await? {
                 Backend::Message(Message::AuthenticationOk) => return Ok(()),
                 Backend::Message(Message::AuthenticationCleartextPassword) => {
                     let pw = password.ok_or_else(need_password)?;
-                    frontend::password_message(pw, &mut self.wbuf)
-                        .map_err(|e| SourceError::Auth(e.to_string()))?;
+                    frontend::password_message(pw, &mut self.wbuf).map_err(|e| SourceError::Auth(e.to_string()))?;
                     self.flush().await?;
                 }
                 Backend::Message(Message::AuthenticationMd5Password(body)) => {
@@ -194,16 +172,11 @@ impl ReplicationConnection {
                     let pw = password.ok_or_else(need_password)?;
                     let mut mechanisms = body.mechanisms();
                     let mut has_scram = false;
-                    while let Some(m) = mechanisms
-                        .next()
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?
-                    {
+                    while let Some(m) = mechanisms.next().map_err(|e| SourceError::Protocol(e.to_string()))? {
                         has_scram |= m == SCRAM_SHA_256;
                     }
                     if !has_scram {
-                        return Err(SourceError::Auth(
-                            "server offers no SASL mechanism we support".into(),
-                        ));
+                        return Err(SourceError::Auth("server offers no SASL mechanism we support".into()));
                     }
                     // No channel binding: this connection has no TLS.
                     let s = ScramSha256::new(pw, ChannelBinding::unsupported());
@@ -213,30 +186,20 @@ impl ReplicationConnection {
                     scram = Some(s);
                 }
                 Backend::Message(Message::AuthenticationSaslContinue(body)) => {
-                    let s = scram.as_mut().ok_or_else(|| {
-                        SourceError::Protocol("SASL continue before start".into())
-                    })?;
-                    s.update(body.data())
-                        .map_err(|e| SourceError::Auth(e.to_string()))?;
+                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL continue before start".into()))?;
+                    s.update(body.data()).map_err(|e| SourceError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut self.wbuf)
                         .map_err(|e| SourceError::Auth(e.to_string()))?;
                     self.flush().await?;
                 }
                 Backend::Message(Message::AuthenticationSaslFinal(body)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| SourceError::Auth(e.to_string()))?;
+                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
+                    s.finish(body.data()).map_err(|e| SourceError::Auth(e.to_string()))?;
                 }
                 Backend::Message(Message::ErrorResponse(e)) => {
                     return Err(SourceError::Server(server_error(e.fields())))
                 }
-                _ => {
-                    return Err(SourceError::Auth(
-                        "unsupported authentication method".into(),
-                    ))
-                }
+                _ => return Err(SourceError::Auth("unsupported authentication method".into())),
             }
         }
     }
@@ -258,10 +221,7 @@ impl ReplicationConnection {
                 Backend::Message(Message::RowDescription(desc)) => {
                     let mut names = Vec::new();
                     let mut fields = desc.fields();
-                    while let Some(f) = fields
-                        .next()
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?
-                    {
+                    while let Some(f) = fields.next().map_err(|e| SourceError::Protocol(e.to_string()))? {
                         names.push(f.name().to_owned());
                     }
                     columns = Arc::from(names);
@@ -270,28 +230,18 @@ impl ReplicationConnection {
                     let buf = row.buffer();
                     let mut values = Vec::with_capacity(columns.len());
                     let mut ranges = row.ranges();
-                    while let Some(r) = ranges
-                        .next()
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?
-                    {
+                    while let Some(r) = ranges.next().map_err(|e| SourceError::Protocol(e.to_string()))? {
                         values.push(match r {
                             Some(r) => Some(
                                 String::from_utf8(buf.get(r).unwrap_or_default().to_vec())
-                                    .map_err(|_| {
-                                        SourceError::Protocol("non-UTF-8 value in result".into())
-                                    })?,
+                                    .map_err(|_| SourceError::Protocol("non-UTF-8 value in result".into()))?,
                             ),
                             None => None,
                         });
                     }
-                    rows.push(SimpleRow {
-                        columns: columns.clone(),
-                        values,
-                    });
+                    rows.push(SimpleRow { columns: columns.clone(), values });
                 }
-                Backend::Message(Message::ErrorResponse(e)) => {
-                    error = Some(server_error(e.fields()))
-                }
+                Backend::Message(Message::ErrorResponse(e)) => error = Some(server_error(e.fields())),
                 Backend::Message(Message::ReadyForQuery(_)) => {
                     return match error {
                         Some(e) => Err(SourceError::Server(e)),
@@ -304,11 +254,7 @@ impl ReplicationConnection {
                     | Message::NoticeResponse(_)
                     | Message::ParameterStatus(_),
                 ) => {}
-                _ => {
-                    return Err(SourceError::Protocol(format!(
-                        "unexpected message in reply to {sql:?}"
-                    )))
-                }
+                _ => return Err(SourceError::Protocol(format!("unexpected message in reply to {sql:?}"))),
             }
         }
     }
@@ -316,18 +262,12 @@ impl ReplicationConnection {
     /// `IDENTIFY_SYSTEM`.
     pub async fn identify_system(&mut self) -> Result<SystemInfo, SourceError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
-        let field = |name: &str| {
-            row.get(name)
-                .ok_or_else(|| SourceError::Protocol(format!("IDENTIFY_SYSTEM without {name}")))
-        };
+        let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let field =
+            |name: &str| row.get(name).ok_or_else(|| SourceError::Protocol(format!("IDENTIFY_SYSTEM without {name}")));
         Ok(SystemInfo {
             system_id: field("systemid")?.to_owned(),
-            timeline: field("timeline")?
-                .parse()
-                .map_err(|_| SourceError::Protocol("bad timeline".into()))?,
+            timeline: field("timeline")?.parse().map_err(|_| SourceError::Protocol("bad timeline".into()))?,
             xlog_pos: parse_lsn(field("xlogpos")?)?,
             database: row.get("dbname").map(str::to_owned),
         })
@@ -346,16 +286,11 @@ impl ReplicationConnection {
             "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}",
             quote_ident(name),
             if temporary { "TEMPORARY " } else { "" },
-            if export_snapshot {
-                "EXPORT_SNAPSHOT"
-            } else {
-                "NOEXPORT_SNAPSHOT"
-            }
+            if export_snapshot { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" }
         );
         let rows = self.simple_query(&sql).await?;
-        let row = rows.first().ok_or_else(|| {
-            SourceError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
-        })?;
+        let row =
+            rows.first().ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
         Ok(CreatedSlot {
             slot_name: row.get("slot_name").unwrap_or(name).to_owned(),
             consistent_point: parse_lsn(row.get("consistent_point").unwrap_or("0/0"))?,
@@ -367,12 +302,7 @@ impl ReplicationConnection {
     /// publication_names 'publication', messages 'true')` and waits for the
     /// switch to CopyBoth. The connection then belongs to a
     /// [`super::stream::ReplicationStream`].
-    pub async fn start_replication(
-        &mut self,
-        slot: &str,
-        start: Lsn,
-        publication: &str,
-    ) -> Result<(), SourceError> {
+    pub async fn start_replication(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<(), SourceError> {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
             quote_ident(slot),
@@ -385,20 +315,14 @@ impl ReplicationConnection {
         loop {
             match self.read().await? {
                 Backend::CopyBothResponse => return Ok(()),
-                Backend::Message(Message::ErrorResponse(e)) => {
-                    error = Some(server_error(e.fields()))
-                }
+                Backend::Message(Message::ErrorResponse(e)) => error = Some(server_error(e.fields())),
                 Backend::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
                 Backend::Message(Message::ReadyForQuery(_)) => {
-                    return Err(error.map(SourceError::Server).unwrap_or_else(|| {
-                        SourceError::Protocol("START_REPLICATION ended without streaming".into())
-                    }))
+                    return Err(error
+                        .map(SourceError::Server)
+                        .unwrap_or_else(|| SourceError::Protocol("START_REPLICATION ended without streaming".into())))
                 }
-                _ => {
-                    return Err(SourceError::Protocol(
-                        "unexpected reply to START_REPLICATION".into(),
-                    ))
-                }
+                _ => return Err(SourceError::Protocol("unexpected reply to START_REPLICATION".into())),
             }
         }
     }
@@ -416,21 +340,12 @@ impl ReplicationConnection {
 
     async fn flush(&mut self) -> Result<(), SourceError> {
         let buf = self.wbuf.split();
-        self.io
-            .write_all(&buf)
-            .await
-            .map_err(SourceError::io("writing to the primary"))?;
-        self.io
-            .flush()
-            .await
-            .map_err(SourceError::io("writing to the primary"))
+        self.io.write_all(&buf).await.map_err(SourceError::io("writing to the primary"))?;
+        self.io.flush().await.map_err(SourceError::io("writing to the primary"))
     }
 }
 
-async fn open_socket(
-    config: &tokio_postgres::Config,
-    timeout: Duration,
-) -> Result<Box<dyn Io>, SourceError> {
+async fn open_socket(config: &tokio_postgres::Config, timeout: Duration) -> Result<Box<dyn Io>, SourceError> {
     let ports = config.get_ports();
     let mut last_err = SourceError::Config("the DSN names no host".into());
     for (i, host) in config.get_hosts().iter().enumerate() {
@@ -444,8 +359,7 @@ async fn open_socket(
                 }
                 #[cfg(unix)]
                 Host::Unix(dir) => {
-                    let s = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
-                        .await?;
+                    let s = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
                     Ok::<Box<dyn Io>, std::io::Error>(Box::new(s))
                 }
             }
@@ -454,9 +368,10 @@ async fn open_socket(
             Ok(Ok(io)) => return Ok(io),
             Ok(Err(e)) => last_err = SourceError::io(format!("connecting to {host:?}:{port}"))(e),
             Err(_) => {
-                last_err = SourceError::io(format!("connecting to {host:?}:{port}"))(
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-                )
+                last_err = SourceError::io(format!("connecting to {host:?}:{port}"))(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
             }
         }
     }
@@ -465,8 +380,7 @@ async fn open_socket(
 
 /// Parses an `X/Y` LSN from a server reply.
 pub(crate) fn parse_lsn(s: &str) -> Result<Lsn, SourceError> {
-    s.parse()
-        .map_err(|e: tandem_core::LsnParseError| SourceError::Protocol(e.to_string()))
+    s.parse().map_err(|e: tandem_core::LsnParseError| SourceError::Protocol(e.to_string()))
 }
 
 /// Quotes an identifier for SQL / replication commands.

@@ -36,11 +36,7 @@ pub trait ChangeSink: Send + Sync {
     fn last_lsn(&self) -> Lsn;
     /// Stores `payload` under `lsn`, returning once durable; an `lsn` not above
     /// [`ChangeSink::last_lsn`] is a re-delivery and ignored.
-    fn append(
-        &self,
-        lsn: Lsn,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn append(&self, lsn: Lsn, payload: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Settings of a stream loop.
@@ -80,10 +76,7 @@ struct AppliedSet {
 impl AppliedSet {
     fn new(rx: Vec<AppliedLsn>) -> Self {
         let last = rx.iter().map(|r| *r.borrow()).collect();
-        AppliedSet {
-            rx: rx.into_iter().map(Some).collect(),
-            last,
-        }
+        AppliedSet { rx: rx.into_iter().map(Some).collect(), last }
     }
 
     /// Waits until any replica's position changes (forever if none can).
@@ -92,10 +85,7 @@ impl AppliedSet {
             .rx
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, r)| {
-                r.as_mut()
-                    .map(|r| Box::pin(async move { (i, r.changed().await.is_ok()) }))
-            })
+            .filter_map(|(i, r)| r.as_mut().map(|r| Box::pin(async move { (i, r.changed().await.is_ok()) })))
             .collect();
         if waits.is_empty() {
             return std::future::pending().await;
@@ -125,16 +115,10 @@ pub async fn stream_database<S: ChangeSink>(
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     let database = opts.database.as_str();
-    conn.start_replication(&opts.slot, start, &opts.publication)
-        .await?;
+    conn.start_replication(&opts.slot, start, &opts.publication).await?;
     tracing::info!(database, slot = %opts.slot, %start, mode = %opts.mode, "streaming from the primary");
     let mut tracker = FlushTracker::new(opts.mode, opts.sync_quorum, start);
-    let mut stream = ReplicationStream::new(
-        conn,
-        opts.buffer,
-        opts.feedback_interval,
-        tracker.feedback(),
-    );
+    let mut stream = ReplicationStream::new(conn, opts.buffer, opts.feedback_interval, tracker.feedback());
     let mut decoder = Decoder::new(database);
     let mut applied = AppliedSet::new(applied);
     tracker.applied(&applied.last);
@@ -185,11 +169,7 @@ impl ChangeSink for crate::changelog::ChangeLog {
     fn last_lsn(&self) -> Lsn {
         crate::changelog::ChangeLog::last_lsn(self)
     }
-    fn append(
-        &self,
-        lsn: Lsn,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+    fn append(&self, lsn: Lsn, payload: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send {
         crate::changelog::ChangeLog::append(self, lsn, payload)
     }
 }

@@ -43,9 +43,10 @@ pub async fn connect_sql(
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
     }
-    let (client, connection) = cfg.connect(NoTls).await.map_err(SourceError::sql(format!(
-        "connecting to database {database:?} on the primary"
-    )))?;
+    let (client, connection) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(SourceError::sql(format!("connecting to database {database:?} on the primary")))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "primary SQL connection ended");
@@ -57,11 +58,7 @@ pub async fn connect_sql(
 /// Checks that the primary can feed Tandem: `wal_level = logical`, a role with
 /// REPLICATION (or superuser), and room for `new_slots` more slots and
 /// `new_senders` more walsenders. Errors say what to change.
-pub async fn check_primary(
-    client: &Client,
-    new_slots: usize,
-    new_senders: usize,
-) -> Result<(), SourceError> {
+pub async fn check_primary(client: &Client, new_slots: usize, new_senders: usize) -> Result<(), SourceError> {
     let row = client
         .query_one(
             "SELECT current_setting('wal_level'), \
@@ -83,9 +80,7 @@ pub async fn check_primary(
     let (max_senders, used_senders): (i32, i32) = (row.get(6), row.get(7));
     let version: i32 = row.get(8);
     if version < 100_000 {
-        return Err(SourceError::NotReady(format!(
-            "PostgreSQL {version} is too old; Tandem needs 10 or newer"
-        )));
+        return Err(SourceError::NotReady(format!("PostgreSQL {version} is too old; Tandem needs 10 or newer")));
     }
     if wal_level != "logical" {
         return Err(SourceError::NotReady(format!(
@@ -117,10 +112,7 @@ pub async fn check_primary(
 
 /// The databases to replicate: `wanted`, or every connectable non-template
 /// database when `wanted` is empty. Unknown names are an error.
-pub async fn list_databases(
-    client: &Client,
-    wanted: &[String],
-) -> Result<Vec<DatabaseInfo>, SourceError> {
+pub async fn list_databases(client: &Client, wanted: &[String]) -> Result<Vec<DatabaseInfo>, SourceError> {
     let rows = client
         .query(
             "SELECT datname::text, oid::int8 FROM pg_database \
@@ -129,22 +121,18 @@ pub async fn list_databases(
         )
         .await
         .map_err(SourceError::sql("listing the primary's databases"))?;
-    let all: Vec<DatabaseInfo> = rows
-        .iter()
-        .map(|r| DatabaseInfo {
-            name: r.get(0),
-            oid: r.get::<_, i64>(1) as u32,
-        })
-        .collect();
+    let all: Vec<DatabaseInfo> =
+        rows.iter().map(|r| DatabaseInfo { name: r.get(0), oid: r.get::<_, i64>(1) as u32 }).collect();
     if wanted.is_empty() {
         return Ok(all);
     }
     wanted
         .iter()
         .map(|w| {
-            all.iter().find(|d| &d.name == w).cloned().ok_or_else(|| {
-                SourceError::NotReady(format!("database {w:?} does not exist on the primary"))
-            })
+            all.iter()
+                .find(|d| &d.name == w)
+                .cloned()
+                .ok_or_else(|| SourceError::NotReady(format!("database {w:?} does not exist on the primary")))
         })
         .collect()
 }
@@ -153,33 +141,22 @@ pub async fn list_databases(
 /// Returns whether it was created.
 pub async fn ensure_publication(client: &Client, publication: &str) -> Result<bool, SourceError> {
     let exists = client
-        .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
         .map_err(SourceError::sql("looking up the publication"))?;
     match exists {
         Some(row) => {
             let all: bool = row.get(0);
             if !all {
-                tracing::warn!(
-                    publication,
-                    "publication exists but is not FOR ALL TABLES; some tables may be missed"
-                );
+                tracing::warn!(publication, "publication exists but is not FOR ALL TABLES; some tables may be missed");
             }
             Ok(false)
         }
         None => {
             client
-                .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
-                    quote_ident(publication)
-                ))
+                .batch_execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication)))
                 .await
-                .map_err(SourceError::sql(format!(
-                    "creating publication {publication:?}"
-                )))?;
+                .map_err(SourceError::sql(format!("creating publication {publication:?}")))?;
             tracing::info!(publication, "created publication FOR ALL TABLES");
             Ok(true)
         }
@@ -202,11 +179,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         database: row.get(0),
         plugin: row.get(1),
         active_pid: row.get(2),
-        confirmed_flush: confirmed
-            .as_deref()
-            .map(parse_lsn)
-            .transpose()?
-            .unwrap_or(Lsn::ZERO),
+        confirmed_flush: confirmed.as_deref().map(parse_lsn).transpose()?.unwrap_or(Lsn::ZERO),
     }))
 }
 
@@ -220,9 +193,7 @@ pub async fn release_slot(client: &Client, slot: &str) -> Result<bool, SourceErr
             &[&slot],
         )
         .await
-        .map_err(SourceError::sql(
-            "terminating the old walsender of the slot",
-        ))?;
+        .map_err(SourceError::sql("terminating the old walsender of the slot"))?;
     Ok(row.get(0))
 }
 
@@ -257,14 +228,9 @@ pub async fn set_sync_standbys(client: &Client, value: &str) -> Result<String, S
     }
     // Two statements: ALTER SYSTEM refuses to run inside a (multi-statement) transaction.
     client
-        .batch_execute(&format!(
-            "ALTER SYSTEM SET synchronous_standby_names = {}",
-            quote_literal(value)
-        ))
+        .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote_literal(value)))
         .await
-        .map_err(SourceError::sql(
-            "setting synchronous_standby_names on the primary",
-        ))?;
+        .map_err(SourceError::sql("setting synchronous_standby_names on the primary"))?;
     client
         .batch_execute("SELECT pg_reload_conf()")
         .await

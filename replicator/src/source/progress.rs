@@ -40,13 +40,7 @@ pub struct FlushTracker {
 impl FlushTracker {
     /// Starts at `start` (a position the slot has already confirmed).
     pub fn new(mode: Mode, quorum: usize, start: Lsn) -> Self {
-        FlushTracker {
-            mode,
-            quorum: quorum.max(1),
-            written: start,
-            flushed: start,
-            pending: VecDeque::new(),
-        }
+        FlushTracker { mode, quorum: quorum.max(1), written: start, flushed: start, pending: VecDeque::new() }
     }
 
     /// A transaction is durable in the change log (or was already there).
@@ -54,11 +48,7 @@ impl FlushTracker {
         self.written = self.written.max(end);
         match self.mode {
             Mode::Async => self.flushed = self.flushed.max(end),
-            Mode::Sync => self.pending.push_back(Pending {
-                commit,
-                end,
-                needs_apply: true,
-            }),
+            Mode::Sync => self.pending.push_back(Pending { commit, end, needs_apply: true }),
         }
     }
 
@@ -72,11 +62,7 @@ impl FlushTracker {
         }
         match self.pending.back_mut() {
             Some(last) if !last.needs_apply => last.end = last.end.max(wal_end),
-            _ => self.pending.push_back(Pending {
-                commit: wal_end,
-                end: wal_end,
-                needs_apply: false,
-            }),
+            _ => self.pending.push_back(Pending { commit: wal_end, end: wal_end, needs_apply: false }),
         }
     }
 
@@ -102,11 +88,7 @@ impl FlushTracker {
 
     /// What to report to the primary now.
     pub fn feedback(&self) -> Feedback {
-        Feedback {
-            write: self.written,
-            flush: self.flushed,
-            apply: self.flushed,
-        }
+        Feedback { write: self.written, flush: self.flushed, apply: self.flushed }
     }
 }
 
@@ -128,14 +110,7 @@ mod tests {
     fn async_flushes_what_is_durable() {
         let mut t = FlushTracker::new(Mode::Async, 1, Lsn(10));
         t.durable(Lsn(20), Lsn(25));
-        assert_eq!(
-            t.feedback(),
-            Feedback {
-                write: Lsn(25),
-                flush: Lsn(25),
-                apply: Lsn(25)
-            }
-        );
+        assert_eq!(t.feedback(), Feedback { write: Lsn(25), flush: Lsn(25), apply: Lsn(25) });
         t.idle_until(Lsn(40));
         assert_eq!(t.feedback().flush, Lsn(40));
         t.idle_until(Lsn(30));
@@ -149,20 +124,9 @@ mod tests {
         t.durable(Lsn(30), Lsn(35));
         t.idle_until(Lsn(50));
         t.idle_until(Lsn(60));
-        assert_eq!(
-            t.feedback(),
-            Feedback {
-                write: Lsn(60),
-                flush: Lsn(10),
-                apply: Lsn(10)
-            }
-        );
+        assert_eq!(t.feedback(), Feedback { write: Lsn(60), flush: Lsn(10), apply: Lsn(10) });
         t.applied(&[Lsn(30), Lsn(0), Lsn(5)]);
-        assert_eq!(
-            t.feedback().flush,
-            Lsn(10),
-            "one replica is not a quorum of 2"
-        );
+        assert_eq!(t.feedback().flush, Lsn(10), "one replica is not a quorum of 2");
         t.applied(&[Lsn(30), Lsn(20), Lsn(5)]);
         assert_eq!(t.feedback().flush, Lsn(25));
         assert_eq!(t.unconfirmed(), 1);

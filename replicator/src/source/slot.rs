@@ -27,15 +27,12 @@ impl HeldSnapshot {
         temporary: bool,
     ) -> Result<HeldSnapshot, SourceError> {
         let created = conn.create_slot(slot, temporary, true).await?;
-        let snapshot = created.snapshot_name.clone().ok_or_else(|| {
-            SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
-        })?;
+        let snapshot = created
+            .snapshot_name
+            .clone()
+            .ok_or_else(|| SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into()))?;
         tracing::info!(slot, %created.consistent_point, snapshot, temporary, "created replication slot");
-        Ok(HeldSnapshot {
-            conn,
-            slot: created,
-            snapshot,
-        })
+        Ok(HeldSnapshot { conn, slot: created, snapshot })
     }
 
     /// Name to pass to `SET TRANSACTION SNAPSHOT` / `pg_dump --snapshot`.

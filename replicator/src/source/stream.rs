@@ -74,12 +74,7 @@ impl ReplicationStream {
     ///
     /// `buffer` bounds the queue of unconsumed events; `interval` is the
     /// period of unsolicited status updates; `initial` the first feedback.
-    pub fn new(
-        conn: ReplicationConnection,
-        buffer: usize,
-        interval: Duration,
-        initial: Feedback,
-    ) -> ReplicationStream {
+    pub fn new(conn: ReplicationConnection, buffer: usize, interval: Duration, initial: Feedback) -> ReplicationStream {
         let ReplicationConnection { io, rbuf, .. } = conn;
         let (rd, wr) = tokio::io::split(io);
         let (tx, events) = mpsc::channel(buffer.max(1));
@@ -88,13 +83,7 @@ impl ReplicationStream {
         let reply_now = Arc::new(Notify::new());
         let reader = tokio::spawn(read_loop(rd, rbuf, tx, reply_now.clone(), cancel.clone()));
         let writer = tokio::spawn(write_loop(wr, fb_rx, reply_now, interval, cancel.clone()));
-        ReplicationStream {
-            events,
-            feedback,
-            cancel,
-            reader,
-            writer,
-        }
+        ReplicationStream { events, feedback, cancel, reader, writer }
     }
 
     /// The next event; `Err(Closed)` once the stream ended.
@@ -145,17 +134,13 @@ async fn read_loop(
         let event = match msg {
             Ok(Backend::Message(Message::CopyData(body))) => parse_copy_data(body.into_bytes()),
             Ok(Backend::Message(Message::CopyDone)) => Err(SourceError::Closed),
-            Ok(Backend::Message(Message::ErrorResponse(e))) => {
-                Err(SourceError::Server(server_error(e.fields())))
-            }
+            Ok(Backend::Message(Message::ErrorResponse(e))) => Err(SourceError::Server(server_error(e.fields()))),
             Ok(Backend::Message(Message::NoticeResponse(n))) => {
                 tracing::info!(notice = %server_error(n.fields()), "notice from primary");
                 continue;
             }
             Ok(Backend::Message(Message::ParameterStatus(_))) => continue,
-            Ok(_) => Err(SourceError::Protocol(
-                "unexpected message in replication stream".into(),
-            )),
+            Ok(_) => Err(SourceError::Protocol("unexpected message in replication stream".into())),
             Err(e) => Err(e),
         };
         let event = match event {
@@ -195,14 +180,7 @@ fn parse_copy_data(mut b: Bytes) -> Result<Option<(StreamEvent, bool)>, SourceEr
             let wal_start = Lsn(b.get_u64());
             let wal_end = Lsn(b.get_u64());
             let _send_time = b.get_i64();
-            Ok(Some((
-                StreamEvent::XLogData {
-                    wal_start,
-                    wal_end,
-                    data: b,
-                },
-                false,
-            )))
+            Ok(Some((StreamEvent::XLogData { wal_start, wal_end, data: b }, false)))
         }
         b'k' => {
             if b.remaining() < 17 {
@@ -214,10 +192,7 @@ fn parse_copy_data(mut b: Bytes) -> Result<Option<(StreamEvent, bool)>, SourceEr
             Ok(Some((StreamEvent::Keepalive { wal_end }, reply)))
         }
         tag => {
-            tracing::debug!(
-                tag,
-                "ignoring unknown CopyData message in replication stream"
-            );
+            tracing::debug!(tag, "ignoring unknown CopyData message in replication stream");
             Ok(None)
         }
     }
@@ -279,10 +254,7 @@ pub fn status_update(fb: &Feedback, out: &mut BytesMut) {
 }
 
 fn pg_now_us() -> i64 {
-    let unix_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     unix_us - PG_EPOCH_OFFSET_US
 }
 
@@ -301,11 +273,7 @@ mod tests {
         let (ev, reply) = parse_copy_data(w.freeze()).unwrap().unwrap();
         assert_eq!(
             ev,
-            StreamEvent::XLogData {
-                wal_start: Lsn(1),
-                wal_end: Lsn(2),
-                data: Bytes::from_static(b"Bpayload")
-            }
+            StreamEvent::XLogData { wal_start: Lsn(1), wal_end: Lsn(2), data: Bytes::from_static(b"Bpayload") }
         );
         assert!(!reply);
         let mut k = BytesMut::new();
@@ -314,10 +282,7 @@ mod tests {
         k.put_i64(0);
         k.put_u8(1);
         let k = k.freeze();
-        assert_eq!(
-            parse_copy_data(k.clone()).unwrap(),
-            Some((StreamEvent::Keepalive { wal_end: Lsn(9) }, true))
-        );
+        assert_eq!(parse_copy_data(k.clone()).unwrap(), Some((StreamEvent::Keepalive { wal_end: Lsn(9) }, true)));
         for len in 0..k.len() {
             assert!(parse_copy_data(k.slice(..len)).is_err());
         }
@@ -326,14 +291,7 @@ mod tests {
     #[test]
     fn status_update_layout() {
         let mut out = BytesMut::new();
-        status_update(
-            &Feedback {
-                write: Lsn(1),
-                flush: Lsn(2),
-                apply: Lsn(3),
-            },
-            &mut out,
-        );
+        status_update(&Feedback { write: Lsn(1), flush: Lsn(2), apply: Lsn(3) }, &mut out);
         assert_eq!(out[0], b'd');
         assert_eq!(out.len(), 1 + 4 + 34);
         assert_eq!(out[5], b'r');

@@ -26,9 +26,7 @@ pub async fn read_message<R: AsyncRead + Unpin + ?Sized>(
     buf: &mut BytesMut,
 ) -> Result<Backend, SourceError> {
     loop {
-        if let Some(header) =
-            Header::parse(buf).map_err(|e| SourceError::Protocol(e.to_string()))?
-        {
+        if let Some(header) = Header::parse(buf).map_err(|e| SourceError::Protocol(e.to_string()))? {
             // len counts itself (4 bytes) but not the tag; Header::parse rejects len < 4.
             let total = header.len() as usize + 1;
             if buf.len() >= total {
@@ -38,18 +36,13 @@ pub async fn read_message<R: AsyncRead + Unpin + ?Sized>(
                 }
                 return match Message::parse(buf) {
                     Ok(Some(m)) => Ok(Backend::Message(m)),
-                    Ok(None) => Err(SourceError::Protocol(
-                        "incomplete message after framing".into(),
-                    )),
+                    Ok(None) => Err(SourceError::Protocol("incomplete message after framing".into())),
                     Err(e) => Err(SourceError::Protocol(e.to_string())),
                 };
             }
             buf.reserve(total - buf.len());
         }
-        let n = r
-            .read_buf(buf)
-            .await
-            .map_err(SourceError::io("reading from the primary"))?;
+        let n = r.read_buf(buf).await.map_err(SourceError::io("reading from the primary"))?;
         if n == 0 {
             return Err(SourceError::Closed);
         }
@@ -75,8 +68,7 @@ pub fn server_error(mut fields: ErrorFields<'_>) -> ServerError {
             }
             Ok(None) => break,
             Err(err) => {
-                e.message
-                    .push_str(&format!(" (malformed error fields: {err})"));
+                e.message.push_str(&format!(" (malformed error fields: {err})"));
                 break;
             }
         }

@@ -31,10 +31,7 @@ fn pg_bin() -> PathBuf {
         .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, p)| p)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    versions.pop().map(|(_, p)| p).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
 fn postgres_ids() -> Result<(u32, u32)> {
@@ -53,11 +50,7 @@ fn as_postgres(bin: &Path, program: &str, args: &[&str]) -> Result<()> {
         .output()
         .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!(
-            "{program} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{program} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -66,9 +59,7 @@ impl Pg {
     /// Starts a fresh server; `password` is set for the `postgres` superuser.
     pub fn start(password: &str) -> Result<Pg> {
         let bin = pg_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("tandem-apply-test")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("tandem-apply-test").tempdir()?;
         let (uid, gid) = postgres_ids()?;
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         let data = dir.path().join("data");
@@ -107,32 +98,15 @@ impl Pg {
         as_postgres(
             &bin,
             "pg_ctl",
-            &[
-                "-D",
-                data.to_str().context("path")?,
-                "-l",
-                log.to_str().context("path")?,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
+            &["-D", data.to_str().context("path")?, "-l", log.to_str().context("path")?, "-w", "-t", "60", "start"],
         )?;
-        Ok(Pg {
-            _dir: dir,
-            data,
-            bin,
-            port,
-        })
+        Ok(Pg { _dir: dir, data, bin, port })
     }
 
     /// DSN-style config for the `postgres` superuser (database `postgres`).
     pub fn config(&self) -> Config {
         let mut cfg = Config::new();
-        cfg.host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .dbname("postgres");
+        cfg.host("127.0.0.1").port(self.port).user("postgres").dbname("postgres");
         cfg
     }
 

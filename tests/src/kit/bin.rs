@@ -22,7 +22,6 @@ pub fn pg_tool(name: &str) -> anyhow::Result<PathBuf> {
     Ok(tandem_localpg::tool(name)?)
 }
 
-
 /// Path of the `tandem` binary under test.
 ///
 /// Why: end-to-end tests run the real binary, not library calls. `$TANDEM_BIN` wins; otherwise
@@ -35,10 +34,7 @@ pub fn tandem_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if matches!(
-        dir.file_name().and_then(|n| n.to_str()),
-        Some("deps") | Some("examples")
-    ) {
+    if matches!(dir.file_name().and_then(|n| n.to_str()), Some("deps") | Some("examples")) {
         dir.pop();
     }
     dir.join("tandem")
@@ -50,16 +46,12 @@ pub(crate) fn require_tandem_bin() -> anyhow::Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin);
     }
-    Err(anyhow!(
-        "tandem binary not found at {}: run `cargo build -p tandem` first (or set TANDEM_BIN)",
-        bin.display()
-    ))
+    Err(anyhow!("tandem binary not found at {}: run `cargo build -p tandem` first (or set TANDEM_BIN)", bin.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn tandem_bin_sits_next_to_deps() {
@@ -68,11 +60,6 @@ mod tests {
         }
         let p = tandem_bin();
         assert_eq!(p.file_name().and_then(|n| n.to_str()), Some("tandem"));
-        assert_ne!(
-            p.parent()
-                .and_then(|d| d.file_name())
-                .and_then(|n| n.to_str()),
-            Some("deps")
-        );
+        assert_ne!(p.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()), Some("deps"));
     }
 }

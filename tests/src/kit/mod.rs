@@ -23,10 +23,7 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // `try_init` fails only when a subscriber is already set, which is exactly the
     // idempotent case we want to ignore.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
@@ -44,9 +41,7 @@ pub fn wait_until<T>(
             return Ok(v);
         }
         if std::time::Instant::now() >= deadline {
-            return Err(anyhow::anyhow!(
-                "timed out after {timeout:?} waiting for {what}"
-            ));
+            return Err(anyhow::anyhow!("timed out after {timeout:?} waiting for {what}"));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -44,11 +44,7 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions {
-            wal_level_logical: true,
-            hba: Vec::new(),
-            settings: Vec::new(),
-        }
+        PgOptions { wal_level_logical: true, hba: Vec::new(), settings: Vec::new() }
     }
 }
 
@@ -78,16 +74,10 @@ pub struct PgServer {
 impl PgServer {
     /// Starts a new server: copy of the template, `opts` applied, `pg_ctl start`, ready.
     pub fn start(name: &str, opts: PgOptions) -> anyhow::Result<PgServer> {
-        let mut settings: Vec<(String, String)> = COMMON_SETTINGS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut settings: Vec<(String, String)> =
+            COMMON_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if opts.wal_level_logical {
-            for (k, v) in [
-                ("wal_level", "logical"),
-                ("max_replication_slots", "20"),
-                ("max_wal_senders", "20"),
-            ] {
+            for (k, v) in [("wal_level", "logical"), ("max_replication_slots", "20"), ("max_wal_senders", "20")] {
                 settings.push((k.into(), v.into()));
             }
         }
@@ -96,17 +86,9 @@ impl PgServer {
         Self::launch(name, |dir, data| {
             let mut cp = std::process::Command::new("cp");
             cp.arg("-a").arg(&template).arg(data);
-            run_to_file(
-                cp,
-                &dir.join("cp.out"),
-                Duration::from_secs(60),
-                "copying template",
-            )?;
+            run_to_file(cp, &dir.join("cp.out"), Duration::from_secs(60), "copying template")?;
             write_hba(&data.join("pg_hba.conf"), &opts.hba)?;
-            append_settings(
-                &data.join("postgresql.conf"),
-                settings.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            )
+            append_settings(&data.join("postgresql.conf"), settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         })
     }
 
@@ -117,24 +99,16 @@ impl PgServer {
         let primary_port = self.port.to_string();
         Self::launch(name, |dir, data| {
             let mut cmd = pg_command(&basebackup, dir, true)?;
-            cmd.args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary_port,
-                "-U",
-                "postgres",
-                "-D",
-            ])
-            .arg(data)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-            run_to_file(
-                cmd,
-                &dir.join("pg_basebackup.out"),
-                Duration::from_secs(120),
-                "pg_basebackup",
-            )
-            .map_err(|e| e.context(format!("standby of {}", self.name)))?;
+            cmd.args(["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D"]).arg(data).args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]);
+            run_to_file(cmd, &dir.join("pg_basebackup.out"), Duration::from_secs(120), "pg_basebackup")
+                .map_err(|e| e.context(format!("standby of {}", self.name)))?;
             // The primary's log came along with the copy; the standby starts its own.
             let _ = std::fs::remove_file(data.join("postgres.log"));
             Ok(())
@@ -143,10 +117,7 @@ impl PgServer {
 
     /// Shared start sequence: temp dir, `prepare` fills `<dir>/data`, per-server settings,
     /// start, wait ready. Retries with a new port when the chosen one got taken.
-    fn launch(
-        name: &str,
-        prepare: impl Fn(&Path, &Path) -> anyhow::Result<()>,
-    ) -> anyhow::Result<PgServer> {
+    fn launch(name: &str, prepare: impl Fn(&Path, &Path) -> anyhow::Result<()>) -> anyhow::Result<PgServer> {
         let bin = pg_bin_dir()?;
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -162,11 +133,7 @@ impl PgServer {
             let port_s = port.to_string();
             append_settings(
                 &data.join("postgresql.conf"),
-                [
-                    ("port", port_s.as_str()),
-                    ("unix_socket_directories", socket_dir.as_str()),
-                    ("cluster_name", name),
-                ],
+                [("port", port_s.as_str()), ("unix_socket_directories", socket_dir.as_str()), ("cluster_name", name)],
             )?;
             let mut server = PgServer {
                 name: name.to_string(),
@@ -266,19 +233,18 @@ impl PgServer {
         let psql = pg_tool("psql")?;
         let mut cmd = pg_command(&psql, self.dir.path(), false)?;
         let port = self.port.to_string();
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-f",
-                "-",
-            ]);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-f",
+            "-",
+        ]);
         let out = run_capture(cmd, sql, Duration::from_secs(120), "psql")?;
         if !out.status.success() {
             return Err(anyhow!(
@@ -321,9 +287,7 @@ impl PgServer {
                 let _ = kill(Pid::from_raw(*child as i32), Signal::SIGKILL);
             }
             let deadline = Instant::now() + Duration::from_secs(10);
-            while (is_alive(pid) || children.iter().any(|c| is_alive(*c)))
-                && Instant::now() < deadline
-            {
+            while (is_alive(pid) || children.iter().any(|c| is_alive(*c))) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
             // The dead postmaster may linger as an unreaped zombie that pg_ctl and a new
@@ -356,17 +320,7 @@ impl PgServer {
         let deadline = Instant::now() + timeout;
         loop {
             let mut cmd = pg_command(&isready, self.dir.path(), false)?;
-            cmd.args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-t", "2"]);
+            cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"]).args(["-t", "2"]);
             let ready = run_capture(cmd, "", Duration::from_secs(10), "pg_isready")
                 .map(|out| out.status.success())
                 .unwrap_or(false);
@@ -408,18 +362,10 @@ impl PgServer {
     /// and the server log tail.
     fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
         let mut cmd = pg_command(&self.bin.join("pg_ctl"), self.dir.path(), true)?;
-        cmd.arg("-D")
-            .arg(&self.data)
-            .args(["-w", "-t", &PG_CTL_WAIT.as_secs().to_string()])
-            .args(args);
+        cmd.arg("-D").arg(&self.data).args(["-w", "-t", &PG_CTL_WAIT.as_secs().to_string()]).args(args);
         let what = format!("pg_ctl {} ({})", args.first().unwrap_or(&""), self.name);
-        run_to_file(
-            cmd,
-            &self.dir.path().join("pg_ctl.out"),
-            PG_CTL_WAIT + Duration::from_secs(10),
-            &what,
-        )
-        .map_err(|e| anyhow!("{e:#}\n--- server log ---\n{}", self.log_tail()))
+        run_to_file(cmd, &self.dir.path().join("pg_ctl.out"), PG_CTL_WAIT + Duration::from_secs(10), &what)
+            .map_err(|e| anyhow!("{e:#}\n--- server log ---\n{}", self.log_tail()))
     }
 }
 
@@ -459,10 +405,7 @@ fn write_hba(path: &Path, extra: &[String]) -> anyhow::Result<()> {
 /// A short, path-safe version of a server name for temp dir names (the Unix socket path
 /// inside must stay under ~100 bytes).
 fn short_label(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(20)
-        .collect()
+    name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(20).collect()
 }
 
 #[cfg(test)]

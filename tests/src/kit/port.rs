@@ -24,9 +24,7 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
 pub fn free_port() -> u16 {
     // A poisoned lock only means another test thread panicked while holding it; the set
     // itself is still valid.
-    let mut seen = handed_out()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut seen = handed_out().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut last = 0;
     for _ in 0..1000 {
         let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {

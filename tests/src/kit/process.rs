@@ -56,30 +56,16 @@ impl TandemProcess {
         args: &[S],
         env: &[(&str, &str)],
     ) -> anyhow::Result<TandemProcess> {
-        let dir = tempfile::Builder::new()
-            .prefix("tandem-proc-")
-            .tempdir()
-            .context("creating process log dir")?;
+        let dir = tempfile::Builder::new().prefix("tandem-proc-").tempdir().context("creating process log dir")?;
         let log_path = dir.path().join("output.log");
         let out = File::create(&log_path).context("creating process log file")?;
         let err = out.try_clone().context("duplicating process log handle")?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
+        cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().with_context(|| format!("starting {}", program.display()))?;
         let pid = child.id();
         tracing::debug!(pid, program = %program.display(), "spawned test process");
-        Ok(TandemProcess {
-            child: Mutex::new(child),
-            pid,
-            log_path,
-            _dir: dir,
-        })
+        Ok(TandemProcess { child: Mutex::new(child), pid, log_path, _dir: dir })
     }
 
     /// Waits until a TCP connect to `127.0.0.1:port` succeeds (the child is listening).
@@ -111,9 +97,7 @@ impl TandemProcess {
 
     /// Everything the process wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// The last lines of the log, for error messages.
@@ -162,9 +146,7 @@ impl TandemProcess {
 
     /// Exit status if the child has exited (reaping it), `None` while it runs.
     pub fn try_status(&self) -> anyhow::Result<Option<ExitStatus>> {
-        self.lock()
-            .try_wait()
-            .with_context(|| format!("polling process {}", self.pid))
+        self.lock().try_wait().with_context(|| format!("polling process {}", self.pid))
     }
 
     fn lock(&self) -> MutexGuard<'_, Child> {
@@ -184,8 +166,7 @@ mod tests {
     use super::*;
 
     fn sh(script: &str) -> TandemProcess {
-        TandemProcess::spawn_program(Path::new("/bin/sh"), &["-c", script], &[("KIT_X", "42")])
-            .unwrap()
+        TandemProcess::spawn_program(Path::new("/bin/sh"), &["-c", script], &[("KIT_X", "42")]).unwrap()
     }
 
     #[test]
@@ -194,20 +175,14 @@ mod tests {
         let status = p.wait_exit(Duration::from_secs(10)).unwrap();
         assert!(status.success());
         let log = p.log();
-        assert!(
-            log.contains("out") && log.contains("err") && log.contains("x=42"),
-            "{log}"
-        );
+        assert!(log.contains("out") && log.contains("err") && log.contains("x=42"), "{log}");
     }
 
     #[test]
     fn early_exit_fails_wait_for_port_with_log() {
         let p = sh("echo dying; exit 7");
         let port = crate::free_port();
-        let err = p
-            .wait_for_port(port, Duration::from_secs(10))
-            .unwrap_err()
-            .to_string();
+        let err = p.wait_for_port(port, Duration::from_secs(10)).unwrap_err().to_string();
         assert!(err.contains("dying"), "{err}");
     }
 

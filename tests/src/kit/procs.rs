@@ -35,8 +35,7 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let Ok(raw) = std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
-            else {
+            let Ok(raw) = std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline")) else {
                 return false;
             };
             let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
@@ -63,10 +62,7 @@ mod tests {
 
     #[test]
     fn sees_own_child_and_its_death() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let me = std::process::id();
         assert!(children_of(me).contains(&child.id()));
         assert!(is_alive(child.id()));

@@ -19,11 +19,7 @@ pub(crate) fn chown_for_server(path: &Path) -> anyhow::Result<()> {
 
 /// A command for a PostgreSQL program: server user, clean PG* environment, stdin closed,
 /// working directory `cwd` (the server user must be able to enter it).
-pub(crate) fn pg_command(
-    program: &Path,
-    cwd: &Path,
-    as_server_user: bool,
-) -> anyhow::Result<Command> {
+pub(crate) fn pg_command(program: &Path, cwd: &Path, as_server_user: bool) -> anyhow::Result<Command> {
     if as_server_user {
         return Ok(tandem_localpg::server_command(program, cwd)?);
     }
@@ -38,12 +34,7 @@ pub(crate) fn pg_command(
 /// Runs `cmd` with stdout and stderr appended to `out_file` (never the test's own pipes, so a
 /// daemon it leaves behind cannot hold them open), killing it after `timeout`.
 /// On failure the error holds `what`, the exit status and the tail of `out_file`.
-pub(crate) fn run_to_file(
-    mut cmd: Command,
-    out_file: &Path,
-    timeout: Duration,
-    what: &str,
-) -> anyhow::Result<()> {
+pub(crate) fn run_to_file(mut cmd: Command, out_file: &Path, timeout: Duration, what: &str) -> anyhow::Result<()> {
     let out = File::options()
         .create(true)
         .append(true)
@@ -51,9 +42,7 @@ pub(crate) fn run_to_file(
         .with_context(|| format!("opening {}", out_file.display()))?;
     let err = out.try_clone().context("duplicating output file handle")?;
     cmd.stdout(out).stderr(err);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().with_context(|| format!("{what}: wait"))? {
@@ -62,20 +51,14 @@ pub(crate) fn run_to_file(
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(anyhow!(
-                "{what}: timed out after {timeout:?}\n--- output ---\n{}",
-                tail(out_file, 40)
-            ));
+            return Err(anyhow!("{what}: timed out after {timeout:?}\n--- output ---\n{}", tail(out_file, 40)));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     if status.success() {
         Ok(())
     } else {
-        Err(anyhow!(
-            "{what}: {status}\n--- output ---\n{}",
-            tail(out_file, 40)
-        ))
+        Err(anyhow!("{what}: {status}\n--- output ---\n{}", tail(out_file, 40)))
     }
 }
 
@@ -93,25 +76,16 @@ pub(crate) struct Captured {
 ///
 /// Files stand in for pipes: nothing can deadlock on a full pipe, and a daemon the program
 /// might leave behind cannot keep the test waiting for EOF.
-pub(crate) fn run_capture(
-    mut cmd: Command,
-    input: &str,
-    timeout: Duration,
-    what: &str,
-) -> anyhow::Result<Captured> {
+pub(crate) fn run_capture(mut cmd: Command, input: &str, timeout: Duration, what: &str) -> anyhow::Result<Captured> {
     let mut stdin = tempfile::tempfile().context("temp file for stdin")?;
     std::io::Write::write_all(&mut stdin, input.as_bytes()).context("writing stdin file")?;
-    stdin
-        .seek(SeekFrom::Start(0))
-        .context("rewinding stdin file")?;
+    stdin.seek(SeekFrom::Start(0)).context("rewinding stdin file")?;
     let mut stdout = tempfile::tempfile().context("temp file for stdout")?;
     let mut stderr = tempfile::tempfile().context("temp file for stderr")?;
     cmd.stdin(stdin)
         .stdout(stdout.try_clone().context("dup stdout file")?)
         .stderr(stderr.try_clone().context("dup stderr file")?);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().with_context(|| format!("{what}: wait"))? {
@@ -125,17 +99,12 @@ pub(crate) fn run_capture(
         std::thread::sleep(Duration::from_millis(5));
     };
     let read_all = |f: &mut File| -> anyhow::Result<String> {
-        f.seek(SeekFrom::Start(0))
-            .context("rewinding output file")?;
+        f.seek(SeekFrom::Start(0)).context("rewinding output file")?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).context("reading output file")?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     };
-    Ok(Captured {
-        status,
-        stdout: read_all(&mut stdout)?,
-        stderr: read_all(&mut stderr)?,
-    })
+    Ok(Captured { status, stdout: read_all(&mut stdout)?, stderr: read_all(&mut stderr)? })
 }
 
 /// The last `lines` lines of a text file (at most the last 64 KiB are read), or a note
@@ -177,14 +146,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo boom >&2; exit 3"]);
-        let err = run_to_file(
-            cmd,
-            &dir.path().join("out"),
-            Duration::from_secs(10),
-            "sh test",
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            run_to_file(cmd, &dir.path().join("out"), Duration::from_secs(10), "sh test").unwrap_err().to_string();
         assert!(err.contains("boom"), "{err}");
         assert!(err.contains("sh test"), "{err}");
     }
@@ -205,14 +168,8 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let started = Instant::now();
-        let err = run_to_file(
-            cmd,
-            &dir.path().join("out"),
-            Duration::from_millis(200),
-            "sleep",
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            run_to_file(cmd, &dir.path().join("out"), Duration::from_millis(200), "sleep").unwrap_err().to_string();
         assert!(err.contains("timed out"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }

@@ -60,21 +60,8 @@ fn build_or_reuse() -> anyhow::Result<PathBuf> {
     let data = staging.path().join("data");
     tracing::info!(bin = %bin.display(), "running initdb for the test template");
     let mut cmd = pg_command(&bin.join("initdb"), staging.path(), true)?;
-    cmd.arg("-D").arg(&data).args([
-        "--auth=trust",
-        "--no-sync",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "-U",
-        "postgres",
-    ]);
-    run_to_file(
-        cmd,
-        &staging.path().join("initdb.out"),
-        Duration::from_secs(180),
-        "initdb",
-    )?;
+    cmd.arg("-D").arg(&data).args(["--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C", "-U", "postgres"]);
+    run_to_file(cmd, &staging.path().join("initdb.out"), Duration::from_secs(180), "initdb")?;
     if final_dir.exists() {
         // Templates are published by rename, so one without PG_VERSION is debris (e.g. a
         // /tmp cleaner ran); clear it so the rename below can succeed.
@@ -92,11 +79,7 @@ fn build_or_reuse() -> anyhow::Result<PathBuf> {
 /// Cache directory name: kit template format, effective uid, and the bin dir spelled out
 /// (so a different PostgreSQL version gets its own template).
 fn cache_name(bin: &Path) -> String {
-    let bin: String = bin
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let bin: String = bin.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!(
         "tandem-pg-template-v{TEMPLATE_FORMAT}-u{}-{}",
         nix::unistd::Uid::effective().as_raw(),
@@ -114,12 +97,9 @@ pub(crate) fn append_settings<'a>(
     for (key, value) in settings {
         text.push_str(&format!("{key} = '{}'\n", value.replace('\'', "''")));
     }
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(conf)
-        .with_context(|| format!("opening {}", conf.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", conf.display()))
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(conf).with_context(|| format!("opening {}", conf.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", conf.display()))
 }
 
 #[cfg(test)]

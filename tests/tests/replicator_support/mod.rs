@@ -54,19 +54,12 @@ pub fn pgbench(pg: &PgServer, args: &[&str]) -> Result<()> {
 
 fn pgbench_command(pg: &PgServer, args: &[&str]) -> Command {
     let mut cmd = Command::new("pgbench");
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(args)
-    .arg(BENCH_DB)
-    .stdin(Stdio::null())
-    .env_remove("PGDATABASE")
-    .env_remove("PGUSER");
+    cmd.args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres"])
+        .args(args)
+        .arg(BENCH_DB)
+        .stdin(Stdio::null())
+        .env_remove("PGDATABASE")
+        .env_remove("PGUSER");
     cmd
 }
 
@@ -87,12 +80,7 @@ impl Load {
             .stderr(out.reopen()?)
             .spawn()
             .context("starting pgbench")?;
-        Ok(Load {
-            child: Some(child),
-            out,
-            started: Instant::now(),
-            secs,
-        })
+        Ok(Load { child: Some(child), out, started: Instant::now(), secs })
     }
 
     /// Waits for pgbench to finish and returns how many transactions it committed.
@@ -109,10 +97,7 @@ impl Load {
                 let _ = child.kill();
                 let _ = child.wait();
                 let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
-                bail!(
-                    "pgbench -T {} still running 120 s after its end:\n{text}",
-                    self.secs
-                );
+                bail!("pgbench -T {} still running 120 s after its end:\n{text}", self.secs);
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -182,28 +167,19 @@ impl Replicator {
             args.push((*db).into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Replicator {
-            args,
-            data_dir: data_dir.to_path_buf(),
-            status_port,
-            proc: None,
-        }
+        Replicator { args, data_dir: data_dir.to_path_buf(), status_port, proc: None }
     }
 
     /// Adds a `--replica NAME=URL` for the next start.
     pub fn add_replica(&mut self, name: &str, r: &PgServer) {
         self.args.push("--replica".into());
-        self.args
-            .push(format!("{name}={}", r.url("postgres", "postgres")));
+        self.args.push(format!("{name}={}", r.url("postgres", "postgres")));
     }
 
     /// Starts the process and waits for its status endpoint.
     pub fn start(&mut self) -> Result<()> {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let p = TandemProcess::spawn_with_env(
-            &args,
-            &[("TANDEM_LOG", "info,tandem_replicator=debug")],
-        )?;
+        let p = TandemProcess::spawn_with_env(&args, &[("TANDEM_LOG", "info,tandem_replicator=debug")])?;
         p.wait_for_port(self.status_port, Duration::from_secs(30))?;
         self.proc = Some(p);
         Ok(())
@@ -222,10 +198,7 @@ impl Replicator {
             p.terminate();
             let status = p.wait_exit(Duration::from_secs(30))?;
             if !status.success() {
-                bail!(
-                    "replicator exited with {status} on SIGTERM\n{}",
-                    p.log_tail()
-                );
+                bail!("replicator exited with {status} on SIGTERM\n{}", p.log_tail());
             }
         }
         Ok(())
@@ -235,10 +208,7 @@ impl Replicator {
     pub fn check_alive(&self) -> Result<()> {
         if let Some(p) = &self.proc {
             if let Some(status) = p.try_status()? {
-                bail!(
-                    "replicator exited ({status})\n--- log ---\n{}",
-                    p.log_tail()
-                );
+                bail!("replicator exited ({status})\n--- log ---\n{}", p.log_tail());
             }
         }
         Ok(())
@@ -273,15 +243,10 @@ impl Replicator {
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP answer: {raw}"))?;
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed HTTP answer: {raw}"))?;
     let code = head
         .split_whitespace()
         .nth(1)
@@ -292,22 +257,11 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 
 /// Whether `db` on `replica` has finished its initial copy (Tandem's progress row exists).
 pub fn is_copied(replica: &PgServer, db: &str) -> bool {
-    replica
-        .psql(
-            db,
-            "SELECT count(*) FROM tandem.applied WHERE source = 'tandem'",
-        )
-        .map(|v| v == "1")
-        .unwrap_or(false)
+    replica.psql(db, "SELECT count(*) FROM tandem.applied WHERE source = 'tandem'").map(|v| v == "1").unwrap_or(false)
 }
 
 /// Waits until every replica has finished the initial copy of `db`.
-pub fn wait_copied(
-    rep: &Replicator,
-    replicas: &[&PgServer],
-    db: &str,
-    timeout: Duration,
-) -> Result<()> {
+pub fn wait_copied(rep: &Replicator, replicas: &[&PgServer], db: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     for r in replicas {
         while !is_copied(r, db) {
@@ -332,11 +286,7 @@ pub fn user_tables(pg: &PgServer, db: &str) -> Result<Vec<String>> {
         "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
          WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'tandem') ORDER BY 1",
     )?;
-    Ok(out
-        .lines()
-        .map(str::to_owned)
-        .filter(|l| !l.is_empty())
-        .collect())
+    Ok(out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
 }
 
 /// `count:md5` of every row's text in text order, per table (one psql call).
@@ -353,11 +303,7 @@ pub fn checksums(pg: &PgServer, db: &str, tables: &[String]) -> Result<Vec<(Stri
         })
         .collect();
     let out = pg.psql(db, &sql.join("\n"))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once('|'))
-        .map(|(t, c)| (t.to_owned(), c.to_owned()))
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_once('|')).map(|(t, c)| (t.to_owned(), c.to_owned())).collect())
 }
 
 /// Waits until every replica has every user table of `db` with the primary's
@@ -384,11 +330,7 @@ pub fn wait_converged(
                     .iter()
                     .map(|(t, w)| {
                         let g = got.iter().find(|(gt, _)| gt == t).map(|(_, c)| c.as_str());
-                        format!(
-                            "{t}: primary {w}, {} {}",
-                            r.name(),
-                            g.unwrap_or("(missing)")
-                        )
+                        format!("{t}: primary {w}, {} {}", r.name(), g.unwrap_or("(missing)"))
                     })
                     .collect();
                 bail!(
@@ -406,9 +348,7 @@ pub fn wait_converged(
 
 /// The number of rows in `pgbench_history` on `pg` (one per committed pgbench transaction).
 pub fn history_rows(pg: &PgServer) -> Result<u64> {
-    Ok(pg
-        .psql(BENCH_DB, "SELECT count(*) FROM pgbench_history")?
-        .parse()?)
+    Ok(pg.psql(BENCH_DB, "SELECT count(*) FROM pgbench_history")?.parse()?)
 }
 
 /// The segment files of `db`'s change log under `data_dir`, oldest first.

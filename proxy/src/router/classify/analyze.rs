@@ -90,13 +90,7 @@ pub(super) fn analyze(sql: &str, functions: &FunctionView) -> Analysis {
             analysis.route = Route::Write;
         }
         analysis.effects.append(&mut statement.effects);
-        analysis.effects.extend(
-            statement
-                .findings
-                .pins
-                .iter()
-                .map(|&reason| SessionEffect::Pin(reason)),
-        );
+        analysis.effects.extend(statement.findings.pins.iter().map(|&reason| SessionEffect::Pin(reason)));
         for name in statement.findings.unknown_functions {
             if !analysis.unknown_functions.contains(&name) {
                 analysis.unknown_functions.push(name);
@@ -158,9 +152,7 @@ impl Statement<'_> {
     fn classify(&mut self, node: &NodeEnum) {
         match node {
             NodeEnum::SelectStmt(_) => self.scan(node, Scope::Executes),
-            NodeEnum::VariableShowStmt(_)
-            | NodeEnum::FetchStmt(_)
-            | NodeEnum::ClosePortalStmt(_) => {}
+            NodeEnum::VariableShowStmt(_) | NodeEnum::FetchStmt(_) | NodeEnum::ClosePortalStmt(_) => {}
             NodeEnum::InsertStmt(_)
             | NodeEnum::UpdateStmt(_)
             | NodeEnum::DeleteStmt(_)
@@ -197,8 +189,7 @@ impl Statement<'_> {
             }
             NodeEnum::DeallocateStmt(deallocate) => {
                 self.route = Route::Write;
-                let name = (!deallocate.isall && !deallocate.name.is_empty())
-                    .then(|| deallocate.name.clone());
+                let name = (!deallocate.isall && !deallocate.name.is_empty()).then(|| deallocate.name.clone());
                 self.effects.push(SessionEffect::Deallocate { name });
             }
             NodeEnum::ListenStmt(_) => self.pin(PinReason::Listen),
@@ -214,13 +205,10 @@ impl Statement<'_> {
             NodeEnum::CreateFunctionStmt(create) => {
                 self.route = Route::Write;
                 self.functions_changed = true;
-                let mut names = create
-                    .funcname
-                    .iter()
-                    .filter_map(|n| match n.node.as_ref() {
-                        Some(NodeEnum::String(name)) => Some(name.sval.as_str()),
-                        _ => None,
-                    });
+                let mut names = create.funcname.iter().filter_map(|n| match n.node.as_ref() {
+                    Some(NodeEnum::String(name)) => Some(name.sval.as_str()),
+                    _ => None,
+                });
                 let schema = names.next();
                 if names.next().is_some() && schema.is_some_and(|s| s.starts_with("pg_temp")) {
                     self.effects.push(SessionEffect::Pin(PinReason::TempObject));
@@ -308,10 +296,7 @@ impl Statement<'_> {
             _ if set.is_local => {}
             VariableSetKind::VarSetDefault => self.effects.push(SessionEffect::Reset { name }),
             VariableSetKind::VarSetValue | VariableSetKind::VarSetCurrent => {
-                self.effects.push(SessionEffect::Set {
-                    name,
-                    statement: self.text.to_owned(),
-                })
+                self.effects.push(SessionEffect::Set { name, statement: self.text.to_owned() })
             }
             VariableSetKind::VarSetMulti if name == "session characteristics" => {
                 // SET SESSION CHARACTERISTICS AS TRANSACTION ...: sets the default_* GUCs.
@@ -351,10 +336,7 @@ fn def_flag(def: &protobuf::DefElem) -> bool {
 fn is_false_word(node: &NodeEnum) -> bool {
     match node {
         NodeEnum::String(value) => {
-            matches!(
-                value.sval.to_ascii_lowercase().as_str(),
-                "off" | "false" | "no" | "0"
-            )
+            matches!(value.sval.to_ascii_lowercase().as_str(), "off" | "false" | "no" | "0")
         }
         NodeEnum::Integer(value) => value.ival == 0,
         _ => false,

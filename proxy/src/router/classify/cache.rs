@@ -35,11 +35,7 @@ impl RouteCache {
     /// A cache holding about `capacity` entries in total (at least one per shard).
     pub fn new(capacity: usize) -> RouteCache {
         let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
-        RouteCache {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
-                .collect(),
-        }
+        RouteCache { shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect() }
     }
 
     fn shard(&self, key: u128) -> Option<MutexGuard<'_, LruCache<u128, Entry>>> {
@@ -47,11 +43,7 @@ impl RouteCache {
         let index = (key as usize) & (SHARDS - 1);
         let shard = self.shards.get(index)?;
         // A poisoned shard only means another thread panicked mid-probe; the map is still sound.
-        Some(
-            shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        Some(shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// The cached route for `key` if it was computed under `generation`.
@@ -77,13 +69,7 @@ impl RouteCache {
     /// Number of entries (for tests and metrics).
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
-        (0..SHARDS)
-            .filter_map(|i| {
-                self.shards
-                    .get(i)
-                    .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            })
-            .sum()
+        (0..SHARDS).filter_map(|i| self.shards.get(i).map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())).sum()
     }
 }
 

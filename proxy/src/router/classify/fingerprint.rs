@@ -73,10 +73,7 @@ impl Fingerprinter {
         low.write(&normalized.tokens);
         let mut high = self.high.build_hasher();
         high.write(&normalized.tokens);
-        Fingerprint {
-            hash: (u128::from(high.finish()) << 64) | u128::from(low.finish()),
-            hint: normalized.hint,
-        }
+        Fingerprint { hash: (u128::from(high.finish()) << 64) | u128::from(low.finish()), hint: normalized.hint }
     }
 }
 
@@ -104,10 +101,7 @@ pub fn normalize(sql: &str) -> Normalized {
     if lexer.hint {
         lexer.emit(tag::HINT, &[]);
     }
-    Normalized {
-        tokens: lexer.out,
-        hint: lexer.hint,
-    }
+    Normalized { tokens: lexer.out, hint: lexer.hint }
 }
 
 /// Single-pass lexer state.
@@ -242,11 +236,7 @@ impl Lexer<'_> {
 
     /// Notes the hint if `text` contains it, ASCII case-insensitively.
     fn check_hint(&mut self, text: &[u8]) {
-        if !self.hint
-            && text
-                .windows(HINT.len())
-                .any(|w| w.eq_ignore_ascii_case(HINT))
-        {
+        if !self.hint && text.windows(HINT.len()).any(|w| w.eq_ignore_ascii_case(HINT)) {
             self.hint = true;
         }
     }
@@ -370,11 +360,7 @@ impl Lexer<'_> {
             return;
         };
         let body_start = delimiter_end;
-        let end = match self
-            .src
-            .get(body_start..)
-            .and_then(|rest| rest.find(delimiter))
-        {
+        let end = match self.src.get(body_start..).and_then(|rest| rest.find(delimiter)) {
             Some(offset) => body_start + offset + delimiter.len(),
             None => self.bytes.len(),
         };
@@ -426,8 +412,7 @@ impl Lexer<'_> {
         let mut i = self.pos;
         while is_op_char(self.at(i)) {
             if i > start
-                && ((self.at(i) == b'-' && self.at(i + 1) == b'-')
-                    || (self.at(i) == b'/' && self.at(i + 1) == b'*'))
+                && ((self.at(i) == b'-' && self.at(i + 1) == b'-') || (self.at(i) == b'/' && self.at(i + 1) == b'*'))
             {
                 break;
             }

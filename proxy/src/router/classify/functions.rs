@@ -60,12 +60,7 @@ struct Catalog {
 
 impl Catalog {
     fn insert_function(&mut self, schema: &str, name: &str, volatility: Volatility) {
-        let slot = self
-            .by_schema
-            .entry(schema.to_owned())
-            .or_default()
-            .entry(name.to_owned())
-            .or_insert(volatility);
+        let slot = self.by_schema.entry(schema.to_owned()).or_default().entry(name.to_owned()).or_insert(volatility);
         *slot = (*slot).max(volatility);
         let slot = self.by_name.entry(name.to_owned()).or_insert(volatility);
         *slot = (*slot).max(volatility);
@@ -114,18 +109,12 @@ impl FunctionTable {
         for (schema, name, volatility) in functions {
             catalog.insert_function(schema.as_ref(), name.as_ref(), volatility);
         }
-        FunctionTable {
-            catalog: RwLock::new(Arc::new(catalog)),
-            generation: AtomicU64::new(0),
-        }
+        FunctionTable { catalog: RwLock::new(Arc::new(catalog)), generation: AtomicU64::new(0) }
     }
 
     /// Adds an operator to a table being built (before it is shared).
     pub fn insert_operator(&mut self, name: &str, volatility: Volatility) {
-        let catalog = self
-            .catalog
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let catalog = self.catalog.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
         Arc::make_mut(catalog).insert_operator(name, volatility);
     }
 
@@ -151,10 +140,7 @@ impl FunctionTable {
             operators = catalog.operators.len(),
             "loaded function volatility table"
         );
-        Ok(FunctionTable {
-            catalog: RwLock::new(Arc::new(catalog)),
-            generation: AtomicU64::new(0),
-        })
+        Ok(FunctionTable { catalog: RwLock::new(Arc::new(catalog)), generation: AtomicU64::new(0) })
     }
 
     fn snapshot(&self) -> Arc<Catalog> {
@@ -164,10 +150,7 @@ impl FunctionTable {
 
     /// Replaces the contents (called by a refresh task) and invalidates cached routes.
     pub fn replace(&self, fresh: FunctionTable) {
-        let fresh = fresh
-            .catalog
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fresh = fresh.catalog.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -200,9 +183,7 @@ impl FunctionTable {
 
     /// A consistent view for classifying one statement without re-locking per function.
     pub(super) fn view(&self) -> FunctionView {
-        FunctionView {
-            catalog: self.snapshot(),
-        }
+        FunctionView { catalog: self.snapshot() }
     }
 }
 
@@ -243,19 +224,12 @@ mod tests {
             ("public", "g", Volatility::Immutable),
         ]);
         assert_eq!(table.volatility(None, "f"), Some(Volatility::Volatile));
-        assert_eq!(
-            table.volatility(Some("public"), "g"),
-            Some(Volatility::Immutable)
-        );
+        assert_eq!(table.volatility(Some("public"), "g"), Some(Volatility::Immutable));
         assert_eq!(table.volatility(None, "g"), Some(Volatility::Stable));
         assert_eq!(table.volatility(Some("other"), "f"), None);
         assert_eq!(table.volatility(None, "h"), None);
         let generation = table.generation();
-        table.replace(FunctionTable::from_functions([(
-            "public",
-            "h",
-            Volatility::Stable,
-        )]));
+        table.replace(FunctionTable::from_functions([("public", "h", Volatility::Stable)]));
         assert_ne!(table.generation(), generation);
         assert_eq!(table.volatility(None, "h"), Some(Volatility::Stable));
         assert_eq!(table.volatility(None, "f"), None);

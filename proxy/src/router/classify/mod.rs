@@ -160,18 +160,11 @@ impl Classifier {
         let generation = self.functions.generation();
         if let Some(route) = self.cache.get(fingerprint.hash, generation) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Classification {
-                route,
-                effects: Vec::new(),
-            };
+            return Classification { route, effects: Vec::new() };
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let analysis = analyze::analyze(sql, &self.functions.view());
-        let route = if fingerprint.hint {
-            Route::Write
-        } else {
-            analysis.route
-        };
+        let route = if fingerprint.hint { Route::Write } else { analysis.route };
         if analysis.functions_changed {
             self.refresh_requested.store(true, Ordering::Release);
         }
@@ -181,15 +174,8 @@ impl Classifier {
         if analysis.cacheable {
             self.cache.put(fingerprint.hash, route, generation);
         }
-        tracing::trace!(
-            ?route,
-            effects = analysis.effects.len(),
-            "classified statement"
-        );
-        Classification {
-            route,
-            effects: analysis.effects,
-        }
+        tracing::trace!(?route, effects = analysis.effects.len(), "classified statement");
+        Classification { route, effects: analysis.effects }
     }
 
     /// Requests a table refresh for unknown function names that have not asked recently.
@@ -233,10 +219,7 @@ impl Classifier {
 
     /// Cache hit/miss counters since creation.
     pub fn stats(&self) -> ClassifierStats {
-        ClassifierStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-        }
+        ClassifierStats { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed) }
     }
 
     /// Number of cached routes.

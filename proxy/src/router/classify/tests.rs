@@ -209,14 +209,7 @@ fn reads_route_to_replicas() {
     let classifier = classifier();
     for sql in READS {
         let classification = classifier.classify(sql);
-        assert_eq!(
-            classification,
-            Classification {
-                route: Route::Read,
-                effects: vec![]
-            },
-            "{sql:?}"
-        );
+        assert_eq!(classification, Classification { route: Route::Read, effects: vec![] }, "{sql:?}");
     }
 }
 
@@ -225,22 +218,12 @@ fn writes_route_to_the_primary_without_effects() {
     let classifier = classifier();
     for sql in WRITES {
         let classification = classifier.classify(sql);
-        assert_eq!(
-            classification,
-            Classification {
-                route: Route::Write,
-                effects: vec![]
-            },
-            "{sql:?}"
-        );
+        assert_eq!(classification, Classification { route: Route::Write, effects: vec![] }, "{sql:?}");
     }
 }
 
 fn set(name: &str, statement: &str) -> SessionEffect {
-    SessionEffect::Set {
-        name: name.into(),
-        statement: statement.into(),
-    }
+    SessionEffect::Set { name: name.into(), statement: statement.into() }
 }
 
 fn reset(name: &str) -> SessionEffect {
@@ -252,68 +235,28 @@ fn session_effects_are_reported_with_exact_text() {
     use PinReason::*;
     use SessionEffect::*;
     let cases: Vec<(&str, Vec<SessionEffect>)> = vec![
-        (
-            "SET search_path TO a, b",
-            vec![set("search_path", "SET search_path TO a, b")],
-        ),
-        (
-            "set TIME ZONE 'UTC'",
-            vec![set("timezone", "set TIME ZONE 'UTC'")],
-        ),
-        (
-            "SET NAMES 'UTF8'",
-            vec![set("client_encoding", "SET NAMES 'UTF8'")],
-        ),
+        ("SET search_path TO a, b", vec![set("search_path", "SET search_path TO a, b")]),
+        ("set TIME ZONE 'UTC'", vec![set("timezone", "set TIME ZONE 'UTC'")]),
+        ("SET NAMES 'UTF8'", vec![set("client_encoding", "SET NAMES 'UTF8'")]),
         ("SET ROLE admin", vec![set("role", "SET ROLE admin")]),
-        (
-            "SET SESSION AUTHORIZATION bob",
-            vec![set(
-                "session_authorization",
-                "SET SESSION AUTHORIZATION bob",
-            )],
-        ),
-        (
-            "SET SESSION statement_timeout = 5",
-            vec![set(
-                "statement_timeout",
-                "SET SESSION statement_timeout = 5",
-            )],
-        ),
-        (
-            "SET Statement_Timeout = '5s'",
-            vec![set("statement_timeout", "SET Statement_Timeout = '5s'")],
-        ),
-        (
-            "  SET application_name = 'ünï';  ",
-            vec![set("application_name", "SET application_name = 'ünï'")],
-        ),
+        ("SET SESSION AUTHORIZATION bob", vec![set("session_authorization", "SET SESSION AUTHORIZATION bob")]),
+        ("SET SESSION statement_timeout = 5", vec![set("statement_timeout", "SET SESSION statement_timeout = 5")]),
+        ("SET Statement_Timeout = '5s'", vec![set("statement_timeout", "SET Statement_Timeout = '5s'")]),
+        ("  SET application_name = 'ünï';  ", vec![set("application_name", "SET application_name = 'ünï'")]),
         ("SET work_mem TO DEFAULT", vec![reset("work_mem")]),
         ("RESET work_mem", vec![reset("work_mem")]),
         ("RESET ROLE", vec![reset("role")]),
         ("RESET ALL", vec![ResetAll]),
         (
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-            vec![set(
-                "default_transaction_read_only",
-                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-            )],
+            vec![set("default_transaction_read_only", "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")],
         ),
         ("DISCARD ALL", vec![DiscardAll]),
         ("DISCARD PLANS", vec![DiscardPlans]),
         ("DISCARD TEMP", vec![DiscardTemp]),
         ("DISCARD SEQUENCES", vec![DiscardSequences]),
-        (
-            "DEALLOCATE p",
-            vec![Deallocate {
-                name: Some("p".into()),
-            }],
-        ),
-        (
-            "DEALLOCATE PREPARE q",
-            vec![Deallocate {
-                name: Some("q".into()),
-            }],
-        ),
+        ("DEALLOCATE p", vec![Deallocate { name: Some("p".into()) }]),
+        ("DEALLOCATE PREPARE q", vec![Deallocate { name: Some("q".into()) }]),
         ("DEALLOCATE ALL", vec![Deallocate { name: None }]),
         ("LISTEN ch", vec![Pin(Listen)]),
         ("CREATE TEMP TABLE x (a int)", vec![Pin(TempObject)]),
@@ -323,65 +266,31 @@ fn session_effects_are_reported_with_exact_text() {
         ("CREATE TEMP TABLE x AS SELECT 1", vec![Pin(TempObject)]),
         ("SELECT 1 INTO TEMP x", vec![Pin(TempObject)]),
         ("SELECT * FROM pg_temp.x", vec![Pin(TempObject)]),
-        (
-            "CREATE FUNCTION pg_temp.f() RETURNS int AS 'select 1' LANGUAGE sql",
-            vec![Pin(TempObject)],
-        ),
+        ("CREATE FUNCTION pg_temp.f() RETURNS int AS 'select 1' LANGUAGE sql", vec![Pin(TempObject)]),
         ("PREPARE p AS SELECT 1", vec![Pin(SqlPrepare)]),
         ("SELECT pg_advisory_lock(1)", vec![Pin(SessionAdvisoryLock)]),
-        (
-            "SELECT pg_advisory_lock_shared(1)",
-            vec![Pin(SessionAdvisoryLock)],
-        ),
-        (
-            "SELECT pg_try_advisory_lock(1, 2)",
-            vec![Pin(SessionAdvisoryLock)],
-        ),
-        (
-            "SELECT pg_try_advisory_lock_shared(1)",
-            vec![Pin(SessionAdvisoryLock)],
-        ),
-        (
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            vec![Pin(HoldCursor)],
-        ),
+        ("SELECT pg_advisory_lock_shared(1)", vec![Pin(SessionAdvisoryLock)]),
+        ("SELECT pg_try_advisory_lock(1, 2)", vec![Pin(SessionAdvisoryLock)]),
+        ("SELECT pg_try_advisory_lock_shared(1)", vec![Pin(SessionAdvisoryLock)]),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", vec![Pin(HoldCursor)]),
         ("LOAD 'auto_explain'", vec![Pin(Load)]),
         ("SELECT set_config('a', 'b', false)", vec![Pin(Other)]),
         ("SELECT set_config('a', 'b', 't')", vec![Pin(Other)]),
-        (
-            "SET a = 1; SET b = 2",
-            vec![set("a", "SET a = 1"), set("b", "SET b = 2")],
-        ),
-        (
-            "BEGIN; SET LOCAL a = 1; SET b TO 'x; y'; COMMIT",
-            vec![set("b", "SET b TO 'x; y'")],
-        ),
+        ("SET a = 1; SET b = 2", vec![set("a", "SET a = 1"), set("b", "SET b = 2")]),
+        ("BEGIN; SET LOCAL a = 1; SET b TO 'x; y'; COMMIT", vec![set("b", "SET b TO 'x; y'")]),
         (
             "SELECT 1;\n  /* c */ SET x = 1;",
             // The parser starts a statement at its first token.
             vec![set("x", "SET x = 1")],
         ),
-        (
-            "/* tandem:primary */ SET x = 1",
-            vec![set("x", "SET x = 1")],
-        ),
-        (
-            "LISTEN a; SELECT pg_advisory_lock(1); DISCARD ALL",
-            vec![Pin(Listen), Pin(SessionAdvisoryLock), DiscardAll],
-        ),
+        ("/* tandem:primary */ SET x = 1", vec![set("x", "SET x = 1")]),
+        ("LISTEN a; SELECT pg_advisory_lock(1); DISCARD ALL", vec![Pin(Listen), Pin(SessionAdvisoryLock), DiscardAll]),
     ];
     let classifier = classifier();
     for (sql, effects) in cases {
         for _ in 0..2 {
             let classification = classifier.classify(sql);
-            assert_eq!(
-                classification,
-                Classification {
-                    route: Route::Write,
-                    effects: effects.clone()
-                },
-                "{sql:?}"
-            );
+            assert_eq!(classification, Classification { route: Route::Write, effects: effects.clone() }, "{sql:?}");
         }
     }
 }
@@ -407,14 +316,8 @@ fn cache_hit_returns_the_same_as_a_miss() {
     // Literal-only differences hit the entry of the first statement.
     let hits = classifier.stats().hits;
     assert_eq!(classifier.classify("SELECT 42").route, Route::Read);
-    assert_eq!(
-        classifier.classify("select * from t where id = $7").route,
-        Route::Read
-    );
-    assert_eq!(
-        classifier.classify("INSERT INTO t VALUES (99)").route,
-        Route::Write
-    );
+    assert_eq!(classifier.classify("select * from t where id = $7").route, Route::Read);
+    assert_eq!(classifier.classify("INSERT INTO t VALUES (99)").route, Route::Write);
     assert_eq!(classifier.stats().hits, hits + 3);
 }
 
@@ -422,62 +325,23 @@ fn cache_hit_returns_the_same_as_a_miss() {
 fn hint_and_literals_do_not_leak_through_the_cache() {
     let classifier = classifier();
     assert_eq!(classifier.classify("SELECT 1").route, Route::Read);
-    assert_eq!(
-        classifier.classify("/* tandem:primary */ SELECT 1").route,
-        Route::Write
-    );
+    assert_eq!(classifier.classify("/* tandem:primary */ SELECT 1").route, Route::Write);
     assert_eq!(classifier.classify("SELECT 2").route, Route::Read);
-    assert_eq!(
-        classifier.classify("/* tandem:primary */ SELECT 3").route,
-        Route::Write
-    );
+    assert_eq!(classifier.classify("/* tandem:primary */ SELECT 3").route, Route::Write);
     // EXPLAIN's ANALYZE option spelled as a literal must not be cached.
-    assert_eq!(
-        classifier
-            .classify("EXPLAIN (ANALYZE 'off') DELETE FROM t")
-            .route,
-        Route::Read
-    );
-    assert_eq!(
-        classifier
-            .classify("EXPLAIN (ANALYZE 'on') DELETE FROM t")
-            .route,
-        Route::Write
-    );
-    assert_eq!(
-        classifier
-            .classify("EXPLAIN (ANALYZE 0) DELETE FROM t")
-            .route,
-        Route::Read
-    );
-    assert_eq!(
-        classifier
-            .classify("EXPLAIN (ANALYZE 1) DELETE FROM t")
-            .route,
-        Route::Write
-    );
+    assert_eq!(classifier.classify("EXPLAIN (ANALYZE 'off') DELETE FROM t").route, Route::Read);
+    assert_eq!(classifier.classify("EXPLAIN (ANALYZE 'on') DELETE FROM t").route, Route::Write);
+    assert_eq!(classifier.classify("EXPLAIN (ANALYZE 0) DELETE FROM t").route, Route::Read);
+    assert_eq!(classifier.classify("EXPLAIN (ANALYZE 1) DELETE FROM t").route, Route::Write);
     // Effects are never served from the cache.
     for _ in 0..3 {
         assert_eq!(classifier.classify("SET a = 1").effects.len(), 1);
-        assert_eq!(
-            classifier
-                .classify("SELECT pg_advisory_lock(7)")
-                .effects
-                .len(),
-            1
-        );
+        assert_eq!(classifier.classify("SELECT pg_advisory_lock(7)").effects.len(), 1);
     }
     // set_config's is_local as a literal keeps the pin.
+    assert_eq!(classifier.classify("SELECT set_config('a', 'b', true)").effects, vec![]);
     assert_eq!(
-        classifier
-            .classify("SELECT set_config('a', 'b', true)")
-            .effects,
-        vec![]
-    );
-    assert_eq!(
-        classifier
-            .classify("SELECT set_config('a', 'b', false)")
-            .effects,
+        classifier.classify("SELECT set_config('a', 'b', false)").effects,
         vec![SessionEffect::Pin(PinReason::Other)]
     );
 }
@@ -487,29 +351,15 @@ fn unknown_functions_request_a_refresh_and_are_not_cached() {
     let functions = Arc::new(table());
     let classifier = Classifier::new(Arc::clone(&functions), 64);
     assert!(!classifier.take_refresh_request());
-    assert_eq!(
-        classifier.classify("SELECT fresh_fn(1)").route,
-        Route::Write
-    );
+    assert_eq!(classifier.classify("SELECT fresh_fn(1)").route, Route::Write);
     assert!(classifier.take_refresh_request());
     assert!(!classifier.take_refresh_request(), "true only once");
     // The same unknown name does not ask again right away.
-    assert_eq!(
-        classifier.classify("SELECT fresh_fn(2)").route,
-        Route::Write
-    );
+    assert_eq!(classifier.classify("SELECT fresh_fn(2)").route, Route::Write);
     assert!(!classifier.take_refresh_request());
-    assert_eq!(
-        classifier.stats().hits,
-        0,
-        "unknown-function verdicts are not cached"
-    );
+    assert_eq!(classifier.stats().hits, 0, "unknown-function verdicts are not cached");
     // After the refresh the function is known and the statement reads.
-    functions.replace(FunctionTable::from_functions([(
-        "public",
-        "fresh_fn",
-        Volatility::Stable,
-    )]));
+    functions.replace(FunctionTable::from_functions([("public", "fresh_fn", Volatility::Stable)]));
     assert_eq!(classifier.classify("SELECT fresh_fn(3)").route, Route::Read);
     // CREATE FUNCTION also asks for a refresh.
     classifier.classify("CREATE OR REPLACE FUNCTION g() RETURNS int AS 'select 1' LANGUAGE sql");
@@ -518,20 +368,12 @@ fn unknown_functions_request_a_refresh_and_are_not_cached() {
 
 #[test]
 fn a_replaced_table_invalidates_cached_routes() {
-    let functions = Arc::new(FunctionTable::from_functions([(
-        "public",
-        "f",
-        Volatility::Stable,
-    )]));
+    let functions = Arc::new(FunctionTable::from_functions([("public", "f", Volatility::Stable)]));
     let classifier = Classifier::new(Arc::clone(&functions), 64);
     assert_eq!(classifier.classify("SELECT f()").route, Route::Read);
     assert_eq!(classifier.classify("SELECT f()").route, Route::Read);
     assert_eq!(classifier.stats().hits, 1);
-    functions.replace(FunctionTable::from_functions([(
-        "public",
-        "f",
-        Volatility::Volatile,
-    )]));
+    functions.replace(FunctionTable::from_functions([("public", "f", Volatility::Volatile)]));
     assert_eq!(classifier.classify("SELECT f()").route, Route::Write);
 }
 
@@ -569,9 +411,7 @@ fn concurrent_classification_is_consistent() {
 #[test]
 fn garbage_never_panics() {
     let classifier = Classifier::new(Arc::new(table()), 64);
-    let alphabet: Vec<char> = "'\"$-/*eEbBxXuU&0123456789._ \n\\;:()abcSELECTé日💥\u{0}"
-        .chars()
-        .collect();
+    let alphabet: Vec<char> = "'\"$-/*eEbBxXuU&0123456789._ \n\\;:()abcSELECTé日💥\u{0}".chars().collect();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..300 {
         let len = (state % 30) as usize;
@@ -605,10 +445,7 @@ fn deep_and_long_statements_are_handled() {
     let rows: Vec<String> = (0..5000).map(|i| format!("({i}, 'row {i}')")).collect();
     let insert = format!("INSERT INTO t VALUES {}", rows.join(", "));
     assert_eq!(classifier.classify(&insert).route, Route::Write);
-    let select = format!(
-        "SELECT * FROM t WHERE id IN ({})",
-        vec!["1"; 10_000].join(",")
-    );
+    let select = format!("SELECT * FROM t WHERE id IN ({})", vec!["1"; 10_000].join(","));
     assert_eq!(classifier.classify(&select).route, Route::Read);
 }
 

@@ -21,12 +21,8 @@ const ALWAYS_WRITE: &[&str] = &["nextval", "setval", "currval", "lastval", "set_
 
 /// Session-level advisory lock functions: the lock lives as long as the server session, so the
 /// client must stay on that server (the `_xact_` variants end with the transaction).
-const SESSION_ADVISORY_LOCKS: &[&str] = &[
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-];
+const SESSION_ADVISORY_LOCKS: &[&str] =
+    &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
 
 /// How much of the tree matters for a statement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +69,7 @@ pub(super) fn scan(tree: &Value, scope: Scope, functions: &FunctionView, finding
     }
 }
 
-fn visit_object(
-    map: &Map<String, Value>,
-    scope: Scope,
-    functions: &FunctionView,
-    findings: &mut Findings,
-) {
+fn visit_object(map: &Map<String, Value>, scope: Scope, functions: &FunctionView, findings: &mut Findings) {
     // A RangeVar, wrapped or embedded.
     if let Some(Value::String(persistence)) = map.get("relpersistence") {
         let schema = map.get("schemaname").and_then(Value::as_str).unwrap_or("");
@@ -114,9 +105,7 @@ fn is_temp_schema(schema: &str) -> bool {
 }
 
 fn non_empty_array(value: Option<&Value>) -> bool {
-    value
-        .and_then(Value::as_array)
-        .is_some_and(|items| !items.is_empty())
+    value.and_then(Value::as_array).is_some_and(|items| !items.is_empty())
 }
 
 /// The `sval`s of a name list (`[{"node": {"String": {"sval": ..}}}, ..]`).
@@ -124,10 +113,7 @@ pub(super) fn name_list(value: Option<&Value>) -> Vec<&str> {
     value
         .and_then(Value::as_array)
         .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| item.pointer("/node/String/sval").and_then(Value::as_str))
-                .collect()
+            items.iter().filter_map(|item| item.pointer("/node/String/sval").and_then(Value::as_str)).collect()
         })
         .unwrap_or_default()
 }
@@ -150,10 +136,7 @@ fn func_call(map: &Map<String, Value>, functions: &FunctionView, findings: &mut 
         // SET we could replay: keep the client on this server.
         findings.pin(PinReason::Other);
     }
-    if ALWAYS_WRITE.contains(&name)
-        || name.starts_with("pg_advisory")
-        || name.starts_with("pg_try_advisory")
-    {
+    if ALWAYS_WRITE.contains(&name) || name.starts_with("pg_advisory") || name.starts_with("pg_try_advisory") {
         findings.write = true;
     }
     match functions.function(schema, name) {

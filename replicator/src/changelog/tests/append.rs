@@ -29,8 +29,11 @@ async fn large_payloads_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), 64 << 20);
     let sizes = [0usize, 1, 20_000, 70_000, 300_000, 5, 2 << 20];
-    let payloads: Vec<Bytes> =
-        sizes.iter().enumerate().map(|(i, &n)| Bytes::from((0..n).map(|b| (b * 31 + i) as u8).collect::<Vec<_>>())).collect();
+    let payloads: Vec<Bytes> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Bytes::from((0..n).map(|b| (b * 31 + i) as u8).collect::<Vec<_>>()))
+        .collect();
     for (i, p) in payloads.iter().enumerate() {
         log.append(Lsn(i as u64 + 1), p.clone()).await.unwrap();
     }
@@ -109,7 +112,12 @@ async fn group_commit_batches_fsyncs() {
     assert_holds(&log, 1..=10_000);
     // One segment creation (file + directory sync), then one sync per batch.
     assert_eq!(stats.fsyncs, stats.batches + 2);
-    assert!(stats.fsyncs * 10 < stats.records, "{} fsyncs for {} records: no group commit", stats.fsyncs, stats.records);
+    assert!(
+        stats.fsyncs * 10 < stats.records,
+        "{} fsyncs for {} records: no group commit",
+        stats.fsyncs,
+        stats.records
+    );
 }
 
 #[tokio::test]
