@@ -94,6 +94,12 @@ impl Pipeline {
         self.queue.is_empty() && !self.open
     }
 
+    /// No response is outstanding, though an extended sequence may still be
+    /// open (see [`Pipeline::is_idle`]).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Requests outstanding.
     pub fn len(&self) -> usize {
         self.queue.len()
