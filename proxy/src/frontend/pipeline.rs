@@ -116,6 +116,12 @@ impl Pipeline {
         self.queue.is_empty() && !self.open && !self.skipping
     }
 
+    /// No response is outstanding, though an extended sequence may still be
+    /// open (see [`Pipeline::is_idle`]).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Requests outstanding.
     pub fn outstanding(&self) -> usize {
         self.queue.len()
