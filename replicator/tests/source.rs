@@ -114,17 +114,15 @@ impl ChangeSink for MemSink {
         self.records.lock().unwrap().last().map(|r| r.0).unwrap_or(Lsn::ZERO)
     }
     fn append(&self, lsn: Lsn, payload: Bytes) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
-        let this = self.clone();
-        async move {
-            {
-                let mut r = this.records.lock().unwrap();
-                if r.last().is_none_or(|l| lsn > l.0) {
-                    r.push((lsn, payload));
-                }
+        // Queued at the call, as the contract asks.
+        {
+            let mut r = self.records.lock().unwrap();
+            if r.last().is_none_or(|l| lsn > l.0) {
+                r.push((lsn, payload));
             }
-            this.notify.notify_waiters();
-            Ok(())
         }
+        self.notify.notify_waiters();
+        std::future::ready(Ok(()))
     }
 }
 

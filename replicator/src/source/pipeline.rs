@@ -2,14 +2,21 @@
 //! log, and the feedback that goes back to the primary.
 //!
 //! Every committed transaction is encoded and appended to the change log
-//! (which returns once it is durable) before its position can be reported;
-//! [`FlushTracker`] then decides, per mode, when the primary may forget it.
-//! The appliers' progress arrives through [`AppliedLsn`] watches.
+//! before its position can be reported; [`FlushTracker`] then decides, per
+//! mode, when the primary may forget it. The appliers' progress arrives through
+//! [`AppliedLsn`] watches.
+//!
+//! Appends are pipelined: the loop queues a transaction and goes on decoding
+//! while earlier ones wait for their fsync, so one fsync covers every
+//! transaction that arrived meanwhile (group commit). Waiting for each append
+//! before decoding the next would cap the stream at one transaction per fsync.
+//! Durability is still reported strictly in commit order.
 
 use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tandem_core::Lsn;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +41,10 @@ pub trait ChangeSink: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
     /// Highest LSN stored (`Lsn::ZERO` when empty).
     fn last_lsn(&self) -> Lsn;
-    /// Stores `payload` under `lsn`, returning once durable; an `lsn` not above
-    /// [`ChangeSink::last_lsn`] is a re-delivery and ignored.
+    /// Queues `payload` under `lsn` **when called** (so calls made in LSN order
+    /// are stored in that order however their futures are polled); the future
+    /// resolves once it is durable. An `lsn` not above [`ChangeSink::last_lsn`]
+    /// is a re-delivery and ignored.
     fn append(&self, lsn: Lsn, payload: Bytes) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
@@ -57,6 +66,12 @@ pub struct StreamOptions {
     /// Bound of the reader → decoder queue.
     pub buffer: usize,
 }
+
+/// Most transactions queued to the change log and not yet durable; beyond
+/// it the loop stops reading the stream until fsyncs catch up.
+const MAX_APPENDS_IN_FLIGHT: usize = 4096;
+/// Most payload bytes queued to the change log and not yet durable.
+const MAX_APPEND_BYTES_IN_FLIGHT: usize = 64 << 20;
 
 /// Counters of a running stream loop, for logs and status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,20 +138,33 @@ pub async fn stream_database<S: ChangeSink>(
     let mut applied = AppliedSet::new(applied);
     tracker.applied(&applied.last);
 
+    // Appends queued to the sink, oldest first: (commit, end, payload bytes, durable?).
+    let mut appending = FuturesOrdered::new();
+    let mut bytes_in_flight = 0usize;
+
     let result = loop {
+        let room = appending.len() < MAX_APPENDS_IN_FLIGHT && bytes_in_flight < MAX_APPEND_BYTES_IN_FLIGHT;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
+            Some((commit, end, len, durable)) = appending.next(), if !appending.is_empty() => {
+                bytes_in_flight -= len;
+                if let Err(e) = durable {
+                    break Err(SourceError::Sink(Box::new(e)));
+                }
+                tracker.durable(commit, end);
+                stats.send_modify(|s| s.transactions += 1);
+            }
             _ = applied.changed() => tracker.applied(&applied.last),
-            event = stream.next() => match event {
+            event = stream.next(), if room => match event {
                 Ok(StreamEvent::XLogData { data, .. }) => match decoder.feed(data) {
                     Ok(Decoded::Transaction(txn)) => {
                         let (commit, end) = (txn.commit_lsn, txn.end_lsn);
-                        if let Err(e) = sink.append(commit, change::encode(&txn)).await {
-                            break Err(SourceError::Sink(Box::new(e)));
-                        }
-                        tracker.durable(commit, end);
-                        stats.send_modify(|s| s.transactions += 1);
+                        let payload = change::encode(&txn);
+                        let len = payload.len();
+                        bytes_in_flight += len;
+                        let durable = sink.append(commit, payload);
+                        appending.push_back(async move { (commit, end, len, durable.await) });
                     }
                     Ok(Decoded::Message { prefix, .. }) => {
                         tracing::debug!(prefix, "ignoring non-transactional logical message");
@@ -145,7 +173,9 @@ pub async fn stream_database<S: ChangeSink>(
                     Err(e) => break Err(e.into()),
                 },
                 Ok(StreamEvent::Keepalive { wal_end }) => {
-                    if !decoder.in_transaction() {
+                    // With appends still in flight the keepalive says nothing about
+                    // them being durable; a later keepalive covers this position.
+                    if !decoder.in_transaction() && appending.is_empty() {
                         tracker.idle_until(wal_end);
                     }
                 }
