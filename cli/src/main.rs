@@ -27,7 +27,7 @@ struct Cli {
     log: String,
     /// Runtime worker threads [default: one per core; `tandem proxy` on a machine with up to
     /// 2 cores: 1, which avoids cross-thread wake-ups when PostgreSQL shares the cores, see
-    /// bench/results].
+    /// bench/results]. With 1, everything runs on a single-threaded runtime.
     #[arg(long, global = true, env = "TANDEM_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -57,7 +57,15 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let small_proxy = cores <= 2 && matches!(cli.command, Command::Proxy(_));
     let threads = cli.threads.unwrap_or(if small_proxy { 1 } else { cores }).max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+    // One thread: tokio's current-thread scheduler, which has none of the
+    // work-stealing bookkeeping of the multi-thread one (measurably cheaper per
+    // message on the proxy's data path).
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tandem: cannot start the async runtime: {e}");

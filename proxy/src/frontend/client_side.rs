@@ -343,7 +343,7 @@ impl Session {
             let pool = self.pool_for(&node);
             match pool.acquire().await {
                 Ok(conn) => {
-                    self.active = Some(Attached { conn, node, inflight: None });
+                    self.active = Some(Attached { conn, pool, node, inflight: None });
                     last_err = None;
                     break;
                 }

@@ -141,7 +141,9 @@ impl Session {
         self.busy = None;
         self.info.set_state(ClientState::Idle);
         if self.mode == PoolMode::Transaction && !self.pinned {
-            self.active = None;
+            if let Some(a) = self.active.take() {
+                a.pool.release(a.conn);
+            }
             self.cancel.set_target(None);
             if let Ok(mut n) = self.info.node.lock() {
                 *n = None;

@@ -7,7 +7,6 @@
 //! ([`Statements`], prepared lazily under content-derived names).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -136,7 +135,7 @@ impl Statement {
 /// Named prepared statements of one client, by client-side name.
 #[derive(Debug, Default)]
 pub struct Statements {
-    named: HashMap<Bytes, Arc<Statement>>,
+    named: foldhash::HashMap<Bytes, Arc<Statement>>,
     /// Route of the last unnamed statement parsed.
     pub unnamed_route: Option<Route>,
 }

@@ -13,7 +13,7 @@ pub mod server;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use tandem_core::{NodeAddr, NodeId};
@@ -118,11 +118,51 @@ pub struct ServerPool {
     shared: Arc<ManagerShared>,
     /// ParameterStatus values of the first login, greeted to later clients.
     params: std::sync::OnceLock<Arc<Vec<(String, String)>>>,
+    /// Idle connections between transactions (see [`Parked`]).
+    parked: Mutex<Parked>,
+    /// Maintenance ticks so far; parked connections remember the tick they were parked at.
+    tick: AtomicU64,
+}
+
+/// Connections that finished a transaction, kept checked out of bb8 for the
+/// next one. A bb8 check-out and return (its queue, a timeout future, moving
+/// the connection in and out) was a large share of the proxy's CPU per
+/// transaction; a parked connection costs one uncontended lock each way.
+/// bb8 still owns opening, the size limit, waiting with a timeout and closing.
+#[derive(Default)]
+struct Parked {
+    /// LIFO stack of (connection, tick parked at).
+    conns: Vec<(Checkout, u64)>,
+    /// Sessions inside bb8's queue (they get released connections first).
+    waiting: usize,
+}
+
+/// Counts a session waiting in bb8's queue until it got a connection or gave up.
+struct WaitingGuard<'a>(&'a ServerPool);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        let mut parked = self.0.lock_parked();
+        parked.waiting = parked.waiting.saturating_sub(1);
+    }
 }
 
 impl ServerPool {
-    /// Checks out a connection, opening one here if the pool may grow.
+    /// Checks out a connection: a parked one if any, else from bb8, opening
+    /// one here if the pool may grow.
     pub async fn acquire(&self) -> Result<Checkout, AcquireError> {
+        {
+            let mut parked = self.lock_parked();
+            if let Some((conn, _)) = parked.conns.pop() {
+                drop(parked);
+                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+                return Ok(conn);
+            }
+            // Counted under the lock, so a release either sees this waiter (and
+            // hands its connection to bb8, which wakes it) or parked it before.
+            parked.waiting += 1;
+        }
+        let _waiting = WaitingGuard(self);
         let state = self.pool.state();
         if state.idle_connections == 0 && state.connections < self.max_size {
             let conn = self.pool.dedicated_connection().await?;
@@ -141,6 +181,42 @@ impl ServerPool {
             Err(bb8::RunError::User(e)) => Err(AcquireError::Connect(e)),
             Err(bb8::RunError::TimedOut) => Err(AcquireError::PoolTimeout),
         }
+    }
+
+    /// Gives a clean connection back after a transaction. It stays parked here
+    /// for the next [`Self::acquire`] unless someone waits in bb8's queue (then
+    /// bb8 hands it over) or it must be closed.
+    pub fn release(&self, conn: Checkout) {
+        if conn.broken || conn.over_statement_limit() {
+            return; // bb8 closes it (`has_broken`)
+        }
+        let mut parked = self.lock_parked();
+        if parked.waiting > 0 || parked.conns.len() >= self.max_size as usize {
+            drop(parked);
+            return; // dropping `conn` returns it to bb8
+        }
+        let tick = self.tick.load(Ordering::Relaxed);
+        parked.conns.push((conn, tick));
+    }
+
+    /// Closes parked connections unused for `idle_ticks` maintenance ticks
+    /// and starts a new tick (called periodically, see [`Pools::get`]).
+    fn reap_parked(&self, idle_ticks: u64) {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        let stale: Vec<Checkout> = {
+            let mut parked = self.lock_parked();
+            // Parked in LIFO order: the oldest are at the front.
+            let keep_from = parked.conns.iter().position(|(_, t)| now.saturating_sub(*t) < idle_ticks);
+            let end = keep_from.unwrap_or(parked.conns.len());
+            parked.conns.drain(..end).map(|(c, _)| c).collect()
+        };
+        for mut conn in stale {
+            conn.broken = true;
+        }
+    }
+
+    fn lock_parked(&self) -> MutexGuard<'_, Parked> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records the credential of a client that just logged in as this pool's user.
@@ -163,7 +239,8 @@ impl ServerPool {
     /// (open connections, idle connections).
     pub fn sizes(&self) -> (u32, u32) {
         let s = self.pool.state();
-        (s.connections, s.idle_connections)
+        let parked = self.lock_parked().conns.len() as u32;
+        (s.connections, s.idle_connections + parked)
     }
 
     /// Connections opened since the pool was created.
@@ -236,8 +313,11 @@ impl Pools {
             max_size: self.settings.size,
             shared,
             params: std::sync::OnceLock::new(),
+            parked: Mutex::new(Parked::default()),
+            tick: AtomicU64::new(0),
         });
         map.insert(key.clone(), sp.clone());
+        spawn_reaper(Arc::downgrade(&sp), self.settings.idle_timeout);
         sp
     }
 
@@ -251,4 +331,24 @@ impl Pools {
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
     }
+}
+
+/// Ticks per idle timeout: parked connections are closed after 4 to 5 ticks unused.
+const REAP_TICKS: u64 = 4;
+
+/// Closes parked connections of `pool` that stayed unused for `idle_timeout`;
+/// ends with the pool (it holds only a weak reference).
+fn spawn_reaper(pool: Weak<ServerPool>, idle_timeout: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let period = (idle_timeout / REAP_TICKS as u32).max(Duration::from_millis(100));
+    rt.spawn(async move {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            pool.reap_parked(REAP_TICKS);
+        }
+    });
 }

@@ -6,7 +6,6 @@
 //! prepared statements exist on it (by Tandem's content-derived names), which
 //! session parameters were last applied, and whether it must be thrown away.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,7 +41,7 @@ pub struct ServerConn {
     /// ParameterStatus values the server sent at login.
     pub params: Arc<Vec<(String, String)>>,
     /// Hashes of the Tandem-named prepared statements that exist on this connection.
-    pub prepared: HashSet<u64>,
+    pub prepared: foldhash::HashSet<u64>,
     /// Signature of the session parameters applied last (0: server defaults).
     pub params_signature: u64,
     /// Set when the connection's state is unknown or unusable; bb8 then drops it.
@@ -59,7 +58,7 @@ impl ServerConn {
             rbuf: startup.leftover,
             cancel_key: Arc::new(CancelKey { addr, pid: startup.backend_pid, secret: startup.backend_secret }),
             params: Arc::new(startup.params),
-            prepared: HashSet::new(),
+            prepared: foldhash::HashSet::default(),
             params_signature: 0,
             broken: false,
             created: Instant::now(),
