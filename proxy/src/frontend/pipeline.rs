@@ -48,13 +48,27 @@ pub enum Expect {
     /// The client's `CopyDone`/`CopyFail`: no response of its own, but it marks where the
     /// server leaves COPY IN mode (Syncs before it are ignored by the server).
     CopyEnd,
+    /// Follows a client's named `Parse` (sent or answered by the proxy): no response of its
+    /// own. If an error makes the server skip past it, the statement was never created and
+    /// the client's definition with this id is reported in [`Outcome::undefined`], so that
+    /// the name gives 26000 afterwards as it does in PostgreSQL.
+    Defined(u64),
+    /// A client's `Parse` of a name it already defined, sent to the server under the existing
+    /// statement's server name, so that the server refuses it exactly as PostgreSQL refuses
+    /// the client's (a syntax error or 25P02 first, else 42P05 duplicate_prepared_statement)
+    /// and skips to the next Sync. The server's 42P05 names the Tandem statement; these bytes
+    /// (the same error naming the client's statement) replace it, see [`Outcome::duplicate`].
+    Redefine(Bytes),
 }
 
 impl Expect {
     /// An extended-protocol request, which leaves the server inside a
     /// message sequence until the next Sync.
     fn is_extended(&self) -> bool {
-        matches!(self, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close)
+        matches!(
+            self,
+            Expect::Parse { .. } | Expect::Redefine(_) | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close
+        )
     }
 }
 
@@ -83,6 +97,12 @@ pub struct Outcome {
     /// Tandem statements that were not created after all (the server skipped
     /// or failed their Parse); remove them from the connection's set.
     pub unprepared: Vec<u64>,
+    /// Client statement definitions (ids of [`Expect::Defined`]) the server did not make:
+    /// their Parse failed or was skipped after an earlier error.
+    pub undefined: Vec<u64>,
+    /// This ErrorResponse answers an [`Expect::Redefine`]: if it is the server's 42P05,
+    /// send these bytes instead.
+    pub duplicate: Option<Bytes>,
 }
 
 /// The queue of responses expected from one server connection.
@@ -107,6 +127,8 @@ pub struct Pipeline {
     /// Tandem statements whose Parse was pushed while `skipping`: the server
     /// never creates them; reported in the next [`Outcome::unprepared`].
     dropped: Vec<u64>,
+    /// Client definitions pushed while `skipping`; reported in the next [`Outcome::undefined`].
+    lost: Vec<u64>,
 }
 
 impl Pipeline {
@@ -122,6 +144,12 @@ impl Pipeline {
         self.queue.is_empty()
     }
 
+    /// The server is discarding messages up to the next Sync after an error: whatever the
+    /// client sends before its Sync gets no answer and has no effect.
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
+    }
+
     /// Requests outstanding.
     pub fn outstanding(&self) -> usize {
         self.queue.len()
@@ -134,6 +162,7 @@ impl Pipeline {
         self.open = false;
         self.skipping = false;
         self.dropped.clear();
+        self.lost.clear();
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
@@ -145,6 +174,7 @@ impl Pipeline {
             match e {
                 Expect::Sync => self.skipping = false,
                 Expect::Parse { hash: Some(h), .. } => return self.dropped.push(h),
+                Expect::Defined(id) => return self.lost.push(id),
                 _ => return,
             }
         }
@@ -162,6 +192,8 @@ impl Pipeline {
                 }
             }
             Expect::Synthetic(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
+            // Everything before it is answered: the definition stands.
+            Expect::Defined(_) if self.queue.is_empty() => {}
             e => self.queue.push_back(e),
         }
     }
@@ -186,7 +218,12 @@ impl Pipeline {
     /// Handles one server message with type `tag`; synthetic responses that
     /// become due are appended to `out` after the caller forwards the message.
     pub fn on_server_message(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
-        let mut out = Outcome { forward: true, unprepared: std::mem::take(&mut self.dropped), ..Outcome::default() };
+        let mut out = Outcome {
+            forward: true,
+            unprepared: std::mem::take(&mut self.dropped),
+            undefined: std::mem::take(&mut self.lost),
+            ..Outcome::default()
+        };
         if let Some(Expect::Query { swallow: true }) = self.queue.front() {
             out.forward = false;
             if tag == b'Z' {
@@ -197,9 +234,13 @@ impl Pipeline {
         }
         match tag {
             b'1' => {
-                if let Some(Expect::Parse { swallow, .. }) = self.queue.front() {
-                    out.forward = !swallow;
-                    self.pop(due);
+                match self.queue.front() {
+                    Some(Expect::Parse { swallow, .. }) => {
+                        out.forward = !swallow;
+                        self.pop(due);
+                    }
+                    Some(Expect::Redefine(_)) => self.pop(due),
+                    _ => {}
                 }
             }
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind), due),
@@ -224,12 +265,17 @@ impl Pipeline {
                         // with nothing outstanding (a FATAL before the server
                         // closes) does not start skipping.
                         let in_flight = !self.queue.is_empty();
+                        if let Some(Expect::Redefine(error)) = self.queue.front() {
+                            out.duplicate = Some(error.clone());
+                        }
                         while let Some(front) = self.queue.front() {
                             if matches!(front, Expect::Sync) {
                                 break;
                             }
-                            if let Some(Expect::Parse { hash: Some(h), .. }) = self.queue.pop_front() {
-                                out.unprepared.push(h);
+                            match self.queue.pop_front() {
+                                Some(Expect::Parse { hash: Some(h), .. }) => out.unprepared.push(h),
+                                Some(Expect::Defined(id)) => out.undefined.push(id),
+                                _ => {}
                             }
                         }
                         // No Sync sent yet: what the client sends next is skipped too.
@@ -265,7 +311,7 @@ impl Pipeline {
     }
 
     fn emit_due(&mut self, due: &mut BytesMut) {
-        while let Some(Expect::Synthetic(_) | Expect::CopyEnd) = self.queue.front() {
+        while let Some(Expect::Synthetic(_) | Expect::CopyEnd | Expect::Defined(_)) = self.queue.front() {
             if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
                 due.extend_from_slice(&bytes);
             }

@@ -28,18 +28,35 @@ impl Session {
                 a.conn.prepared.remove(h);
                 self.ctx.pools.known.forget(&self.database, *h);
             }
+            for id in &outcome.undefined {
+                self.statements.undefine(*id);
+            }
             if outcome.forward {
+                let mut replacement = None;
                 match tag {
                     b'C' => {
                         if let Ok(t) = fields::command_tag(frame.body()) {
                             self.rolled_back = t == b"ROLLBACK";
+                            if t == b"DEALLOCATE ALL" || t == b"DISCARD ALL" {
+                                a.conn.statements_unsure = false;
+                            }
                         }
                     }
-                    b'E' => self.unit_error = true,
+                    b'E' => {
+                        self.unit_error = true;
+                        let duplicate = fields::error_fields(frame.body()).is_ok_and(|f| f.code == b"42P05");
+                        replacement = outcome.duplicate.filter(|_| duplicate);
+                    }
                     _ => {}
                 }
-                self.cout.extend_from_slice(frame.bytes());
+                self.cout.extend_from_slice(replacement.as_deref().unwrap_or(frame.bytes()));
                 self.forwarded = true;
+            }
+            if outcome.client_rfq && a.conn.statements_unsure && self.pipeline.is_empty() {
+                // A DEALLOCATE ALL / DISCARD ALL did not complete: which statements the
+                // server session holds is unknown, so the connection is not reused.
+                a.conn.statements_unsure = false;
+                a.conn.broken = true;
             }
             if !self.due.is_empty() {
                 self.cout.extend_from_slice(&self.due);
@@ -105,11 +122,8 @@ impl Session {
             SessionEffect::Set { name, statement } => self.params.set(&name, &statement),
             SessionEffect::Reset { name } => self.params.reset(&name),
             SessionEffect::ResetAll => self.params.clear(),
-            SessionEffect::DiscardAll => {
-                self.params.clear();
-                self.statements.clear();
-                a.conn.prepared.clear();
-            }
+            // Prepared statements were forgotten when it was sent (see `note_effects`).
+            SessionEffect::DiscardAll => self.params.clear(),
             SessionEffect::Deallocate { .. }
             | SessionEffect::Pin(_)
             | SessionEffect::DiscardPlans

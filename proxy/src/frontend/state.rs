@@ -134,27 +134,40 @@ impl Statement {
 }
 
 /// Named prepared statements of one client, by client-side name.
+///
+/// Each definition gets an id, so that a definition the server turns out to have refused (its
+/// Parse failed, or was skipped after an earlier error) can be forgotten without touching a
+/// later definition of the same name.
 #[derive(Debug, Default)]
 pub struct Statements {
-    named: HashMap<Bytes, Arc<Statement>>,
+    named: HashMap<Bytes, (u64, Arc<Statement>)>,
+    next_id: u64,
     /// Route of the last unnamed statement parsed.
     pub unnamed_route: Option<Route>,
 }
 
 impl Statements {
-    /// Defines (or redefines) a named statement.
-    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
-        self.named.insert(Bytes::copy_from_slice(name), stmt);
+    /// Defines (or redefines) a named statement; returns the id of this definition.
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) -> u64 {
+        self.next_id += 1;
+        self.named.insert(Bytes::copy_from_slice(name), (self.next_id, stmt));
+        self.next_id
     }
 
     /// Looks a statement up by client-side name.
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.named.get(name)
+        self.named.get(name).map(|(_, s)| s)
     }
 
     /// Forgets a statement (Close).
     pub fn remove(&mut self, name: &[u8]) {
         self.named.remove(name);
+    }
+
+    /// Forgets the definition with id `id` if it is still current: the server never
+    /// created it, so PostgreSQL would not know the name either.
+    pub fn undefine(&mut self, id: u64) {
+        self.named.retain(|_, (i, _)| *i != id);
     }
 
     /// Forgets all statements (DISCARD ALL, DEALLOCATE ALL).
@@ -205,5 +218,16 @@ mod tests {
         let c = Statement::new(b"select 2", b"\0\0", Route::Read);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
+    }
+
+    #[test]
+    fn undefine_forgets_only_that_definition() {
+        let mut s = Statements::default();
+        let first = s.insert(b"s1", Arc::new(Statement::new(b"selec 1", b"\0\0", Route::Read)));
+        let second = s.insert(b"s1", Arc::new(Statement::new(b"select 1", b"\0\0", Route::Read)));
+        s.undefine(first);
+        assert!(s.get(b"s1").is_some(), "a later definition of the name stays");
+        s.undefine(second);
+        assert!(s.get(b"s1").is_none());
     }
 }

@@ -47,6 +47,10 @@ pub struct ServerConn {
     pub params_signature: u64,
     /// Set when the connection's state is unknown or unusable; bb8 then drops it.
     pub broken: bool,
+    /// A client's DEALLOCATE ALL / DISCARD ALL was sent and `prepared` emptied, but its
+    /// CommandComplete has not arrived: if the request ends without it, the statements on
+    /// the server are unknown and the connection is marked `broken`.
+    pub statements_unsure: bool,
     /// When the connection was opened.
     pub created: Instant,
 }
@@ -62,6 +66,7 @@ impl ServerConn {
             prepared: HashSet::new(),
             params_signature: 0,
             broken: false,
+            statements_unsure: false,
             created: Instant::now(),
         }
     }
