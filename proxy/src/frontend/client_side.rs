@@ -408,6 +408,11 @@ impl Session {
     /// Makes sure a server connection is attached for a unit with `route`.
     pub(super) async fn begin_unit(&mut self, route: Route) -> Result<(), Failure> {
         if self.stuck_to_active() {
+            if self.pipeline.is_idle() && self.tx == TxStatus::Idle {
+                // A pinned session at a unit boundary: its own RESET ALL may have left the
+                // connection with the server's startup settings.
+                self.sync_connection();
+            }
             return Ok(());
         }
         let route = self.unit_route(route);
@@ -425,9 +430,12 @@ impl Session {
                 }
             }
             // Session mode: keep the idle connection for later units.
-            if let Some(a) = self.active.take() {
+            if let Some(mut a) = self.active.take() {
                 if self.mode == PoolMode::Session && self.held.len() < 8 {
                     self.held.push(a);
+                } else if self.pinned {
+                    // A replica connection this session pinned carries its session state.
+                    a.conn.broken = true;
                 }
             }
             if let Some(pos) = self.held.iter().position(|h| Arc::ptr_eq(&h.node, &node)) {
@@ -495,6 +503,23 @@ impl Session {
         self.info.set_state(ClientState::Active);
         if route == Route::Write && a.node.role == Role::Primary {
             self.unit_wrote = true;
+        }
+        self.sync_connection();
+    }
+
+    /// At the start of a unit: brings the connection's prepared statements and settings in
+    /// line with what the session expects, with hidden requests ahead of the client's.
+    fn sync_connection(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        if a.conn.statements_stale {
+            // A schema change made a statement on this connection return other columns
+            // (server: "cached plan must not change result type"). The statements are
+            // shared by text, so a client's new Parse of the same text would still get the
+            // old one; start over on this connection.
+            build::query(&mut self.sout, "DEALLOCATE ALL");
+            self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
+            a.conn.prepared.clear();
+            a.conn.statements_stale = false;
         }
         let want = self.params.signature();
         if a.conn.params_signature != want {

@@ -44,8 +44,11 @@ impl Session {
                     }
                     b'E' => {
                         self.unit_error = true;
-                        let duplicate = fields::error_fields(frame.body()).is_ok_and(|f| f.code == b"42P05");
-                        replacement = outcome.duplicate.filter(|_| duplicate);
+                        let fields = fields::error_fields(frame.body()).unwrap_or_default();
+                        replacement = outcome.duplicate.filter(|_| fields.code == b"42P05");
+                        if fields.code == b"0A000" && fields.message.starts_with(b"cached plan must not change result type") {
+                            a.conn.statements_stale = true;
+                        }
                     }
                     _ => {}
                 }
@@ -100,8 +103,14 @@ impl Session {
                 let committed = !self.unit_error && !self.aborted && !self.rolled_back;
                 let effects = std::mem::take(&mut self.pending);
                 if committed {
+                    let reset = effects.iter().any(|e| matches!(e, SessionEffect::ResetAll | SessionEffect::DiscardAll));
                     for e in effects {
                         self.apply_effect(e);
+                    }
+                    if let Some(a) = self.active.as_mut().filter(|_| reset) {
+                        // The server reset to its connection's startup settings, not the
+                        // client's: replay before the next unit.
+                        a.conn.params_signature = 0;
                     }
                 }
                 self.unit_error = false;

@@ -22,6 +22,8 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 #[derive(Clone, Debug, Default)]
 pub struct SessionParams {
     entries: Vec<(String, String)>,
+    /// The settings from the StartupMessage: what RESET ALL returns to, as in PostgreSQL.
+    startup: Vec<(String, String)>,
     signature: u64,
 }
 
@@ -35,6 +37,7 @@ impl SessionParams {
             }
             p.set(name, &format!("SET {} = {}", quote_ident(name), quote_literal(value)));
         }
+        p.startup = p.entries.clone();
         p
     }
 
@@ -48,12 +51,17 @@ impl SessionParams {
     /// Records `RESET name`.
     pub fn reset(&mut self, name: &str) {
         self.entries.retain(|(n, _)| n != name);
+        // Back to the startup value, if the client gave one.
+        if let Some(e) = self.startup.iter().find(|(n, _)| n == name) {
+            self.entries.push(e.clone());
+        }
         self.resign();
     }
 
-    /// Records `RESET ALL` / `DISCARD ALL`.
+    /// Records `RESET ALL` / `DISCARD ALL`: back to the startup settings (the server
+    /// connection's own startup settings are not the client's).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.entries.clone_from(&self.startup);
         self.resign();
     }
 
@@ -196,6 +204,11 @@ mod tests {
         let p = SessionParams::from_startup(&[("user".into(), "u".into()), ("application_name".into(), "it's".into())]);
         assert_eq!(p.replay_sql(), "RESET ALL;\nSET \"application_name\" = 'it''s'");
         assert_ne!(p.signature(), 0);
+        let startup = p.signature();
+        let mut q = p.clone();
+        q.set("search_path", "SET search_path = a");
+        q.clear();
+        assert_eq!(q.signature(), startup, "RESET ALL returns to the startup settings");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct ServerConn {
     /// CommandComplete has not arrived: if the request ends without it, the statements on
     /// the server are unknown and the connection is marked `broken`.
     pub statements_unsure: bool,
+    /// A statement on this connection no longer matches the schema (its result type
+    /// changed): the next unit deallocates them all first.
+    pub statements_stale: bool,
     /// When the connection was opened.
     pub created: Instant,
 }
@@ -67,6 +70,7 @@ impl ServerConn {
             params_signature: 0,
             broken: false,
             statements_unsure: false,
+            statements_stale: false,
             created: Instant::now(),
         }
     }
