@@ -527,4 +527,65 @@ mod tests {
         p.on_server_message(b'2', &mut due);
         assert_eq!(p.outstanding(), 0);
     }
+    /// Driver suites: a named Parse the server skipped after an earlier error (or that
+    /// failed itself) must not define the client's name.
+    #[test]
+    fn skipped_or_failed_client_parse_is_undefined() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        // Execute fails; the Parse behind it (real or answered by the proxy) is skipped.
+        p.push(Expect::Execute, &mut out);
+        p.push(Expect::Parse { hash: Some(1), swallow: false }, &mut out);
+        p.push(Expect::Defined(10), &mut out);
+        p.push(synth(b'1'), &mut out);
+        p.push(Expect::Defined(11), &mut out);
+        p.push(Expect::Sync, &mut out);
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!(e.unprepared, vec![1]);
+        assert_eq!(e.undefined, vec![10, 11]);
+        assert!(due.is_empty());
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        // A Parse that succeeds defines it; one that fails does not.
+        p.push(Expect::Parse { hash: Some(2), swallow: false }, &mut out);
+        p.push(Expect::Defined(12), &mut out);
+        p.push(Expect::Parse { hash: Some(3), swallow: false }, &mut out);
+        p.push(Expect::Defined(13), &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(p.on_server_message(b'1', &mut due).undefined.is_empty());
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!((e.unprepared, e.undefined), (vec![3], vec![13]));
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+        // With nothing ahead, a definition stands at once.
+        p.push(Expect::Defined(14), &mut out);
+        assert!(p.is_idle());
+        // Pushed while the server skips to Sync: reported with the next message.
+        p.push(Expect::Describe, &mut out);
+        p.on_server_message(b'E', &mut due);
+        assert!(p.is_skipping());
+        p.push(Expect::Defined(15), &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert_eq!(p.on_server_message(b'Z', &mut due).undefined, vec![15]);
+    }
+
+    /// Driver suites: Parse of an existing name gives 42P05 naming the client's statement.
+    #[test]
+    fn redefinition_error_is_replaced_and_skips_to_sync() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        let replacement = Bytes::from_static(b"E-client");
+        p.push(Expect::Parse { hash: Some(4), swallow: true }, &mut out);
+        p.push(Expect::Redefine(replacement.clone()), &mut out);
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(!p.on_server_message(b'1', &mut due).forward, "the injected Parse is hidden");
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!(e.duplicate, Some(replacement));
+        assert!(e.unprepared.is_empty(), "the old statement stays");
+        assert_eq!(p.outstanding(), 1);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+    }
 }
