@@ -6,6 +6,7 @@
 //! the route; the rest of the unit, and everything inside a transaction, follow
 //! it to the same server connection.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -206,6 +207,7 @@ impl Session {
         {
             // Known to parse: answer without taking a server connection (see pool::known);
             // Bind or Describe prepares it on whichever connection runs it.
+            stmt.reparse.store(true, Ordering::Relaxed);
             self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
             return Ok(());
         }
@@ -214,35 +216,17 @@ impl Session {
             return Err(e);
         }
         let Some(a) = self.active.as_mut() else { return Ok(()) };
-        if a.conn.prepared.contains(&stmt.hash) && self.tx == TxStatus::Failed && self.pipeline.is_idle() {
-            // PostgreSQL refuses a Parse in an aborted transaction (25P02, after a syntax
-            // error if any), but not a COMMIT/ROLLBACK. The statement exists on the
-            // connection, so the server parses the text under its name: it fails exactly so,
-            // and would only otherwise fail as a duplicate, which the first word rules out.
-            if !is_transaction_exit(p.query) {
-                build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
-                self.pipeline.push(Expect::Parse { hash: None, swallow: false }, &mut self.cout);
-                self.pipeline.push(Expect::Defined(id), &mut self.cout);
-                self.remember(frame);
-                return Ok(());
-            }
+        if !a.conn.prepared.insert(stmt.hash) {
+            // The statement exists on this connection, maybe from before a schema change,
+            // while a Parse in PostgreSQL sees the current schema (and fails as it would,
+            // e.g. 25P02 in an aborted transaction): parse it afresh.
+            build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
+            self.pipeline.push(Expect::HiddenClose, &mut self.cout);
         }
-        if a.conn.prepared.contains(&stmt.hash) {
-            let answered_now = self.pipeline.is_idle();
-            self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
-            self.pipeline.push(Expect::Defined(id), &mut self.cout);
-            if answered_now {
-                // Already answered: a replay elsewhere must not answer it again (Bind or
-                // Describe prepare it there).
-                return Ok(());
-            }
-        } else {
-            a.conn.prepared.insert(stmt.hash);
-            self.ctx.pools.known.note(&self.database, stmt.hash);
-            build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
-            self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: false }, &mut self.cout);
-            self.pipeline.push(Expect::Defined(id), &mut self.cout);
-        }
+        self.ctx.pools.known.note(&self.database, stmt.hash);
+        build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
+        self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: false }, &mut self.cout);
+        self.pipeline.push(Expect::Defined(id), &mut self.cout);
         self.remember(frame);
         Ok(())
     }
@@ -364,7 +348,18 @@ impl Session {
     /// Injects a Parse if the active connection lacks `stmt`.
     fn ensure_prepared(&mut self, stmt: &Statement) {
         let Some(a) = self.active.as_mut() else { return };
-        if a.conn.prepared.insert(stmt.hash) {
+        if self.pipeline.is_skipping() {
+            // The server ignores the Bind/Describe this would prepare for (and the Parse).
+            return;
+        }
+        let fresh = stmt.reparse.swap(false, Ordering::Relaxed);
+        let missing = a.conn.prepared.insert(stmt.hash);
+        if fresh && !missing {
+            // See `Statement::reparse`.
+            build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
+            self.pipeline.push(Expect::HiddenClose, &mut self.cout);
+        }
+        if missing || fresh {
             self.ctx.pools.known.note(&self.database, stmt.hash);
             build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
             self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: true }, &mut self.cout);
@@ -569,19 +564,6 @@ impl Session {
         );
         Err(End::Fatal)
     }
-}
-
-/// Whether `sql` may be COMMIT/ROLLBACK/END/ABORT/PREPARE TRANSACTION, which PostgreSQL still
-/// accepts in an aborted transaction. A cheap look at the first word, erring towards "yes"
-/// (leading comments, PREPARE): only used on the rare path of a Parse in a failed transaction.
-fn is_transaction_exit(sql: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(sql);
-    let text = text.trim_start();
-    if !text.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return true;
-    }
-    let first = text.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    ["commit", "rollback", "end", "abort", "prepare"].iter().any(|w| first.eq_ignore_ascii_case(w))
 }
 
 /// Why handling a client message failed.

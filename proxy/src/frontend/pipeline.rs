@@ -34,6 +34,9 @@ pub enum Expect {
     Execute,
     /// `Close` → `CloseComplete`.
     Close,
+    /// A `Close` the proxy injected (to parse a shared statement afresh): its
+    /// `CloseComplete` is hidden.
+    HiddenClose,
     /// `Sync` → `ReadyForQuery`.
     Sync,
     /// Simple `Query` → everything up to `ReadyForQuery`; `swallow` hides it all.
@@ -67,7 +70,13 @@ impl Expect {
     fn is_extended(&self) -> bool {
         matches!(
             self,
-            Expect::Parse { .. } | Expect::Redefine(_) | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close
+            Expect::Parse { .. }
+                | Expect::Redefine(_)
+                | Expect::Bind
+                | Expect::Describe
+                | Expect::Execute
+                | Expect::Close
+                | Expect::HiddenClose
         )
     }
 }
@@ -244,7 +253,10 @@ impl Pipeline {
                 }
             }
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind), due),
-            b'3' => self.pop_if(|e| matches!(e, Expect::Close), due),
+            b'3' => {
+                out.forward = self.queue.front() != Some(&Expect::HiddenClose);
+                self.pop_if(|e| matches!(e, Expect::Close | Expect::HiddenClose), due)
+            }
             b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe), due),
             b'G' => self.copy_in_started(),
             b'C' | b'I' | b's' => {
@@ -584,6 +596,16 @@ mod tests {
         let e = p.on_server_message(b'E', &mut due);
         assert_eq!(e.duplicate, Some(replacement));
         assert!(e.unprepared.is_empty(), "the old statement stays");
+        assert_eq!(p.outstanding(), 1);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        // A statement parsed afresh: the injected Close is hidden, the client's Parse is not.
+        p.push(Expect::HiddenClose, &mut out);
+        p.push(Expect::Parse { hash: Some(5), swallow: false }, &mut out);
+        p.push(Expect::Close, &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(!p.on_server_message(b'3', &mut due).forward);
+        assert!(p.on_server_message(b'1', &mut due).forward);
+        assert!(p.on_server_message(b'3', &mut due).forward);
         assert_eq!(p.outstanding(), 1);
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
         assert!(p.is_idle());

@@ -9,6 +9,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -121,6 +122,11 @@ pub struct Statement {
     pub route: Route,
     /// Session effects of executing it (SET, LISTEN, ...).
     pub effects: Vec<SessionEffect>,
+    /// The client's Parse was answered without a server: its first use parses it on the
+    /// server again, so that it matches the current schema as a new statement does in
+    /// PostgreSQL (a shared statement parsed before an ALTER TABLE would return old columns,
+    /// or fail with "cached plan must not change result type").
+    pub reparse: AtomicBool,
 }
 
 impl Statement {
@@ -137,6 +143,7 @@ impl Statement {
             param_types: Bytes::copy_from_slice(param_types),
             route,
             effects: Vec::new(),
+            reparse: AtomicBool::new(false),
         }
     }
 }
