@@ -6,6 +6,7 @@
 //! the route; the rest of the unit, and everything inside a transaction, follow
 //! it to the same server connection.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -139,10 +140,38 @@ impl Session {
             Ok(sql) => self.ctx.classifier.classify(sql),
             Err(_) => crate::router::classify::Classification { route: Route::Write, effects: Vec::new() },
         };
+        if self.deallocate_own(&class.effects, sql) {
+            return Ok(());
+        }
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
         self.forward(frame, Some(Expect::Query { swallow: false }));
         Ok(())
+    }
+
+    /// SQL `DEALLOCATE name` of a statement the client prepared with the extended protocol.
+    /// It exists on the servers only under its Tandem name, so a server would answer 26000
+    /// where PostgreSQL drops it. When it is the whole query and nothing is outstanding, the
+    /// proxy forgets the client's name and answers as PostgreSQL does (the server-side
+    /// statement stays for reuse, as after a Close). In a failed transaction the server
+    /// answers (25P02, as PostgreSQL would). Returns whether it answered.
+    fn deallocate_own(&mut self, effects: &[SessionEffect], sql: &[u8]) -> bool {
+        let [SessionEffect::Deallocate { name: Some(name) }] = effects else { return false };
+        let text = sql.trim_ascii();
+        let text = text.strip_suffix(b";").unwrap_or(text);
+        if text.contains(&b';')
+            || !self.pipeline.is_idle()
+            || self.tx == TxStatus::Failed
+            || self.statements.get(name.as_bytes()).is_none()
+        {
+            return false;
+        }
+        self.statements.remove(name.as_bytes());
+        let mut reply = bytes::BytesMut::new();
+        build::command_complete(&mut reply, "DEALLOCATE");
+        build::ready_for_query(&mut reply, self.tx);
+        self.pipeline.push(Expect::Synthetic(reply.freeze()), &mut self.cout);
+        true
     }
 
     async fn on_parse(&mut self, frame: Frame) -> Result<(), Failure> {
@@ -158,10 +187,18 @@ impl Session {
             self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
             return Ok(());
         }
+        if self.pipeline.is_skipping() {
+            // The server discards everything up to the client's Sync after an error, so
+            // PostgreSQL would not define this name.
+            return Ok(());
+        }
+        if let Some(old) = self.statements.get(p.name).cloned() {
+            return self.parse_duplicate(frame.clone(), p.name, &old, p.query, p.param_types).await;
+        }
         let mut stmt = Statement::new(p.query, p.param_types, class.route);
         stmt.effects = class.effects;
         let stmt = Arc::new(stmt);
-        self.statements.insert(p.name, stmt.clone());
+        let id = self.statements.insert(p.name, stmt.clone());
         let done = bytes::Bytes::from_static(&[b'1', 0, 0, 0, 4]);
         if self.mode == PoolMode::Transaction
             && self.active.is_none()
@@ -170,25 +207,51 @@ impl Session {
         {
             // Known to parse: answer without taking a server connection (see pool::known);
             // Bind or Describe prepares it on whichever connection runs it.
+            stmt.reparse.store(true, Ordering::Relaxed);
             self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
             return Ok(());
         }
-        self.begin_unit(stmt.route).await?;
-        let Some(a) = self.active.as_mut() else { return Ok(()) };
-        if a.conn.prepared.contains(&stmt.hash) {
-            let answered_now = self.pipeline.is_idle();
-            self.pipeline.push(Expect::Synthetic(done), &mut self.cout);
-            if answered_now {
-                // Already answered: a replay elsewhere must not answer it again (Bind or
-                // Describe prepare it there).
-                return Ok(());
-            }
-        } else {
-            a.conn.prepared.insert(stmt.hash);
-            self.ctx.pools.known.note(&self.database, stmt.hash);
-            build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
-            self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: false }, &mut self.cout);
+        if let Err(e) = self.begin_unit(stmt.route).await {
+            self.statements.undefine(id);
+            return Err(e);
         }
+        let Some(a) = self.active.as_mut() else { return Ok(()) };
+        if !a.conn.prepared.insert(stmt.hash) {
+            // The statement exists on this connection, maybe from before a schema change,
+            // while a Parse in PostgreSQL sees the current schema (and fails as it would,
+            // e.g. 25P02 in an aborted transaction): parse it afresh.
+            build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
+            self.pipeline.push(Expect::HiddenClose, &mut self.cout);
+        }
+        self.ctx.pools.known.note(&self.database, stmt.hash);
+        build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
+        self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: false }, &mut self.cout);
+        self.pipeline.push(Expect::Defined(id), &mut self.cout);
+        self.remember(frame);
+        Ok(())
+    }
+
+    /// A `Parse` of a name the client already defined. PostgreSQL refuses it (42P05
+    /// duplicate_prepared_statement, after checking the new text's syntax and the transaction
+    /// state) and keeps the old statement. The server decides: the new text is parsed under
+    /// the old statement's server name, which the connection is made to hold first, so the
+    /// server fails it in PostgreSQL's order and skips to the Sync as usual; only the name in
+    /// a 42P05 message is changed back to the client's (see `Expect::Redefine`).
+    async fn parse_duplicate(
+        &mut self,
+        frame: Frame,
+        name: &[u8],
+        old: &Statement,
+        query: &[u8],
+        param_types: &[u8],
+    ) -> Result<(), Failure> {
+        self.begin_unit(old.route).await?;
+        self.ensure_prepared(old);
+        build::parse(&mut self.sout, old.server_name.as_bytes(), query, param_types);
+        let mut error = bytes::BytesMut::new();
+        let message = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
+        build::error(&mut error, Severity::Error, sqlstate::DUPLICATE_PREPARED_STATEMENT, &message);
+        self.pipeline.push(Expect::Redefine(error.freeze()), &mut self.cout);
         self.remember(frame);
         Ok(())
     }
@@ -208,8 +271,9 @@ impl Session {
             return Ok(());
         };
         self.begin_unit(stmt.route).await?;
-        self.note_effects(&stmt.effects);
         self.ensure_prepared(&stmt);
+        // After the injected Parse: a DEALLOCATE ALL statement forgets itself too.
+        self.note_effects(&stmt.effects);
         build::bind(&mut self.sout, b.portal, stmt.server_name.as_bytes(), b.rest);
         self.pipeline.push(Expect::Bind, &mut self.cout);
         self.remember(frame);
@@ -284,7 +348,18 @@ impl Session {
     /// Injects a Parse if the active connection lacks `stmt`.
     fn ensure_prepared(&mut self, stmt: &Statement) {
         let Some(a) = self.active.as_mut() else { return };
-        if a.conn.prepared.insert(stmt.hash) {
+        if self.pipeline.is_skipping() {
+            // The server ignores the Bind/Describe this would prepare for (and the Parse).
+            return;
+        }
+        let fresh = stmt.reparse.swap(false, Ordering::Relaxed);
+        let missing = a.conn.prepared.insert(stmt.hash);
+        if fresh && !missing {
+            // See `Statement::reparse`.
+            build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
+            self.pipeline.push(Expect::HiddenClose, &mut self.cout);
+        }
+        if missing || fresh {
             self.ctx.pools.known.note(&self.database, stmt.hash);
             build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
             self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: true }, &mut self.cout);
@@ -304,14 +379,35 @@ impl Session {
                         tracing::debug!("statement with session-wide side effects");
                     }
                 }
+                SessionEffect::Deallocate { name: None } | SessionEffect::DiscardAll => {
+                    self.forget_all_statements();
+                    self.pending.push(e.clone());
+                }
                 other => self.pending.push(other.clone()),
             }
+        }
+    }
+
+    /// The client runs DEALLOCATE ALL or DISCARD ALL: every prepared statement of the server
+    /// session goes, whoever defined it, and so do the client's names. Done when the
+    /// statement is sent, so that whatever the client sends after it is prepared afresh; if
+    /// it then fails, the connection's statements are unknown (`ServerConn::statements_unsure`).
+    fn forget_all_statements(&mut self) {
+        self.statements.clear();
+        if let Some(a) = self.active.as_mut() {
+            a.conn.prepared.clear();
+            a.conn.statements_unsure = true;
         }
     }
 
     /// Makes sure a server connection is attached for a unit with `route`.
     pub(super) async fn begin_unit(&mut self, route: Route) -> Result<(), Failure> {
         if self.stuck_to_active() {
+            if self.pipeline.is_idle() && self.tx == TxStatus::Idle {
+                // A pinned session at a unit boundary: its own RESET ALL may have left the
+                // connection with the server's startup settings.
+                self.sync_connection();
+            }
             return Ok(());
         }
         let route = self.unit_route(route);
@@ -329,9 +425,12 @@ impl Session {
                 }
             }
             // Session mode: keep the idle connection for later units.
-            if let Some(a) = self.active.take() {
+            if let Some(mut a) = self.active.take() {
                 if self.mode == PoolMode::Session && self.held.len() < 8 {
                     self.held.push(a);
+                } else if self.pinned {
+                    // A replica connection this session pinned carries its session state.
+                    a.conn.broken = true;
                 }
             }
             if let Some(pos) = self.held.iter().position(|h| Arc::ptr_eq(&h.node, &node)) {
@@ -400,6 +499,23 @@ impl Session {
         if route == Route::Write && a.node.role == Role::Primary {
             self.unit_wrote = true;
         }
+        self.sync_connection();
+    }
+
+    /// At the start of a unit: brings the connection's prepared statements and settings in
+    /// line with what the session expects, with hidden requests ahead of the client's.
+    fn sync_connection(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        if a.conn.statements_stale {
+            // A schema change made a statement on this connection return other columns
+            // (server: "cached plan must not change result type"). The statements are
+            // shared by text, so a client's new Parse of the same text would still get the
+            // old one; start over on this connection.
+            build::query(&mut self.sout, "DEALLOCATE ALL");
+            self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
+            a.conn.prepared.clear();
+            a.conn.statements_stale = false;
+        }
         let want = self.params.signature();
         if a.conn.params_signature != want {
             build::query(&mut self.sout, &self.params.replay_sql());
@@ -428,6 +544,12 @@ impl Session {
         self.sout.clear();
         if replayable {
             let frames = std::mem::take(&mut self.replay);
+            // The replayed Parses define their names again (not as duplicates).
+            for f in frames.iter().filter(|f| f.tag() == b'P') {
+                if let Ok(p) = fields::parse(f.body()) {
+                    self.statements.remove(p.name);
+                }
+            }
             self.replay_bytes = 0;
             self.pending.clear();
             for f in frames {

@@ -34,6 +34,9 @@ pub enum Expect {
     Execute,
     /// `Close` → `CloseComplete`.
     Close,
+    /// A `Close` the proxy injected (to parse a shared statement afresh): its
+    /// `CloseComplete` is hidden.
+    HiddenClose,
     /// `Sync` → `ReadyForQuery`.
     Sync,
     /// Simple `Query` → everything up to `ReadyForQuery`; `swallow` hides it all.
@@ -48,13 +51,33 @@ pub enum Expect {
     /// The client's `CopyDone`/`CopyFail`: no response of its own, but it marks where the
     /// server leaves COPY IN mode (Syncs before it are ignored by the server).
     CopyEnd,
+    /// Follows a client's named `Parse` (sent or answered by the proxy): no response of its
+    /// own. If an error makes the server skip past it, the statement was never created and
+    /// the client's definition with this id is reported in [`Outcome::undefined`], so that
+    /// the name gives 26000 afterwards as it does in PostgreSQL.
+    Defined(u64),
+    /// A client's `Parse` of a name it already defined, sent to the server under the existing
+    /// statement's server name, so that the server refuses it exactly as PostgreSQL refuses
+    /// the client's (a syntax error or 25P02 first, else 42P05 duplicate_prepared_statement)
+    /// and skips to the next Sync. The server's 42P05 names the Tandem statement; these bytes
+    /// (the same error naming the client's statement) replace it, see [`Outcome::duplicate`].
+    Redefine(Bytes),
 }
 
 impl Expect {
     /// An extended-protocol request, which leaves the server inside a
     /// message sequence until the next Sync.
     fn is_extended(&self) -> bool {
-        matches!(self, Expect::Parse { .. } | Expect::Bind | Expect::Describe | Expect::Execute | Expect::Close)
+        matches!(
+            self,
+            Expect::Parse { .. }
+                | Expect::Redefine(_)
+                | Expect::Bind
+                | Expect::Describe
+                | Expect::Execute
+                | Expect::Close
+                | Expect::HiddenClose
+        )
     }
 }
 
@@ -83,6 +106,12 @@ pub struct Outcome {
     /// Tandem statements that were not created after all (the server skipped
     /// or failed their Parse); remove them from the connection's set.
     pub unprepared: Vec<u64>,
+    /// Client statement definitions (ids of [`Expect::Defined`]) the server did not make:
+    /// their Parse failed or was skipped after an earlier error.
+    pub undefined: Vec<u64>,
+    /// This ErrorResponse answers an [`Expect::Redefine`]: if it is the server's 42P05,
+    /// send these bytes instead.
+    pub duplicate: Option<Bytes>,
 }
 
 /// The queue of responses expected from one server connection.
@@ -107,6 +136,8 @@ pub struct Pipeline {
     /// Tandem statements whose Parse was pushed while `skipping`: the server
     /// never creates them; reported in the next [`Outcome::unprepared`].
     dropped: Vec<u64>,
+    /// Client definitions pushed while `skipping`; reported in the next [`Outcome::undefined`].
+    lost: Vec<u64>,
 }
 
 impl Pipeline {
@@ -122,6 +153,12 @@ impl Pipeline {
         self.queue.is_empty()
     }
 
+    /// The server is discarding messages up to the next Sync after an error: whatever the
+    /// client sends before its Sync gets no answer and has no effect.
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
+    }
+
     /// Requests outstanding.
     pub fn outstanding(&self) -> usize {
         self.queue.len()
@@ -134,6 +171,7 @@ impl Pipeline {
         self.open = false;
         self.skipping = false;
         self.dropped.clear();
+        self.lost.clear();
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
@@ -145,6 +183,7 @@ impl Pipeline {
             match e {
                 Expect::Sync => self.skipping = false,
                 Expect::Parse { hash: Some(h), .. } => return self.dropped.push(h),
+                Expect::Defined(id) => return self.lost.push(id),
                 _ => return,
             }
         }
@@ -162,6 +201,8 @@ impl Pipeline {
                 }
             }
             Expect::Synthetic(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
+            // Everything before it is answered: the definition stands.
+            Expect::Defined(_) if self.queue.is_empty() => {}
             e => self.queue.push_back(e),
         }
     }
@@ -186,7 +227,12 @@ impl Pipeline {
     /// Handles one server message with type `tag`; synthetic responses that
     /// become due are appended to `out` after the caller forwards the message.
     pub fn on_server_message(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
-        let mut out = Outcome { forward: true, unprepared: std::mem::take(&mut self.dropped), ..Outcome::default() };
+        let mut out = Outcome {
+            forward: true,
+            unprepared: std::mem::take(&mut self.dropped),
+            undefined: std::mem::take(&mut self.lost),
+            ..Outcome::default()
+        };
         if let Some(Expect::Query { swallow: true }) = self.queue.front() {
             out.forward = false;
             if tag == b'Z' {
@@ -196,14 +242,19 @@ impl Pipeline {
             return out;
         }
         match tag {
-            b'1' => {
-                if let Some(Expect::Parse { swallow, .. }) = self.queue.front() {
+            b'1' => match self.queue.front() {
+                Some(Expect::Parse { swallow, .. }) => {
                     out.forward = !swallow;
                     self.pop(due);
                 }
-            }
+                Some(Expect::Redefine(_)) => self.pop(due),
+                _ => {}
+            },
             b'2' => self.pop_if(|e| matches!(e, Expect::Bind), due),
-            b'3' => self.pop_if(|e| matches!(e, Expect::Close), due),
+            b'3' => {
+                out.forward = self.queue.front() != Some(&Expect::HiddenClose);
+                self.pop_if(|e| matches!(e, Expect::Close | Expect::HiddenClose), due)
+            }
             b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe), due),
             b'G' => self.copy_in_started(),
             b'C' | b'I' | b's' => {
@@ -224,12 +275,17 @@ impl Pipeline {
                         // with nothing outstanding (a FATAL before the server
                         // closes) does not start skipping.
                         let in_flight = !self.queue.is_empty();
+                        if let Some(Expect::Redefine(error)) = self.queue.front() {
+                            out.duplicate = Some(error.clone());
+                        }
                         while let Some(front) = self.queue.front() {
                             if matches!(front, Expect::Sync) {
                                 break;
                             }
-                            if let Some(Expect::Parse { hash: Some(h), .. }) = self.queue.pop_front() {
-                                out.unprepared.push(h);
+                            match self.queue.pop_front() {
+                                Some(Expect::Parse { hash: Some(h), .. }) => out.unprepared.push(h),
+                                Some(Expect::Defined(id)) => out.undefined.push(id),
+                                _ => {}
                             }
                         }
                         // No Sync sent yet: what the client sends next is skipped too.
@@ -265,7 +321,7 @@ impl Pipeline {
     }
 
     fn emit_due(&mut self, due: &mut BytesMut) {
-        while let Some(Expect::Synthetic(_) | Expect::CopyEnd) = self.queue.front() {
+        while let Some(Expect::Synthetic(_) | Expect::CopyEnd | Expect::Defined(_)) = self.queue.front() {
             if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
                 due.extend_from_slice(&bytes);
             }
@@ -480,5 +536,76 @@ mod tests {
         assert_eq!(z.unprepared, vec![5], "the skipped Parse never created the statement");
         p.on_server_message(b'2', &mut due);
         assert_eq!(p.outstanding(), 0);
+    }
+    /// Driver suites: a named Parse the server skipped after an earlier error (or that
+    /// failed itself) must not define the client's name.
+    #[test]
+    fn skipped_or_failed_client_parse_is_undefined() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        // Execute fails; the Parse behind it (real or answered by the proxy) is skipped.
+        p.push(Expect::Execute, &mut out);
+        p.push(Expect::Parse { hash: Some(1), swallow: false }, &mut out);
+        p.push(Expect::Defined(10), &mut out);
+        p.push(synth(b'1'), &mut out);
+        p.push(Expect::Defined(11), &mut out);
+        p.push(Expect::Sync, &mut out);
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!(e.unprepared, vec![1]);
+        assert_eq!(e.undefined, vec![10, 11]);
+        assert!(due.is_empty());
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        // A Parse that succeeds defines it; one that fails does not.
+        p.push(Expect::Parse { hash: Some(2), swallow: false }, &mut out);
+        p.push(Expect::Defined(12), &mut out);
+        p.push(Expect::Parse { hash: Some(3), swallow: false }, &mut out);
+        p.push(Expect::Defined(13), &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(p.on_server_message(b'1', &mut due).undefined.is_empty());
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!((e.unprepared, e.undefined), (vec![3], vec![13]));
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
+        // With nothing ahead, a definition stands at once.
+        p.push(Expect::Defined(14), &mut out);
+        assert!(p.is_idle());
+        // Pushed while the server skips to Sync: reported with the next message.
+        p.push(Expect::Describe, &mut out);
+        p.on_server_message(b'E', &mut due);
+        assert!(p.is_skipping());
+        p.push(Expect::Defined(15), &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert_eq!(p.on_server_message(b'Z', &mut due).undefined, vec![15]);
+    }
+
+    /// Driver suites: Parse of an existing name gives 42P05 naming the client's statement.
+    #[test]
+    fn redefinition_error_is_replaced_and_skips_to_sync() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut due = BytesMut::new();
+        let replacement = Bytes::from_static(b"E-client");
+        p.push(Expect::Parse { hash: Some(4), swallow: true }, &mut out);
+        p.push(Expect::Redefine(replacement.clone()), &mut out);
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(!p.on_server_message(b'1', &mut due).forward, "the injected Parse is hidden");
+        let e = p.on_server_message(b'E', &mut due);
+        assert_eq!(e.duplicate, Some(replacement));
+        assert!(e.unprepared.is_empty(), "the old statement stays");
+        assert_eq!(p.outstanding(), 1);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        // A statement parsed afresh: the injected Close is hidden, the client's Parse is not.
+        p.push(Expect::HiddenClose, &mut out);
+        p.push(Expect::Parse { hash: Some(5), swallow: false }, &mut out);
+        p.push(Expect::Close, &mut out);
+        p.push(Expect::Sync, &mut out);
+        assert!(!p.on_server_message(b'3', &mut due).forward);
+        assert!(p.on_server_message(b'1', &mut due).forward);
+        assert!(p.on_server_message(b'3', &mut due).forward);
+        assert_eq!(p.outstanding(), 1);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(p.is_idle());
     }
 }

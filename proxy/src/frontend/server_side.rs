@@ -28,18 +28,40 @@ impl Session {
                 a.conn.prepared.remove(h);
                 self.ctx.pools.known.forget(&self.database, *h);
             }
+            for id in &outcome.undefined {
+                self.statements.undefine(*id);
+            }
             if outcome.forward {
+                let mut replacement = None;
                 match tag {
                     b'C' => {
                         if let Ok(t) = fields::command_tag(frame.body()) {
                             self.rolled_back = t == b"ROLLBACK";
+                            if t == b"DEALLOCATE ALL" || t == b"DISCARD ALL" {
+                                a.conn.statements_unsure = false;
+                            }
                         }
                     }
-                    b'E' => self.unit_error = true,
+                    b'E' => {
+                        self.unit_error = true;
+                        let fields = fields::error_fields(frame.body()).unwrap_or_default();
+                        replacement = outcome.duplicate.filter(|_| fields.code == b"42P05");
+                        if fields.code == b"0A000"
+                            && fields.message.starts_with(b"cached plan must not change result type")
+                        {
+                            a.conn.statements_stale = true;
+                        }
+                    }
                     _ => {}
                 }
-                self.cout.extend_from_slice(frame.bytes());
+                self.cout.extend_from_slice(replacement.as_deref().unwrap_or(frame.bytes()));
                 self.forwarded = true;
+            }
+            if outcome.client_rfq && a.conn.statements_unsure && self.pipeline.is_empty() {
+                // A DEALLOCATE ALL / DISCARD ALL did not complete: which statements the
+                // server session holds is unknown, so the connection is not reused.
+                a.conn.statements_unsure = false;
+                a.conn.broken = true;
             }
             if !self.due.is_empty() {
                 self.cout.extend_from_slice(&self.due);
@@ -83,8 +105,15 @@ impl Session {
                 let committed = !self.unit_error && !self.aborted && !self.rolled_back;
                 let effects = std::mem::take(&mut self.pending);
                 if committed {
+                    let reset =
+                        effects.iter().any(|e| matches!(e, SessionEffect::ResetAll | SessionEffect::DiscardAll));
                     for e in effects {
                         self.apply_effect(e);
+                    }
+                    if let Some(a) = self.active.as_mut().filter(|_| reset) {
+                        // The server reset to its connection's startup settings, not the
+                        // client's: replay before the next unit.
+                        a.conn.params_signature = 0;
                     }
                 }
                 self.unit_error = false;
@@ -105,11 +134,8 @@ impl Session {
             SessionEffect::Set { name, statement } => self.params.set(&name, &statement),
             SessionEffect::Reset { name } => self.params.reset(&name),
             SessionEffect::ResetAll => self.params.clear(),
-            SessionEffect::DiscardAll => {
-                self.params.clear();
-                self.statements.clear();
-                a.conn.prepared.clear();
-            }
+            // Prepared statements were forgotten when it was sent (see `note_effects`).
+            SessionEffect::DiscardAll => self.params.clear(),
             SessionEffect::Deallocate { .. }
             | SessionEffect::Pin(_)
             | SessionEffect::DiscardPlans

@@ -306,7 +306,12 @@ impl Session {
 
     /// Whether the current route must stay on the attached connection.
     pub(super) fn stuck_to_active(&self) -> bool {
-        self.active.is_some() && (!self.pipeline.is_idle() || self.tx != TxStatus::Idle || self.pinned)
+        // A pin noted mid-unit on a replica (a session-changing statement sent before the
+        // read unit's Sync) does not hold the session there: pinned sessions belong on the
+        // primary, and writes cannot run on a replica.
+        let pinned_here =
+            self.pinned && self.active.as_ref().is_some_and(|a| a.node.role == tandem_core::Role::Primary);
+        self.active.is_some() && (!self.pipeline.is_idle() || self.tx != TxStatus::Idle || pinned_here)
     }
 
     /// Route of a unit, given the route of its statement.

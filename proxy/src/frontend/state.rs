@@ -8,6 +8,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +22,8 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 #[derive(Clone, Debug, Default)]
 pub struct SessionParams {
     entries: Vec<(String, String)>,
+    /// The settings from the StartupMessage: what RESET ALL returns to, as in PostgreSQL.
+    startup: Vec<(String, String)>,
     signature: u64,
 }
 
@@ -34,6 +37,7 @@ impl SessionParams {
             }
             p.set(name, &format!("SET {} = {}", quote_ident(name), quote_literal(value)));
         }
+        p.startup = p.entries.clone();
         p
     }
 
@@ -47,12 +51,17 @@ impl SessionParams {
     /// Records `RESET name`.
     pub fn reset(&mut self, name: &str) {
         self.entries.retain(|(n, _)| n != name);
+        // Back to the startup value, if the client gave one.
+        if let Some(e) = self.startup.iter().find(|(n, _)| n == name) {
+            self.entries.push(e.clone());
+        }
         self.resign();
     }
 
-    /// Records `RESET ALL` / `DISCARD ALL`.
+    /// Records `RESET ALL` / `DISCARD ALL`: back to the startup settings (the server
+    /// connection's own startup settings are not the client's).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.entries.clone_from(&self.startup);
         self.resign();
     }
 
@@ -112,6 +121,11 @@ pub struct Statement {
     pub route: Route,
     /// Session effects of executing it (SET, LISTEN, ...).
     pub effects: Vec<SessionEffect>,
+    /// The client's Parse was answered without a server: its first use parses it on the
+    /// server again, so that it matches the current schema as a new statement does in
+    /// PostgreSQL (a shared statement parsed before an ALTER TABLE would return old columns,
+    /// or fail with "cached plan must not change result type").
+    pub reparse: AtomicBool,
 }
 
 impl Statement {
@@ -128,32 +142,46 @@ impl Statement {
             param_types: Bytes::copy_from_slice(param_types),
             route,
             effects: Vec::new(),
+            reparse: AtomicBool::new(false),
         }
     }
 }
 
 /// Named prepared statements of one client, by client-side name.
+///
+/// Each definition gets an id, so that a definition the server turns out to have refused (its
+/// Parse failed, or was skipped after an earlier error) can be forgotten without touching a
+/// later definition of the same name.
 #[derive(Debug, Default)]
 pub struct Statements {
-    named: foldhash::HashMap<Bytes, Arc<Statement>>,
+    named: foldhash::HashMap<Bytes, (u64, Arc<Statement>)>,
+    next_id: u64,
     /// Route of the last unnamed statement parsed.
     pub unnamed_route: Option<Route>,
 }
 
 impl Statements {
-    /// Defines (or redefines) a named statement.
-    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
-        self.named.insert(Bytes::copy_from_slice(name), stmt);
+    /// Defines (or redefines) a named statement; returns the id of this definition.
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) -> u64 {
+        self.next_id += 1;
+        self.named.insert(Bytes::copy_from_slice(name), (self.next_id, stmt));
+        self.next_id
     }
 
     /// Looks a statement up by client-side name.
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.named.get(name)
+        self.named.get(name).map(|(_, s)| s)
     }
 
     /// Forgets a statement (Close).
     pub fn remove(&mut self, name: &[u8]) {
         self.named.remove(name);
+    }
+
+    /// Forgets the definition with id `id` if it is still current: the server never
+    /// created it, so PostgreSQL would not know the name either.
+    pub fn undefine(&mut self, id: u64) {
+        self.named.retain(|_, (i, _)| *i != id);
     }
 
     /// Forgets all statements (DISCARD ALL, DEALLOCATE ALL).
@@ -182,6 +210,11 @@ mod tests {
         let p = SessionParams::from_startup(&[("user".into(), "u".into()), ("application_name".into(), "it's".into())]);
         assert_eq!(p.replay_sql(), "RESET ALL;\nSET \"application_name\" = 'it''s'");
         assert_ne!(p.signature(), 0);
+        let startup = p.signature();
+        let mut q = p.clone();
+        q.set("search_path", "SET search_path = a");
+        q.clear();
+        assert_eq!(q.signature(), startup, "RESET ALL returns to the startup settings");
     }
 
     #[test]
@@ -204,5 +237,16 @@ mod tests {
         let c = Statement::new(b"select 2", b"\0\0", Route::Read);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
+    }
+
+    #[test]
+    fn undefine_forgets_only_that_definition() {
+        let mut s = Statements::default();
+        let first = s.insert(b"s1", Arc::new(Statement::new(b"selec 1", b"\0\0", Route::Read)));
+        let second = s.insert(b"s1", Arc::new(Statement::new(b"select 1", b"\0\0", Route::Read)));
+        s.undefine(first);
+        assert!(s.get(b"s1").is_some(), "a later definition of the name stays");
+        s.undefine(second);
+        assert!(s.get(b"s1").is_none());
     }
 }

@@ -46,6 +46,13 @@ pub struct ServerConn {
     pub params_signature: u64,
     /// Set when the connection's state is unknown or unusable; bb8 then drops it.
     pub broken: bool,
+    /// A client's DEALLOCATE ALL / DISCARD ALL was sent and `prepared` emptied, but its
+    /// CommandComplete has not arrived: if the request ends without it, the statements on
+    /// the server are unknown and the connection is marked `broken`.
+    pub statements_unsure: bool,
+    /// A statement on this connection no longer matches the schema (its result type
+    /// changed): the next unit deallocates them all first.
+    pub statements_stale: bool,
     /// When the connection was opened.
     pub created: Instant,
 }
@@ -61,6 +68,8 @@ impl ServerConn {
             prepared: foldhash::HashSet::default(),
             params_signature: 0,
             broken: false,
+            statements_unsure: false,
+            statements_stale: false,
             created: Instant::now(),
         }
     }

@@ -40,6 +40,8 @@ pub mod sqlstate {
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     /// The query was cancelled.
     pub const QUERY_CANCELED: &str = "57014";
+    /// A named prepared statement of that name already exists.
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
 }
 
 /// Error severity as PostgreSQL names it.
