@@ -217,7 +217,7 @@ async fn replica_killed_mid_load() -> anyhow::Result<()> {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        errors.push(e.to_string());
+                        errors.push(format!("{e:?}"));
                         break;
                     }
                 }

@@ -526,20 +526,27 @@ impl Session {
 
     /// The active server connection failed. A read that has not answered yet
     /// moves to another node; anything else ends the session.
+    /// Whether the outstanding units are reads on a replica that nothing has
+    /// answered yet, so that they can run on another node instead.
+    pub(super) fn can_retry_elsewhere(&self) -> bool {
+        let Some(a) = &self.active else { return false };
+        !self.forwarded
+            && self.tx == TxStatus::Idle
+            && !self.pinned
+            && !self.unit_wrote
+            && a.node.role == Role::Replica
+            && self.replay_bytes <= MAX_REPLAY_BYTES
+            && !self.replay.is_empty()
+    }
+
     pub(super) async fn server_lost(&mut self) -> Result<(), End> {
+        let replayable = self.can_retry_elsewhere();
         let Some(a) = self.active.take() else { return Ok(()) };
         let node = a.node.clone();
         tracing::warn!(node = %node.id, "server connection lost");
         self.ctx.metrics.error("server_lost");
         discard(a);
         node.set_healthy(false);
-        let replayable = !self.forwarded
-            && self.tx == TxStatus::Idle
-            && !self.pinned
-            && !self.unit_wrote
-            && node.role == Role::Replica
-            && self.replay_bytes <= MAX_REPLAY_BYTES
-            && !self.replay.is_empty();
         self.pipeline.clear();
         self.sout.clear();
         if replayable {

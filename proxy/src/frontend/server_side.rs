@@ -23,6 +23,22 @@ impl Session {
                 }
             };
             let tag = frame.tag();
+            if tag == b'E' && is_fatal(frame.body()) && self.can_retry_elsewhere() {
+                // The backend is going away (terminated, or its postmaster died)
+                // before answering a read: run the read elsewhere rather than
+                // passing its FATAL on.
+                return self.server_lost().await;
+            }
+            let Some(a) = self.active.as_mut() else { return Ok(()) };
+            if tag == b'E' && self.pipeline.is_idle() && self.tx == TxStatus::Idle && !self.pinned {
+                // Nothing outstanding and the client is not tied to this server (a FATAL
+                // right after the last answer, e.g. its postmaster died): the client must
+                // not get it (drivers take an error nobody asked for as a broken
+                // connection). The connection is not reused.
+                tracing::debug!(node = %a.node.id, "server sent an error with nothing outstanding");
+                a.conn.broken = true;
+                continue;
+            }
             let outcome = self.pipeline.on_server_message(tag, &mut self.due);
             for h in &outcome.unprepared {
                 a.conn.prepared.remove(h);
@@ -176,4 +192,22 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server
+/// closes the connection after it).
+fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if code == b'V' || code == b'S' {
+            let value = &tail[..end];
+            return value == b"FATAL" || value == b"PANIC";
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    false
 }

@@ -151,11 +151,22 @@ impl ServerPool {
     /// Checks out a connection: a parked one if any, else from bb8, opening
     /// one here if the pool may grow.
     pub async fn acquire(&self) -> Result<Checkout, AcquireError> {
+        loop {
+            let conn = self.checkout().await?;
+            if conn.spoke_while_idle() {
+                discard_dead(conn);
+                continue;
+            }
+            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Ok(conn);
+        }
+    }
+
+    /// A parked connection, or one from bb8.
+    async fn checkout(&self) -> Result<Checkout, AcquireError> {
         {
             let mut parked = self.lock_parked();
             if let Some((conn, _)) = parked.conns.pop() {
-                drop(parked);
-                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
                 return Ok(conn);
             }
             // Counted under the lock, so a release either sees this waiter (and
@@ -174,10 +185,7 @@ impl ServerPool {
         let got = self.pool.get_owned().await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
-            Ok(c) => {
-                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-                Ok(c)
-            }
+            Ok(c) => Ok(c),
             Err(bb8::RunError::User(e)) => Err(AcquireError::Connect(e)),
             Err(bb8::RunError::TimedOut) => Err(AcquireError::PoolTimeout),
         }
@@ -331,6 +339,12 @@ impl Pools {
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
     }
+}
+
+/// Closes a connection whose server went away while it was idle.
+fn discard_dead(mut conn: Checkout) {
+    tracing::debug!(server = %conn.cancel_key.addr, "pooled server connection closed while idle; discarded");
+    conn.broken = true;
 }
 
 /// Ticks per idle timeout: parked connections are closed after 4 to 5 ticks unused.

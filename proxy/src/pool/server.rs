@@ -7,10 +7,12 @@
 //! session parameters were last applied, and whether it must be thrown away.
 
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tandem_core::NodeAddr;
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 
 use super::connect::ServerStartup;
@@ -72,6 +74,27 @@ impl ServerConn {
             statements_stale: false,
             created: Instant::now(),
         }
+    }
+
+    /// Whether the server spoke or hung up while the connection sat idle in the
+    /// pool: an idle PostgreSQL backend only does that on its way out (a FATAL
+    /// such as 57P01 when it is terminated or its postmaster died, then EOF), so
+    /// such a connection must not be handed to a client, who would get that
+    /// FATAL as the answer to its query. Costs no system call unless the
+    /// runtime has seen the socket become readable.
+    pub fn spoke_while_idle(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        // Readiness can be left over from the last answer: peek to be sure
+        // (a WouldBlock here also clears it).
+        !matches!(self.stream.poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
 
     /// Whether the connection holds so many prepared statements that it should be retired.
