@@ -334,8 +334,12 @@ impl Session {
         self.remember(frame);
     }
 
-    /// Keeps a frame for a possible retry on another replica.
+    /// Keeps a frame for a possible retry on another replica (only reads on a
+    /// replica are ever retried, so nothing is kept for the primary).
     fn remember(&mut self, frame: Frame) {
+        if self.active.as_ref().is_some_and(|a| a.node.role != Role::Replica) {
+            return;
+        }
         if self.replay_bytes + frame.bytes().len() <= MAX_REPLAY_BYTES {
             self.replay_bytes += frame.bytes().len();
             self.replay.push(frame);

@@ -1,29 +1,38 @@
 //! Server messages of a session: relaying answers, tracking transaction state,
 //! committing session effects and giving connections back.
 
+use bytes::Buf;
+
 use super::session::{End, Session, MAX_SERVER_MESSAGE};
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::protocol::build::{sqlstate, Severity};
 use crate::protocol::fields::{self, TxStatus};
-use crate::protocol::frame::split_message;
+use crate::protocol::frame::{message_len, HEADER_LEN};
 use crate::router::classify::SessionEffect;
 
 impl Session {
     /// Handles every complete message buffered from the active server.
     pub(super) async fn process_server(&mut self) -> Result<(), End> {
+        let Some(a) = self.active.as_mut() else { return Ok(()) };
+        // Messages are looked at in place and skipped with `advance` (no per-message
+        // reference counting); the buffer goes back to the connection at the end.
+        // Paths that return early have lost the connection, and its buffer with it.
+        let mut rbuf = std::mem::take(&mut a.conn.rbuf);
         loop {
-            let Some(a) = self.active.as_mut() else { return Ok(()) };
-            let frame = match split_message(&mut a.conn.rbuf, MAX_SERVER_MESSAGE) {
-                Ok(Some(f)) => f,
+            let total = match message_len(&mut rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(total)) => total,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!(node = %a.node.id, error = %e, "server sent an invalid message");
+                    if let Some(a) = &self.active {
+                        tracing::error!(node = %a.node.id, error = %e, "server sent an invalid message");
+                    }
                     return self.server_lost().await;
                 }
             };
-            let tag = frame.tag();
-            if tag == b'E' && is_fatal(frame.body()) && self.can_retry_elsewhere() {
+            let msg = &rbuf[..total];
+            let (tag, body) = (msg[0], &msg[HEADER_LEN..]);
+            if tag == b'E' && is_fatal(body) && self.can_retry_elsewhere() {
                 // The backend is going away (terminated, or its postmaster died)
                 // before answering a read: run the read elsewhere rather than
                 // passing its FATAL on.
@@ -37,6 +46,7 @@ impl Session {
                 // connection). The connection is not reused.
                 tracing::debug!(node = %a.node.id, "server sent an error with nothing outstanding");
                 a.conn.broken = true;
+                rbuf.advance(total);
                 continue;
             }
             let outcome = self.pipeline.on_server_message(tag, &mut self.due);
@@ -51,7 +61,7 @@ impl Session {
                 let mut replacement = None;
                 match tag {
                     b'C' => {
-                        if let Ok(t) = fields::command_tag(frame.body()) {
+                        if let Ok(t) = fields::command_tag(body) {
                             self.rolled_back = t == b"ROLLBACK";
                             if t == b"DEALLOCATE ALL" || t == b"DISCARD ALL" {
                                 a.conn.statements_unsure = false;
@@ -60,7 +70,7 @@ impl Session {
                     }
                     b'E' => {
                         self.unit_error = true;
-                        let fields = fields::error_fields(frame.body()).unwrap_or_default();
+                        let fields = fields::error_fields(body).unwrap_or_default();
                         replacement = outcome.duplicate.filter(|_| fields.code == b"42P05");
                         if fields.code == b"0A000"
                             && fields.message.starts_with(b"cached plan must not change result type")
@@ -70,7 +80,7 @@ impl Session {
                     }
                     _ => {}
                 }
-                self.cout.extend_from_slice(replacement.as_deref().unwrap_or(frame.bytes()));
+                self.cout.extend_from_slice(replacement.as_deref().unwrap_or(msg));
                 self.forwarded = true;
             }
             if outcome.client_rfq && a.conn.statements_unsure && self.pipeline.is_empty() {
@@ -84,7 +94,7 @@ impl Session {
                 self.due.clear();
             }
             if outcome.client_rfq {
-                let status = match fields::ready_for_query(frame.body()) {
+                let status = match fields::ready_for_query(body) {
                     Ok(s) => s,
                     Err(e) => {
                         self.client_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &e.to_string());
@@ -94,6 +104,10 @@ impl Session {
                 self.on_ready_for_query(status);
                 self.trim_replay();
             }
+            rbuf.advance(total);
+        }
+        if let Some(a) = self.active.as_mut() {
+            a.conn.rbuf = rbuf;
         }
         if self.pipeline.is_idle() && self.active.is_some() {
             self.on_idle();

@@ -82,6 +82,14 @@ pub enum FrameError {
 /// the proxy buffer a gigabyte. On `Ok(None)` the caller reads more bytes;
 /// [`needed`] tells how many are still missing.
 pub fn split_message(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+    Ok(message_len(buf, max_len)?.map(|total| Frame { bytes: buf.split_to(total).freeze() }))
+}
+
+/// Like [`split_message`], but only measures the message at the front of
+/// `buf` (header included) and leaves it there: for callers that look at a
+/// message in place and then `advance` past it, without the reference
+/// counting of splitting it off.
+pub fn message_len(buf: &mut BytesMut, max_len: usize) -> Result<Option<usize>, FrameError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -97,7 +105,7 @@ pub fn split_message(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>
         buf.reserve((total - buf.len()).min(MAX_RESERVE_AHEAD));
         return Ok(None);
     }
-    Ok(Some(Frame { bytes: buf.split_to(total).freeze() }))
+    Ok(Some(total))
 }
 
 /// Bytes still missing before the message at the front of `buf` is complete
