@@ -237,18 +237,9 @@ impl Session {
         client: &mut S,
         shutdown: Pin<&mut WaitForCancellationFutureOwned>,
     ) -> Poll<Io> {
-        let mut wrote = false;
-        while !self.cout.is_empty() {
-            match Pin::new(&mut *client).poll_write(cx, &self.cout) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Io::ClientWriteFailed),
-                Poll::Ready(Ok(n)) => {
-                    self.cout.advance(n);
-                    wrote = true;
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(Io::ClientWriteFailed),
-                Poll::Pending => break,
-            }
-        }
+        let Ok(mut wrote) = poll_write_out(&mut *client, cx, &mut self.cout) else {
+            return Poll::Ready(Io::ClientWriteFailed);
+        };
         if wrote {
             self.client_unflushed = true;
         }
@@ -261,17 +252,9 @@ impl Session {
             }
         }
         if let Some(a) = self.active.as_mut() {
-            let stream = &mut a.conn.stream;
-            while !self.sout.is_empty() {
-                match Pin::new(&mut *stream).poll_write(cx, &self.sout) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Io::ServerWriteFailed),
-                    Poll::Ready(Ok(n)) => {
-                        self.sout.advance(n);
-                        wrote = true;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Io::ServerWriteFailed),
-                    Poll::Pending => break,
-                }
+            match poll_write_out(&mut a.conn.stream, cx, &mut self.sout) {
+                Ok(w) => wrote |= w,
+                Err(()) => return Poll::Ready(Io::ServerWriteFailed),
             }
         }
         if !self.client_backlog && !self.client_blocked() {
@@ -344,6 +327,23 @@ impl Session {
             a.pool.release(a.conn);
         }
     }
+}
+
+/// Writes as much of `buf` as `stream` takes now; `Ok(true)` if anything
+/// went out, `Err` if the stream failed (or took nothing: it is closed).
+fn poll_write_out<W: AsyncWrite + Unpin>(stream: &mut W, cx: &mut Context<'_>, buf: &mut BytesMut) -> Result<bool, ()> {
+    let mut wrote = false;
+    while !buf.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                wrote = true;
+            }
+            Poll::Pending => break,
+        }
+    }
+    Ok(wrote)
 }
 
 /// Read buffers get at least this much free space before a read, so that a
