@@ -151,6 +151,22 @@ impl ServerPool {
     /// Checks out a connection: a parked one if any, else from bb8, opening
     /// one here if the pool may grow.
     pub async fn acquire(&self) -> Result<Checkout, AcquireError> {
+        // The common case needs no waiting: a parked connection. The rest (bb8's
+        // queue, opening a connection) is a large future, boxed so that it does
+        // not make every caller's future large too.
+        loop {
+            let Some(conn) = self.lock_parked().conns.pop().map(|(c, _)| c) else { break };
+            if conn.spoke_while_idle() {
+                discard_dead(conn);
+                continue;
+            }
+            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Ok(conn);
+        }
+        Box::pin(self.acquire_waiting()).await
+    }
+
+    async fn acquire_waiting(&self) -> Result<Checkout, AcquireError> {
         loop {
             let conn = self.checkout().await?;
             if conn.spoke_while_idle() {
