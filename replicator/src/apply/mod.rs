@@ -8,11 +8,13 @@
 //! sequence values in step, [`task`] is the long-running loop.
 
 pub mod applier;
+pub mod inflight;
 pub mod sequences;
 pub mod session;
 pub mod side;
 pub mod split;
 pub mod sql;
+pub mod statements;
 pub mod task;
 pub mod text;
 

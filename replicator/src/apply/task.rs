@@ -16,13 +16,14 @@ use tokio_postgres::Config;
 use tokio_util::sync::CancellationToken;
 
 use super::{Applier, ApplyError};
+use crate::change;
 use crate::changelog::ChangeLog;
 use crate::status::ReplicaReporter;
 
-/// Transactions applied together, at most, when catching up.
-const MAX_BATCH_TXNS: usize = 64;
-/// Payload bytes applied together, at most, when catching up.
-const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Transactions applied in one replica transaction, at most, when catching up.
+const MAX_BATCH_TXNS: usize = 2048;
+/// Row statements in one replica transaction, at most, when catching up.
+const MAX_BATCH_STATEMENTS: usize = 16384;
 
 /// Everything one apply task needs.
 pub struct ApplyTask {
@@ -72,30 +73,52 @@ pub async fn run_apply_task(task: ApplyTask, shutdown: CancellationToken) -> Res
 }
 
 /// One session's life: open, read, apply, until something fails.
+///
+/// Records are pushed into the applier as soon as they are durable; the open
+/// batch is sealed (progress update + COMMIT sent) when it is full, or when
+/// the log has nothing more right now and no earlier batch is still
+/// committing. While one batch commits, the next one fills with whatever
+/// arrives meanwhile (group commit on the replica), and a backlog is applied
+/// in large batches without ever waiting for a round trip.
 async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
     let mut applier =
         Applier::connect(&task.replica, &task.database, &task.source, task.applied.clone(), task.reporter.clone())
             .await?;
     let mut reader = task.log.reader(applier.progress())?;
     loop {
-        if let Some(r) = &task.reporter {
-            r.record_source(task.log.last_lsn());
-        }
-        let first = reader.next().await?;
-        if let Some(r) = &task.reporter {
-            r.record_source(task.log.last_lsn());
-        }
-        let mut bytes = first.1.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_TXNS && bytes < MAX_BATCH_BYTES {
-            match reader.try_next()? {
-                Some(rec) => {
-                    bytes += rec.1.len();
-                    batch.push(rec);
+        let record = match reader.try_next()? {
+            Some(record) => Some(record),
+            None => {
+                if applier.sealed_in_flight() == 0 {
+                    applier.seal();
                 }
-                None => break,
+                if let Some(r) = &task.reporter {
+                    r.record_source(task.log.last_lsn());
+                }
+                if applier.in_flight() == 0 {
+                    Some(reader.next().await?)
+                } else {
+                    tokio::select! {
+                        record = reader.next() => Some(record?),
+                        answer = applier.next_answer() => {
+                            if let Some(answer) = answer {
+                                applier.check_answer(answer).await?;
+                            }
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        if let Some((_, payload)) = record {
+            let txn = change::decode_bytes(payload)?;
+            applier.push(&txn).await?;
+            if applier.open_batch().is_some_and(|(txns, statements)| txns >= MAX_BATCH_TXNS || statements >= MAX_BATCH_STATEMENTS) {
+                applier.seal();
             }
         }
-        applier.apply_records(&batch).await?;
+        if let Some(at) = applier.take_restart() {
+            reader = task.log.reader(at)?;
+        }
     }
 }
