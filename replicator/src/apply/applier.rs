@@ -97,6 +97,8 @@ struct BatchEnd {
     txns: usize,
     statements: usize,
     in_txn: bool,
+    /// Committed with synchronous_commit on (always, unless async commit is allowed).
+    durable: bool,
 }
 
 /// Why a batch did not commit.
@@ -114,6 +116,12 @@ pub struct Applier {
     source: String,
     /// Every commit LSN at or below it is applied (committed, or nothing to apply).
     progress: Lsn,
+    /// Every commit LSN at or below it is applied and durable on the replica
+    /// (what the `applied` watch shows); equals `progress` unless batches
+    /// were committed with synchronous_commit off.
+    durable: Lsn,
+    /// Whether batches may commit with synchronous_commit off (see [`Self::set_async_commit`]).
+    async_commit: bool,
     /// Newest commit LSN taken into a batch (sent or skipped).
     pushed: Lsn,
     /// The progress row's value as of the last commit seen.
@@ -150,6 +158,13 @@ impl Applier {
         reporter: Option<ReplicaReporter>,
     ) -> Result<Applier, ApplyError> {
         let client = session::connect_writer(replica, database).await.map_err(ApplyError::Connect)?;
+        // A committed write with synchronous_commit on flushes the replica's
+        // WAL, so the progress row read next is durable, not just visible
+        // (an earlier session may have committed with synchronous_commit off).
+        client
+            .batch_execute("SELECT pg_catalog.txid_current()")
+            .await
+            .map_err(|e| ApplyError::sql("flushing the replica's WAL", e))?;
         let progress = session::read_progress(&client, source)
             .await
             .map_err(|e| ApplyError::sql("reading the progress row", e))?
@@ -168,6 +183,8 @@ impl Applier {
             database: database.to_owned(),
             source: source.to_owned(),
             progress,
+            durable: progress,
+            async_commit: false,
             pushed: progress,
             row: progress,
             chain: progress,
@@ -232,6 +249,30 @@ impl Applier {
         Ok(self.last_outcome.take().unwrap_or(Applied::Skipped))
     }
 
+    /// Lets batches commit with `synchronous_commit = off` unless sealed as
+    /// durable. Only for async mode, where nothing is promised about the
+    /// replica; the `applied` watch then moves only at durable commits.
+    ///
+    /// Why this is safe: the progress row is committed in the same replica
+    /// transaction as the data it covers, so if the replica crashes and loses
+    /// its last asynchronous commits, the row rolls back with them and the
+    /// applier re-applies them from the change log, which still holds them:
+    /// the change log is trimmed only up to the `applied` watch, and that
+    /// moves only when a synchronous commit (which flushes the replica's WAL
+    /// up to itself, so every earlier commit too) or the WAL flush at connect
+    /// made everything up to it durable. Sync mode never calls this: every
+    /// batch commits durably before the primary is told it is applied.
+    pub async fn set_async_commit(&mut self, on: bool) -> Result<(), ApplyError> {
+        self.finish().await?;
+        let value = if on { "off" } else { "on" };
+        self.client
+            .batch_execute(&format!("SET synchronous_commit = {value}"))
+            .await
+            .map_err(|e| ApplyError::sql("setting synchronous_commit", e))?;
+        self.async_commit = on;
+        Ok(())
+    }
+
     // --- streaming interface (the apply task) ---------------------------------------------
 
     /// Adds a transaction to the open batch (opening one if needed) and sends
@@ -249,7 +290,7 @@ impl Applier {
                     return Ok(());
                 }
                 self.pushed = txn.commit_lsn;
-                let open = self.open.get_or_insert(BatchEnd { last: txn.commit_lsn, txns: 0, statements: 0, in_txn: false });
+                let open = self.open.get_or_insert(BatchEnd { last: txn.commit_lsn, txns: 0, statements: 0, in_txn: false, durable: true });
                 open.last = txn.commit_lsn;
                 open.txns += 1;
                 Ok(())
@@ -263,10 +304,13 @@ impl Applier {
 
     /// Ends the open batch: sends the progress update and COMMIT (or queues
     /// the marker of a batch that had nothing to apply). Does not wait.
-    pub fn seal(&mut self) {
-        let Some(end) = self.open.take() else {
+    /// `durable`: commit with synchronous_commit on even when async commit
+    /// is allowed, so that the `applied` watch can move.
+    pub fn seal(&mut self, durable: bool) {
+        let Some(mut end) = self.open.take() else {
             return;
         };
+        end.durable = durable || !self.async_commit;
         self.sealed += 1;
         if !end.in_txn {
             self.inflight.push_marker(Tag::End(end));
@@ -278,7 +322,8 @@ impl Applier {
             .push(Box::pin(async move { client.execute(&stmt, &[&source, &last]).await }), Tag::Progress);
         self.chain = end.last;
         let client = self.client.clone();
-        self.inflight.push(Box::pin(async move { client.batch_execute("COMMIT").await.map(|()| 0) }), Tag::End(end));
+        let commit = if end.durable && self.async_commit { "SET LOCAL synchronous_commit = on; COMMIT" } else { "COMMIT" };
+        self.inflight.push(Box::pin(async move { client.batch_execute(commit).await.map(|()| 0) }), Tag::End(end));
     }
 
     /// Transactions and statements in the open batch, if one is open.
@@ -325,7 +370,7 @@ impl Applier {
 
     /// Seals the open batch and waits for every answer.
     pub async fn finish(&mut self) -> Result<(), ApplyError> {
-        self.seal();
+        self.seal(true);
         self.drain().await
     }
 
@@ -368,7 +413,14 @@ impl Applier {
                 } else {
                     self.last_outcome = Some(Applied::Skipped);
                 }
-                self.advance(end.last, end.txns);
+                // A durable commit flushed everything before it; a marker is
+                // as durable as what came before it.
+                let durable = if end.in_txn { end.durable } else { self.durable == self.progress };
+                self.advance(end.last, 0);
+                if durable {
+                    self.durable = self.progress;
+                }
+                self.publish(end.txns);
                 tracing::trace!(statements = end.statements, last = %end.last, "batch done");
                 Ok(())
             }
@@ -395,6 +447,8 @@ impl Applier {
                 self.row = found;
                 self.chain = found;
                 self.advance(found, 0);
+                // The other writer's commit may not be durable yet: only a
+                // later durable commit of ours moves the watch past it.
                 self.pushed = self.progress;
                 self.restart = Some(self.progress);
                 self.last_outcome = Some(Applied::Skipped);
@@ -419,21 +473,25 @@ impl Applier {
         if lsn > self.progress {
             self.progress = lsn;
         }
+        if !self.async_commit {
+            self.durable = self.progress;
+        }
         self.publish(txns);
     }
 
+    /// The `applied` watch shows the durable position; the status shows what is visible.
     fn publish(&self, txns: usize) {
-        let progress = self.progress;
+        let durable = self.durable;
         self.applied.send_if_modified(|v| {
-            let newer = progress > *v;
+            let newer = durable > *v;
             if newer {
-                *v = progress;
+                *v = durable;
             }
             newer
         });
         if txns > 0 {
             if let Some(r) = &self.reporter {
-                r.record_applied(progress, txns as u64);
+                r.record_applied(self.progress, txns as u64);
             }
         }
     }
@@ -517,7 +575,7 @@ impl Applier {
         if self.open.is_some_and(|b| b.in_txn) {
             return;
         }
-        let open = self.open.get_or_insert(BatchEnd { last: self.pushed, txns: 0, statements: 0, in_txn: false });
+        let open = self.open.get_or_insert(BatchEnd { last: self.pushed, txns: 0, statements: 0, in_txn: false, durable: true });
         open.in_txn = true;
         let client = self.client.clone();
         self.inflight.push(Box::pin(async move { client.batch_execute("BEGIN").await.map(|()| 0) }), Tag::Begin);
