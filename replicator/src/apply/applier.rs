@@ -83,7 +83,10 @@ pub enum Applied {
 enum Tag {
     Begin,
     Guard,
-    Row { kind: RowKind, sql: Arc<str> },
+    Row {
+        kind: RowKind,
+        sql: Arc<str>,
+    },
     Truncate(String),
     Progress,
     /// The COMMIT of a batch (or, with `in_txn` false, the in-order marker of
@@ -290,7 +293,13 @@ impl Applier {
                     return Ok(());
                 }
                 self.pushed = txn.commit_lsn;
-                let open = self.open.get_or_insert(BatchEnd { last: txn.commit_lsn, txns: 0, statements: 0, in_txn: false, durable: true });
+                let open = self.open.get_or_insert(BatchEnd {
+                    last: txn.commit_lsn,
+                    txns: 0,
+                    statements: 0,
+                    in_txn: false,
+                    durable: true,
+                });
                 open.last = txn.commit_lsn;
                 open.txns += 1;
                 Ok(())
@@ -318,11 +327,11 @@ impl Applier {
         }
         let (client, stmt, source, last) =
             (self.client.clone(), self.progress_stmt.clone(), self.source.clone(), lsn_to_pg(end.last));
-        self.inflight
-            .push(Box::pin(async move { client.execute(&stmt, &[&source, &last]).await }), Tag::Progress);
+        self.inflight.push(Box::pin(async move { client.execute(&stmt, &[&source, &last]).await }), Tag::Progress);
         self.chain = end.last;
         let client = self.client.clone();
-        let commit = if end.durable && self.async_commit { "SET LOCAL synchronous_commit = on; COMMIT" } else { "COMMIT" };
+        let commit =
+            if end.durable && self.async_commit { "SET LOCAL synchronous_commit = on; COMMIT" } else { "COMMIT" };
         self.inflight.push(Box::pin(async move { client.batch_execute(commit).await.map(|()| 0) }), Tag::End(end));
     }
 
@@ -516,8 +525,11 @@ impl Applier {
                         let sql = sql::truncate(&rels, *cascade, *restart_identity);
                         self.begin_if_needed();
                         let (client, text) = (self.client.clone(), sql.clone());
-                        self.send(Box::pin(async move { client.batch_execute(&text).await.map(|()| 0) }), Tag::Truncate(sql))
-                            .await?;
+                        self.send(
+                            Box::pin(async move { client.batch_execute(&text).await.map(|()| 0) }),
+                            Tag::Truncate(sql),
+                        )
+                        .await?;
                     }
                 }
                 Change::Message { prefix, content } if prefix == DDL_PREFIX => match DdlMessage::parse(content) {
@@ -575,7 +587,13 @@ impl Applier {
         if self.open.is_some_and(|b| b.in_txn) {
             return;
         }
-        let open = self.open.get_or_insert(BatchEnd { last: self.pushed, txns: 0, statements: 0, in_txn: false, durable: true });
+        let open = self.open.get_or_insert(BatchEnd {
+            last: self.pushed,
+            txns: 0,
+            statements: 0,
+            in_txn: false,
+            durable: true,
+        });
         open.in_txn = true;
         let client = self.client.clone();
         self.inflight.push(Box::pin(async move { client.batch_execute("BEGIN").await.map(|()| 0) }), Tag::Begin);
@@ -628,8 +646,11 @@ async fn replay_ddl(client: &Client, database: &str, msg: &DdlMessage) -> Result
     }
     let err = |e| ApplyError::Ddl { query: msg.query.clone(), source: e };
     client.execute("SELECT pg_catalog.set_config('search_path', $1, true)", &[&msg.search_path]).await.map_err(err)?;
-    let role_exists =
-        client.query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&msg.role]).await.map_err(err)?.is_some();
+    let role_exists = client
+        .query_opt("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[&msg.role])
+        .await
+        .map_err(err)?
+        .is_some();
     if role_exists {
         client.batch_execute(&format!("SET LOCAL ROLE {}", sql::quote_ident(&msg.role))).await.map_err(err)?;
     } else {

@@ -510,7 +510,10 @@ mod tests {
         let none = Arc::new(rel(ReplicaIdentity::Default, &[false, false, false]));
         let d = Change::Delete { rel: none.clone(), old: tup(vec![t("1"), t("2"), t("3")]) };
         let (mut key, mut params) = (Vec::new(), Vec::new());
-        assert_eq!(shape(&d, &mut key, &mut params), Err(delete(&none, &tup(vec![t("1"), t("2"), t("3")])).unwrap_err()));
+        assert_eq!(
+            shape(&d, &mut key, &mut params),
+            Err(delete(&none, &tup(vec![t("1"), t("2"), t("3")])).unwrap_err())
+        );
         let u = Change::Update { rel: keyed.clone(), old: None, new: tup(vec![Datum::Unchanged, t("a"), t("b")]) };
         assert!(matches!(shape(&u, &mut key, &mut params), Err(PlanError::KeyNotSent { .. })));
         let short = Change::Insert { rel: keyed.clone(), new: tup(vec![t("1")]) };

@@ -129,7 +129,10 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
         if let Some((_, payload)) = record {
             let txn = change::decode_bytes(payload)?;
             applier.push(&txn).await?;
-            if applier.open_batch().is_some_and(|(txns, statements)| txns >= MAX_BATCH_TXNS || statements >= MAX_BATCH_STATEMENTS) {
+            if applier
+                .open_batch()
+                .is_some_and(|(txns, statements)| txns >= MAX_BATCH_TXNS || statements >= MAX_BATCH_STATEMENTS)
+            {
                 // While catching up, commit durably now and then so that trimming follows.
                 let durable = last_durable.elapsed() >= DURABLE_EVERY;
                 if durable {
