@@ -276,6 +276,23 @@ impl Applier {
         Ok(())
     }
 
+    /// With async commit: makes everything applied so far durable (one
+    /// synchronous commit flushes the replica's WAL past every earlier
+    /// commit) and moves the `applied` watch; for when the last batch before
+    /// going idle committed asynchronously. No-op otherwise or with requests in flight.
+    pub async fn make_durable(&mut self) -> Result<(), ApplyError> {
+        if self.durable >= self.progress || !self.inflight.is_empty() || self.open.is_some() {
+            return Ok(());
+        }
+        self.client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_catalog.txid_current(); COMMIT")
+            .await
+            .map_err(|e| ApplyError::sql("flushing the replica's WAL", e))?;
+        self.durable = self.progress;
+        self.publish(0);
+        Ok(())
+    }
+
     // --- streaming interface (the apply task) ---------------------------------------------
 
     /// Adds a transaction to the open batch (opening one if needed) and sends

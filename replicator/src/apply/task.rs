@@ -112,6 +112,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
                     r.record_source(task.log.last_lsn());
                 }
                 if applier.in_flight() == 0 {
+                    applier.make_durable().await?;
                     Some(reader.next().await?)
                 } else {
                     tokio::select! {
