@@ -356,6 +356,7 @@ async fn apply_task_follows_the_change_log() -> Result<()> {
         applied: tx,
         reporter: Some(board.replica("r1", "app")),
         retry_delay: Duration::from_millis(200),
+        async_commit: true,
     };
     let handle = tokio::spawn(run_apply_task(task, shutdown.clone()));
     for t in stream() {

@@ -2,17 +2,20 @@
 //!
 //! Place in the data flow: change log → **apply** → replica databases. One
 //! apply task per (replica, database) reads the change log from its replica's
-//! progress on and applies each transaction exactly once ([`applier`]);
-//! [`session`] opens the writer sessions and owns the progress table,
-//! [`sql`] and [`text`] turn changes into statements, [`sequences`] keeps
-//! sequence values in step, [`task`] is the long-running loop.
+//! progress on and applies each transaction exactly once ([`applier`]),
+//! pipelining statements and batches ([`inflight`]); [`session`] opens the
+//! writer sessions and owns the progress table, [`sql`] and [`text`] turn
+//! changes into statements, [`statements`] caches them by shape,
+//! [`sequences`] keeps sequence values in step, [`task`] is the long-running loop.
 
 pub mod applier;
+pub mod inflight;
 pub mod sequences;
 pub mod session;
 pub mod side;
 pub mod split;
 pub mod sql;
+pub mod statements;
 pub mod task;
 pub mod text;
 

@@ -20,7 +20,7 @@ use super::sequences::run_sequence_sync;
 use super::session;
 use super::task::{run_apply_task, ApplyTask};
 use crate::changelog::ChangeLog;
-use crate::config::{parse_dsn, ConfigError, ReplicaConfig, ReplicatorConfig};
+use crate::config::{parse_dsn, ConfigError, Mode, ReplicaConfig, ReplicatorConfig};
 use crate::copy::{copy_database, CopyRequest};
 use crate::seam::{AppliedLsn, BoxError, ReplicaSide, SnapshotInfo};
 use crate::status::StatusBoard;
@@ -34,6 +34,7 @@ const APPLY_RETRY_DELAY: Duration = Duration::from_secs(1);
 pub struct Replicas {
     primary: Config,
     source: String,
+    mode: Mode,
     board: Option<Arc<StatusBoard>>,
 }
 
@@ -41,7 +42,7 @@ impl Replicas {
     /// The replica side for `cfg`; progress rows are keyed by the slot
     /// prefix (one stream of one primary), reports go to `board` if given.
     pub fn new(cfg: &ReplicatorConfig, board: Option<Arc<StatusBoard>>) -> Result<Replicas, ConfigError> {
-        Ok(Replicas { primary: cfg.primary_config()?, source: cfg.slot_prefix.clone(), board })
+        Ok(Replicas { primary: cfg.primary_config()?, source: cfg.slot_prefix.clone(), mode: cfg.mode, board })
     }
 }
 
@@ -110,6 +111,7 @@ impl ReplicaSide for Replicas {
             applied: tx,
             reporter: self.board.as_ref().map(|b| b.replica(&name, database)),
             retry_delay: APPLY_RETRY_DELAY,
+            async_commit: self.mode == Mode::Async,
         };
         let (db, stop) = (database.to_owned(), shutdown.clone());
         tokio::spawn(async move {

@@ -6,7 +6,7 @@
 //! per writer session and reused.
 
 use super::text::TextParam;
-use crate::change::{Datum, Relation, ReplicaIdentity, Tuple};
+use crate::change::{Change, Datum, Relation, ReplicaIdentity, Tuple};
 
 /// Quotes an identifier for SQL text (always double-quoted, `"` doubled).
 pub fn quote_ident(name: &str) -> String {
@@ -126,6 +126,17 @@ pub fn delete(rel: &Relation, old: &Tuple) -> Result<RowStatement, PlanError> {
     Ok(RowStatement { sql: format!("DELETE FROM {table} WHERE {filter}"), params })
 }
 
+/// The statement text and parameters of a row change ([`insert`], [`update`]
+/// or [`delete`]); `None` for other changes and an UPDATE with nothing to set.
+pub fn render(change: &Change) -> Result<Option<RowStatement>, PlanError> {
+    match change {
+        Change::Insert { rel, new } => insert(rel, new).map(Some),
+        Change::Update { rel, old, new } => update(rel, old.as_ref(), new),
+        Change::Delete { rel, old } => delete(rel, old).map(Some),
+        Change::Truncate { .. } | Change::Message { .. } => Ok(None),
+    }
+}
+
 /// `TRUNCATE t1, t2 [RESTART IDENTITY] [CASCADE]`.
 pub fn truncate(rels: &[std::sync::Arc<Relation>], cascade: bool, restart_identity: bool) -> String {
     let names: Vec<String> = rels.iter().map(|r| qualified(&r.schema, &r.name)).collect();
@@ -137,6 +148,157 @@ pub fn truncate(rels: &[std::sync::Arc<Relation>], cascade: bool, restart_identi
         sql.push_str(" CASCADE");
     }
     sql
+}
+
+/// Which statement a row change becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowKind {
+    /// `INSERT`.
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+}
+
+impl RowKind {
+    /// The SQL verb, for logs and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowKind::Insert => "INSERT",
+            RowKind::Update => "UPDATE",
+            RowKind::Delete => "DELETE",
+        }
+    }
+}
+
+/// The hot path of planning a row change: appends its statement *shape* to
+/// `key` and its bind values to `params`, without building SQL text.
+///
+/// For a given relation, two changes with the same key get the same SQL text
+/// from [`insert`] / [`update`] / [`delete`] and their parameters in the same
+/// order, so the key (with the relation) identifies the prepared statement:
+/// the applier looks statements up by key and renders SQL only on a miss.
+/// What the text depends on, besides the relation: which new columns are sent
+/// (unchanged TOAST is left out), and for the row filter whether it matches
+/// the full old row (and which old values are NULL or not sent) or the key
+/// (and which key values are NULL). Returns `Ok(None)` for a change that is
+/// not a row change or an UPDATE with nothing to set.
+pub fn shape(change: &Change, key: &mut Vec<u8>, params: &mut Vec<TextParam>) -> Result<Option<RowKind>, PlanError> {
+    match change {
+        Change::Insert { rel, new } => {
+            shape_arity(rel, new)?;
+            key.push(b'I');
+            shape_values(new, key, params);
+            Ok(Some(RowKind::Insert))
+        }
+        Change::Update { rel, old, new } => {
+            shape_arity(rel, new)?;
+            if new.0.iter().all(|d| matches!(d, Datum::Unchanged)) {
+                return Ok(None);
+            }
+            key.push(b'U');
+            shape_values(new, key, params);
+            shape_filter(rel, old.as_ref(), new, "UPDATE", key, params)?;
+            Ok(Some(RowKind::Update))
+        }
+        Change::Delete { rel, old } => {
+            shape_arity(rel, old)?;
+            key.push(b'D');
+            shape_filter(rel, Some(old), old, "DELETE", key, params)?;
+            Ok(Some(RowKind::Delete))
+        }
+        Change::Truncate { .. } | Change::Message { .. } => Ok(None),
+    }
+}
+
+fn shape_arity(rel: &Relation, tuple: &Tuple) -> Result<(), PlanError> {
+    if tuple.0.len() != rel.columns.len() {
+        return check_arity(rel, tuple, &qualified(&rel.schema, &rel.name));
+    }
+    Ok(())
+}
+
+/// One code per column: `u` left out (unchanged TOAST), `p` a parameter.
+fn shape_values(tuple: &Tuple, key: &mut Vec<u8>, params: &mut Vec<TextParam>) {
+    for datum in &tuple.0 {
+        match param_of(datum) {
+            Some(p) => {
+                key.push(b'p');
+                params.push(p);
+            }
+            None => key.push(b'u'),
+        }
+    }
+}
+
+/// The key and parameters of [`row_filter`]'s condition (same walk, same order).
+fn shape_filter(
+    rel: &Relation,
+    old: Option<&Tuple>,
+    new: &Tuple,
+    op: &'static str,
+    key: &mut Vec<u8>,
+    params: &mut Vec<TextParam>,
+) -> Result<(), PlanError> {
+    let no_identity = || PlanError::NoIdentity { op, table: qualified(&rel.schema, &rel.name) };
+    if let Some(old) = old {
+        shape_arity(rel, old)?;
+    }
+    let before = params.len();
+    if let (ReplicaIdentity::Full, Some(old)) = (rel.replica_identity, old) {
+        key.push(b'F');
+        let mut conds = 0;
+        for datum in &old.0 {
+            match datum {
+                Datum::Unchanged => key.push(b'u'),
+                Datum::Null => {
+                    key.push(b'n');
+                    conds += 1;
+                }
+                Datum::Text(v) => {
+                    key.push(b'p');
+                    params.push(TextParam::Text(v.clone()));
+                    conds += 1;
+                }
+            }
+        }
+        if conds == 0 {
+            return Err(no_identity());
+        }
+        return Ok(());
+    }
+    if rel.replica_identity == ReplicaIdentity::Nothing {
+        return Err(no_identity());
+    }
+    key.push(b'K');
+    let source = old.unwrap_or(new);
+    let mut conds = 0;
+    for (col, datum) in rel.columns.iter().zip(&source.0) {
+        if !col.is_key {
+            continue;
+        }
+        match datum {
+            Datum::Null => key.push(b'n'),
+            Datum::Text(v) => {
+                key.push(b'p');
+                params.push(TextParam::Text(v.clone()));
+            }
+            Datum::Unchanged => {
+                params.truncate(before);
+                return Err(PlanError::KeyNotSent {
+                    op,
+                    table: qualified(&rel.schema, &rel.name),
+                    column: col.name.clone(),
+                });
+            }
+        }
+        conds += 1;
+    }
+    if conds == 0 {
+        return Err(no_identity());
+    }
+    Ok(())
 }
 
 fn check_arity(rel: &Relation, tuple: &Tuple, table: &str) -> Result<(), PlanError> {
@@ -297,6 +459,67 @@ mod tests {
         assert!(err.to_string().contains("\"public\".\"t\""), "{err}");
         let r = rel(ReplicaIdentity::Nothing, &[true]);
         assert!(matches!(update(&r, None, &Tuple(vec![t("1")])), Err(PlanError::NoIdentity { .. })));
+    }
+
+    /// Every change of the list, planned by `shape` and by the text builders:
+    /// same parameters, and equal keys exactly when the SQL text is equal.
+    #[test]
+    fn shape_keys_match_the_statement_text() {
+        let keyed = Arc::new(rel(ReplicaIdentity::Default, &[true, false, false]));
+        let full = Arc::new(rel(ReplicaIdentity::Full, &[false, false, false]));
+        let tup = |v: Vec<Datum>| Tuple(v);
+        let changes = vec![
+            Change::Insert { rel: keyed.clone(), new: tup(vec![t("1"), Datum::Null, t("x")]) },
+            Change::Insert { rel: keyed.clone(), new: tup(vec![t("2"), t("y"), t("x")]) },
+            Change::Insert { rel: keyed.clone(), new: tup(vec![t("3"), Datum::Unchanged, t("x")]) },
+            Change::Update { rel: keyed.clone(), old: None, new: tup(vec![t("1"), t("a"), Datum::Unchanged]) },
+            Change::Update { rel: keyed.clone(), old: None, new: tup(vec![t("1"), t("a"), t("b")]) },
+            Change::Update {
+                rel: keyed.clone(),
+                old: Some(tup(vec![t("9"), Datum::Null, Datum::Null])),
+                new: tup(vec![t("1"), t("a"), t("b")]),
+            },
+            Change::Update {
+                rel: keyed.clone(),
+                old: Some(tup(vec![Datum::Null, Datum::Null, Datum::Null])),
+                new: tup(vec![t("1"), t("a"), t("b")]),
+            },
+            Change::Delete { rel: keyed.clone(), old: tup(vec![t("4"), Datum::Null, Datum::Null]) },
+            Change::Delete { rel: full.clone(), old: tup(vec![t("4"), Datum::Null, t("{}")]) },
+            Change::Delete { rel: full.clone(), old: tup(vec![t("4"), t("5"), t("{}")]) },
+            Change::Delete { rel: full.clone(), old: tup(vec![t("4"), Datum::Unchanged, t("{}")]) },
+            Change::Update {
+                rel: full.clone(),
+                old: Some(tup(vec![t("4"), Datum::Null, t("{}")])),
+                new: tup(vec![t("4"), t("6"), t("{}")]),
+            },
+        ];
+        let mut seen: Vec<(Vec<u8>, String)> = Vec::new();
+        for change in &changes {
+            let (mut key, mut params) = (Vec::new(), Vec::new());
+            let kind = shape(change, &mut key, &mut params).unwrap().unwrap();
+            let text = render(change).unwrap().unwrap();
+            assert!(text.sql.starts_with(kind.as_str()), "{kind:?} {}", text.sql);
+            assert_eq!(params, text.params, "{}", text.sql);
+            for (k, sql) in &seen {
+                assert_eq!(k == &key, sql == &text.sql, "{sql} vs {}", text.sql);
+            }
+            seen.push((key, text.sql));
+        }
+        // Errors agree with the text builders.
+        let none = Arc::new(rel(ReplicaIdentity::Default, &[false, false, false]));
+        let d = Change::Delete { rel: none.clone(), old: tup(vec![t("1"), t("2"), t("3")]) };
+        let (mut key, mut params) = (Vec::new(), Vec::new());
+        assert_eq!(
+            shape(&d, &mut key, &mut params),
+            Err(delete(&none, &tup(vec![t("1"), t("2"), t("3")])).unwrap_err())
+        );
+        let u = Change::Update { rel: keyed.clone(), old: None, new: tup(vec![Datum::Unchanged, t("a"), t("b")]) };
+        assert!(matches!(shape(&u, &mut key, &mut params), Err(PlanError::KeyNotSent { .. })));
+        let short = Change::Insert { rel: keyed.clone(), new: tup(vec![t("1")]) };
+        assert!(matches!(shape(&short, &mut key, &mut params), Err(PlanError::Arity { .. })));
+        let nothing = Change::Update { rel: keyed, old: None, new: tup(vec![Datum::Unchanged; 3]) };
+        assert_eq!(shape(&nothing, &mut key, &mut params), Ok(None));
     }
 
     #[test]

@@ -35,12 +35,23 @@ pub struct FlushTracker {
     written: Lsn,
     flushed: Lsn,
     pending: VecDeque<Pending>,
+    /// The replicas' applied positions last reported: a transaction can be
+    /// applied before the stream loop learns it is durable (the applier reads
+    /// the change log as soon as the fsync is done), so `durable` checks them too.
+    last_applied: Vec<Lsn>,
 }
 
 impl FlushTracker {
     /// Starts at `start` (a position the slot has already confirmed).
     pub fn new(mode: Mode, quorum: usize, start: Lsn) -> Self {
-        FlushTracker { mode, quorum: quorum.max(1), written: start, flushed: start, pending: VecDeque::new() }
+        FlushTracker {
+            mode,
+            quorum: quorum.max(1),
+            written: start,
+            flushed: start,
+            pending: VecDeque::new(),
+            last_applied: Vec::new(),
+        }
     }
 
     /// A transaction is durable in the change log (or was already there).
@@ -48,7 +59,10 @@ impl FlushTracker {
         self.written = self.written.max(end);
         match self.mode {
             Mode::Async => self.flushed = self.flushed.max(end),
-            Mode::Sync => self.pending.push_back(Pending { commit, end, needs_apply: true }),
+            Mode::Sync => {
+                self.pending.push_back(Pending { commit, end, needs_apply: true });
+                self.release();
+            }
         }
     }
 
@@ -64,6 +78,7 @@ impl FlushTracker {
             Some(last) if !last.needs_apply => last.end = last.end.max(wal_end),
             _ => self.pending.push_back(Pending { commit: wal_end, end: wal_end, needs_apply: false }),
         }
+        self.release();
     }
 
     /// The replicas' applied commit LSNs (one per replica) changed.
@@ -71,7 +86,14 @@ impl FlushTracker {
         if self.mode == Mode::Async {
             return;
         }
-        let quorum_lsn = quorum_lsn(applied, self.quorum);
+        self.last_applied.clear();
+        self.last_applied.extend_from_slice(applied);
+        self.release();
+    }
+
+    /// Confirms the pending transactions the quorum has applied.
+    fn release(&mut self) {
+        let quorum_lsn = quorum_lsn(&self.last_applied, self.quorum);
         while let Some(front) = self.pending.front() {
             if front.needs_apply && (quorum_lsn.is_none() || Some(front.commit) > quorum_lsn) {
                 break;
@@ -136,6 +158,15 @@ mod tests {
         assert_eq!(t.unconfirmed(), 0);
         t.idle_until(Lsn(70));
         assert_eq!(t.feedback().flush, Lsn(70));
+    }
+
+    #[test]
+    fn applied_before_durable_is_not_forgotten() {
+        let mut t = FlushTracker::new(Mode::Sync, 1, Lsn(10));
+        t.applied(&[Lsn(20)]);
+        t.durable(Lsn(20), Lsn(25));
+        assert_eq!(t.feedback().flush, Lsn(25));
+        assert_eq!(t.unconfirmed(), 0);
     }
 
     #[test]
