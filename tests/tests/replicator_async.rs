@@ -163,7 +163,15 @@ fn async_mode_end_to_end() -> Result<()> {
         .filter(|l| l.contains("initial copy replica=") && l.contains("bench"))
         .map(str::to_owned)
         .collect();
-    assert!(copies.len() == 1 && copies[0].contains("replica=r3"), "{copies:#?}");
+    assert!(
+        copies.len() == 1 && copies[0].contains("replica=r3"),
+        "{copies:#?}\n{}",
+        rep.log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("r3"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     rep.stop()?;
     Ok(())
 }

@@ -36,13 +36,23 @@ pub struct Replicas {
     source: String,
     mode: Mode,
     board: Option<Arc<StatusBoard>>,
+    /// One lock per replica: its databases are copied one at a time, since every
+    /// copy also applies the global objects (roles), and concurrent `ALTER ROLE`s
+    /// of the same role fail with "tuple concurrently updated".
+    copy_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Replicas {
     /// The replica side for `cfg`; progress rows are keyed by the slot
     /// prefix (one stream of one primary), reports go to `board` if given.
     pub fn new(cfg: &ReplicatorConfig, board: Option<Arc<StatusBoard>>) -> Result<Replicas, ConfigError> {
-        Ok(Replicas { primary: cfg.primary_config()?, source: cfg.slot_prefix.clone(), mode: cfg.mode, board })
+        Ok(Replicas {
+            primary: cfg.primary_config()?,
+            source: cfg.slot_prefix.clone(),
+            mode: cfg.mode,
+            board,
+            copy_locks: Default::default(),
+        })
     }
 }
 
@@ -78,6 +88,11 @@ impl ReplicaSide for Replicas {
             // DDL capture was installed by `run` before the slot (and its
             // snapshot) was created: DDL is either in the snapshot or in the stream.
             let cfg = replica_config(replica)?;
+            let lock = {
+                let mut locks = self.copy_locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                locks.entry(replica.name.to_string()).or_default().clone()
+            };
+            let _one_copy_at_a_time = lock.lock().await;
             let outcome = copy_database(&CopyRequest {
                 primary,
                 replica: &cfg,
