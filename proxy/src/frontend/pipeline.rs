@@ -147,6 +147,11 @@ impl Pipeline {
         self.queue.is_empty() && !self.open && !self.skipping
     }
 
+    /// Responses still expected (for diagnostics and the fuzz targets).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// No response is outstanding, though an extended sequence may still be
     /// open (see [`Pipeline::is_idle`]).
     pub fn is_empty(&self) -> bool {
