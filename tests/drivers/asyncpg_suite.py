@@ -17,6 +17,8 @@ import sys
 import time
 import traceback
 
+from compare import report
+
 try:
     import asyncpg
 except ImportError:  # pragma: no cover - reported to the caller
@@ -370,13 +372,8 @@ async def main():
         want = await run_one(f, args.direct, "d")
         got = await run_one(f, args.proxy, "p")
         dt = time.time() - t0
-        if want == got and not (isinstance(want, tuple) and want and want[0] in ("TIMEOUT", "exception")):
-            print(f"ok {name} ({dt:.1f}s)")
-            if args.v:
-                print(f"   {want!r}")
-        else:
+        if not report(name, want, got, dt, args.v):
             failed += 1
-            print(f"MISMATCH {name} ({dt:.1f}s)\n   direct: {want!r}\n   proxy:  {got!r}")
     print(f"{failed} mismatches")
     return 1 if failed else 0
 

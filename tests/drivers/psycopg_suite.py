@@ -19,6 +19,8 @@ import threading
 import time
 import traceback
 
+from compare import report
+
 try:
     import psycopg
     from psycopg import errors, pq
@@ -615,13 +617,8 @@ def main():
         want = run_one(f, args.direct, "d")
         got = run_one(f, args.proxy, "p")
         dt = time.time() - t0
-        if want == got and not (isinstance(want, tuple) and want and want[0] in ("TIMEOUT", "exception")):
-            print(f"ok {name} ({dt:.1f}s)")
-            if args.v:
-                print(f"   {want!r}")
-        else:
+        if not report(name, want, got, dt, args.v):
             failed += 1
-            print(f"MISMATCH {name} ({dt:.1f}s)\n   direct: {want!r}\n   proxy:  {got!r}")
     print(f"{failed} mismatches")
     sys.exit(1 if failed else 0)
 
