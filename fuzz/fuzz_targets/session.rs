@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         proxy.client_message(f.clone());
         step = step.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         if std::env::var_os("SESSION_DEBUG").is_some() {
-            eprintln!("client {} -> sees {:?} pipeline {}", f.tag() as char, String::from_utf8_lossy(&proxy.client_sees), proxy.pipeline.len());
+            eprintln!("client {} -> sees {:?} pipeline {}", f.tag() as char, String::from_utf8_lossy(&proxy.client_sees), proxy.pipeline.outstanding());
         }
         if (step >> 16) & 1 == 1 {
             proxy.exchange(&mut server);
@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         && expected.last().is_some_and(|&(tag, _)| tag == b'Z')
         && !direct.skipping;
     if answered {
-        assert!(proxy.pipeline.is_idle(), "{} responses still expected after the last ReadyForQuery", proxy.pipeline.len());
+        assert!(proxy.pipeline.is_idle(), "{} responses still expected after the last ReadyForQuery", proxy.pipeline.outstanding());
     }
 });
 

@@ -11,13 +11,12 @@ walks the extended protocol differently from libpq. Exits 1 on a mismatch, 2 whe
 not installed.
 """
 
-import argparse
 import asyncio
 import sys
 import time
 import traceback
 
-from compare import report
+from compare import parse_args, report
 
 try:
     import asyncpg
@@ -356,13 +355,7 @@ async def run_one(f, dsn, tag):
 
 
 async def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--direct", required=True)
-    ap.add_argument("--proxy", required=True)
-    ap.add_argument("--mode", default="transaction")
-    ap.add_argument("--only", default=None)
-    ap.add_argument("-v", action="store_true")
-    args = ap.parse_args()
+    args = parse_args()
     print(f"asyncpg {asyncpg.__version__}, mode {args.mode}")
     failed = 0
     for name, f in CHECKS:

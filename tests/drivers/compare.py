@@ -1,4 +1,18 @@
-"""Shared by the driver suites: judging one check's direct and proxied outcomes."""
+"""Shared by the driver suites: their command line, and judging one check's direct and
+proxied outcomes."""
+
+import argparse
+
+
+def parse_args():
+    """`--direct DSN --proxy DSN [--mode transaction|session] [--only NAME] [-v]`."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--direct", required=True)
+    ap.add_argument("--proxy", required=True)
+    ap.add_argument("--mode", default="transaction")
+    ap.add_argument("--only", default=None)
+    ap.add_argument("-v", action="store_true")
+    return ap.parse_args()
 
 
 def report(name, want, got, seconds, verbose):

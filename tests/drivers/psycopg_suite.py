@@ -11,7 +11,6 @@ so the two runs do not see each other's data. Prints one line per check and exit
 mismatch, 2 when psycopg is not installed (the Rust test then skips).
 """
 
-import argparse
 import hashlib
 import signal
 import sys
@@ -19,7 +18,7 @@ import threading
 import time
 import traceback
 
-from compare import report
+from compare import parse_args, report
 
 try:
     import psycopg
@@ -600,13 +599,7 @@ def run_one(f, dsn, tag):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--direct", required=True)
-    ap.add_argument("--proxy", required=True)
-    ap.add_argument("--mode", default="transaction")
-    ap.add_argument("--only", default=None)
-    ap.add_argument("-v", action="store_true")
-    args = ap.parse_args()
+    args = parse_args()
     signal.signal(signal.SIGALRM, on_alarm)
     print(f"psycopg {psycopg.__version__}, libpq {pq.version()}, mode {args.mode}")
     failed = 0

@@ -161,6 +161,27 @@ async fn pgbench_prepared_runs_without_failures() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One server connection for four clients: every transaction end hands the connection to a
+/// waiting client (parked connections go back to bb8 when someone waits), none times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_connection_serves_many_clients() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        replicas: 0,
+        proxy_args: vec!["--pool-size".into(), "1".into()],
+        ..Default::default()
+    })?;
+    c.primary.psql("postgres", "CREATE DATABASE one")?;
+    c.pgbench(&["-i", "-s", "1", "-q", "one"])?;
+    for mode in ["prepared", "simple"] {
+        let out = c.pgbench(&["-n", "-c", "4", "-j", "2", "-t", "50", "-M", mode, "one"])?;
+        assert_eq!(pgbench_failures(&out), Some(0), "pgbench -M {mode}:\n{out}");
+        assert!(out.contains("number of transactions actually processed: 200/200"), "pgbench -M {mode}:\n{out}");
+    }
+    assert_eq!(c.primary.psql("one", "SELECT count(*) FROM pgbench_history")?, "400");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_keeps_one_server_session() -> anyhow::Result<()> {
     init_tracing();

@@ -147,11 +147,6 @@ impl Pipeline {
         self.queue.is_empty() && !self.open && !self.skipping
     }
 
-    /// Responses still expected (for diagnostics and the fuzz targets).
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// No response is outstanding, though an extended sequence may still be
     /// open (see [`Pipeline::is_idle`]).
     pub fn is_empty(&self) -> bool {
@@ -486,7 +481,6 @@ mod tests {
     /// client's Sync arrived left the pipeline empty, so the session released
     /// the connection (inside the implicit transaction, or after an
     /// Execute'd BEGIN) and answered the later Sync itself with 'I'.
-
     #[test]
     fn answered_extended_messages_stay_open_until_ready_for_query() {
         let mut p = Pipeline::default();

@@ -2,134 +2,17 @@
 //! the classifier's verdicts cross-checked with what the server allows in a read-only
 //! transaction (the restriction a hot-standby replica enforces).
 
-use std::error::Error;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tandem_proxy::router::classify::{Classifier, FunctionTable, Route, Volatility};
+use tandem_tests::{PgOptions, PgServer};
 
-type TestResult = Result<(), Box<dyn Error>>;
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// Minimal local PostgreSQL runner (the shared test kit lives in another crate): initdb into a
-/// fresh directory owned by `postgres`, start on a free loopback port, stop on Drop.
-struct Postgres {
-    dir: PathBuf,
-    port: u16,
-    uid: u32,
-    gid: u32,
-}
-
-fn postgres_ids() -> Result<(u32, u32), Box<dyn Error>> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    for line in passwd.lines() {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.first() == Some(&"postgres") && fields.len() > 3 {
-            return Ok((fields[2].parse()?, fields[3].parse()?));
-        }
-    }
-    Err("no postgres user".into())
-}
-
-fn free_port() -> Result<u16, Box<dyn Error>> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl Postgres {
-    /// A fresh primary.
-    fn start() -> Result<Postgres, Box<dyn Error>> {
-        let server = Postgres::empty()?;
-        server.run("initdb", &["-D", &server.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
-        server.launch()
-    }
-
-    /// A hot standby streaming from `primary` (the restrictions a replica really enforces).
-    fn standby_of(primary: &Postgres) -> Result<Postgres, Box<dyn Error>> {
-        let server = Postgres::empty()?;
-        let port = primary.port.to_string();
-        server.run(
-            "pg_basebackup",
-            &[
-                "-D",
-                &server.data(),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "--no-sync",
-            ],
-        )?;
-        server.launch()
-    }
-
-    fn empty() -> Result<Postgres, Box<dyn Error>> {
-        let (uid, gid) = postgres_ids()?;
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("tandem-classify-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        Ok(Postgres { dir, port: 0, uid, gid })
-    }
-
-    fn launch(mut self) -> Result<Postgres, Box<dyn Error>> {
-        self.port = free_port()?;
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
-        let log = self.dir.join("log").display().to_string();
-        self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"])?;
-        Ok(self)
-    }
-
-    fn data(&self) -> String {
-        self.dir.join("data").display().to_string()
-    }
-
-    fn run(&self, binary: &str, args: &[&str]) -> Result<(), Box<dyn Error>> {
-        let status = Command::new(Path::new(PG_BIN).join(binary))
-            .args(args)
-            .uid(self.uid)
-            .gid(self.gid)
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("{binary} failed: {status}").into())
-        }
-    }
-
-    async fn connect(&self) -> Result<tokio_postgres::Client, Box<dyn Error>> {
-        let config = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port);
-        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        Ok(client)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if self.port != 0 {
-            let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+type TestResult = anyhow::Result<()>;
 
 #[tokio::test]
 async fn function_table_loads_from_pg_proc_and_drives_routing() -> TestResult {
-    let server = Postgres::start()?;
-    let client = server.connect().await?;
+    let server = PgServer::start("classify", PgOptions::default())?;
+    let client = server.connect("postgres", "postgres").await?;
     client
         .batch_execute(
             "CREATE FUNCTION my_stable_fn() RETURNS int LANGUAGE sql STABLE AS 'SELECT 1';
@@ -173,8 +56,8 @@ async fn function_table_loads_from_pg_proc_and_drives_routing() -> TestResult {
 /// rules catch must be refused there.
 #[tokio::test]
 async fn verdicts_agree_with_a_hot_standby() -> TestResult {
-    let primary = Postgres::start()?;
-    let client = primary.connect().await?;
+    let primary = PgServer::start("classify-primary", PgOptions::default())?;
+    let client = primary.connect("postgres", "postgres").await?;
     client
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, a int);
@@ -185,8 +68,8 @@ async fn verdicts_agree_with_a_hot_standby() -> TestResult {
         )
         .await?;
     let classifier = Classifier::new(Arc::new(FunctionTable::load(&client).await?), 1024);
-    let standby = Postgres::standby_of(&primary)?;
-    let replica = standby.connect().await?;
+    let standby = primary.start_standby("classify-standby")?;
+    let replica = standby.connect("postgres", "postgres").await?;
     let in_recovery: bool = replica.query_one("SELECT pg_is_in_recovery()", &[]).await?.try_get(0)?;
     assert!(in_recovery);
 
