@@ -14,7 +14,8 @@
 //! Guarantees: one pass over the bytes (O(n); the dollar-quote terminator search uses the
 //! linear-time std substring searcher), no panics on any input.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::hash::Hasher;
 
 /// The comment text that forces the primary; matched ASCII case-insensitively inside comments.
 const HINT: &[u8] = b"tandem:primary";
@@ -49,31 +50,37 @@ pub struct Fingerprint {
     pub hint: bool,
 }
 
-/// Computes fingerprints with per-process random SipHash keys, so that nobody can precompute
-/// colliding statements to steer a write to a replica.
-#[derive(Clone, Debug, Default)]
+/// Computes fingerprints with a per-process random SipHash-1-3 (128-bit) key, so that nobody
+/// can precompute colliding statements to steer a write to a replica.
+#[derive(Clone, Debug)]
 pub struct Fingerprinter {
-    /// Key of the low 64 bits.
-    low: RandomState,
-    /// Key of the high 64 bits.
-    high: RandomState,
+    /// Key of the keyed hash.
+    key: [u8; 16],
+}
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Fingerprinter::new()
+    }
 }
 
 impl Fingerprinter {
-    /// A fingerprinter with fresh random keys.
+    /// A fingerprinter with a fresh random key.
     pub fn new() -> Fingerprinter {
-        Fingerprinter::default()
+        Fingerprinter { key: rand::random() }
     }
 
     /// Fingerprints `sql`: literals, whitespace and comments are normalized away, keywords and
     /// unquoted identifiers are case-folded (ASCII only, as PostgreSQL does for UTF-8).
+    ///
+    /// This runs for every simple query, so the token stream is never materialized: tokens go
+    /// into a small stack buffer that is hashed in one pass when it fills up and at the end
+    /// (SipHash is a byte stream, so where the buffer is cut does not change the hash).
     pub fn fingerprint(&self, sql: &str) -> Fingerprint {
-        let normalized = normalize(sql);
-        let mut low = self.low.build_hasher();
-        low.write(&normalized.tokens);
-        let mut high = self.high.build_hasher();
-        high.write(&normalized.tokens);
-        Fingerprint { hash: (u128::from(high.finish()) << 64) | u128::from(low.finish()), hint: normalized.hint }
+        let mut sink = HashSink { buf: [0; HASH_BUF], len: 0, hasher: SipHasher13::new_with_key(&self.key) };
+        let hint = lex(sql, &mut sink);
+        sink.flush();
+        Fingerprint { hash: sink.hasher.finish128().as_u128(), hint }
     }
 }
 
@@ -86,30 +93,151 @@ pub struct Normalized {
     pub hint: bool,
 }
 
-/// Lexes `sql` into its normalized token stream.
+/// Lexes `sql` into its normalized token stream (the bytes [`Fingerprinter::fingerprint`]
+/// hashes).
 pub fn normalize(sql: &str) -> Normalized {
-    let mut lexer = Lexer {
-        src: sql,
-        bytes: sql.as_bytes(),
-        pos: 0,
-        // Short tokens grow by their tag and terminator; this covers typical statements
-        // without reallocating.
-        out: Vec::with_capacity(sql.len() + sql.len() / 2 + 16),
-        hint: false,
-    };
+    let mut tokens = Vec::with_capacity(sql.len() + sql.len() / 2 + 16);
+    let hint = lex(sql, &mut tokens);
+    Normalized { tokens, hint }
+}
+
+/// Runs the lexer over `sql` into `out`, appending the hint token if a comment carried it.
+fn lex<S: Sink>(sql: &str, out: &mut S) -> bool {
+    let mut lexer = Lexer { src: sql, bytes: sql.as_bytes(), pos: 0, out, hint: false };
     lexer.run();
-    if lexer.hint {
+    let hint = lexer.hint;
+    if hint {
         lexer.emit(tag::HINT, &[]);
     }
-    Normalized { tokens: lexer.out, hint: lexer.hint }
+    hint
+}
+
+/// Where the lexer writes tokens: a `Vec` for [`normalize`], the hashing buffer for
+/// [`Fingerprinter::fingerprint`].
+trait Sink {
+    /// Appends one token: tag, content, terminator.
+    fn token(&mut self, tag: u8, content: &[u8]);
+    /// Appends one token whose content is ASCII-lower-cased on the way.
+    fn token_lowercase(&mut self, tag: u8, content: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn token(&mut self, tag: u8, content: &[u8]) {
+        self.push(tag);
+        self.extend_from_slice(content);
+        self.push(tag::END);
+    }
+
+    fn token_lowercase(&mut self, tag: u8, content: &[u8]) {
+        self.push(tag);
+        self.extend(content.iter().map(u8::to_ascii_lowercase));
+        self.push(tag::END);
+    }
+}
+
+/// Size of the stack buffer in front of the hasher: typical statements fit, so the hasher
+/// usually runs once over one contiguous slice.
+const HASH_BUF: usize = 256;
+
+/// Copies `src` into `dst` (same length), ASCII-lower-casing it eight bytes at a time: words
+/// are most of a statement's bytes, and a byte-at-a-time loop was the lexer's largest cost.
+fn copy_lowercase(dst: &mut [u8], src: &[u8]) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut dst_chunks = dst.chunks_exact_mut(8);
+    let mut src_chunks = src.chunks_exact(8);
+    for (d, s) in dst_chunks.by_ref().zip(src_chunks.by_ref()) {
+        let Ok(bytes) = <[u8; 8]>::try_from(s) else { continue };
+        let x = u64::from_le_bytes(bytes);
+        // Per byte, with the top bit cleared: adding 0x3F sets it for b >= 'A', adding 0x25
+        // sets it for b > 'Z'; their difference marks 'A'..='Z'. Bytes >= 0x80 (UTF-8) stay.
+        let low7 = x & (ONES * 0x7F);
+        let upper = ((low7 + ONES * 0x3F) ^ (low7 + ONES * 0x25)) & !x & (ONES * 0x80);
+        d.copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
+    }
+    for (d, s) in dst_chunks.into_remainder().iter_mut().zip(src_chunks.remainder()) {
+        *d = s.to_ascii_lowercase();
+    }
+}
+
+/// A fixed buffer that feeds the hasher when full; tokens longer than the buffer are hashed
+/// directly.
+struct HashSink {
+    buf: [u8; HASH_BUF],
+    len: usize,
+    hasher: SipHasher13,
+}
+
+impl HashSink {
+    fn flush(&mut self) {
+        if let Some(pending) = self.buf.get(..self.len) {
+            self.hasher.write(pending);
+        }
+        self.len = 0;
+    }
+
+    /// Room for `n` more bytes, flushing first if needed; false if `n` exceeds the buffer.
+    fn room(&mut self, n: usize) -> bool {
+        if self.len + n > HASH_BUF {
+            self.flush();
+        }
+        n <= HASH_BUF
+    }
+}
+
+impl Sink for HashSink {
+    #[inline]
+    fn token(&mut self, tag: u8, content: &[u8]) {
+        let n = content.len() + 2;
+        if !self.room(n) {
+            self.hasher.write(&[tag]);
+            self.hasher.write(content);
+            self.hasher.write(&[tag::END]);
+            return;
+        }
+        let Some(dst) = self.buf.get_mut(self.len..self.len + n) else { return };
+        if let Some((first, rest)) = dst.split_first_mut() {
+            *first = tag;
+            if let Some((last, middle)) = rest.split_last_mut() {
+                middle.copy_from_slice(content);
+                *last = tag::END;
+            }
+        }
+        self.len += n;
+    }
+
+    #[inline]
+    fn token_lowercase(&mut self, tag: u8, content: &[u8]) {
+        let n = content.len() + 2;
+        if !self.room(n) {
+            self.hasher.write(&[tag]);
+            for chunk in content.chunks(64) {
+                let mut lower = [0u8; 64];
+                let lower = &mut lower[..chunk.len()];
+                lower.copy_from_slice(chunk);
+                lower.make_ascii_lowercase();
+                self.hasher.write(lower);
+            }
+            self.hasher.write(&[tag::END]);
+            return;
+        }
+        let Some(dst) = self.buf.get_mut(self.len..self.len + n) else { return };
+        if let Some((first, rest)) = dst.split_first_mut() {
+            *first = tag;
+            if let Some((last, middle)) = rest.split_last_mut() {
+                copy_lowercase(middle, content);
+                *last = tag::END;
+            }
+        }
+        self.len += n;
+    }
 }
 
 /// Single-pass lexer state.
-struct Lexer<'a> {
+struct Lexer<'a, S> {
     src: &'a str,
     bytes: &'a [u8],
     pos: usize,
-    out: Vec<u8>,
+    out: &'a mut S,
     hint: bool,
 }
 
@@ -182,16 +310,14 @@ fn is_op_char(b: u8) -> bool {
     has_class(b, OP)
 }
 
-impl Lexer<'_> {
+impl<S: Sink> Lexer<'_, S> {
     /// Byte at `i`, or 0 past the end (0 matches no token class, so it ends every scan).
     fn at(&self, i: usize) -> u8 {
         self.bytes.get(i).copied().unwrap_or(0)
     }
 
     fn emit(&mut self, tag: u8, content: &[u8]) {
-        self.out.push(tag);
-        self.out.extend_from_slice(content);
-        self.out.push(tag::END);
+        self.out.token(tag, content);
     }
 
     fn run(&mut self) {
@@ -199,11 +325,11 @@ impl Lexer<'_> {
             let b = self.at(self.pos);
             let next = self.at(self.pos + 1);
             match b {
+                // Words first: they are the most common token and no other arm takes their bytes.
+                _ if is_ident_start(b) => self.word(),
                 _ if is_space(b) => {
-                    self.pos += 1;
-                    while is_space(self.at(self.pos)) {
-                        self.pos += 1;
-                    }
+                    let rest = self.bytes.get(self.pos + 1..).unwrap_or_default();
+                    self.pos += 1 + rest.iter().position(|&b| !is_space(b)).unwrap_or(rest.len());
                 }
                 b'-' if next == b'-' => self.line_comment(),
                 b'/' if next == b'*' => self.block_comment(),
@@ -219,7 +345,6 @@ impl Lexer<'_> {
                 b':' if next == b':' || next == b'=' => self.punct(2),
                 b',' | b'(' | b')' | b'[' | b']' | b'.' | b';' | b':' => self.punct(1),
                 _ if is_op_char(b) => self.operator(),
-                _ if is_ident_start(b) => self.word(),
                 _ => self.punct(1),
             }
         }
@@ -227,10 +352,8 @@ impl Lexer<'_> {
 
     fn punct(&mut self, len: usize) {
         let end = (self.pos + len).min(self.bytes.len());
-        let text = &self.bytes[self.pos..end];
-        self.out.push(tag::PUNCT);
-        self.out.extend_from_slice(text);
-        self.out.push(tag::END);
+        let bytes = self.bytes;
+        self.emit(tag::PUNCT, bytes.get(self.pos..end).unwrap_or_default());
         self.pos = end;
     }
 
@@ -465,18 +588,10 @@ impl Lexer<'_> {
                 _ => {}
             }
         }
-        let mut i = start;
-        while is_ident_cont(self.at(i)) {
-            i += 1;
-        }
-        self.pos = i;
-        self.out.push(tag::WORD);
-        let folded = self.out.len();
-        self.out.extend_from_slice(&self.bytes[start..i]);
-        if let Some(word) = self.out.get_mut(folded..) {
-            word.make_ascii_lowercase();
-        }
-        self.out.push(tag::END);
+        let rest = self.bytes.get(start..).unwrap_or_default();
+        let len = rest.iter().position(|&b| !is_ident_cont(b)).unwrap_or(rest.len());
+        self.pos = start + len;
+        self.out.token_lowercase(tag::WORD, rest.get(..len).unwrap_or_default());
     }
 }
 

@@ -135,3 +135,39 @@ fn linear_on_long_input() {
     let _ = f.fingerprint(&"'".repeat(200_001));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn streamed_hash_equals_hash_of_the_token_stream() {
+    // The fingerprint hashes tokens through a fixed buffer (flushed when full, long tokens
+    // hashed directly); it must equal one hash over the whole normalized stream.
+    let f = Fingerprinter::new();
+    let long_word = "Abc".repeat(700);
+    let many = (0..300).map(|i| format!("C{i}")).collect::<Vec<_>>().join(", ");
+    let statements = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1;".to_string(),
+        format!("SELECT {long_word} FROM t WHERE x = 1"),
+        format!("SELECT \"{long_word}\", {many} FROM t /* tandem:primary */"),
+        String::new(),
+    ];
+    for sql in &statements {
+        let normalized = normalize(sql);
+        let mut hasher = SipHasher13::new_with_key(&f.key);
+        hasher.write(&normalized.tokens);
+        let expected = Fingerprint { hash: hasher.finish128().as_u128(), hint: normalized.hint };
+        assert_eq!(f.fingerprint(sql), expected, "{sql:.60}");
+    }
+    same(&format!("SELECT {long_word}"), &format!("select {}", long_word.to_lowercase()));
+    differ(&format!("SELECT {long_word}a"), &format!("SELECT {long_word}b"));
+    differ(&format!("SELECT {many}, z"), &format!("SELECT {many}, y"));
+}
+
+#[test]
+fn eight_byte_lowercasing_matches_std_for_every_byte() {
+    let all: Vec<u8> = (0..=255u8).collect();
+    for offset in 0..8 {
+        let src = &all[offset..];
+        let mut dst = vec![0u8; src.len()];
+        copy_lowercase(&mut dst, src);
+        assert_eq!(dst, src.to_ascii_lowercase());
+    }
+}
