@@ -56,6 +56,9 @@ pub struct ProxyArgs {
     /// Health-check interval in milliseconds [default: 1000].
     #[arg(long, env = "TANDEM_HEALTH_INTERVAL_MS")]
     health_interval_ms: Option<u64>,
+    /// Close server connections unused for this many milliseconds [default: 600000].
+    #[arg(long, env = "TANDEM_SERVER_IDLE_TIMEOUT_MS")]
+    server_idle_timeout_ms: Option<u64>,
     /// PEM certificate chain for client TLS.
     #[arg(long, env = "TANDEM_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -155,6 +158,9 @@ pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow:
     }
     if let Some(v) = args.health_interval_ms {
         cfg.health_interval_ms = v;
+    }
+    if let Some(v) = args.server_idle_timeout_ms {
+        cfg.server_idle_timeout_ms = v;
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         cfg.tls = Some(TlsConfig { cert: cert.clone(), key: key.clone() });

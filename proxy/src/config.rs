@@ -227,6 +227,7 @@ impl ProxyConfig {
         range(self.health_interval_ms >= 10, "health_interval_ms", "at least 10")?;
         range(self.connect_timeout_ms >= 10, "connect_timeout_ms", "at least 10")?;
         range(self.login_timeout_ms >= 10, "login_timeout_ms", "at least 10")?;
+        range(self.server_idle_timeout_ms >= 100, "server_idle_timeout_ms", "at least 100")?;
         range(
             self.max_message_size >= 1024 && self.max_message_size <= 1 << 30,
             "max_message_size",

@@ -209,3 +209,42 @@ async fn session_mode_keeps_one_server_session() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_server_connections_close_after_server_idle_timeout() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        replicas: 0,
+        proxy_args: vec!["--server-idle-timeout-ms".into(), "1000".into()],
+        ..Default::default()
+    })?;
+    // Four overlapping transactions need four server connections; after COMMIT they are
+    // parked in the pool, idle on the server.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(c.connect().await?);
+    }
+    for client in &clients {
+        client.batch_execute("BEGIN; SELECT 1").await?;
+    }
+    for client in &clients {
+        client.batch_execute("COMMIT").await?;
+    }
+    assert_eq!(c.primary_sessions_in("idle")?, 4, "four parked server connections");
+
+    // Unused for the idle timeout (1 s; the reaper looks every 250 ms), they are closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut idle = c.primary_sessions_in("idle")?;
+    while idle > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        idle = c.primary_sessions_in("idle")?;
+    }
+    assert_eq!(idle, 0, "idle server connections were not closed");
+
+    // The clients never noticed: the next statement opens a fresh server connection.
+    for client in &clients {
+        assert_eq!(one(client, "SELECT 41 + 1").await?, "42");
+    }
+    assert!(c.primary_sessions_in("idle")? >= 1);
+    Ok(())
+}
