@@ -1,6 +1,8 @@
 //! Faults through the proxy: bad input as raw bytes (garbage before and after startup,
 //! malformed and oversized messages, half-sent packets), clients vanishing mid-transaction,
-//! mid-query and mid-COPY, and a replica killed under read load. Each misbehaving client
+//! mid-query and mid-COPY, a replica killed under read load, and the primary killed under
+//! load (writes fail fast with a connection error, reads go on, nothing acknowledged is lost,
+//! writes resume when it is back). Each misbehaving client
 //! gets an ErrorResponse or is closed, its server connection is rolled back or discarded
 //! (checked in the primary's pg_stat_activity), and every other client carries on.
 
@@ -258,5 +260,88 @@ async fn replica_killed_mid_load() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(back, "the restarted replica serves reads again");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_mid_load() -> anyhow::Result<()> {
+    init_tracing();
+    let mut c = Cluster::start(ClusterOptions::default())?;
+    c.primary.psql("postgres", "CREATE TABLE w (id int PRIMARY KEY); CREATE TABLE r AS SELECT 1 AS one")?;
+    c.wait_replicated()?;
+
+    // Readers: autocommit reads, served by the replicas, must not notice the primary's death.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let client = c.connect().await?;
+        let (stop, reads) = (stop.clone(), reads.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let row = client.query_one("SELECT one FROM r", &[]).await?;
+                anyhow::ensure!(row.get::<_, i32>(0) == 1, "wrong row");
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+
+    // A writer: every INSERT the proxy acknowledged must survive the crash.
+    let writer = c.connect().await?;
+    let mut acked = Vec::new();
+    for id in 0..50 {
+        writer.execute("INSERT INTO w VALUES ($1)", &[&id]).await?;
+        acked.push(id);
+    }
+    // A client inside a transaction when the primary dies.
+    let in_tx = c.connect().await?;
+    in_tx.batch_execute("BEGIN; INSERT INTO w VALUES (2000)").await?;
+    c.primary.kill9();
+    let reads_at_kill = reads.load(Ordering::Relaxed);
+    // Its transaction is gone with the server: the proxy says so (FATAL 08006) and closes the
+    // client, as PostgreSQL's own crash would; the statement errors instead of hanging.
+    tokio::time::timeout(Duration::from_secs(15), in_tx.batch_execute("INSERT INTO w VALUES (2001)"))
+        .await
+        .map_err(|_| anyhow::anyhow!("a statement in a transaction on the dead primary hung"))?
+        .expect_err("the transaction's server is gone");
+    assert!(in_tx.is_closed());
+
+    // Writes fail fast with a connection-class error on the same client connection; no hang.
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(15), writer.execute("INSERT INTO w VALUES (1000)", &[]))
+        .await
+        .map_err(|_| anyhow::anyhow!("a write to the dead primary hung"))?
+        .expect_err("a write without a primary cannot succeed");
+    let code = err.code().map(|c| c.code().to_owned()).unwrap_or_default();
+    assert!(code.starts_with("08") || code.starts_with("57P"), "SQLSTATE {code}: {err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the error took {:?}", started.elapsed());
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        reads.load(Ordering::Relaxed) > reads_at_kill + 20,
+        "reads stopped with the primary\n--- proxy log ---\n{}",
+        c.proxy.log_tail()
+    );
+
+    // The primary comes back (crash recovery): the same client connection writes again.
+    c.primary.restart()?;
+    let mut wrote = false;
+    for _ in 0..100 {
+        if writer.execute("INSERT INTO w VALUES (1001)", &[]).await.is_ok() {
+            wrote = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(wrote, "writes did not resume after the primary restarted\n{}", c.proxy.log_tail());
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await??;
+    }
+    let ids = c.primary.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM w WHERE id < 1000")?;
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM w WHERE id >= 2000")?, "0", "uncommitted rows");
+    let expected = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(ids, expected, "acknowledged writes lost");
     Ok(())
 }
