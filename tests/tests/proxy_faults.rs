@@ -2,7 +2,7 @@
 //! malformed and oversized messages, half-sent packets), clients vanishing mid-transaction,
 //! mid-query and mid-COPY, a replica killed under read load, and the primary killed under
 //! load (writes fail fast with a connection error, reads go on, nothing acknowledged is lost,
-//! writes resume when it is back). Each misbehaving client
+//! writes resume when it is back), and the proxy itself killed mid-transaction. Each misbehaving client
 //! gets an ErrorResponse or is closed, its server connection is rolled back or discarded
 //! (checked in the primary's pg_stat_activity), and every other client carries on.
 
@@ -343,5 +343,34 @@ async fn primary_killed_mid_load() -> anyhow::Result<()> {
     assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM w WHERE id >= 2000")?, "0", "uncommitted rows");
     let expected = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     assert_eq!(ids, expected, "acknowledged writes lost");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_mid_transaction() -> anyhow::Result<()> {
+    init_tracing();
+    let mut c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    c.primary.psql("postgres", "CREATE TABLE k (id int)")?;
+    let client = c.connect().await?;
+    client.batch_execute("INSERT INTO k VALUES (1)").await?;
+    client.batch_execute("BEGIN; INSERT INTO k VALUES (2)").await?;
+    assert_eq!(c.primary_sessions_in("idle in transaction")?, 1);
+
+    // kill -9 of the proxy: its server connections close, so PostgreSQL rolls the open
+    // transaction back; the client sees its connection end instead of hanging.
+    c.restart_proxy()?;
+    let err = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("COMMIT"))
+        .await
+        .map_err(|_| anyhow::anyhow!("COMMIT through a dead proxy hung"))?;
+    assert!(err.is_err(), "COMMIT cannot succeed through a killed proxy");
+    wait_until("the open transaction to be rolled back", Duration::from_secs(10), || {
+        (c.primary_sessions_in("idle in transaction").ok()? == 0).then_some(())
+    })?;
+    assert_eq!(c.primary.psql("postgres", "SELECT string_agg(id::text, ',') FROM k")?, "1");
+
+    // The restarted proxy serves new clients at once.
+    let again = c.connect().await?;
+    again.batch_execute("INSERT INTO k VALUES (3)").await?;
+    assert_eq!(c.primary.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM k")?, "1,3");
     Ok(())
 }
