@@ -105,7 +105,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
                 if applier.sealed_in_flight() == 0 && applier.open_batch().is_some() {
                     // Caught up: this commit is durable, so the applied position
                     // (and with it change-log trimming) catches up too.
-                    applier.seal(true);
+                    applier.seal(true).await?;
                     last_durable = Instant::now();
                 }
                 if let Some(r) = &task.reporter {
@@ -139,7 +139,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
                 if durable {
                     last_durable = Instant::now();
                 }
-                applier.seal(durable);
+                applier.seal(durable).await?;
             }
         }
         if let Some(at) = applier.take_restart() {
