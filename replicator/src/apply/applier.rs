@@ -39,16 +39,20 @@
 //! prepared statements are dropped after it, since their tables may have
 //! changed.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use tandem_core::Lsn;
 use tokio::sync::watch;
 use tokio_postgres::Config;
 
 use super::replies::{read_progress, BatchEnd, Tag};
+use super::facts::TableFacts;
 use super::statements::StatementCache;
 use super::text::TextParam;
 use super::writer::{Event, WriterError, WriterSession};
 use super::ApplyError;
-use crate::change::{self, Transaction};
+use crate::change::{self, Change, Relation, Transaction};
 use crate::status::ReplicaReporter;
 
 /// Answers outstanding (about two per statement) before the applier waits
@@ -61,9 +65,10 @@ const MAX_PREPARED: usize = 1024;
 /// What applying a batch did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// The batch was committed on the replica; `statements` row/DDL statements ran.
+    /// The batch was committed on the replica.
     Committed {
-        /// Statements executed.
+        /// Row changes, TRUNCATEs and DDL statements it applied (fewer
+        /// statements may have run: see [`super::coalesce`]).
         statements: usize,
     },
     /// Every transaction of the batch was applied before (or had nothing for
@@ -103,8 +108,15 @@ pub struct Applier {
     pub(super) restart: Option<Lsn>,
     /// Outcome of the last batch whose end was answered.
     pub(super) last_outcome: Option<Applied>,
+    /// Row changes of the open batch not encoded yet (see [`super::batch`]).
+    pub(super) pending: Vec<Change>,
+    /// The relation description of each table in `pending`.
+    pub(super) pending_rels: HashMap<u32, Arc<Relation>>,
+    /// What planning may rely on about the replica's tables.
+    pub(super) facts: TableFacts,
     /// Scratch space for a row change's shape and parameters.
     pub(super) key: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
     pub(super) params: Vec<TextParam>,
     applied: watch::Sender<Lsn>,
     reporter: Option<ReplicaReporter>,
@@ -137,7 +149,9 @@ impl Applier {
                 database: database.to_owned(),
                 source_name: source.to_owned(),
             })?;
-        tracing::info!(database, source, %progress, "applier connected");
+        let facts =
+            TableFacts::load(&mut session).await.map_err(|e| ApplyError::sql("reading table facts", e))?;
+        tracing::info!(database, source, %progress, independent_tables = facts.independent, "applier connected");
         let applier = Applier {
             session,
             database: database.to_owned(),
@@ -155,7 +169,11 @@ impl Applier {
             sealed: 0,
             restart: None,
             last_outcome: None,
+            pending: Vec::new(),
+            pending_rels: HashMap::new(),
+            facts,
             key: Vec::new(),
+            scratch: Vec::new(),
             params: Vec::new(),
             applied,
             reporter,

@@ -1,17 +1,22 @@
 //! Turning transactions into the messages of a batch.
 //!
 //! Place in the data flow: change log → applier → **batch encoding** →
-//! writer session. [`Applier::push`] encodes a transaction's changes into the
-//! open batch (BEGIN and guard before the first statement, Parse only for
-//! shapes not prepared yet, Bind/Execute per row), [`Applier::seal`] ends it
-//! with the progress update, COMMIT and the batch's one Sync and writes it
+//! writer session. [`Applier::push`] adds a transaction's row changes to the
+//! open batch's buffer; at a barrier (TRUNCATE, DDL, a new description of a
+//! relation already buffered) and at [`Applier::seal`] the buffer is planned
+//! ([`super::coalesce`]: grouped by table, INSERTs merged, superseded UPDATEs
+//! dropped) and encoded: BEGIN and guard before the first statement, Parse
+//! only for shapes not prepared yet, Bind/Execute per statement; the seal
+//! adds the progress update, COMMIT and the batch's one Sync and writes it
 //! out. Nothing here waits for the replica unless the window of answers in
-//! flight is full, a new batch needs its statements first, or DDL (a barrier)
-//! comes along. See the applier's module docs for the exactly-once argument.
+//! flight is full or DDL comes along. See the applier's module docs for the
+//! exactly-once argument.
 
 use std::sync::Arc;
 
 use super::applier::{Applier, MAX_IN_FLIGHT};
+use super::coalesce::{self, Step};
+use super::facts::TableFacts;
 use super::replies::{BatchEnd, Tag};
 use super::sql;
 use super::statements::Prepared;
@@ -49,7 +54,7 @@ impl Applier {
             return Ok(());
         }
         match self.push_changes(txn).await {
-            Ok(()) => {
+            Ok(counted) => {
                 if self.restart.is_some() {
                     return Ok(());
                 }
@@ -63,6 +68,7 @@ impl Applier {
                 });
                 open.last = txn.commit_lsn;
                 open.txns += 1;
+                open.statements += counted;
                 Ok(())
             }
             Err(e) => {
@@ -78,6 +84,13 @@ impl Applier {
     /// synchronous_commit on even when async commit is allowed, so that the
     /// `applied` watch can move.
     pub async fn seal(&mut self, durable: bool) -> Result<(), ApplyError> {
+        if let Err(e) = self.flush_pending().await {
+            self.abandon().await;
+            return Err(e);
+        }
+        if self.restart.is_some() {
+            return Ok(());
+        }
         let Some(mut end) = self.open.take() else {
             return Ok(());
         };
@@ -114,25 +127,43 @@ impl Applier {
         Ok(())
     }
 
-    /// Encodes the statements of one transaction into the open batch.
-    async fn push_changes(&mut self, txn: &Transaction) -> Result<(), ApplyError> {
+    /// Buffers the row changes of one transaction in the open batch and runs
+    /// its barriers; returns how many changes and DDL statements it counted.
+    async fn push_changes(&mut self, txn: &Transaction) -> Result<usize, ApplyError> {
         if !txn.database.is_empty() && txn.database != self.database {
-            return Ok(());
+            return Ok(0);
         }
         let ours = |rel: &change::Relation| rel.schema == TANDEM_SCHEMA;
+        let mut counted = 0;
         for change in &txn.changes {
             if self.restart.is_some() {
-                return Ok(());
+                return Ok(counted);
             }
             match change {
                 Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } if !ours(rel) => {
-                    self.send_row(change, rel)?;
-                    self.sent().await?;
+                    let mut change = change.clone();
+                    match self.pending_rels.get(&rel.oid) {
+                        Some(known) if Arc::ptr_eq(known, rel) => {}
+                        // Same description, another transaction's copy: share one
+                        // `Arc`, so later lookups are pointer comparisons.
+                        Some(known) if **known == **rel => set_relation(&mut change, known.clone()),
+                        known => {
+                            if known.is_some() {
+                                // The relation changed within the batch: what came before goes first.
+                                self.flush_pending().await?;
+                            }
+                            self.pending_rels.insert(rel.oid, rel.clone());
+                        }
+                    }
+                    self.pending.push(change);
+                    counted += 1;
                 }
                 Change::Truncate { rels, cascade, restart_identity } => {
                     let rels: Vec<_> = rels.iter().filter(|r| !ours(r)).cloned().collect();
                     if !rels.is_empty() {
+                        self.flush_pending().await?;
                         let sql = sql::truncate(&rels, *cascade, *restart_identity);
+                        counted += 1;
                         self.begin_if_needed()?;
                         let pipe = self.session.pipeline();
                         pipe.parse("", &sql).map_err(|e| ApplyError::sql("encoding TRUNCATE", e))?;
@@ -142,17 +173,93 @@ impl Applier {
                     }
                 }
                 Change::Message { prefix, content } if prefix == DDL_PREFIX => match DdlMessage::parse(content) {
-                    Ok(msg) => self.ddl(&msg).await?,
+                    Ok(msg) => {
+                        counted += 1;
+                        self.ddl(&msg).await?
+                    }
                     Err(e) => tracing::warn!(error = %e, "ignoring malformed DDL message"),
                 },
                 _ => {}
             }
         }
+        Ok(counted)
+    }
+
+    /// Plans and encodes the buffered row changes.
+    async fn flush_pending(&mut self) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rels.clear();
+        let result = self.send_planned(&pending).await;
+        // Keep the buffer's allocation for the next batch.
+        self.pending = pending;
+        self.pending.clear();
+        result
+    }
+
+    async fn send_planned(&mut self, pending: &[Change]) -> Result<(), ApplyError> {
+        let facts = &self.facts;
+        let steps = coalesce::plan(pending, facts.independent, |rel| facts.collapsible(rel));
+        for step in &steps {
+            if self.restart.is_some() {
+                break;
+            }
+            match step {
+                Step::One(change) => self.send_row(change)?,
+                Step::Inserts(rows) => self.send_inserts(rows)?,
+            }
+            self.sent().await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes INSERTs of one table sending the same columns as multi-row
+    /// INSERTs, one prepared statement per row count ([`coalesce::bucket`]).
+    fn send_inserts(&mut self, rows: &[&Change]) -> Result<(), ApplyError> {
+        let mut at = 0;
+        while let Some(&first) = rows.get(at) {
+            let Change::Insert { rel, new } = first else {
+                self.send_row(first)?;
+                at += 1;
+                continue;
+            };
+            let n = coalesce::bucket(rows.len() - at, rel.columns.len());
+            let chunk = &rows[at..(at + n).min(rows.len())];
+            at += chunk.len();
+            if chunk.len() == 1 {
+                self.send_row(first)?;
+                continue;
+            }
+            self.key.clear();
+            self.params.clear();
+            for (i, change) in chunk.iter().enumerate() {
+                let key = if i == 0 { &mut self.key } else { &mut self.scratch };
+                key.clear();
+                sql::shape(change, key, &mut self.params)?;
+            }
+            self.key.push(b'#');
+            self.key.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            let encode = |e| ApplyError::sql("encoding a multi-row INSERT", e);
+            self.begin_if_needed()?;
+            if let Some(prepared) = self.statements.get(rel, &self.key) {
+                let tag = Tag::Row { kind: sql::RowKind::Insert, sql: prepared.sql.clone() };
+                let params = self.params.iter().map(|p| p.as_bytes());
+                self.session.pipeline().bind_execute(&prepared.name, params, Some(tag)).map_err(encode)?;
+                continue;
+            }
+            let text = sql::insert_rows(rel, new, chunk.len())?;
+            self.prepare_and_send(rel, sql::RowKind::Insert, text)?;
+        }
         Ok(())
     }
 
     /// Encodes one row change: Parse first if its shape is new, then Bind/Execute.
-    fn send_row(&mut self, change: &Change, rel: &Arc<change::Relation>) -> Result<(), ApplyError> {
+    fn send_row(&mut self, change: &Change) -> Result<(), ApplyError> {
+        let (Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. }) = change else {
+            return Ok(());
+        };
         self.key.clear();
         self.params.clear();
         let Some(kind) = sql::shape(change, &mut self.key, &mut self.params)? else {
@@ -165,14 +272,20 @@ impl Applier {
             let params = self.params.iter().map(|p| p.as_bytes());
             return self.session.pipeline().bind_execute(&prepared.name, params, Some(tag)).map_err(encode);
         }
-        // A new shape: prepare it in the same stream, right before its first use.
         let Some(text) = sql::render(change)? else {
             return Ok(());
         };
+        self.prepare_and_send(rel, kind, text.sql)
+    }
+
+    /// A new shape (`self.key`, parameters in `self.params`): prepares it in
+    /// the same stream, right before its first use, and sends it.
+    fn prepare_and_send(&mut self, rel: &Arc<change::Relation>, kind: sql::RowKind, text: String) -> Result<(), ApplyError> {
+        let encode = |e| ApplyError::sql("encoding a row change", e);
         self.close_evicted()?;
         self.next_statement += 1;
         let name: Box<str> = format!("tandem_{}", self.next_statement).into();
-        let sql: Arc<str> = Arc::from(text.sql);
+        let sql: Arc<str> = Arc::from(text);
         let pipe = self.session.pipeline();
         pipe.parse(&name, &sql).map_err(encode)?;
         let params = self.params.iter().map(|p| p.as_bytes());
@@ -220,9 +333,6 @@ impl Applier {
     /// After a statement is encoded: counts it, makes room in the window of
     /// answers, and writes out a batch that grew large.
     async fn sent(&mut self) -> Result<(), ApplyError> {
-        if let Some(open) = &mut self.open {
-            open.statements += 1;
-        }
         while self.in_flight() > MAX_IN_FLIGHT && self.restart.is_none() {
             self.complete_one().await?;
         }
@@ -237,6 +347,7 @@ impl Applier {
     /// transaction makes the server flush), then the DDL runs, then every
     /// prepared row statement is closed.
     async fn ddl(&mut self, msg: &DdlMessage) -> Result<(), ApplyError> {
+        self.flush_pending().await?;
         self.begin_if_needed()?;
         if self.session.pipeline().group_open() {
             self.session.pipeline().sync();
@@ -245,13 +356,19 @@ impl Applier {
         if self.restart.is_some() {
             return Ok(());
         }
-        if let Some(open) = &mut self.open {
-            open.statements += 1;
-        }
-        let result = replay_ddl(&mut self.session, &self.database, msg).await;
+        replay_ddl(&mut self.session, &self.database, msg).await?;
+        // The DDL may have added tables, indexes or inheritance: plan with the catalog as it is now.
+        self.facts =
+            TableFacts::load(&mut self.session).await.map_err(|e| ApplyError::sql("reading table facts", e))?;
         self.statements.clear();
-        self.close_evicted()?;
-        result
+        self.close_evicted()
+    }
+}
+
+/// Points a row change at `rel` (an equal description of its relation).
+fn set_relation(change: &mut Change, rel: Arc<change::Relation>) {
+    if let Change::Insert { rel: r, .. } | Change::Update { rel: r, .. } | Change::Delete { rel: r, .. } = change {
+        *r = rel;
     }
 }
 

@@ -3,7 +3,8 @@
 //! Place in the data flow: change log → **apply** → replica databases. One
 //! apply task per (replica, database) reads the change log from its replica's
 //! progress on and applies each transaction exactly once ([`applier`]):
-//! [`batch`] encodes batches, [`writer`] pipelines them to the replica on the
+//! [`batch`] encodes batches (planned by [`coalesce`] with [`facts`] about
+//! the replica's tables), [`writer`] pipelines them to the replica on the
 //! raw protocol, [`replies`] checks the answers; [`session`] opens the
 //! tokio-postgres sessions used elsewhere (copy, sequences) and owns the
 //! progress table, [`sql`] and [`text`] turn changes into statements,
@@ -12,6 +13,8 @@
 
 pub mod applier;
 pub mod batch;
+pub mod coalesce;
+pub mod facts;
 pub mod replies;
 pub mod sequences;
 pub mod session;

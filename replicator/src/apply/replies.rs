@@ -158,6 +158,8 @@ impl Applier {
     /// failure is not known; the fixed ones are prepared again with the next batch).
     pub(super) async fn abandon(&mut self) {
         self.open = None;
+        self.pending.clear();
+        self.pending_rels.clear();
         self.sealed = 0;
         self.chain = self.row;
         self.pushed = self.progress;
