@@ -167,17 +167,103 @@ async fn pipelined_batches_behind_a_failed_one_do_not_commit() -> Result<()> {
     Ok(())
 }
 
+fn update(id: i32, v: &str) -> Change {
+    Change::Update {
+        rel: rel(),
+        old: None,
+        new: Tuple(vec![Datum::Text(Bytes::from(id.to_string())), Datum::Text(Bytes::from(v.to_owned()))]),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_the_window_is_applied_whole() -> Result<()> {
     let (pg, c) = replica_with_table().await?;
     let (tx, _rx) = watch::channel(Lsn::ZERO);
     let mut a = Applier::connect(&pg.config(), "postgres", SOURCE, tx, None).await?;
-    // 20,000 rows: more answers than the in-flight window and more bytes
-    // than one write, so the applier flushes and reads mid-batch.
+    // 20,000 rows go in as multi-row INSERTs ...
     let rows: Vec<Change> = (0..20_000).map(insert).collect();
     assert!(matches!(a.apply(&txn(0x200, rows)).await?, Applied::Committed { statements: 20_000 }));
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    // ... and 20,000 UPDATEs of distinct rows are 20,000 statements: more
+    // answers than the in-flight window and more bytes than one write, so
+    // the applier flushes and reads mid-batch.
+    let rows: Vec<Change> = (0..20_000).map(|i| update(i, "w")).collect();
+    assert!(matches!(a.apply(&txn(0x300, rows)).await?, Applied::Committed { statements: 20_000 }));
+    let n: i64 = c.query_one("SELECT count(*) FROM t WHERE v = 'w'", &[]).await?.get(0);
     assert_eq!(n, 20_000);
-    assert_eq!(session::read_progress(&c, SOURCE).await?, Some(Lsn(0x200)));
+    assert_eq!(session::read_progress(&c, SOURCE).await?, Some(Lsn(0x300)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_batches_end_like_statement_by_statement() -> Result<()> {
+    let (pg, c) = replica_with_table().await?;
+    // `u` has a unique index besides its key: its UPDATEs must all run, in
+    // order (dropping the first would make the second collide with row 1's old email).
+    c.batch_execute(
+        "CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE); INSERT INTO u VALUES (1, 'a'), (2, 'b');          CREATE TABLE h (n text, v text)",
+    )
+    .await?;
+    let col = |name: &str, is_key| Column { name: name.into(), type_oid: 25, type_modifier: -1, is_key };
+    let u = Arc::new(Relation {
+        oid: 2,
+        schema: "public".into(),
+        name: "u".into(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![col("id", true), col("email", false)],
+    });
+    let h = Arc::new(Relation {
+        oid: 3,
+        schema: "public".into(),
+        name: "h".into(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![col("n", false), col("v", false)],
+    });
+    let tuple = |a: &str, b: Option<&str>| {
+        Tuple(vec![
+            Datum::Text(Bytes::from(a.to_owned())),
+            b.map_or(Datum::Null, |b| Datum::Text(Bytes::from(b.to_owned()))),
+        ])
+    };
+    let u_set = |id: &str, email: &str| Change::Update { rel: u.clone(), old: None, new: tuple(id, Some(email)) };
+    let h_ins = |n: &str, v: Option<&str>| Change::Insert { rel: h.clone(), new: tuple(n, v) };
+    let (tx, _rx) = watch::channel(Lsn::ZERO);
+    let mut a = Applier::connect(&pg.config(), "postgres", SOURCE, tx, None).await?;
+    // A TPC-B-like stream: hot rows of `t` updated again and again, history
+    // rows, interleaved tables; all in one batch.
+    let mut txns = vec![txn(0x200, (1..=3).map(insert).collect())];
+    for i in 0..30u64 {
+        let mut changes = vec![update(1 + (i % 3) as i32, &format!("v{i}")), h_ins(&i.to_string(), None)];
+        if i == 10 {
+            changes.extend([u_set("1", "c"), u_set("2", "a"), u_set("1", "d")]);
+        }
+        changes.push(h_ins(&format!("{i}b"), Some("x")));
+        txns.push(txn(0x300 + i * 0x10, changes));
+    }
+    assert!(matches!(a.apply_batch(&txns).await?, Applied::Committed { .. }));
+    let t_rows: Vec<(i32, String)> =
+        c.query("SELECT id, v FROM t ORDER BY id", &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(t_rows, [(1, "v27".into()), (2, "v28".into()), (3, "v29".into())]);
+    let u_rows: Vec<(i32, String)> =
+        c.query("SELECT id, email FROM u ORDER BY id", &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(u_rows, [(1, "d".into()), (2, "a".into())]);
+    let h_rows: i64 = c.query_one("SELECT count(*) FROM h WHERE (v IS NULL) = (n NOT LIKE '%b')", &[]).await?.get(0);
+    assert_eq!(h_rows, 60);
+    // What ran: 3 UPDATEs of `t` (the others were superseded), all 3 of `u`
+    // (the writer's backend reports its counts when it exits).
+    drop(a);
+    let mut updated = Vec::new();
+    for _ in 0..50 {
+        updated = c
+            .query("SELECT relname::text, n_tup_upd FROM pg_stat_user_tables WHERE relname IN ('t', 'u') ORDER BY 1", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect();
+        if updated.iter().all(|(_, n)| *n > 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(updated, [("t".to_owned(), 3), ("u".to_owned(), 3)]);
     Ok(())
 }
