@@ -118,6 +118,20 @@ impl Applier {
         self.write_out().await
     }
 
+    /// Plans, encodes and writes the open batch's buffered changes without
+    /// sealing it: for when the change log has nothing more right now, so
+    /// the replica works on them while earlier batches commit.
+    pub async fn send_buffered(&mut self) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.flush_pending().await {
+            self.abandon().await;
+            return Err(e);
+        }
+        self.write_out().await
+    }
+
     /// Writes everything encoded to the replica.
     async fn write_out(&mut self) -> Result<(), ApplyError> {
         if let Err(e) = self.session.write_out().await {

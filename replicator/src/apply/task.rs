@@ -84,11 +84,12 @@ pub async fn run_apply_task(task: ApplyTask, shutdown: CancellationToken) -> Res
 /// One session's life: open, read, apply, until something fails.
 ///
 /// Records are pushed into the applier as soon as they are durable; the open
-/// batch is sealed (progress update + COMMIT sent) when it is full, or when
-/// the log has nothing more right now and no earlier batch is still
-/// committing. While one batch commits, the next one fills with whatever
-/// arrives meanwhile (group commit on the replica), and a backlog is applied
-/// in large batches without ever waiting for a round trip.
+/// batch is sealed (planned, sent, progress update + COMMIT) when it is full,
+/// or when the log has nothing more right now and no earlier batch is still
+/// committing (if one is, what the open batch holds is sent without sealing
+/// it). While one batch commits, the next one fills with whatever arrives
+/// meanwhile (group commit on the replica), and a backlog is applied in large
+/// batches without ever waiting for a round trip.
 async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
     let mut applier =
         Applier::connect(&task.replica, &task.database, &task.source, task.applied.clone(), task.reporter.clone())
@@ -107,6 +108,10 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
                     // (and with it change-log trimming) catches up too.
                     applier.seal(true).await?;
                     last_durable = Instant::now();
+                } else {
+                    // The open batch stays open while earlier ones commit; its
+                    // statements go out now.
+                    applier.send_buffered().await?;
                 }
                 if let Some(r) = &task.reporter {
                     r.record_source(task.log.last_lsn());
