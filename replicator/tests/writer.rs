@@ -254,7 +254,10 @@ async fn planned_batches_end_like_statement_by_statement() -> Result<()> {
     let mut updated = Vec::new();
     for _ in 0..50 {
         updated = c
-            .query("SELECT relname::text, n_tup_upd FROM pg_stat_user_tables WHERE relname IN ('t', 'u') ORDER BY 1", &[])
+            .query(
+                "SELECT relname::text, n_tup_upd FROM pg_stat_user_tables WHERE relname IN ('t', 'u') ORDER BY 1",
+                &[],
+            )
             .await?
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))

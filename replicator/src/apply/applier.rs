@@ -46,8 +46,8 @@ use tandem_core::Lsn;
 use tokio::sync::watch;
 use tokio_postgres::Config;
 
-use super::replies::{read_progress, BatchEnd, Tag};
 use super::facts::TableFacts;
+use super::replies::{read_progress, BatchEnd, Tag};
 use super::statements::StatementCache;
 use super::text::TextParam;
 use super::writer::{Event, WriterError, WriterSession};
@@ -149,8 +149,7 @@ impl Applier {
                 database: database.to_owned(),
                 source_name: source.to_owned(),
             })?;
-        let facts =
-            TableFacts::load(&mut session).await.map_err(|e| ApplyError::sql("reading table facts", e))?;
+        let facts = TableFacts::load(&mut session).await.map_err(|e| ApplyError::sql("reading table facts", e))?;
         tracing::info!(database, source, %progress, independent_tables = facts.independent, "applier connected");
         let applier = Applier {
             session,

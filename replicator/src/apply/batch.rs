@@ -294,7 +294,12 @@ impl Applier {
 
     /// A new shape (`self.key`, parameters in `self.params`): prepares it in
     /// the same stream, right before its first use, and sends it.
-    fn prepare_and_send(&mut self, rel: &Arc<change::Relation>, kind: sql::RowKind, text: String) -> Result<(), ApplyError> {
+    fn prepare_and_send(
+        &mut self,
+        rel: &Arc<change::Relation>,
+        kind: sql::RowKind,
+        text: String,
+    ) -> Result<(), ApplyError> {
         let encode = |e| ApplyError::sql("encoding a row change", e);
         self.close_evicted()?;
         self.next_statement += 1;

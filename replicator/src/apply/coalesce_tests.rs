@@ -68,7 +68,8 @@ fn text(d: &Datum) -> String {
 #[test]
 fn groups_tables_and_merges_their_inserts() {
     let (a, b) = (rel(1, ReplicaIdentity::Default), rel(2, ReplicaIdentity::Default));
-    let changes = vec![upd(&a, "1", t("x")), ins(&b, "1", "h"), upd(&a, "2", t("y")), ins(&b, "2", "h"), ins(&b, "3", "h")];
+    let changes =
+        vec![upd(&a, "1", t("x")), ins(&b, "1", "h"), upd(&a, "2", t("y")), ins(&b, "2", "h"), ins(&b, "3", "h")];
     assert_eq!(show(&plan(&changes, true, |_| false)), ["U1:1=x", "U1:2=y", "I2:1+2+3"]);
     // Without reordering only neighbours merge.
     assert_eq!(show(&plan(&changes, false, |_| false)), ["U1:1=x", "I2:1", "U1:2=y", "I2:2+3"]);
@@ -86,13 +87,13 @@ fn inserts_with_different_columns_sent_or_other_changes_between_stay_apart() {
 fn superseded_updates_are_dropped_only_when_safe() {
     let a = rel(1, ReplicaIdentity::Default);
     let changes = vec![
-        upd(&a, "1", t("a")),        // dropped: superseded by the next update of 1
-        upd(&a, "2", t("b")),        // kept: 2 is deleted later
-        upd(&a, "1", t("c")),        // dropped
+        upd(&a, "1", t("a")), // dropped: superseded by the next update of 1
+        upd(&a, "2", t("b")), // kept: 2 is deleted later
+        upd(&a, "1", t("c")), // dropped
         del(&a, "2"),
-        upd(&a, "3", t("d")),        // kept: the next update of 3 leaves a column unchanged
+        upd(&a, "3", t("d")), // kept: the next update of 3 leaves a column unchanged
         upd(&a, "3", Datum::Unchanged),
-        upd(&a, "1", t("e")),        // kept: the last one
+        upd(&a, "1", t("e")), // kept: the last one
     ];
     assert_eq!(show(&plan(&changes, true, |_| true)), ["U1:2=b", "D1:2", "U1:3=d", "U1:3=u", "U1:1=e"]);
     // Not for tables the caller does not declare collapsible.

@@ -77,7 +77,7 @@ impl Applier {
                 self.recover(Failure::Conflict).await
             }
             Event::Failed { tag, error } => {
-                let e = ApplyError::sql(context(tag.as_ref()), WriterError::Server(error));
+                let e = ApplyError::sql(context(tag.as_ref()), WriterError::Server(Box::new(error)));
                 self.recover(Failure::Error(e)).await
             }
             Event::Skipped(tag) => {
@@ -171,12 +171,7 @@ impl Applier {
         if self.session.pipeline().group_open() {
             self.session.pipeline().sync();
         }
-        loop {
-            match self.session.next_event().await {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = self.session.next_event().await {}
         if !self.session.is_closed() {
             if let Err(e) = self.session.simple_query("ROLLBACK; DEALLOCATE ALL").await {
                 tracing::debug!(error = %e, "rolling back after a failed batch");
@@ -215,7 +210,5 @@ pub(super) async fn read_progress(session: &mut WriterSession<Tag>, source: &str
         return Ok(None);
     };
     let text = text_column(row, 0)?.ok_or_else(|| WriterError::Protocol("NULL progress position".into()))?;
-    text.parse::<Lsn>()
-        .map(Some)
-        .map_err(|e| WriterError::Protocol(format!("progress position {text:?}: {e}")))
+    text.parse::<Lsn>().map(Some).map_err(|e| WriterError::Protocol(format!("progress position {text:?}: {e}")))
 }

@@ -102,7 +102,8 @@ pub fn insert_rows(rel: &Relation, new: &Tuple, rows: usize) -> Result<String, P
     check_arity(rel, new, &table)?;
     let sent: Vec<&str> =
         rel.columns.iter().zip(&new.0).filter(|(_, d)| !matches!(d, Datum::Unchanged)).map(|(c, _)| &*c.name).collect();
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", sent.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "));
+    let mut sql =
+        format!("INSERT INTO {table} ({}) VALUES ", sent.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "));
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         let first = row * sent.len();

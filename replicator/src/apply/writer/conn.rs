@@ -130,7 +130,7 @@ impl<T> WriterSession<T> {
             }
         }
         match failed {
-            Some(e) => Err(WriterError::Server(e)),
+            Some(e) => Err(WriterError::Server(Box::new(e))),
             None => Ok(rows),
         }
     }

@@ -50,7 +50,7 @@ pub enum WriterError {
     Protocol(String),
     /// The replica answered with an error.
     #[error("replica reported {0}")]
-    Server(ServerError),
+    Server(Box<ServerError>),
     /// A query was asked for while pipelined requests were still unanswered.
     #[error("the replica session still has requests in flight")]
     Busy,
@@ -70,7 +70,7 @@ impl From<SourceError> for WriterError {
     fn from(e: SourceError) -> WriterError {
         match e {
             // The connection code names the primary in its messages; keep the server's own words.
-            SourceError::Server(e) => WriterError::Server(e),
+            SourceError::Server(e) => WriterError::Server(Box::new(e)),
             SourceError::Closed => WriterError::Closed,
             other => WriterError::Connect(other.to_string()),
         }

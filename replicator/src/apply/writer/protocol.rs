@@ -372,7 +372,7 @@ impl<T> Pipeline<T> {
         let Some(front) = self.expected.front() else {
             return Err(match msg {
                 // E.g. FATAL when the server shuts down.
-                Message::ErrorResponse(body) => WriterError::Server(server_error(body.fields())),
+                Message::ErrorResponse(body) => WriterError::Server(Box::new(server_error(body.fields()))),
                 other => WriterError::Protocol(format!("unexpected {} with nothing outstanding", message_name(&other))),
             });
         };
@@ -438,7 +438,10 @@ impl<T> Pipeline<T> {
             (Expect::Ready, Message::ErrorResponse(body)) => {
                 Ok(Some(Event::Failed { tag: None, error: server_error(body.fields()) }))
             }
-            (Expect::ParseComplete | Expect::BindComplete | Expect::CloseComplete | Expect::Execute(_), Message::ErrorResponse(body)) => {
+            (
+                Expect::ParseComplete | Expect::BindComplete | Expect::CloseComplete | Expect::Execute(_),
+                Message::ErrorResponse(body),
+            ) => {
                 self.skip = Skip::Pending(server_error(body.fields()));
                 Ok(None)
             }

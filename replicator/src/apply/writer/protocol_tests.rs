@@ -59,7 +59,9 @@ fn events(p: &mut Pipeline<&'static str>, server: BytesMut) -> Vec<String> {
     let mut got = Vec::new();
     while let Some(e) = p.next_event().expect("well-formed answers") {
         got.push(match e {
-            Event::Done { tag, rows, rolled_back } => format!("done {} {rows}{}", tag.unwrap_or("-"), if rolled_back { " rb" } else { "" }),
+            Event::Done { tag, rows, rolled_back } => {
+                format!("done {} {rows}{}", tag.unwrap_or("-"), if rolled_back { " rb" } else { "" })
+            }
             Event::Row(_) => "row".to_owned(),
             Event::Failed { tag, error } => format!("failed {} {}", tag.unwrap_or("-"), error.code),
             Event::Skipped(tag) => format!("skipped {}", tag.unwrap_or("-")),
@@ -192,7 +194,16 @@ fn simple_queries_and_markers_keep_their_place() {
     ready(&mut s, b'I');
     assert_eq!(
         events(&mut p, s),
-        ["done row 0", "ready InTransaction", "row", "done q 1", "ready Idle", "done m 0", "failed bad 42703", "ready Idle"]
+        [
+            "done row 0",
+            "ready InTransaction",
+            "row",
+            "done q 1",
+            "ready Idle",
+            "done m 0",
+            "failed bad 42703",
+            "ready Idle"
+        ]
     );
 }
 
