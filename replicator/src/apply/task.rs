@@ -99,6 +99,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
         applier.set_async_commit(true).await?;
     }
     let mut last_durable = Instant::now();
+    let mut relations = change::RelationCache::default();
     loop {
         let record = match reader.try_next()? {
             Some(record) => Some(record),
@@ -133,7 +134,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
             }
         };
         if let Some((_, payload)) = record {
-            let txn = change::decode_bytes(payload)?;
+            let txn = change::decode_cached(payload, &mut relations)?;
             applier.push(&txn).await?;
             if applier
                 .open_batch()
