@@ -270,3 +270,48 @@ async fn planned_batches_end_like_statement_by_statement() -> Result<()> {
     assert_eq!(updated, [("t".to_owned(), 3), ("u".to_owned(), 3)]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_facts_follow_the_catalog() -> Result<()> {
+    use tandem_replicator::apply::facts::TableFacts;
+    use tandem_replicator::apply::replies::Tag;
+
+    let pg = Pg::start("pw")?;
+    let c = pg.connect("postgres").await?;
+    c.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); \
+         CREATE TABLE b (id int PRIMARY KEY, e text UNIQUE); \
+         CREATE TABLE f (id int, v text); ALTER TABLE f REPLICA IDENTITY FULL",
+    )
+    .await?;
+    let named = |name: &str| Relation {
+        oid: 1,
+        schema: "public".into(),
+        name: name.into(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![],
+    };
+    let mut s: WriterSession<Tag> = WriterSession::connect(&pg.config(), "postgres").await?;
+    let facts = TableFacts::load(&mut s).await?;
+    assert!(facts.independent);
+    assert!(facts.collapsible(&named("a")));
+    assert!(!facts.collapsible(&named("b")), "a unique index besides the key");
+    assert!(!facts.collapsible(&named("f")), "identity FULL");
+    assert!(!facts.collapsible(&named("missing")));
+
+    c.batch_execute("CREATE TABLE kid () INHERITS (a)").await?;
+    let facts = TableFacts::load(&mut s).await?;
+    assert!(!facts.independent, "inheritance");
+    assert!(!facts.collapsible(&named("a")));
+
+    c.batch_execute(
+        "DROP TABLE kid; \
+         CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+         CREATE TRIGGER t BEFORE UPDATE ON a FOR EACH ROW EXECUTE FUNCTION noop()",
+    )
+    .await?;
+    assert!(TableFacts::load(&mut s).await?.independent, "an ordinary trigger does not fire on the writer");
+    c.batch_execute("ALTER TABLE a ENABLE ALWAYS TRIGGER t").await?;
+    assert!(!TableFacts::load(&mut s).await?.independent, "an ALWAYS trigger does");
+    Ok(())
+}

@@ -13,7 +13,9 @@
 //!    (unique, exclusion, check, not null) looks at one table, and deferred
 //!    ones see only the final state, which is the same in any order. Only
 //!    allowed when no table on the replica has inheritance children (an
-//!    UPDATE/DELETE on such a parent also reaches its children's rows).
+//!    UPDATE/DELETE on such a parent also reaches its children's rows) and
+//!    no trigger or rule is set to fire on replicas (ENABLE ALWAYS/REPLICA);
+//!    otherwise neither this nor rule 3 applies.
 //! 2. **Merge INSERTs**: consecutive INSERTs of one table that send the same
 //!    columns become one multi-row `INSERT ... VALUES (..), (..)`, which
 //!    inserts the same rows in the same order, evaluating defaults of unsent

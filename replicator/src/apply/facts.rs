@@ -12,10 +12,15 @@ use super::replies::Tag;
 use super::writer::{conn::text_column, WriterError, WriterSession};
 use crate::change::Relation;
 
-/// Whether some regular table has inheritance children (an UPDATE/DELETE on
-/// it also reaches rows of other tables).
-const INHERITANCE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i \
-     JOIN pg_catalog.pg_class c ON c.oid = i.inhparent WHERE c.relkind = 'r')::text";
+/// Whether statements on one table may reach or observe others: a regular
+/// table with inheritance children (an UPDATE/DELETE on it also reaches its
+/// children's rows), or a trigger or rule that fires even under
+/// `session_replication_role = replica` (ENABLE ALWAYS / ENABLE REPLICA),
+/// which would also see every UPDATE run or dropped.
+const DEPENDENT_SQL: &str = "SELECT (EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i \
+       JOIN pg_catalog.pg_class c ON c.oid = i.inhparent WHERE c.relkind = 'r') \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgenabled IN ('A', 'R') AND NOT t.tgisinternal) \
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_enabled IN ('A', 'R') AND r.rulename <> '_RETURN'))::text";
 
 /// Tables whose only unique index is their replica identity index and which
 /// have no exclusion constraint.
@@ -30,7 +35,9 @@ const COLLAPSIBLE_SQL: &str = "SELECT n.nspname, c.relname FROM pg_catalog.pg_cl
 /// Catalog facts about the replica database's tables.
 #[derive(Debug, Default)]
 pub struct TableFacts {
-    /// No table has inheritance children: statements on different tables commute.
+    /// No table has inheritance children and no trigger or rule fires on the
+    /// writer session: statements on different tables commute, and nothing
+    /// observes an UPDATE that is dropped.
     pub independent: bool,
     /// schema → tables whose superseded UPDATEs may be dropped.
     collapsible: HashMap<String, HashSet<String>>,
@@ -39,12 +46,12 @@ pub struct TableFacts {
 impl TableFacts {
     /// Reads the facts on the writer session (nothing may be in flight).
     pub async fn load(session: &mut WriterSession<Tag>) -> Result<TableFacts, WriterError> {
-        let rows = session.query(INHERITANCE_SQL, &[]).await?;
-        let inherits = match rows.first() {
+        let rows = session.query(DEPENDENT_SQL, &[]).await?;
+        let dependent = match rows.first() {
             Some(row) => text_column(row, 0)?,
             None => None,
         };
-        let mut facts = TableFacts { independent: inherits.as_deref() == Some("false"), ..Default::default() };
+        let mut facts = TableFacts { independent: dependent.as_deref() == Some("false"), ..Default::default() };
         for row in session.query(COLLAPSIBLE_SQL, &[]).await? {
             if let (Some(schema), Some(table)) = (text_column(&row, 0)?, text_column(&row, 1)?) {
                 facts.collapsible.entry(schema).or_default().insert(table);
