@@ -36,7 +36,7 @@
 //! TRUNCATE, DDL and a new description of a relation already in the batch
 //! are barriers: the caller plans and sends what it has before them.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::change::{Change, Datum, Relation, ReplicaIdentity, Tuple};
 

@@ -17,8 +17,9 @@
 //! is kept in a list the applier takes with [`StatementCache::take_evicted`]
 //! and sends Close messages for.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::sql::RowKind;
 use crate::change::Relation;
