@@ -305,6 +305,43 @@ pub fn decode(buf: &[u8]) -> Result<Transaction, ChangeDecodeError> {
 
 /// Like [`decode`], but takes ownership so column values are slices of `buf`, not copies.
 pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
+    decode_with(buf, None)
+}
+
+/// Relation descriptions decoded from earlier records, for a reader of many
+/// records (the applier): every record carries the descriptions of its
+/// relations, and decoding them (a string per column) was most of the
+/// decoding cost. A description whose encoded bytes equal the cached ones
+/// is the cached `Arc`, which also turns later comparisons into pointer checks.
+#[derive(Debug, Default)]
+pub struct RelationCache {
+    rels: std::collections::HashMap<u32, (Bytes, Arc<Relation>)>,
+}
+
+/// Like [`decode_bytes`], reusing relations from `cache` (and adding new ones).
+pub fn decode_cached(buf: Bytes, cache: &mut RelationCache) -> Result<Transaction, ChangeDecodeError> {
+    decode_with(buf, Some(cache))
+}
+
+/// Length of a relation's encoding after its OID, if `buf` holds all of it.
+fn relation_len(buf: &[u8]) -> Option<usize> {
+    let mut at = 0usize;
+    let u32_at = |at: usize| -> Option<usize> {
+        let b = buf.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    at += 4 + u32_at(at)?; // schema
+    at += 4 + u32_at(at)?; // name
+    at += 1; // identity
+    let cols = buf.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
+    at += 2;
+    for _ in 0..cols {
+        at += 4 + u32_at(at)? + 4 + 4 + 1;
+    }
+    (at <= buf.len()).then_some(at)
+}
+
+fn decode_with(buf: Bytes, mut cache: Option<&mut RelationCache>) -> Result<Transaction, ChangeDecodeError> {
     let mut r = Reader(buf);
     let version = r.u8("version")?;
     if version != VERSION {
@@ -320,6 +357,18 @@ pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
     let mut rels = Vec::with_capacity(n_rels.min(1024) as usize);
     for _ in 0..n_rels {
         let oid = r.u32("relation oid")?;
+        let raw = match (&mut cache, relation_len(&r.0)) {
+            (Some(cache), Some(len)) => {
+                let raw = &r.0[..len];
+                if let Some((_, rel)) = cache.rels.get(&oid).filter(|(bytes, _)| bytes[..] == *raw) {
+                    rels.push(rel.clone());
+                    r.0.advance(len);
+                    continue;
+                }
+                Some(Bytes::copy_from_slice(raw))
+            }
+            _ => None,
+        };
         let schema = r.string("schema")?;
         let name = r.string("relation name")?;
         let ident = r.u8("replica identity")?;
@@ -334,7 +383,11 @@ pub fn decode_bytes(buf: Bytes) -> Result<Transaction, ChangeDecodeError> {
             let is_key = r.u8("key flag")? != 0;
             columns.push(Column { name, type_oid, type_modifier, is_key });
         }
-        rels.push(Arc::new(Relation { oid, schema, name, replica_identity, columns }));
+        let rel = Arc::new(Relation { oid, schema, name, replica_identity, columns });
+        if let (Some(cache), Some(raw)) = (&mut cache, raw) {
+            cache.rels.insert(oid, (raw, rel.clone()));
+        }
+        rels.push(rel);
     }
     let rel = |i: u32| -> Result<Arc<Relation>, ChangeDecodeError> {
         rels.get(i as usize).cloned().ok_or(ChangeDecodeError::BadRelation(i))
@@ -517,6 +570,31 @@ mod tests {
         assert!(Arc::ptr_eq(&rels[0], &rels[1]));
         assert_eq!(rels.last().unwrap().columns.len(), 0);
         assert_eq!(decode_bytes(bytes).unwrap(), txn);
+    }
+
+    #[test]
+    fn cached_relations_are_shared_across_records() {
+        let txn = sample();
+        let bytes = encode(&txn);
+        let mut cache = RelationCache::default();
+        let first = decode_cached(bytes.clone(), &mut cache).unwrap();
+        let second = decode_cached(bytes.clone(), &mut cache).unwrap();
+        assert_eq!(first, txn);
+        assert_eq!(second, txn);
+        // `b` (not altered within the record) is the very same description both times.
+        assert!(Arc::ptr_eq(
+            first.changes[2].relations().first().unwrap(),
+            second.changes[2].relations().first().unwrap()
+        ));
+        // A warm cache must not change what corrupt or truncated records do.
+        for len in 0..bytes.len() {
+            assert!(decode_cached(bytes.slice(..len), &mut cache).is_err(), "prefix of {len} bytes decoded");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] ^= 0xFF;
+            let _ = decode_cached(Bytes::from(b), &mut cache);
+        }
     }
 
     #[test]

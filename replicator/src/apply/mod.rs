@@ -2,14 +2,20 @@
 //!
 //! Place in the data flow: change log → **apply** → replica databases. One
 //! apply task per (replica, database) reads the change log from its replica's
-//! progress on and applies each transaction exactly once ([`applier`]),
-//! pipelining statements and batches ([`inflight`]); [`session`] opens the
-//! writer sessions and owns the progress table, [`sql`] and [`text`] turn
-//! changes into statements, [`statements`] caches them by shape,
-//! [`sequences`] keeps sequence values in step, [`task`] is the long-running loop.
+//! progress on and applies each transaction exactly once ([`applier`]):
+//! [`batch`] encodes batches (planned by [`coalesce`] with [`facts`] about
+//! the replica's tables), [`writer`] pipelines them to the replica on the
+//! raw protocol, [`replies`] checks the answers; [`session`] opens the
+//! tokio-postgres sessions used elsewhere (copy, sequences) and owns the
+//! progress table, [`sql`] and [`text`] turn changes into statements,
+//! [`statements`] caches them by shape, [`sequences`] keeps sequence values
+//! in step, [`task`] is the long-running loop.
 
 pub mod applier;
-pub mod inflight;
+pub mod batch;
+pub mod coalesce;
+pub mod facts;
+pub mod replies;
 pub mod sequences;
 pub mod session;
 pub mod side;
@@ -18,6 +24,7 @@ pub mod sql;
 pub mod statements;
 pub mod task;
 pub mod text;
+pub mod writer;
 
 pub use applier::{Applied, Applier};
 pub use side::Replicas;
@@ -25,13 +32,14 @@ pub use task::{run_apply_task, ApplyTask};
 
 use crate::change::ChangeDecodeError;
 use crate::changelog::ChangeLogError;
+use writer::WriterError;
 
 /// Why applying to a replica failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The writer session could not be opened.
     #[error("cannot connect to the replica: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] WriterError),
     /// The database has no progress row: it was never initially copied.
     #[error(
         "replica database {database:?} has no Tandem progress for source {source_name:?}; \
@@ -43,14 +51,14 @@ pub enum ApplyError {
         /// The progress key looked for.
         source_name: String,
     },
-    /// A statement on the replica failed.
+    /// A statement on the replica failed, or the session to it.
     #[error("{context}: {source}")]
     Sql {
         /// What was being done.
         context: String,
         /// The error.
         #[source]
-        source: tokio_postgres::Error,
+        source: WriterError,
     },
     /// Replaying captured DDL failed.
     #[error("replaying DDL `{query}`: {source}")]
@@ -59,7 +67,7 @@ pub enum ApplyError {
         query: String,
         /// The error.
         #[source]
-        source: tokio_postgres::Error,
+        source: WriterError,
     },
     /// A change cannot be expressed as a statement (e.g. no replica identity).
     #[error(transparent)]
@@ -73,7 +81,7 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    pub(crate) fn sql(context: impl Into<String>, source: tokio_postgres::Error) -> ApplyError {
+    pub(crate) fn sql(context: impl Into<String>, source: WriterError) -> ApplyError {
         ApplyError::Sql { context: context.into(), source }
     }
 

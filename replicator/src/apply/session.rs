@@ -2,7 +2,9 @@
 //!
 //! Place in the data flow: the end of the line. Every write the replicator
 //! makes on a replica (initial copy, streamed transactions, DDL, sequence
-//! values) goes through a *writer session* opened here. The replica server is
+//! values) goes through a *writer session*: opened here with tokio-postgres
+//! for the copy and sequences, and with the same settings on the raw protocol
+//! for the applier ([`super::writer`]). The replica server is
 //! set `default_transaction_read_only = on` for everyone; the writer session
 //! turns that off for itself and runs with `session_replication_role =
 //! replica`, so user triggers and foreign-key checks behave as on a logical

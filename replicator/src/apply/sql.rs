@@ -95,6 +95,24 @@ pub fn insert(rel: &Relation, new: &Tuple) -> Result<RowStatement, PlanError> {
     Ok(RowStatement { sql, params })
 }
 
+/// `INSERT INTO t (sent columns) VALUES (...), (...)` for `rows` rows sending
+/// the same columns as `new`; the parameters are each row's, in row order.
+pub fn insert_rows(rel: &Relation, new: &Tuple, rows: usize) -> Result<String, PlanError> {
+    let table = qualified(&rel.schema, &rel.name);
+    check_arity(rel, new, &table)?;
+    let sent: Vec<&str> =
+        rel.columns.iter().zip(&new.0).filter(|(_, d)| !matches!(d, Datum::Unchanged)).map(|(c, _)| &*c.name).collect();
+    let mut sql =
+        format!("INSERT INTO {table} ({}) VALUES ", sent.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "));
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        let first = row * sent.len();
+        sql.push_str(&(1..=sent.len()).map(|i| format!("${}", first + i)).collect::<Vec<_>>().join(", "));
+        sql.push(')');
+    }
+    Ok(sql)
+}
+
 /// `UPDATE t SET (sent columns) WHERE (identity)`; unchanged TOAST columns
 /// are left out of the SET list, so the replica keeps its value. `None` when
 /// there is nothing to set.
@@ -416,6 +434,13 @@ mod tests {
 
     fn t(s: &str) -> Datum {
         Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn multi_row_insert_numbers_parameters_across_rows() {
+        let r = rel(ReplicaIdentity::Default, &[true, false]);
+        let s = insert_rows(&r, &Tuple(vec![t("1"), Datum::Null]), 3).unwrap();
+        assert_eq!(s, r#"INSERT INTO "public"."t" ("c0", "c1") VALUES ($1, $2), ($3, $4), ($5, $6)"#);
     }
 
     #[test]

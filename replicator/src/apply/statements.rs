@@ -11,11 +11,15 @@
 //! a change arrives with a different description. Changes of one decoded
 //! transaction share one `Arc<Relation>`, so the comparison is a pointer check
 //! for all but the first change of a table in each transaction.
+//!
+//! Statements live on the server under their names until closed: whatever
+//! the cache forgets (a changed relation, a full cache, [`StatementCache::clear`])
+//! is kept in a list the applier takes with [`StatementCache::take_evicted`]
+//! and sends Close messages for.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::Statement;
+use foldhash::{HashMap, HashMapExt};
 
 use super::sql::RowKind;
 use crate::change::Relation;
@@ -23,8 +27,8 @@ use crate::change::Relation;
 /// A prepared row statement and what error messages need to name it.
 #[derive(Clone, Debug)]
 pub struct Prepared {
-    /// The server-side statement.
-    pub stmt: Statement,
+    /// The server-side statement's name.
+    pub name: Box<str>,
     /// Its SQL text, for logs and errors.
     pub sql: Arc<str>,
     /// INSERT, UPDATE or DELETE (an UPDATE/DELETE hitting no row means divergence).
@@ -41,13 +45,14 @@ pub struct StatementCache {
     rels: HashMap<u32, RelStatements>,
     len: usize,
     max: usize,
+    evicted: Vec<Box<str>>,
 }
 
 impl StatementCache {
     /// An empty cache that forgets everything once it holds `max` statements
     /// (a bound on server memory for tables with many shapes).
     pub fn new(max: usize) -> StatementCache {
-        StatementCache { rels: HashMap::new(), len: 0, max: max.max(1) }
+        StatementCache { rels: HashMap::new(), len: 0, max: max.max(1), evicted: Vec::new() }
     }
 
     /// The statement for `key` on `rel`, if prepared for this very description of `rel`.
@@ -56,7 +61,7 @@ impl StatementCache {
         if !Arc::ptr_eq(&entry.rel, rel) {
             if *entry.rel != **rel {
                 self.len -= entry.shapes.len();
-                entry.shapes.clear();
+                self.evicted.extend(entry.shapes.drain().map(|(_, p)| p.name));
             }
             entry.rel = rel.clone();
         }
@@ -72,18 +77,33 @@ impl StatementCache {
             self.rels.entry(rel.oid).or_insert_with(|| RelStatements { rel: rel.clone(), shapes: HashMap::new() });
         if *entry.rel != **rel {
             self.len -= entry.shapes.len();
-            entry.shapes.clear();
+            self.evicted.extend(entry.shapes.drain().map(|(_, p)| p.name));
             entry.rel = rel.clone();
         }
-        if entry.shapes.insert(key, prepared).is_none() {
-            self.len += 1;
+        match entry.shapes.insert(key, prepared) {
+            None => self.len += 1,
+            Some(old) => self.evicted.push(old.name),
         }
     }
 
-    /// Forgets every statement (after DDL: the tables may have changed).
+    /// Forgets every statement (after DDL: the tables may have changed); they are to be closed.
     pub fn clear(&mut self) {
-        self.rels.clear();
+        for (_, entry) in self.rels.drain() {
+            self.evicted.extend(entry.shapes.into_values().map(|p| p.name));
+        }
         self.len = 0;
+    }
+
+    /// Forgets every statement without closing any (the server dropped them all).
+    pub fn forget(&mut self) {
+        self.rels.clear();
+        self.evicted.clear();
+        self.len = 0;
+    }
+
+    /// Names of the statements forgotten since the last call, to be closed on the server.
+    pub fn take_evicted(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Statements held.

@@ -84,11 +84,12 @@ pub async fn run_apply_task(task: ApplyTask, shutdown: CancellationToken) -> Res
 /// One session's life: open, read, apply, until something fails.
 ///
 /// Records are pushed into the applier as soon as they are durable; the open
-/// batch is sealed (progress update + COMMIT sent) when it is full, or when
-/// the log has nothing more right now and no earlier batch is still
-/// committing. While one batch commits, the next one fills with whatever
-/// arrives meanwhile (group commit on the replica), and a backlog is applied
-/// in large batches without ever waiting for a round trip.
+/// batch is sealed (planned, sent, progress update + COMMIT) when it is full,
+/// or when the log has nothing more right now and no earlier batch is still
+/// committing (if one is, what the open batch holds is sent without sealing
+/// it). While one batch commits, the next one fills with whatever arrives
+/// meanwhile (group commit on the replica), and a backlog is applied in large
+/// batches without ever waiting for a round trip.
 async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
     let mut applier =
         Applier::connect(&task.replica, &task.database, &task.source, task.applied.clone(), task.reporter.clone())
@@ -98,6 +99,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
         applier.set_async_commit(true).await?;
     }
     let mut last_durable = Instant::now();
+    let mut relations = change::RelationCache::default();
     loop {
         let record = match reader.try_next()? {
             Some(record) => Some(record),
@@ -105,8 +107,12 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
                 if applier.sealed_in_flight() == 0 && applier.open_batch().is_some() {
                     // Caught up: this commit is durable, so the applied position
                     // (and with it change-log trimming) catches up too.
-                    applier.seal(true);
+                    applier.seal(true).await?;
                     last_durable = Instant::now();
+                } else {
+                    // The open batch stays open while earlier ones commit; its
+                    // statements go out now.
+                    applier.send_buffered().await?;
                 }
                 if let Some(r) = &task.reporter {
                     r.record_source(task.log.last_lsn());
@@ -128,7 +134,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
             }
         };
         if let Some((_, payload)) = record {
-            let txn = change::decode_bytes(payload)?;
+            let txn = change::decode_cached(payload, &mut relations)?;
             applier.push(&txn).await?;
             if applier
                 .open_batch()
@@ -139,7 +145,7 @@ async fn apply_until_error(task: &ApplyTask) -> Result<(), ApplyError> {
                 if durable {
                     last_durable = Instant::now();
                 }
-                applier.seal(durable);
+                applier.seal(durable).await?;
             }
         }
         if let Some(at) = applier.take_restart() {

@@ -7,10 +7,7 @@
 //! type (including extension and user types) without the replicator knowing
 //! any of them, and needs no SQL-level casts.
 
-use std::error::Error;
-
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+use bytes::Bytes;
 
 /// One bind parameter: NULL or a value in text format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,25 +18,12 @@ pub enum TextParam {
     Text(Bytes),
 }
 
-impl ToSql for TextParam {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+impl TextParam {
+    /// The value's bytes, `None` for NULL (what a text-format Bind carries).
+    pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
-            TextParam::Null => Ok(IsNull::Yes),
-            TextParam::Text(v) => {
-                out.put_slice(v);
-                Ok(IsNull::No)
-            }
+            TextParam::Null => None,
+            TextParam::Text(v) => Some(v),
         }
     }
-
-    /// Any type: the server parses the text with the parameter type's input function.
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
-    }
-
-    tokio_postgres::types::to_sql_checked!();
 }

@@ -105,35 +105,45 @@ impl ReplicationConnection {
         database: &str,
         application_name: &str,
     ) -> Result<ReplicationConnection, SourceError> {
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(SourceError::Config(
-                "sslmode=require is not supported for the replication connection yet".into(),
-            ));
-        }
-        let user = config.get_user().ok_or_else(|| SourceError::Config("the primary DSN must name a user".into()))?;
-        let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
-        let io = open_socket(config, timeout).await?;
-        Self::startup(io, user, config.get_password(), database, application_name).await
+        let mut params: Vec<(&str, &str)> =
+            vec![("database", database), ("replication", "database"), ("application_name", application_name)];
+        params.extend_from_slice(OUTPUT_SETTINGS);
+        Self::connect_with_params(config, &params).await
     }
 
-    /// Runs startup and authentication over an already open socket.
+    /// Connects to the server `config` names with the given startup
+    /// parameters (besides `user`) and authenticates. Also opens the
+    /// applier's ordinary (non-replication) writer sessions, which take the
+    /// socket over with [`Self::into_parts`].
+    pub(crate) async fn connect_with_params(
+        config: &tokio_postgres::Config,
+        params: &[(&str, &str)],
+    ) -> Result<ReplicationConnection, SourceError> {
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(SourceError::Config("sslmode=require is not supported on raw-protocol connections yet".into()));
+        }
+        let user = config.get_user().ok_or_else(|| SourceError::Config("the DSN must name a user".into()))?;
+        let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+        let io = open_socket(config, timeout).await?;
+        Self::startup(io, user, config.get_password(), params).await
+    }
+
+    /// The socket and whatever the server sent after its ReadyForQuery.
+    pub(crate) fn into_parts(self) -> (Box<dyn Io>, BytesMut) {
+        (self.io, self.rbuf)
+    }
+
+    /// Runs startup (`user` plus `params`) and authentication over an already open socket.
     pub async fn startup(
         io: Box<dyn Io>,
         user: &str,
         password: Option<&[u8]>,
-        database: &str,
-        application_name: &str,
+        params: &[(&str, &str)],
     ) -> Result<ReplicationConnection, SourceError> {
         let mut conn =
             ReplicationConnection { io, rbuf: BytesMut::with_capacity(8192), wbuf: BytesMut::new(), backend_pid: 0 };
-        let mut params: Vec<(&str, &str)> = vec![
-            ("user", user),
-            ("database", database),
-            ("replication", "database"),
-            ("application_name", application_name),
-        ];
-        params.extend_from_slice(OUTPUT_SETTINGS);
-        frontend::startup_message(params.iter().copied(), &mut conn.wbuf)
+        let all = std::iter::once(("user", user)).chain(params.iter().copied());
+        frontend::startup_message(all, &mut conn.wbuf)
             .map_err(|e| SourceError::Config(format!("startup message: {e}")))?;
         conn.flush().await?;
         conn.authenticate(user, password).await?;

@@ -14,7 +14,7 @@ pub mod primary;
 pub mod progress;
 pub mod slot;
 pub mod stream;
-mod wire;
+pub(crate) mod wire;
 
 pub use conn::{CreatedSlot, ReplicationConnection, SimpleRow, SystemInfo};
 pub use error::{ServerError, SourceError};
