@@ -94,7 +94,7 @@ for mode in "${modes[@]}"; do
         -o addopts="--tb=short --import-mode=importlib" --timeout="$test_timeout" \
         --junitxml="$cache/asyncpg-$mode.xml" ${pytest_args[@]+"${pytest_args[@]}"} tests \
         >"$cache/asyncpg-$mode.log" 2>&1) || true
-    tail -1 "$cache/asyncpg-$mode.log"
+    grep -E "[0-9]+ (passed|failed)" "$cache/asyncpg-$mode.log" | tail -1 || true
     cleanup
 done
 

@@ -70,6 +70,7 @@ impl Session {
                     }
                     b'E' => {
                         self.unit_error = true;
+                        self.server_fatal |= is_fatal(body);
                         let fields = fields::error_fields(body).unwrap_or_default();
                         replacement = outcome.duplicate.filter(|_| fields.code == b"42P05");
                         if fields.code == b"0A000"
@@ -77,6 +78,9 @@ impl Session {
                         {
                             a.conn.statements_stale = true;
                         }
+                    }
+                    b'A' => {
+                        replacement = own_notification(msg, a.conn.cancel_key.pid, self.cancel.pid);
                     }
                     _ => {}
                 }
@@ -208,6 +212,19 @@ impl Session {
     }
 }
 
+/// A NotificationResponse sent by this client's own server backend, with the process id
+/// changed to the one the client was given in BackendKeyData: clients compare the two to
+/// recognise (and often skip) their own notifications. `None` for other senders.
+fn own_notification(msg: &[u8], server_pid: i32, client_pid: i32) -> Option<bytes::Bytes> {
+    let pid = msg.get(HEADER_LEN..HEADER_LEN + 4)?;
+    if pid != server_pid.to_be_bytes() {
+        return None;
+    }
+    let mut out = msg.to_vec();
+    out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&client_pid.to_be_bytes());
+    Some(bytes::Bytes::from(out))
+}
+
 /// Whether an ErrorResponse body has severity FATAL or PANIC (the server
 /// closes the connection after it).
 fn is_fatal(body: &[u8]) -> bool {
@@ -224,4 +241,22 @@ fn is_fatal(body: &[u8]) -> bool {
         rest = tail.get(end + 1..).unwrap_or(&[]);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(pid: i32) -> Vec<u8> {
+        let body = [&pid.to_be_bytes()[..], b"chan\0payload\0"].concat();
+        [&[b'A'][..], &((body.len() + 4) as u32).to_be_bytes(), &body].concat()
+    }
+
+    #[test]
+    fn own_notifications_carry_the_client_pid() {
+        let rewritten = own_notification(&notification(4242), 4242, 7_000_000).map(|b| b.to_vec());
+        assert_eq!(rewritten, Some(notification(7_000_000)));
+        assert_eq!(own_notification(&notification(99), 4242, 7_000_000), None, "another backend's");
+        assert_eq!(own_notification(b"A\0\0\0\x04", 4242, 1), None, "truncated");
+    }
 }

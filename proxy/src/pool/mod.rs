@@ -122,6 +122,8 @@ pub struct ServerPool {
     parked: Mutex<Parked>,
     /// Maintenance ticks so far; parked connections remember the tick they were parked at.
     tick: AtomicU64,
+    /// The server's verdicts on clients' startup settings.
+    pub settings_checks: crate::frontend::login_params::SettingsChecks,
 }
 
 /// Connections that finished a transaction, kept checked out of bb8 for the
@@ -339,6 +341,7 @@ impl Pools {
             params: std::sync::OnceLock::new(),
             parked: Mutex::new(Parked::default()),
             tick: AtomicU64::new(0),
+            settings_checks: Default::default(),
         });
         map.insert(key.clone(), sp.clone());
         spawn_reaper(Arc::downgrade(&sp), self.settings.idle_timeout);
