@@ -87,6 +87,17 @@ impl CancelRegistry {
         }
     }
 
+    /// The pid given to the client whose session now uses server backend `pid` at `addr`,
+    /// if any: notifications name the sending backend, and clients compare that with the
+    /// pid they were given. A scan of all sessions, which is fine for notifications.
+    pub fn client_pid_of(&self, addr: &tandem_core::NodeAddr, pid: i32) -> Option<i32> {
+        let map = self.map.lock().ok()?;
+        map.iter().find_map(|(client, e)| {
+            let target = e.target.lock().ok()?;
+            target.as_ref().filter(|k| k.pid == pid && k.addr == *addr).map(|_| *client)
+        })
+    }
+
     /// Handles a client's CancelRequest; unknown or wrong keys are ignored, as PostgreSQL does.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) {
         let Ok(secret) = <[u8; 4]>::try_from(secret) else { return };
@@ -167,6 +178,8 @@ mod tests {
             let _ = closed_tx.send(());
             buf
         });
+        assert_eq!(reg.client_pid_of(&format!("127.0.0.1:{port}").parse().unwrap(), 42), Some(h.pid));
+        assert_eq!(reg.client_pid_of(&format!("127.0.0.1:{port}").parse().unwrap(), 43), None);
         reg.cancel(h.pid, &h.secret.to_be_bytes()).await;
         assert!(closed_rx.try_recv().is_ok(), "cancel() returned before the server closed the connection");
         assert!(h.pid >= FIRST_CLIENT_PID, "client pids stay out of the real pid range");

@@ -58,7 +58,13 @@ as_postgres() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "
 
 data="" proxy_pid=""
 cleanup() {
-    if [[ -n "$proxy_pid" ]]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
+    if [[ -n "$proxy_pid" ]]; then
+        # SIGTERM first; a proxy still waiting for a stuck transaction to finish gets SIGKILL.
+        kill "$proxy_pid" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$proxy_pid" 2>/dev/null || true
+        wait "$proxy_pid" 2>/dev/null || true
+    fi
     proxy_pid=""
     if [[ -n "$data" && -d "$data" ]]; then
         as_postgres "$pg_bin/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true

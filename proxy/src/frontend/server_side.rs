@@ -80,7 +80,7 @@ impl Session {
                         }
                     }
                     b'A' => {
-                        replacement = own_notification(msg, a.conn.cancel_key.pid, self.cancel.pid);
+                        replacement = notification_for_client(msg, &a.conn.cancel_key, self.cancel.pid, &self.ctx.cancels)
                     }
                     _ => {}
                 }
@@ -212,16 +212,26 @@ impl Session {
     }
 }
 
-/// A NotificationResponse sent by this client's own server backend, with the process id
-/// changed to the one the client was given in BackendKeyData: clients compare the two to
-/// recognise (and often skip) their own notifications. `None` for other senders.
-fn own_notification(msg: &[u8], server_pid: i32, client_pid: i32) -> Option<bytes::Bytes> {
-    let pid = msg.get(HEADER_LEN..HEADER_LEN + 4)?;
-    if pid != server_pid.to_be_bytes() {
-        return None;
-    }
+/// A NotificationResponse names the sending backend; clients compare that with the pid
+/// they were given in BackendKeyData (to skip their own notifications, or to tell who sent
+/// one). When the sender is this session's backend (`own`, given to the client as
+/// `own_client_pid`), or one a session of this proxy uses right now (always so in session
+/// mode), the message gets that client's pid; `None` leaves it as it is.
+fn notification_for_client(
+    msg: &[u8],
+    own: &crate::pool::CancelKey,
+    own_client_pid: i32,
+    cancels: &crate::cancel::CancelRegistry,
+) -> Option<bytes::Bytes> {
+    let sender = i32::from_be_bytes(msg.get(HEADER_LEN..HEADER_LEN + 4)?.try_into().ok()?);
+    let client = if sender == own.pid { own_client_pid } else { cancels.client_pid_of(&own.addr, sender)? };
+    with_sender(msg, client)
+}
+
+/// `msg`, a NotificationResponse, with its sender pid replaced by `pid`.
+fn with_sender(msg: &[u8], pid: i32) -> Option<bytes::Bytes> {
     let mut out = msg.to_vec();
-    out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&client_pid.to_be_bytes());
+    out.get_mut(HEADER_LEN..HEADER_LEN + 4)?.copy_from_slice(&pid.to_be_bytes());
     Some(bytes::Bytes::from(out))
 }
 
@@ -253,10 +263,9 @@ mod tests {
     }
 
     #[test]
-    fn own_notifications_carry_the_client_pid() {
-        let rewritten = own_notification(&notification(4242), 4242, 7_000_000).map(|b| b.to_vec());
+    fn notification_sender_is_replaced() {
+        let rewritten = with_sender(&notification(4242), 7_000_000).map(|b| b.to_vec());
         assert_eq!(rewritten, Some(notification(7_000_000)));
-        assert_eq!(own_notification(&notification(99), 4242, 7_000_000), None, "another backend's");
-        assert_eq!(own_notification(b"A\0\0\0\x04", 4242, 1), None, "truncated");
+        assert_eq!(with_sender(b"A\0\0\0\x04", 1), None, "truncated");
     }
 }

@@ -119,6 +119,7 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
         },
     };
     let settings = super::login_params::to_check(&params.params, &server_params);
+    let checked_names: Vec<String> = settings.iter().map(|(n, _)| n.clone()).collect();
     let checked = super::login_params::check(&pool, &topo.primary.addr, settings, &cred, ctx.cfg.connect_timeout()).await;
     let reported = match checked {
         Some(Verdict::Refused(frame)) => {
@@ -136,8 +137,8 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
             // What the server reported for the client's own value, else the value as sent.
             reported
                 .as_ref()
+                .filter(|_| checked_names.iter().any(|n| n == name))
                 .and_then(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
-                .filter(|_| params.get(name).is_some())
                 .or(params.get(name))
                 .unwrap_or(value)
         } else {

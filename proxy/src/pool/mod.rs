@@ -245,6 +245,25 @@ impl ServerPool {
         self.parked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Closes the pool's idle connections (parked, and idle in bb8): PostgreSQL refuses
+    /// `DROP DATABASE` while any session is connected to the database, and a client that
+    /// drops one must not be refused because of connections only the proxy keeps open.
+    pub async fn close_idle(&self) {
+        let parked: Vec<Checkout> = self.lock_parked().conns.drain(..).map(|(c, _)| c).collect();
+        for mut conn in parked {
+            conn.broken = true;
+        }
+        for _ in 0..self.max_size {
+            if self.pool.state().idle_connections == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(50), self.pool.get_owned()).await {
+                Ok(Ok(mut conn)) => conn.broken = true,
+                _ => break,
+            }
+        }
+    }
+
     /// Records the credential of a client that just logged in as this pool's user.
     pub fn set_credential(&self, cred: &ServerCredential) {
         if let Ok(mut c) = self.shared.credential.write() {
@@ -346,6 +365,17 @@ impl Pools {
         map.insert(key.clone(), sp.clone());
         spawn_reaper(Arc::downgrade(&sp), self.settings.idle_timeout);
         sp
+    }
+
+    /// Closes the idle connections of every pool of `database` (see [`ServerPool::close_idle`]).
+    pub async fn close_idle(&self, database: &str) {
+        let pools: Vec<Arc<ServerPool>> = {
+            let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            map.values().filter(|p| p.key.database == database).cloned().collect()
+        };
+        for p in pools {
+            p.close_idle().await;
+        }
     }
 
     /// All pools, sorted by key (for admin output).
