@@ -10,12 +10,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::pool::CancelKey;
 
 const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// Lowest process id handed to clients: above `PID_MAX_LIMIT` (2^22) on Linux.
+pub const FIRST_CLIENT_PID: i32 = 1 << 22;
 
 #[derive(Debug)]
 struct Entry {
@@ -69,7 +74,10 @@ impl CancelRegistry {
             Err(p) => p.into_inner(),
         };
         loop {
-            let pid = rng.gen_range(1..i32::MAX);
+            // Above every real process id (Linux caps pid_max at 2^22): a client that passes
+            // its pid to pg_terminate_backend() or pg_cancel_backend() must not hit some other
+            // backend.
+            let pid = rng.gen_range(FIRST_CLIENT_PID..i32::MAX);
             if map.contains_key(&pid) {
                 continue;
             }
@@ -77,6 +85,17 @@ impl CancelRegistry {
             map.insert(pid, Entry { secret, target: target.clone() });
             return CancelHandle { pid, secret, target, registry: Arc::downgrade(self) };
         }
+    }
+
+    /// The pid given to the client whose session now uses server backend `pid` at `addr`,
+    /// if any: notifications name the sending backend, and clients compare that with the
+    /// pid they were given. A scan of all sessions, which is fine for notifications.
+    pub fn client_pid_of(&self, addr: &tandem_core::NodeAddr, pid: i32) -> Option<i32> {
+        let map = self.map.lock().ok()?;
+        map.iter().find_map(|(client, e)| {
+            let target = e.target.lock().ok()?;
+            target.as_ref().filter(|k| k.pid == pid && k.addr == *addr).map(|_| *client)
+        })
     }
 
     /// Handles a client's CancelRequest; unknown or wrong keys are ignored, as PostgreSQL does.
@@ -98,16 +117,30 @@ impl CancelRegistry {
     }
 }
 
-/// Sends a CancelRequest for `key` to its server.
+/// How long [`send_cancel`] waits for the server to take a cancel request.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends a CancelRequest for `key` to its server and waits until the server closes the
+/// connection: PostgreSQL signals the backend before it closes, so when this returns the
+/// cancel has landed. The client's own cancel connection is closed only after that, as
+/// PostgreSQL does; drivers (asyncpg) wait for that close before they send the next query,
+/// which a cancel still in flight would otherwise hit.
 pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect((key.addr.host.as_str(), key.addr.port)).await?;
-    let mut pkt = Vec::with_capacity(16);
-    pkt.extend_from_slice(&16u32.to_be_bytes());
-    pkt.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
-    pkt.extend_from_slice(&key.pid.to_be_bytes());
-    pkt.extend_from_slice(&key.secret.to_be_bytes());
-    stream.write_all(&pkt).await?;
-    stream.shutdown().await
+    let work = async {
+        let mut stream = TcpStream::connect((key.addr.host.as_str(), key.addr.port)).await?;
+        let mut pkt = Vec::with_capacity(16);
+        pkt.extend_from_slice(&16u32.to_be_bytes());
+        pkt.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+        pkt.extend_from_slice(&key.pid.to_be_bytes());
+        pkt.extend_from_slice(&key.secret.to_be_bytes());
+        stream.write_all(&pkt).await?;
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink).await? != 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(CANCEL_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "server did not take the cancel request")))
 }
 
 #[cfg(test)]
@@ -135,14 +168,21 @@ mod tests {
             pid: 42,
             secret: 7,
         })));
+        let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
         let accept = tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 16];
             s.read_exact(&mut buf).await.unwrap();
+            // Like the postmaster: signal the backend, then close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = closed_tx.send(());
             buf
         });
+        assert_eq!(reg.client_pid_of(&format!("127.0.0.1:{port}").parse().unwrap(), 42), Some(h.pid));
+        assert_eq!(reg.client_pid_of(&format!("127.0.0.1:{port}").parse().unwrap(), 43), None);
         reg.cancel(h.pid, &h.secret.to_be_bytes()).await;
+        assert!(closed_rx.try_recv().is_ok(), "cancel() returned before the server closed the connection");
+        assert!(h.pid >= FIRST_CLIENT_PID, "client pids stay out of the real pid range");
         let got = accept.await.unwrap();
         assert_eq!(&got[8..12], &42i32.to_be_bytes());
         assert_eq!(&got[12..16], &7i32.to_be_bytes());

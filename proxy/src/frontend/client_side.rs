@@ -143,6 +143,10 @@ impl Session {
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
+        if let Some(db) = super::sql_names::dropped_database(sql) {
+            // The proxy's own idle connections to it would make PostgreSQL refuse (55006).
+            self.ctx.pools.close_idle(&db).await;
+        }
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
         self.forward(frame, Some(Expect::Query { swallow: false }));
@@ -156,6 +160,10 @@ impl Session {
     /// statement stays for reuse, as after a Close). In a failed transaction the server
     /// answers (25P02, as PostgreSQL would). Returns whether it answered.
     fn deallocate_own(&mut self, effects: &[SessionEffect], sql: &[u8]) -> bool {
+        if self.mode == PoolMode::Session {
+            // The server holds the statement under the client's name: it answers itself.
+            return false;
+        }
         let [SessionEffect::Deallocate { name: Some(name) }] = effects else { return false };
         let text = sql.trim_ascii();
         let text = text.strip_suffix(b";").unwrap_or(text);
@@ -195,7 +203,11 @@ impl Session {
         if let Some(old) = self.statements.get(p.name).cloned() {
             return self.parse_duplicate(frame.clone(), p.name, &old, p.query, p.param_types).await;
         }
-        let mut stmt = Statement::new(p.query, p.param_types, class.route);
+        let mut stmt = if self.mode == PoolMode::Session {
+            Statement::named(p.name, p.query, p.param_types, class.route)
+        } else {
+            Statement::new(p.query, p.param_types, class.route)
+        };
         stmt.effects = class.effects;
         let stmt = Arc::new(stmt);
         let id = self.statements.insert(p.name, stmt.clone());
@@ -305,6 +317,24 @@ impl Session {
 
     async fn on_close(&mut self, frame: Frame) -> Result<(), Failure> {
         match fields::target(frame.body(), "Close").map_err(|e| Failure::Protocol(e.to_string()))? {
+            Target::Statement(name) if !name.is_empty() && self.mode == PoolMode::Session => {
+                // The statement has the client's name on the server: close it there, so
+                // that SQL no longer finds it and the name is free again, as in PostgreSQL.
+                let Some(stmt) = self.statements.get(name).cloned() else {
+                    return self.forward_in_unit(frame, Expect::Close).await;
+                };
+                self.statements.remove(name);
+                if self.active.is_none() {
+                    self.begin_unit(stmt.route).await?;
+                }
+                if let Some(a) = self.active.as_mut() {
+                    a.conn.prepared.remove(&stmt.hash);
+                }
+                build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
+                self.pipeline.push(Expect::Close, &mut self.cout);
+                self.remember(frame);
+                Ok(())
+            }
             Target::Statement(name) if !name.is_empty() => {
                 // The server-side statement stays for reuse; the client's name goes.
                 self.statements.remove(name);
@@ -363,6 +393,12 @@ impl Session {
             build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
             self.pipeline.push(Expect::HiddenClose, &mut self.cout);
         }
+        if missing && self.mode == PoolMode::Session {
+            // Session pooling uses the client's name, which an older statement the client
+            // closed on another connection may still hold there (the Close went elsewhere).
+            build::target(&mut self.sout, b'C', b'S', stmt.server_name.as_bytes());
+            self.pipeline.push(Expect::HiddenClose, &mut self.cout);
+        }
         if missing || fresh {
             self.ctx.pools.known.note(&self.database, stmt.hash);
             build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
@@ -381,6 +417,16 @@ impl Session {
                     self.pinned = true;
                     if *reason == PinReason::Other {
                         tracing::debug!("statement with session-wide side effects");
+                    }
+                }
+                SessionEffect::Deallocate { name: Some(name) } if self.mode == PoolMode::Session => {
+                    // The server drops the client's statement (DEALLOCATE is not
+                    // transactional); a later Parse of the name defines it afresh.
+                    if let Some(stmt) = self.statements.get(name.as_bytes()).cloned() {
+                        self.statements.remove(name.as_bytes());
+                        if let Some(a) = self.active.as_mut() {
+                            a.conn.prepared.remove(&stmt.hash);
+                        }
                     }
                 }
                 SessionEffect::Deallocate { name: None } | SessionEffect::DiscardAll => {
@@ -567,6 +613,11 @@ impl Session {
                 Box::pin(self.handle_client_message(f)).await?;
             }
             return Ok(());
+        }
+        if self.server_fatal {
+            // The client already has the server's reason (e.g. 57P01 from
+            // pg_terminate_backend); a second FATAL of the proxy's would hide it.
+            return Err(End::Fatal);
         }
         self.client_error(
             Severity::Fatal,

@@ -1,16 +1,19 @@
 //! The client side of the proxy: accepting connections and running sessions.
 //!
 //! `client → frontend → router`: [`listener`] accepts TCP connections,
-//! [`startup`] negotiates TLS and logs the client in, [`session`] runs the
+//! [`startup`] negotiates TLS and logs the client in (with [`login_params`] checking its
+//! settings), [`session`] runs the
 //! data path, with the client-message half in [`client_side`], the
 //! server-message half in [`server_side`], response matching in [`pipeline`]
 //! and the client's session state in [`state`].
 
 mod client_side;
 pub mod listener;
+pub mod login_params;
 pub mod pipeline;
 mod server_side;
 pub mod session;
+mod sql_names;
 pub mod startup;
 pub mod state;
 pub mod stream;

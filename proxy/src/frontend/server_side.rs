@@ -70,6 +70,7 @@ impl Session {
                     }
                     b'E' => {
                         self.unit_error = true;
+                        self.server_fatal |= is_fatal(body);
                         let fields = fields::error_fields(body).unwrap_or_default();
                         replacement = outcome.duplicate.filter(|_| fields.code == b"42P05");
                         if fields.code == b"0A000"
@@ -77,6 +78,9 @@ impl Session {
                         {
                             a.conn.statements_stale = true;
                         }
+                    }
+                    b'A' => {
+                        replacement = notification_for_client(msg, &a.conn.cancel_key, self.cancel.pid, &self.ctx.cancels)
                     }
                     _ => {}
                 }
@@ -208,6 +212,29 @@ impl Session {
     }
 }
 
+/// A NotificationResponse names the sending backend; clients compare that with the pid
+/// they were given in BackendKeyData (to skip their own notifications, or to tell who sent
+/// one). When the sender is this session's backend (`own`, given to the client as
+/// `own_client_pid`), or one a session of this proxy uses right now (always so in session
+/// mode), the message gets that client's pid; `None` leaves it as it is.
+fn notification_for_client(
+    msg: &[u8],
+    own: &crate::pool::CancelKey,
+    own_client_pid: i32,
+    cancels: &crate::cancel::CancelRegistry,
+) -> Option<bytes::Bytes> {
+    let sender = i32::from_be_bytes(msg.get(HEADER_LEN..HEADER_LEN + 4)?.try_into().ok()?);
+    let client = if sender == own.pid { own_client_pid } else { cancels.client_pid_of(&own.addr, sender)? };
+    with_sender(msg, client)
+}
+
+/// `msg`, a NotificationResponse, with its sender pid replaced by `pid`.
+fn with_sender(msg: &[u8], pid: i32) -> Option<bytes::Bytes> {
+    let mut out = msg.to_vec();
+    out.get_mut(HEADER_LEN..HEADER_LEN + 4)?.copy_from_slice(&pid.to_be_bytes());
+    Some(bytes::Bytes::from(out))
+}
+
 /// Whether an ErrorResponse body has severity FATAL or PANIC (the server
 /// closes the connection after it).
 fn is_fatal(body: &[u8]) -> bool {
@@ -224,4 +251,21 @@ fn is_fatal(body: &[u8]) -> bool {
         rest = tail.get(end + 1..).unwrap_or(&[]);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(pid: i32) -> Vec<u8> {
+        let body = [&pid.to_be_bytes()[..], b"chan\0payload\0"].concat();
+        [&[b'A'][..], &((body.len() + 4) as u32).to_be_bytes(), &body].concat()
+    }
+
+    #[test]
+    fn notification_sender_is_replaced() {
+        let rewritten = with_sender(&notification(4242), 7_000_000).map(|b| b.to_vec());
+        assert_eq!(rewritten, Some(notification(7_000_000)));
+        assert_eq!(with_sender(b"A\0\0\0\x04", 1), None, "truncated");
+    }
 }

@@ -108,6 +108,9 @@ pub struct Session {
     /// Bytes were written to the client since its stream was last flushed.
     pub(super) client_unflushed: bool,
     pub(super) closing: bool,
+    /// The server's own FATAL error went to the client: when the server then hangs up,
+    /// that error is the client's last word, as with PostgreSQL itself.
+    pub(super) server_fatal: bool,
 }
 
 /// What one poll of the session's streams produced.
@@ -172,6 +175,7 @@ impl Session {
             client_backlog: false,
             client_unflushed: false,
             closing: false,
+            server_fatal: false,
         }
     }
 
@@ -196,6 +200,12 @@ impl Session {
             if self.closing && self.active.is_none() && self.tx == TxStatus::Idle {
                 build::error(&mut self.cout, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "the proxy is shutting down");
                 return End::Fatal;
+            }
+            if self.client_backlog && !self.client_blocked() {
+                // The buffers drained. Whatever held them up may have left no complete
+                // message behind (a large CopyData went out, the next one is half read):
+                // reading the client must resume, or neither side ever moves again.
+                self.client_backlog = false;
             }
             if actionable(&self.cin, self.ctx.cfg.max_message_size) && !self.client_blocked() {
                 if let Err(end) = self.process_client().await {

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::login_params::Verdict;
 use super::session::Session;
 use super::state::SessionParams;
 use super::stream::ClientStream;
@@ -117,10 +118,32 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
             }
         },
     };
+    let settings = super::login_params::to_check(&params.params, &server_params);
+    let checked_names: Vec<String> = settings.iter().map(|(n, _)| n.clone()).collect();
+    let checked = super::login_params::check(&pool, &topo.primary.addr, settings, &cred, ctx.cfg.connect_timeout()).await;
+    let reported = match checked {
+        Some(Verdict::Refused(frame)) => {
+            let _ = stream.write_all(&frame).await;
+            let _ = stream.shutdown().await;
+            return Err(StartupError::Rejected("the server refused the client's startup settings".into()));
+        }
+        Some(Verdict::Accepted(reported)) => Some(reported),
+        None => None,
+    };
     let cancel = ctx.cancels.register();
     build::auth_ok(&mut out);
     for (name, value) in server_params.iter() {
-        let value = params.get(name).filter(|_| reported_from_client(name)).unwrap_or(value);
+        let value = if reported_from_client(name) {
+            // What the server reported for the client's own value, else the value as sent.
+            reported
+                .as_ref()
+                .filter(|_| checked_names.iter().any(|n| n == name))
+                .and_then(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
+                .or(params.get(name))
+                .unwrap_or(value)
+        } else {
+            value
+        };
         build::parameter_status(&mut out, name, value);
     }
     if params.get("application_name").is_some() && !server_params.iter().any(|(n, _)| n == "application_name") {

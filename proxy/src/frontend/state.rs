@@ -18,6 +18,12 @@ use crate::router::classify::{Route, SessionEffect};
 /// Startup parameters that are connection identity, not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
+/// Whether a StartupMessage entry names the connection (user, database, protocol options)
+/// rather than a setting.
+pub fn is_identity(name: &str) -> bool {
+    NOT_SETTINGS.contains(&name) || name.starts_with("_pq_.")
+}
+
 /// Session parameters set by the client, in the order set.
 #[derive(Clone, Debug, Default)]
 pub struct SessionParams {
@@ -32,7 +38,7 @@ impl SessionParams {
     pub fn from_startup(params: &[(String, String)]) -> SessionParams {
         let mut p = SessionParams::default();
         for (name, value) in params {
-            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
+            if is_identity(name) {
                 continue;
             }
             p.set(name, &format!("SET {} = {}", quote_ident(name), quote_literal(value)));
@@ -111,7 +117,8 @@ pub fn quote_literal(s: &str) -> String {
 pub struct Statement {
     /// Hash of query text and parameter types: the server-side identity.
     pub hash: u64,
-    /// Server-side name derived from the hash.
+    /// Server-side name: derived from the hash under transaction pooling (shared by
+    /// clients), the client's own name under session pooling (see [`Statement::named`]).
     pub server_name: String,
     /// The SQL text.
     pub query: Bytes,
@@ -144,6 +151,25 @@ impl Statement {
             effects: Vec::new(),
             reparse: AtomicBool::new(false),
         }
+    }
+
+    /// Describes a statement that keeps the client's name on the server: under session
+    /// pooling a server connection serves one client, so the statement need not be shared,
+    /// and SQL that names it (`EXECUTE name`, `DEALLOCATE name`, `pg_prepared_statements`)
+    /// works as it does on PostgreSQL. The name is part of the hash, so two names for the
+    /// same text are two statements on the connection. A name that is not UTF-8 falls back
+    /// to the content-derived name.
+    pub fn named(name: &[u8], query: &[u8], param_types: &[u8], route: Route) -> Statement {
+        let Ok(client_name) = std::str::from_utf8(name) else {
+            return Statement::new(query, param_types, route);
+        };
+        let mut stmt = Statement::new(query, param_types, route);
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        stmt.hash.hash(&mut h);
+        stmt.hash = h.finish();
+        stmt.server_name = client_name.to_owned();
+        stmt
     }
 }
 
@@ -237,6 +263,16 @@ mod tests {
         let c = Statement::new(b"select 2", b"\0\0", Route::Read);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
+    }
+
+    #[test]
+    fn session_statements_keep_the_client_name() {
+        let a = Statement::named(b"foobar", b"select 1", b"\0\0", Route::Read);
+        let b = Statement::named(b"other", b"select 1", b"\0\0", Route::Read);
+        assert_eq!(a.server_name, "foobar");
+        assert_ne!(a.hash, b.hash, "one statement per name on the connection");
+        let odd = Statement::named(b"\xff", b"select 1", b"\0\0", Route::Read);
+        assert_eq!(odd.server_name, Statement::new(b"select 1", b"\0\0", Route::Read).server_name);
     }
 
     #[test]

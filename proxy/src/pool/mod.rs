@@ -14,7 +14,7 @@ pub mod server;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_core::{NodeAddr, NodeId};
 
@@ -122,6 +122,8 @@ pub struct ServerPool {
     parked: Mutex<Parked>,
     /// Maintenance ticks so far; parked connections remember the tick they were parked at.
     tick: AtomicU64,
+    /// The server's verdicts on clients' startup settings.
+    pub settings_checks: crate::frontend::login_params::SettingsChecks,
 }
 
 /// Connections that finished a transaction, kept checked out of bb8 for the
@@ -135,7 +137,13 @@ struct Parked {
     conns: Vec<(Checkout, u64)>,
     /// Sessions inside bb8's queue (they get released connections first).
     waiting: usize,
+    /// Until then released connections are closed, not parked: a `DROP DATABASE` of the
+    /// pool's database waits (up to 5 s in PostgreSQL) for its other sessions to end.
+    close_until: Option<Instant>,
 }
+
+/// How long after [`ServerPool::close_idle`] released connections are closed.
+const CLOSE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Counts a session waiting in bb8's queue until it got a connection or gave up.
 struct WaitingGuard<'a>(&'a ServerPool);
@@ -210,11 +218,19 @@ impl ServerPool {
     /// Gives a clean connection back after a transaction. It stays parked here
     /// for the next [`Self::acquire`] unless someone waits in bb8's queue (then
     /// bb8 hands it over) or it must be closed.
-    pub fn release(&self, conn: Checkout) {
+    pub fn release(&self, mut conn: Checkout) {
         if conn.broken || conn.over_statement_limit() {
             return; // bb8 closes it (`has_broken`)
         }
         let mut parked = self.lock_parked();
+        if let Some(until) = parked.close_until {
+            if Instant::now() < until {
+                drop(parked);
+                conn.broken = true;
+                return;
+            }
+            parked.close_until = None;
+        }
         if parked.waiting > 0 || parked.conns.len() >= self.max_size as usize {
             drop(parked);
             return; // dropping `conn` returns it to bb8
@@ -241,6 +257,31 @@ impl ServerPool {
 
     fn lock_parked(&self) -> MutexGuard<'_, Parked> {
         self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes the pool's idle connections (parked, and idle in bb8): PostgreSQL refuses
+    /// `DROP DATABASE` while any session is connected to the database, and a client that
+    /// drops one must not be refused because of connections only the proxy keeps open.
+    /// Connections released in the next [`CLOSE_WINDOW`] (sessions that just ended, still
+    /// resetting their connection) are closed too.
+    pub async fn close_idle(&self) {
+        let parked: Vec<Checkout> = {
+            let mut parked = self.lock_parked();
+            parked.close_until = Some(Instant::now() + CLOSE_WINDOW);
+            parked.conns.drain(..).map(|(c, _)| c).collect()
+        };
+        for mut conn in parked {
+            conn.broken = true;
+        }
+        for _ in 0..self.max_size {
+            if self.pool.state().idle_connections == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(50), self.pool.get_owned()).await {
+                Ok(Ok(mut conn)) => conn.broken = true,
+                _ => break,
+            }
+        }
     }
 
     /// Records the credential of a client that just logged in as this pool's user.
@@ -339,10 +380,22 @@ impl Pools {
             params: std::sync::OnceLock::new(),
             parked: Mutex::new(Parked::default()),
             tick: AtomicU64::new(0),
+            settings_checks: Default::default(),
         });
         map.insert(key.clone(), sp.clone());
         spawn_reaper(Arc::downgrade(&sp), self.settings.idle_timeout);
         sp
+    }
+
+    /// Closes the idle connections of every pool of `database` (see [`ServerPool::close_idle`]).
+    pub async fn close_idle(&self, database: &str) {
+        let pools: Vec<Arc<ServerPool>> = {
+            let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            map.values().filter(|p| p.key.database == database).cloned().collect()
+        };
+        for p in pools {
+            p.close_idle().await;
+        }
     }
 
     /// All pools, sorted by key (for admin output).

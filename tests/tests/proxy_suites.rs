@@ -1,0 +1,212 @@
+//! Regressions found by running asyncpg's own test suite through the proxy
+//! (`tests/drivers/run_asyncpg_suite.sh`), each checked against a real PostgreSQL: a COPY
+//! that stalled after a CopyData larger than the proxy's buffer mark, session-mode prepared
+//! statements that SQL could not name, the proxy's own FATAL hiding the server's, the pid in
+//! notifications, startup settings neither checked nor reported as the server reports them,
+//! and `DROP DATABASE` refused because of the proxy's idle pooled connections.
+
+use bytes::Bytes;
+use futures::SinkExt;
+use tandem_tests::wire::{msg, query, Msg, RawClient};
+use tandem_tests::{init_tracing, Cluster, ClusterOptions};
+
+/// A StartupMessage with extra settings, as drivers send them.
+fn startup_with(settings: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "postgres"), ("database", "postgres")].iter().chain(settings) {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    pkt.extend_from_slice(&body);
+    pkt
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Parse + Sync of a named statement without parameters.
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let body = [cstr(name), cstr(sql), vec![0, 0]].concat();
+    [msg(b'P', &body), msg(b'S', &[])].concat()
+}
+
+fn parameter(msgs: &[Msg], name: &str) -> Option<String> {
+    msgs.iter().filter(|m| m.tag == b'S').find_map(|m| {
+        let mut parts = m.body.split(|b| *b == 0);
+        let n = parts.next()?;
+        let v = parts.next()?;
+        (n == name.as_bytes()).then(|| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+fn errors(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter().filter_map(Msg::sqlstate).collect()
+}
+
+fn session_cluster() -> anyhow::Result<Cluster> {
+    Cluster::start(ClusterOptions { replicas: 0, pool_mode: "session", ..Default::default() })
+}
+
+/// Session pooling keeps a client's statement names on its server connection, so SQL that
+/// names them works as on PostgreSQL (asyncpg: test_prepare_explicitly_named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_statements_are_visible_to_sql() -> anyhow::Result<()> {
+    init_tracing();
+    let c = session_cluster()?;
+    let mut cl = RawClient::login(c.proxy_port, "postgres", "postgres").await?;
+    cl.send(&parse("foobar", "SELECT 1")).await?;
+    assert_eq!(errors(&cl.until_ready().await?), Vec::<String>::new());
+    let out = cl.simple("EXECUTE foobar").await?;
+    assert_eq!(tandem_tests::wire::first_column(&out), vec![Some("1".to_string())], "{out:?}");
+    let out = cl.simple("SELECT count(*) FROM pg_prepared_statements WHERE name = 'foobar'").await?;
+    assert_eq!(tandem_tests::wire::first_column(&out), vec![Some("1".to_string())]);
+    // DEALLOCATE frees the name: a new Parse of it succeeds.
+    assert_eq!(errors(&cl.simple("DEALLOCATE foobar").await?), Vec::<String>::new());
+    cl.send(&parse("foobar", "SELECT 2")).await?;
+    assert_eq!(errors(&cl.until_ready().await?), Vec::<String>::new());
+    assert_eq!(tandem_tests::wire::first_column(&cl.simple("EXECUTE foobar").await?), vec![Some("2".to_string())]);
+    // Close removes it from the server too.
+    cl.send(&[msg(b'C', &[&b"S"[..], &cstr("foobar")].concat()), msg(b'S', &[])].concat()).await?;
+    let out = cl.until_ready().await?;
+    assert!(out.iter().any(|m| m.tag == b'3'), "CloseComplete: {out:?}");
+    assert_eq!(errors(&cl.simple("EXECUTE foobar").await?), vec!["26000".to_string()]);
+    // A redefinition while it exists is refused, as PostgreSQL does.
+    cl.send(&parse("again", "SELECT 3")).await?;
+    cl.until_ready().await?;
+    cl.send(&parse("again", "SELECT 4")).await?;
+    assert_eq!(errors(&cl.until_ready().await?), vec!["42P05".to_string()]);
+    Ok(())
+}
+
+/// A client's own notifications carry the pid it was given (asyncpg: test_listen_01), the
+/// pid names no real backend, and a backend terminated under a client leaves the client
+/// with the server's 57P01 only (asyncpg: test_execute_script_interrupted_by_server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_and_termination_look_like_postgres() -> anyhow::Result<()> {
+    init_tracing();
+    let c = session_cluster()?;
+    let mut cl = RawClient::connect(c.proxy_port).await?;
+    cl.send(&startup_with(&[])).await?;
+    let greeting = cl.until_ready().await?;
+    let key = greeting.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+    let pid = i32::from_be_bytes([key.body[0], key.body[1], key.body[2], key.body[3]]);
+    assert!(pid >= 1 << 22, "client pid {pid} could name a real backend");
+    cl.simple("LISTEN chan").await?;
+    let out = cl.simple("NOTIFY chan, 'hi'").await?;
+    let note = out.iter().find(|m| m.tag == b'A').expect("own notification");
+    assert_eq!(i32::from_be_bytes([note.body[0], note.body[1], note.body[2], note.body[3]]), pid);
+
+    // Another client's notification carries that client's pid (asyncpg: test_listen_02).
+    let mut other = RawClient::connect(c.proxy_port).await?;
+    other.send(&startup_with(&[])).await?;
+    let greeting = other.until_ready().await?;
+    let key = greeting.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+    let other_pid = i32::from_be_bytes([key.body[0], key.body[1], key.body[2], key.body[3]]);
+    other.simple("NOTIFY chan, 'from the other'").await?;
+    let mut note = None;
+    for _ in 0..50 {
+        let out = cl.simple("SELECT 1").await?;
+        note = out.into_iter().find(|m| m.tag == b'A');
+        if note.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let note = note.expect("the other client's notification");
+    assert_eq!(i32::from_be_bytes([note.body[0], note.body[1], note.body[2], note.body[3]]), other_pid);
+
+    cl.send(&query("SELECT pg_terminate_backend(pg_backend_pid())")).await?;
+    let out = cl.until_closed().await?;
+    assert_eq!(errors(&out), vec!["57P01".to_string()], "{out:?}");
+    Ok(())
+}
+
+/// Startup settings are reported the way the server reports them, and refused the way the
+/// server refuses them (asyncpg: test_get_settings_01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_settings_are_checked_by_the_server() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    for _ in 0..2 {
+        // Twice: the second login takes the verdict from the pool's cache.
+        let mut cl = RawClient::connect(c.proxy_port).await?;
+        cl.send(&startup_with(&[
+            ("client_encoding", "'utf-8'"),
+            ("DateStyle", "iso, dmy"),
+            ("application_name", "suite app"),
+        ]))
+        .await?;
+        let greeting = cl.until_ready().await?;
+        assert_eq!(parameter(&greeting, "application_name").as_deref(), Some("suite app"));
+        assert_eq!(parameter(&greeting, "client_encoding").as_deref(), Some("UTF8"));
+        assert_eq!(parameter(&greeting, "DateStyle").as_deref(), Some("ISO, DMY"));
+        let out = cl.simple("SELECT to_char(date '2024-02-01', 'DD') || ' ' || date '2024-02-01'::text").await?;
+        assert_eq!(tandem_tests::wire::first_column(&out), vec![Some("01 2024-02-01".to_string())]);
+    }
+    let mut cl = RawClient::connect(c.proxy_port).await?;
+    cl.send(&startup_with(&[("client_encoding", "no-such-encoding")])).await?;
+    let out = cl.until_closed().await?;
+    assert_eq!(errors(&out), vec!["22023".to_string()], "{out:?}");
+    assert!(out.iter().all(|m| m.tag != b'Z'), "no session for refused settings");
+    Ok(())
+}
+
+/// A CopyData message larger than the proxy's buffer high-water mark used to leave the
+/// client unread once the buffer drained (asyncpg: test_copy_records_to_table_* hung).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_with_messages_larger_than_the_buffer_mark() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    let client = c.connect().await?;
+    client.batch_execute("CREATE TABLE big (v text)").await?;
+    let row = format!("{}\n", "x".repeat(2 << 20));
+    for round in 1..=3u64 {
+        let sink = client.copy_in("COPY big FROM STDIN").await?;
+        futures::pin_mut!(sink);
+        // One CopyData message per row, sent back to back.
+        for _ in 0..2 {
+            sink.feed(Bytes::from(row.clone())).await?;
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), sink.finish()).await??;
+        assert_eq!(n, 2);
+        assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM big")?, (2 * round).to_string());
+    }
+    Ok(())
+}
+
+/// `DROP DATABASE` is not refused because of the proxy's own idle pooled connections to
+/// the database (asyncpg: TestIntrospection teardown, test_type_cache_invalidation_in_pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_closes_idle_pooled_connections() -> anyhow::Result<()> {
+    init_tracing();
+    for pool_mode in ["transaction", "session"] {
+        let c = Cluster::start(ClusterOptions { replicas: 0, pool_mode, ..Default::default() })?;
+        drop_database_body(&c).await?;
+    }
+    Ok(())
+}
+
+async fn drop_database_body(c: &Cluster) -> anyhow::Result<()> {
+    let admin = c.connect().await?;
+    for round in 0..2 {
+        admin.batch_execute("CREATE DATABASE drop_me").await?;
+        {
+            let user = c.connect_as("postgres", "drop_me").await?;
+            user.batch_execute("CREATE TABLE t (x int)").await?;
+            assert_eq!(user.query_one("SELECT 1", &[]).await?.get::<_, i32>(0), 1);
+        }
+        // No pause: in session mode the ended session's connection may still be resetting
+        // (DISCARD ALL) when the DROP arrives.
+        let sql = if round == 0 { "DROP DATABASE \"drop_me\"" } else { "drop database if exists DROP_ME" };
+        admin.batch_execute(sql).await?;
+    }
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'drop_me'")?, "0");
+    Ok(())
+}
