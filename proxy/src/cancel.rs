@@ -138,9 +138,9 @@ pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
         while stream.read(&mut sink).await? != 0 {}
         Ok(())
     };
-    tokio::time::timeout(CANCEL_TIMEOUT, work)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "server did not take the cancel request")))
+    tokio::time::timeout(CANCEL_TIMEOUT, work).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "server did not take the cancel request"))
+    })
 }
 
 #[cfg(test)]

@@ -80,7 +80,8 @@ impl Session {
                         }
                     }
                     b'A' => {
-                        replacement = notification_for_client(msg, &a.conn.cancel_key, self.cancel.pid, &self.ctx.cancels)
+                        replacement =
+                            notification_for_client(msg, &a.conn.cancel_key, self.cancel.pid, &self.ctx.cancels)
                     }
                     _ => {}
                 }

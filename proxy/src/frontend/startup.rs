@@ -120,7 +120,8 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
     };
     let settings = super::login_params::to_check(&params.params, &server_params);
     let checked_names: Vec<String> = settings.iter().map(|(n, _)| n.clone()).collect();
-    let checked = super::login_params::check(&pool, &topo.primary.addr, settings, &cred, ctx.cfg.connect_timeout()).await;
+    let checked =
+        super::login_params::check(&pool, &topo.primary.addr, settings, &cred, ctx.cfg.connect_timeout()).await;
     let reported = match checked {
         Some(Verdict::Refused(frame)) => {
             let _ = stream.write_all(&frame).await;
