@@ -56,7 +56,9 @@ spawn "$WORK/tandem.log" env ${TANDEM_ENV:-} "${TANDEM_CMD[@]}"
 TANDEM_PID=$SPAWNED_PID
 wait_port "$TANDEM_PORT" 30 || die "tandem proxy did not listen (see $WORK/tandem.log)"
 # Optional fourth path: the same proxy with one tokio worker thread (TOKIO_WORKER_THREADS=1),
-# to show what cross-thread wake-ups cost on a small machine.
+# to show what cross-thread wake-ups cost on a larger machine. On <= 2 cores `tandem proxy`
+# already defaults to one thread, so there this path is a second, identical Tandem: a control
+# that shows how far two runs of the same thing differ on this machine.
 TANDEM1_PORT="" TANDEM1_PID=""
 if [[ ${TANDEM_1W:-1} == 1 ]]; then
     TANDEM1_PORT=$(free_port)
@@ -346,7 +348,9 @@ mkdir -p "$(dirname "$OUT")"
     echo "  instance in **session** mode. Tandem runs in **transaction** mode in every row."
     if [[ -n $TANDEM1_PORT ]]; then
         echo "- \`tandem-1w\` is the same Tandem build and flags with \`TOKIO_WORKER_THREADS=1\` (one runtime"
-        echo "  worker thread instead of one per core), run as a fourth path in the same rounds."
+        echo "  worker thread instead of one per core), run as a fourth path in the same rounds. On a"
+        echo "  machine with <= 2 cores Tandem already runs one thread, so there it is an identical second"
+        echo "  Tandem: the spread between the two rows is the run-to-run noise of this machine."
     fi
     echo "- Read splitting is off in Tandem (\`--no-read-split\`): one primary behind every path."
     echo "- \"proxy CPU µs per txn\" is the proxy process's user+system CPU time during the run"
