@@ -20,7 +20,7 @@
 # Usage: bench/replicator.sh       (as root; see bench/README.md)
 # Knobs: DURATION=30 BACKLOG_DURATION=20 CLIENTS=8 THREADS=2 SCALE=10 PROFILE=1
 #   SYSTEMS="tandem-async tandem-sync native" MAX_LOAD=2.5 LOAD_WAIT=300 SKIP_BUILD=0
-#   KEEP_WORK=0 OUT=<file>
+#   KEEP_WORK=0 OUT=<file> TANDEM_GLOBAL_ARGS="--threads 1" (flags before the subcommand)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -85,13 +85,14 @@ wait_marker() {
 # wait_caught_up SECONDS: until the replica has as many pgbench_history rows as the primary
 # (equal, not at least: after a TRUNCATE the replica may still hold more);
 # prints the seconds it took (or "timeout").
-wait_caught_up() {
-    local limit=$1 target start now have
+wait_caught_up() { # LIMIT [SAMPLES_FILE: "seconds<TAB>replica rows" every poll]
+    local limit=$1 samples=${2:-/dev/null} target start now have
     target=$(psqlp -c 'SELECT count(*) FROM pgbench_history')
     start=$(date +%s.%N)
     while :; do
         have=$(psqlr -c 'SELECT count(*) FROM pgbench_history' 2>/dev/null || echo 0)
         now=$(date +%s.%N)
+        awk -v a="$start" -v b="$now" -v n="$have" 'BEGIN {printf "%.3f\t%s\n", b - a, n}' >>"$samples"
         if [[ $have -eq $target ]]; then
             awk -v a="$start" -v b="$now" 'BEGIN {printf "%.2f", b - a}'
             return 0
@@ -102,6 +103,22 @@ wait_caught_up() {
         fi
         sleep 0.1
     done
+}
+
+# steady_rate SAMPLES BACKLOG: rows applied per second while the replica went from 20% to 80%
+# of the backlog (times interpolated between polls): the apply rate itself, without the
+# resume (process start-up for Tandem, worker start for native) and the tail.
+steady_rate() {
+    awk -v n="$2" -F'\t' '
+        { t[NR] = $1; r[NR] = $2 }
+        END {
+            lo = 0.2 * n; hi = 0.8 * n
+            for (i = 2; i <= NR; i++) {
+                if (!t20 && r[i] >= lo) t20 = t[i-1] + (t[i] - t[i-1]) * (lo - r[i-1]) / (r[i] - r[i-1] + 1e-9)
+                if (!t80 && r[i] >= hi) t80 = t[i-1] + (t[i] - t[i-1]) * (hi - r[i-1]) / (r[i] - r[i-1] + 1e-9)
+            }
+            if (t20 && t80 && t80 > t20) printf "%.0f", (hi - lo) / (t80 - t20); else printf "—"
+        }' "$1"
 }
 
 # sampler OUTFILE: once a second, primary rows, replica rows, age of the replica's newest row.
@@ -136,7 +153,7 @@ pid_ticks() {
 
 # --- systems -----------------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
-printf 'system\tprimary_tps\tapply_tps_live\tlag_rows_median\tlag_rows_max\tlag_rows_end\tlag_s_median\tlag_s_max\tlag_trend\tcatchup_s\tbacklog_txns\tdrain_s\tdrain_tps\tcpu\n' >"$RESULTS"
+printf 'system\tprimary_tps\tapply_tps_live\tlag_rows_median\tlag_rows_max\tlag_rows_end\tlag_s_median\tlag_s_max\tlag_trend\tcatchup_s\tbacklog_txns\tdrain_s\tdrain_tps\tsteady_tps\tcpu\n' >"$RESULTS"
 COMMANDS=()
 LOADS=()
 PROFILE_MD="(profile skipped)"
@@ -147,7 +164,7 @@ MARKER=0
 start_tandem() { # MODE
     local mode=$1
     TANDEM_STATUS_PORT=$(free_port)
-    local cmd=("$TANDEM_BIN" --log info replicator --primary "postgres://postgres@127.0.0.1:$P_PORT/$DB"
+    local cmd=("$TANDEM_BIN" --log info ${TANDEM_GLOBAL_ARGS:-} replicator --primary "postgres://postgres@127.0.0.1:$P_PORT/$DB"
         --replica "r1=postgres://postgres@127.0.0.1:$R_PORT/$DB" --database "$DB" --mode "$mode"
         --data-dir "$WORK/changelog-$mode" --status-listen "127.0.0.1:$TANDEM_STATUS_PORT")
     local shown="tandem-$mode: ${cmd[*]/#$TANDEM_BIN/tandem}"
@@ -284,7 +301,7 @@ measure_system() { # SYSTEM
     log "$sys: primary ${tps} TPS, replica applied ${apply_live}/s live, lag median ${lag_med} rows (${lag_s_med}s), trend ${trend}, caught up ${catchup}s after"
 
     # (2) backlog
-    local backlog="—" drain="—" drain_tps="—"
+    local backlog="—" drain="—" drain_tps="—" steady_tps="—"
     if [[ $sys != tandem-sync ]]; then
         # Empty the history on both sides first, so the count after resuming is the backlog alone.
         reset_primary
@@ -300,17 +317,18 @@ measure_system() { # SYSTEM
             perf_pid=$!
             BENCH_PIDS+=("$perf_pid")
         fi
-        drain=$(wait_caught_up "$CATCHUP_LIMIT")
+        drain=$(wait_caught_up "$CATCHUP_LIMIT" "$WORK/drain-$sys.tsv")
         if [[ -n $perf_pid ]]; then
             kill -INT "$perf_pid" 2>/dev/null || true
             wait "$perf_pid" 2>/dev/null || true
             profile_report
         fi
         [[ $drain != timeout ]] && drain_tps=$(awk -v n="$backlog" -v s="$drain" 'BEGIN {printf "%.0f", n / s}')
-        log "$sys: backlog of $backlog transactions drained in ${drain}s (${drain_tps}/s)"
+        steady_tps=$(steady_rate "$WORK/drain-$sys.tsv" "$backlog")
+        log "$sys: backlog of $backlog transactions drained in ${drain}s (${drain_tps}/s; ${steady_tps}/s from 20% to 80%)"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$tps" "$apply_live" "$lag_med" "$lag_max" \
-        "$lag_end" "$lag_s_med" "$lag_s_max" "$trend" "$catchup" "$backlog" "$drain" "$drain_tps" "$cpu" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$tps" "$apply_live" "$lag_med" "$lag_max" \
+        "$lag_end" "$lag_s_med" "$lag_s_max" "$trend" "$catchup" "$backlog" "$drain" "$drain_tps" "$steady_tps" "$cpu" >>"$RESULTS"
     cp "$samples" "$WORK/keep-samples-$sys.tsv"
     detach "$sys"
     as_pg "$PG_BIN/pg_ctl" -D "$WORK/replica-$sys" stop -m immediate >/dev/null 2>&1 || true
@@ -382,11 +400,12 @@ for r in rows:
 print()
 print("Apply throughput on a backlog (apply paused, the same load run on the primary, apply resumed):")
 print()
-print("| system | backlog (transactions) | drained in s | applied per s | vs native | replication CPU during live load |")
-print("|---|---:|---:|---:|---:|---|")
+print("| system | backlog (transactions) | drained in s | applied per s | vs native | steady rate (20% → 80% of backlog) per s | vs native | replication CPU during live load |")
+print("|---|---:|---:|---:|---:|---:|---:|---|")
 for r in rows:
     vs = ratio(r["drain_tps"], native["drain_tps"]) if native else "—"
-    print(f"| {r['system']} | {r['backlog_txns']} | {r['drain_s']} | {r['drain_tps']} | {vs} | {r['cpu']} |")
+    vs_steady = ratio(r["steady_tps"], native["steady_tps"]) if native else "—"
+    print(f"| {r['system']} | {r['backlog_txns']} | {r['drain_s']} | {r['drain_tps']} | {vs} | {r['steady_tps']} | {vs_steady} | {r['cpu']} |")
 EOF
 )
 {
