@@ -25,9 +25,10 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
     #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
     log: String,
-    /// Runtime worker threads [default: one per core; `tandem proxy` on a machine with up to
-    /// 2 cores: 1, which avoids cross-thread wake-ups when PostgreSQL shares the cores, see
-    /// bench/results]. With 1, everything runs on a single-threaded runtime.
+    /// Runtime worker threads [default: one per core; `tandem proxy` and `tandem replicator`
+    /// on a machine with up to 2 cores: 1, which avoids cross-thread wake-ups when PostgreSQL
+    /// shares the cores, see bench/results]. With 1, everything runs on a single-threaded
+    /// runtime (the replicator's change-log writer keeps its own thread).
     #[arg(long, global = true, env = "TANDEM_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -55,8 +56,8 @@ fn main() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let small_proxy = cores <= 2 && matches!(cli.command, Command::Proxy(_));
-    let threads = cli.threads.unwrap_or(if small_proxy { 1 } else { cores }).max(1);
+    let one_thread = cores <= 2 && matches!(cli.command, Command::Proxy(_) | Command::Replicator(_));
+    let threads = cli.threads.unwrap_or(if one_thread { 1 } else { cores }).max(1);
     // One thread: tokio's current-thread scheduler, which has none of the
     // work-stealing bookkeeping of the multi-thread one (measurably cheaper per
     // message on the proxy's data path).

@@ -64,8 +64,13 @@ pub fn query(sql: &str) -> Vec<u8> {
 
 /// A protocol 3.0 StartupMessage.
 pub fn startup(user: &str, database: &str) -> Vec<u8> {
+    startup_with(user, database, &[])
+}
+
+/// A protocol 3.0 StartupMessage with further settings, as drivers send them.
+pub fn startup_with(user: &str, database: &str, settings: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
+    for (k, v) in [("user", user), ("database", database)].iter().chain(settings) {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());

@@ -10,19 +10,9 @@ use futures::SinkExt;
 use tandem_tests::wire::{msg, query, Msg, RawClient};
 use tandem_tests::{init_tracing, Cluster, ClusterOptions};
 
-/// A StartupMessage with extra settings, as drivers send them.
+/// A StartupMessage for `postgres`/`postgres` with extra settings, as drivers send them.
 fn startup_with(settings: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "postgres"), ("database", "postgres")].iter().chain(settings) {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    pkt.extend_from_slice(&body);
-    pkt
+    tandem_tests::wire::startup_with("postgres", "postgres", settings)
 }
 
 fn cstr(s: &str) -> Vec<u8> {
