@@ -143,9 +143,11 @@ impl Session {
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
-        if let Some(db) = super::sql_names::dropped_database(sql) {
-            // The proxy's own idle connections to it would make PostgreSQL refuse (55006).
-            self.ctx.pools.close_idle(&db).await;
+        for effect in &class.effects {
+            if let SessionEffect::DropDatabase { name } = effect {
+                // The proxy's own idle connections to it would make PostgreSQL refuse (55006).
+                self.ctx.pools.close_idle(name).await;
+            }
         }
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);

@@ -13,7 +13,6 @@ pub mod login_params;
 pub mod pipeline;
 mod server_side;
 pub mod session;
-mod sql_names;
 pub mod startup;
 pub mod state;
 pub mod stream;

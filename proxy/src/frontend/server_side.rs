@@ -175,7 +175,8 @@ impl Session {
             | SessionEffect::Pin(_)
             | SessionEffect::DiscardPlans
             | SessionEffect::DiscardTemp
-            | SessionEffect::DiscardSequences => {}
+            | SessionEffect::DiscardSequences
+            | SessionEffect::DropDatabase { .. } => {}
         }
         // The connection that ran the statement now holds exactly the client's settings.
         a.conn.params_signature = self.params.signature();

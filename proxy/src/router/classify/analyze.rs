@@ -192,6 +192,10 @@ impl Statement<'_> {
                 let name = (!deallocate.isall && !deallocate.name.is_empty()).then(|| deallocate.name.clone());
                 self.effects.push(SessionEffect::Deallocate { name });
             }
+            NodeEnum::DropdbStmt(drop) => {
+                self.route = Route::Write;
+                self.effects.push(SessionEffect::DropDatabase { name: drop.dbname.clone() });
+            }
             NodeEnum::ListenStmt(_) => self.pin(PinReason::Listen),
             NodeEnum::PrepareStmt(_) => self.pin(PinReason::SqlPrepare),
             NodeEnum::LoadStmt(_) => self.pin(PinReason::Load),

@@ -87,6 +87,12 @@ pub enum SessionEffect {
     },
     /// Statement that ties the session to its server connection for the rest of the session.
     Pin(PinReason),
+    /// `DROP DATABASE name`: PostgreSQL refuses it while anyone is connected to `name`,
+    /// so the proxy first closes its own idle pooled connections to it.
+    DropDatabase {
+        /// The database, as the parser folded it.
+        name: String,
+    },
 }
 
 /// Why a session must stay on its server connection.

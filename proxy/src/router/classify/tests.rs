@@ -258,6 +258,9 @@ fn session_effects_are_reported_with_exact_text() {
         ("DEALLOCATE p", vec![Deallocate { name: Some("p".into()) }]),
         ("DEALLOCATE PREPARE q", vec![Deallocate { name: Some("q".into()) }]),
         ("DEALLOCATE ALL", vec![Deallocate { name: None }]),
+        ("DROP DATABASE testdb", vec![DropDatabase { name: "testdb".into() }]),
+        ("/* c */ drop database if exists MyDb;", vec![DropDatabase { name: "mydb".into() }]),
+        ("DROP DATABASE \"My\"\"Db\" WITH (FORCE)", vec![DropDatabase { name: "My\"Db".into() }]),
         ("LISTEN ch", vec![Pin(Listen)]),
         ("CREATE TEMP TABLE x (a int)", vec![Pin(TempObject)]),
         ("CREATE TEMPORARY VIEW v AS SELECT 1", vec![Pin(TempObject)]),
@@ -293,6 +296,8 @@ fn session_effects_are_reported_with_exact_text() {
             assert_eq!(classification, Classification { route: Route::Write, effects: effects.clone() }, "{sql:?}");
         }
     }
+    // The words inside a literal are not a statement.
+    assert_eq!(classifier.classify("SELECT 'DROP DATABASE x'").effects, vec![]);
 }
 
 #[test]
