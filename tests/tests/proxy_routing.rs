@@ -49,6 +49,9 @@ async fn statements_go_where_they_belong() -> anyhow::Result<()> {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE SEQUENCE s; CREATE VIEW whereami AS SELECT pg_is_in_recovery() AS standby")
         .await?;
     c.wait_replicated()?;
+    // The CREATEs were this client's writes: its reads stay on the primary until the proxy's
+    // health probe has seen a replica replay them (read-your-writes), up to one interval.
+    reads_back_on_replicas(&client).await?;
 
     // Plain reads, simple and extended protocol, go to a replica.
     assert!(on_replica(&client, "SELECT standby FROM whereami").await?);
