@@ -136,10 +136,7 @@ impl Session {
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), Failure> {
         let sql = fields::query_text(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
-        let class = match std::str::from_utf8(sql) {
-            Ok(sql) => self.ctx.classifier.classify(sql),
-            Err(_) => crate::router::classify::Classification { route: Route::Write, effects: Vec::new() },
-        };
+        let class = self.ctx.classifier.classify(sql);
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
@@ -186,10 +183,7 @@ impl Session {
 
     async fn on_parse(&mut self, frame: Frame) -> Result<(), Failure> {
         let p = fields::parse(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
-        let class = match std::str::from_utf8(p.query) {
-            Ok(sql) => self.ctx.classifier.classify(sql),
-            Err(_) => crate::router::classify::Classification { route: Route::Write, effects: Vec::new() },
-        };
+        let class = self.ctx.classifier.classify(p.query);
         if p.name.is_empty() {
             self.statements.unnamed_route = Some(class.route);
             self.begin_unit(class.route).await?;

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -111,6 +112,15 @@ pub struct Session {
     /// The server's own FATAL error went to the client: when the server then hangs up,
     /// that error is the client's last word, as with PostgreSQL itself.
     pub(super) server_fatal: bool,
+    /// Set by the shutdown future's wake-up, so that `poll_io` polls that future only when
+    /// it may have fired (see [`shutdown_fired`]).
+    shutdown_watch: Option<Arc<FlagWaker>>,
+    /// Plain TCP clients: the waker their reads register, which notes that the client
+    /// socket woke the task, so that wake-ups from the server side do not re-poll a client
+    /// socket that has nothing to read (see [`ReadWatch`]). `None`: poll on every wake-up.
+    client_watch: Option<ReadWatch>,
+    /// Whether reads of plain TCP clients may use `client_watch`.
+    exact_client_wakeups: bool,
 }
 
 /// What one poll of the session's streams produced.
@@ -176,11 +186,20 @@ impl Session {
             client_unflushed: false,
             closing: false,
             server_fatal: false,
+            shutdown_watch: None,
+            client_watch: None,
+            exact_client_wakeups: false,
         }
     }
 
     /// Runs the session until the client leaves, then cleans up its server connections.
-    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, mut stream: S) {
+    ///
+    /// `exact_read_wakeups`: the stream's `poll_read` registers its waker for read
+    /// readiness only (true of a plain `TcpStream`, not of TLS, whose reads may wait to
+    /// write), so a read that returned `Pending` need not be polled again until that
+    /// waker ran.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, mut stream: S, exact_read_wakeups: bool) {
+        self.exact_client_wakeups = exact_read_wakeups;
         self.info.set_state(ClientState::Idle);
         let end = self.main_loop(&mut stream).await;
         if !self.cout.is_empty() {
@@ -268,21 +287,39 @@ impl Session {
             }
         }
         if !self.client_backlog && !self.client_blocked() {
-            reserve_for_read(&mut self.cin);
-            if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut self.cin) {
-                return Poll::Ready(Io::ClientRead(r));
+            if self.exact_client_wakeups && self.client_watch.is_none() {
+                self.client_watch = Some(ReadWatch::new(cx));
+            }
+            match self.client_watch.as_mut() {
+                Some(watch) => {
+                    if watch.may_be_ready() {
+                        reserve_for_read(&mut self.cin);
+                        let mut watch_cx = Context::from_waker(&watch.waker);
+                        let polled = poll_read_buf(Pin::new(&mut *client), &mut watch_cx, &mut self.cin);
+                        watch.armed = polled.is_pending();
+                        if let Poll::Ready(r) = polled {
+                            return Poll::Ready(Io::ClientRead(r));
+                        }
+                    }
+                }
+                None => {
+                    reserve_for_read(&mut self.cin);
+                    if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut self.cin) {
+                        return Poll::Ready(Io::ClientRead(r));
+                    }
+                }
             }
         }
         if self.cout.len() < HIGH_WATER {
             if let Some(a) = self.active.as_mut() {
-                let conn = &mut *a.conn;
+                let conn: &mut crate::pool::ServerConn = &mut a.conn;
                 reserve_for_read(&mut conn.rbuf);
                 if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
                     return Poll::Ready(Io::ServerRead(r));
                 }
             }
         }
-        if !self.closing && shutdown.poll(cx).is_ready() {
+        if !self.closing && shutdown_fired(&mut self.shutdown_watch, shutdown, cx) {
             return Poll::Ready(Io::Shutdown);
         }
         if wrote && self.client_backlog {
@@ -339,6 +376,64 @@ impl Session {
     }
 }
 
+/// Wakes the session's task and notes that the wake-up came from the shutdown token.
+struct FlagWaker {
+    fired: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+/// The read side of a stream whose wake-ups are tracked: a `Pending` read leaves
+/// [`ReadWatch::waker`] registered with the socket, and until that waker runs there is
+/// nothing to read, so the poll (a lock in tokio's readiness bookkeeping) is skipped.
+struct ReadWatch {
+    flag: Arc<FlagWaker>,
+    /// `flag` as a waker, built once.
+    waker: Waker,
+    /// The last read returned `Pending` with `waker`.
+    armed: bool,
+}
+
+impl ReadWatch {
+    fn new(cx: &Context<'_>) -> ReadWatch {
+        let flag = Arc::new(FlagWaker { fired: AtomicBool::new(false), task: cx.waker().clone() });
+        ReadWatch { waker: Waker::from(Arc::clone(&flag)), flag, armed: false }
+    }
+
+    /// Whether a read may find data (or must be polled to register `waker`).
+    fn may_be_ready(&self) -> bool {
+        !self.armed || self.flag.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Whether the shutdown token fired. Polling its future on every wake-up took a mutex each
+/// time; instead the future is polled once with a [`FlagWaker`] (the registration stays
+/// until the token fires) and again only after that waker ran.
+fn shutdown_fired(
+    watch: &mut Option<Arc<FlagWaker>>,
+    shutdown: Pin<&mut WaitForCancellationFutureOwned>,
+    cx: &mut Context<'_>,
+) -> bool {
+    if watch.as_ref().is_some_and(|w| !w.fired.load(Ordering::Acquire)) {
+        return false;
+    }
+    let flag = Arc::new(FlagWaker { fired: AtomicBool::new(false), task: cx.waker().clone() });
+    let waker = Waker::from(Arc::clone(&flag));
+    let fired = shutdown.poll(&mut Context::from_waker(&waker)).is_ready();
+    *watch = Some(flag);
+    fired
+}
+
 /// Writes as much of `buf` as `stream` takes now; `Ok(true)` if anything
 /// went out, `Err` if the stream failed (or took nothing: it is closed).
 fn poll_write_out<W: AsyncWrite + Unpin>(stream: &mut W, cx: &mut Context<'_>, buf: &mut BytesMut) -> Result<bool, ()> {
@@ -348,6 +443,7 @@ fn poll_write_out<W: AsyncWrite + Unpin>(stream: &mut W, cx: &mut Context<'_>, b
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(()),
             Poll::Ready(Ok(n)) => {
                 buf.advance(n);
+                rewind(buf);
                 wrote = true;
             }
             Poll::Pending => break,
@@ -363,8 +459,19 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Makes room for a read: [`READ_CHUNK`] bytes, reusing the buffer's
 /// allocation once the frames split off it are gone.
 fn reserve_for_read(buf: &mut BytesMut) {
+    rewind(buf);
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Moves an empty buffer back to the start of its allocation (when no frame split off it is
+/// still alive; otherwise nothing happens and nothing is allocated). Without this every
+/// message would land a little further into the buffer, on cache lines that are cold by
+/// then: each session's reads and writes now reuse the same few lines.
+fn rewind(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        let _ = buf.try_reclaim(buf.capacity() + 1);
     }
 }
 
@@ -386,7 +493,7 @@ pub(super) fn discard(mut a: Attached) {
 
 /// Runs `DISCARD ALL` so the connection can serve another client.
 async fn reset(a: &mut Attached) -> bool {
-    let conn = &mut *a.conn;
+    let conn: &mut crate::pool::ServerConn = &mut a.conn;
     let mut out = BytesMut::new();
     build::query(&mut out, "DISCARD ALL");
     let work = async {

@@ -157,7 +157,8 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
     let session_params = SessionParams::from_startup(&params.params);
     let session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
     ctx.metrics.clients.inc();
-    session.run(stream).await;
+    let plain = !stream.is_tls();
+    session.run(stream, plain).await;
     ctx.metrics.clients.dec();
     Ok(())
 }

@@ -80,8 +80,10 @@ impl bb8::ManageConnection for ServerManager {
     }
 }
 
-/// A checked-out server connection; returns to its pool when dropped.
-pub type Checkout = bb8::PooledConnection<'static, ServerManager>;
+/// A checked-out server connection; returns to its pool when dropped. Boxed: it is moved
+/// in and out of the park and the session on every transaction, and the connection with
+/// its buffers is a few hundred bytes.
+pub type Checkout = Box<bb8::PooledConnection<'static, ServerManager>>;
 
 /// Why no server connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +211,7 @@ impl ServerPool {
         let got = self.pool.get_owned().await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok(Box::new(c)),
             Err(bb8::RunError::User(e)) => Err(AcquireError::Connect(e)),
             Err(bb8::RunError::TimedOut) => Err(AcquireError::PoolTimeout),
         }
@@ -278,7 +280,7 @@ impl ServerPool {
                 break;
             }
             match tokio::time::timeout(Duration::from_millis(50), self.pool.get_owned()).await {
-                Ok(Ok(mut conn)) => conn.broken = true,
+                Ok(Ok(mut conn)) => conn.broken = true, // dropped: bb8 closes it
                 _ => break,
             }
         }
@@ -410,7 +412,9 @@ impl Pools {
     }
 }
 
-/// Closes a connection whose server went away while it was idle.
+/// Closes a connection whose server went away while it was idle (dropping the box hands it
+/// back to bb8, which closes it because it is marked broken).
+#[allow(clippy::boxed_local)]
 fn discard_dead(mut conn: Checkout) {
     tracing::debug!(server = %conn.cancel_key.addr, "pooled server connection closed while idle; discarded");
     conn.broken = true;

@@ -24,7 +24,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn cstr(&mut self) -> Result<&'a [u8], FieldError> {
-        let end = self.rest.iter().position(|&b| b == 0).ok_or(FieldError(self.what))?;
+        let end = memchr::memchr(0, self.rest).ok_or(FieldError(self.what))?;
         let (s, rest) = self.rest.split_at(end);
         self.rest = &rest[1..];
         Ok(s)

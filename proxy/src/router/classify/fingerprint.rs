@@ -12,7 +12,7 @@
 //! statements that can share a fingerprint with a valid one are ones PostgreSQL rejects.
 //!
 //! Guarantees: one pass over the bytes (O(n); the dollar-quote terminator search uses the
-//! linear-time std substring searcher), no panics on any input.
+//! linear-time `memchr::memmem` searcher), no panics on any input.
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
@@ -76,7 +76,8 @@ impl Fingerprinter {
     /// This runs for every simple query, so the token stream is never materialized: tokens go
     /// into a small stack buffer that is hashed in one pass when it fills up and at the end
     /// (SipHash is a byte stream, so where the buffer is cut does not change the hash).
-    pub fn fingerprint(&self, sql: &str) -> Fingerprint {
+    pub fn fingerprint(&self, sql: &(impl AsRef<[u8]> + ?Sized)) -> Fingerprint {
+        let sql = sql.as_ref();
         let mut sink = HashSink { buf: [0; HASH_BUF], len: 0, hasher: SipHasher13::new_with_key(&self.key) };
         let hint = lex(sql, &mut sink);
         sink.flush();
@@ -95,15 +96,16 @@ pub struct Normalized {
 
 /// Lexes `sql` into its normalized token stream (the bytes [`Fingerprinter::fingerprint`]
 /// hashes).
-pub fn normalize(sql: &str) -> Normalized {
+pub fn normalize(sql: &(impl AsRef<[u8]> + ?Sized)) -> Normalized {
+    let sql = sql.as_ref();
     let mut tokens = Vec::with_capacity(sql.len() + sql.len() / 2 + 16);
     let hint = lex(sql, &mut tokens);
     Normalized { tokens, hint }
 }
 
 /// Runs the lexer over `sql` into `out`, appending the hint token if a comment carried it.
-fn lex<S: Sink>(sql: &str, out: &mut S) -> bool {
-    let mut lexer = Lexer { src: sql, bytes: sql.as_bytes(), pos: 0, out, hint: false };
+fn lex<S: Sink>(sql: &[u8], out: &mut S) -> bool {
+    let mut lexer = Lexer { bytes: sql, pos: 0, out, hint: false };
     lexer.run();
     let hint = lexer.hint;
     if hint {
@@ -234,7 +236,6 @@ impl Sink for HashSink {
 
 /// Single-pass lexer state.
 struct Lexer<'a, S> {
-    src: &'a str,
     bytes: &'a [u8],
     pos: usize,
     out: &'a mut S,
@@ -477,13 +478,12 @@ impl<S: Sink> Lexer<'_, S> {
             return;
         }
         let delimiter_end = i + 1;
-        // Both ends are at ASCII `$` bytes, hence char boundaries.
-        let Some(delimiter) = self.src.get(self.pos..delimiter_end) else {
+        let Some(delimiter) = self.bytes.get(self.pos..delimiter_end) else {
             self.punct(1);
             return;
         };
         let body_start = delimiter_end;
-        let end = match self.src.get(body_start..).and_then(|rest| rest.find(delimiter)) {
+        let end = match self.bytes.get(body_start..).and_then(|rest| memchr::memmem::find(rest, delimiter)) {
             Some(offset) => body_start + offset + delimiter.len(),
             None => self.bytes.len(),
         };

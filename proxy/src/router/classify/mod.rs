@@ -161,7 +161,12 @@ impl Classifier {
 
     /// Classifies one simple-Query string or one Parse'd statement text. Cheap on a cache hit.
     /// Never panics; unparsable → Route::Write with no effects.
-    pub fn classify(&self, sql: &str) -> Classification {
+    ///
+    /// Takes bytes: the cache is consulted before the text is checked to be UTF-8, so a hit
+    /// costs no validation pass. Text that is not UTF-8 cannot be parsed and goes to the
+    /// primary (uncached); the server rejects it there with its own error.
+    pub fn classify(&self, sql: &(impl AsRef<[u8]> + ?Sized)) -> Classification {
+        let sql = sql.as_ref();
         let fingerprint = self.fingerprinter.fingerprint(sql);
         let generation = self.functions.generation();
         if let Some(route) = self.cache.get(fingerprint.hash, generation) {
@@ -169,6 +174,9 @@ impl Classifier {
             return Classification { route, effects: Vec::new() };
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            return Classification { route: Route::Write, effects: Vec::new() };
+        };
         let analysis = analyze::analyze(sql, &self.functions.view());
         let route = if fingerprint.hint { Route::Write } else { analysis.route };
         if analysis.functions_changed {

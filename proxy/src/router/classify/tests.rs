@@ -222,6 +222,19 @@ fn writes_route_to_the_primary_without_effects() {
     }
 }
 
+#[test]
+fn text_that_is_not_utf8_goes_to_the_primary_uncached() {
+    let classifier = classifier();
+    let bad: &[u8] = b"SELECT '\xff\xfe' FROM t";
+    for _ in 0..2 {
+        assert_eq!(classifier.classify(bad), Classification { route: Route::Write, effects: vec![] });
+    }
+    assert_eq!(classifier.cached_routes(), 0);
+    // The same statement as valid text is a read and is cached as usual.
+    assert_eq!(classifier.classify("SELECT 'ok' FROM t").route, Route::Read);
+    assert_eq!(classifier.cached_routes(), 1);
+}
+
 fn set(name: &str, statement: &str) -> SessionEffect {
     SessionEffect::Set { name: name.into(), statement: statement.into() }
 }
