@@ -48,13 +48,33 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Installs the log subscriber for `--log`.
+///
+/// A filter of plain levels and targets (`info`, `tandem_proxy=debug,warn`) becomes a static
+/// `Targets` filter. EnvFilter, needed only for span and field directives (`[client]=debug`),
+/// takes a lock and a map lookup each time a span is entered or left, and the proxy enters its
+/// client's span on every wake-up of the session.
+fn init_logging(log: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Colours only on a terminal: logs sent to files or journals stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(fmt);
+    let dynamic = log.contains(['[', '{']);
+    match log.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) if !dynamic => registry.with(targets).init(),
+        _ => {
+            let filter = tracing_subscriber::EnvFilter::try_new(log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            registry.with(filter).init()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let one_thread = cores <= 2 && matches!(cli.command, Command::Proxy(_) | Command::Replicator(_));
     let threads = cli.threads.unwrap_or(if one_thread { 1 } else { cores }).max(1);
