@@ -112,13 +112,13 @@ pub struct Session {
     /// The server's own FATAL error went to the client: when the server then hangs up,
     /// that error is the client's last word, as with PostgreSQL itself.
     pub(super) server_fatal: bool,
-    /// Set by the shutdown future's wake-up, so that `poll_io` polls that future only when
-    /// it may have fired (see [`shutdown_fired`]).
-    shutdown_watch: Option<Arc<FlagWaker>>,
-    /// Plain TCP clients: the waker their reads register, which notes that the client
-    /// socket woke the task, so that wake-ups from the server side do not re-poll a client
-    /// socket that has nothing to read (see [`ReadWatch`]). `None`: poll on every wake-up.
-    client_watch: Option<ReadWatch>,
+    /// The shutdown future's own waker: `poll_io` polls that future only after it ran.
+    /// Polling it on every wake-up took a mutex each time.
+    shutdown_watch: Option<WakeWatch>,
+    /// Plain TCP clients: the waker their reads register, so that wake-ups from the server
+    /// side do not re-poll a client socket that has nothing to read. `None`: poll on every
+    /// wake-up.
+    client_watch: Option<WakeWatch>,
     /// Whether reads of plain TCP clients may use `client_watch`.
     exact_client_wakeups: bool,
 }
@@ -288,26 +288,19 @@ impl Session {
         }
         if !self.client_backlog && !self.client_blocked() {
             if self.exact_client_wakeups && self.client_watch.is_none() {
-                self.client_watch = Some(ReadWatch::new(cx));
+                self.client_watch = Some(WakeWatch::new(cx));
             }
-            match self.client_watch.as_mut() {
-                Some(watch) => {
-                    if watch.may_be_ready() {
-                        reserve_for_read(&mut self.cin);
-                        let mut watch_cx = Context::from_waker(&watch.waker);
-                        let polled = poll_read_buf(Pin::new(&mut *client), &mut watch_cx, &mut self.cin);
-                        watch.armed = polled.is_pending();
-                        if let Poll::Ready(r) = polled {
-                            return Poll::Ready(Io::ClientRead(r));
-                        }
-                    }
-                }
-                None => {
-                    reserve_for_read(&mut self.cin);
-                    if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut self.cin) {
-                        return Poll::Ready(Io::ClientRead(r));
-                    }
-                }
+            let cin = &mut self.cin;
+            let mut read = |cx: &mut Context<'_>| {
+                reserve_for_read(cin);
+                poll_read_buf(Pin::new(&mut *client), cx, cin)
+            };
+            let polled = match self.client_watch.as_mut() {
+                Some(watch) => watch.poll(read),
+                None => read(cx),
+            };
+            if let Poll::Ready(r) = polled {
+                return Poll::Ready(Io::ClientRead(r));
             }
         }
         if self.cout.len() < HIGH_WATER {
@@ -319,8 +312,11 @@ impl Session {
                 }
             }
         }
-        if !self.closing && shutdown_fired(&mut self.shutdown_watch, shutdown, cx) {
-            return Poll::Ready(Io::Shutdown);
+        if !self.closing {
+            let watch = self.shutdown_watch.get_or_insert_with(|| WakeWatch::new(cx));
+            if watch.poll(|cx| shutdown.poll(cx)).is_ready() {
+                return Poll::Ready(Io::Shutdown);
+            }
         }
         if wrote && self.client_backlog {
             // Buffers drained: the queued client messages may go on now.
@@ -376,7 +372,7 @@ impl Session {
     }
 }
 
-/// Wakes the session's task and notes that the wake-up came from the shutdown token.
+/// Wakes the session's task and notes that it did so.
 struct FlagWaker {
     fired: AtomicBool,
     task: Waker,
@@ -393,45 +389,33 @@ impl Wake for FlagWaker {
     }
 }
 
-/// The read side of a stream whose wake-ups are tracked: a `Pending` read leaves
-/// [`ReadWatch::waker`] registered with the socket, and until that waker runs there is
-/// nothing to read, so the poll (a lock in tokio's readiness bookkeeping) is skipped.
-struct ReadWatch {
+/// One poll site (a socket's read side, the shutdown future) whose wake-ups are tracked: a
+/// `Pending` poll leaves [`WakeWatch::waker`] registered, and until that waker runs nothing
+/// changed there, so polling again (a lock in tokio's bookkeeping) is skipped.
+struct WakeWatch {
     flag: Arc<FlagWaker>,
     /// `flag` as a waker, built once.
     waker: Waker,
-    /// The last read returned `Pending` with `waker`.
+    /// The last poll returned `Pending` with `waker`.
     armed: bool,
 }
 
-impl ReadWatch {
-    fn new(cx: &Context<'_>) -> ReadWatch {
+impl WakeWatch {
+    fn new(cx: &Context<'_>) -> WakeWatch {
         let flag = Arc::new(FlagWaker { fired: AtomicBool::new(false), task: cx.waker().clone() });
-        ReadWatch { waker: Waker::from(Arc::clone(&flag)), flag, armed: false }
+        WakeWatch { waker: Waker::from(Arc::clone(&flag)), flag, armed: false }
     }
 
-    /// Whether a read may find data (or must be polled to register `waker`).
-    fn may_be_ready(&self) -> bool {
-        !self.armed || self.flag.fired.swap(false, Ordering::AcqRel)
+    /// Runs `poll` with the watch's waker, unless the last poll was `Pending` and its
+    /// waker has not run since (then `Pending` without polling).
+    fn poll<T>(&mut self, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        if self.armed && !self.flag.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let polled = poll(&mut Context::from_waker(&self.waker));
+        self.armed = polled.is_pending();
+        polled
     }
-}
-
-/// Whether the shutdown token fired. Polling its future on every wake-up took a mutex each
-/// time; instead the future is polled once with a [`FlagWaker`] (the registration stays
-/// until the token fires) and again only after that waker ran.
-fn shutdown_fired(
-    watch: &mut Option<Arc<FlagWaker>>,
-    shutdown: Pin<&mut WaitForCancellationFutureOwned>,
-    cx: &mut Context<'_>,
-) -> bool {
-    if watch.as_ref().is_some_and(|w| !w.fired.load(Ordering::Acquire)) {
-        return false;
-    }
-    let flag = Arc::new(FlagWaker { fired: AtomicBool::new(false), task: cx.waker().clone() });
-    let waker = Waker::from(Arc::clone(&flag));
-    let fired = shutdown.poll(&mut Context::from_waker(&waker)).is_ready();
-    *watch = Some(flag);
-    fired
 }
 
 /// Writes as much of `buf` as `stream` takes now; `Ok(true)` if anything

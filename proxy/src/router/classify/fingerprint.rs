@@ -186,13 +186,25 @@ impl HashSink {
     }
 }
 
-impl Sink for HashSink {
+impl HashSink {
+    /// Appends `tag content END`, lower-casing `content` (ASCII) if asked; a token longer
+    /// than the buffer is hashed directly.
     #[inline]
-    fn token(&mut self, tag: u8, content: &[u8]) {
+    fn put(&mut self, tag: u8, content: &[u8], lowercase: bool) {
         let n = content.len() + 2;
         if !self.room(n) {
             self.hasher.write(&[tag]);
-            self.hasher.write(content);
+            if lowercase {
+                for chunk in content.chunks(64) {
+                    let mut lower = [0u8; 64];
+                    let lower = &mut lower[..chunk.len()];
+                    lower.copy_from_slice(chunk);
+                    lower.make_ascii_lowercase();
+                    self.hasher.write(lower);
+                }
+            } else {
+                self.hasher.write(content);
+            }
             self.hasher.write(&[tag::END]);
             return;
         }
@@ -200,37 +212,27 @@ impl Sink for HashSink {
         if let Some((first, rest)) = dst.split_first_mut() {
             *first = tag;
             if let Some((last, middle)) = rest.split_last_mut() {
-                middle.copy_from_slice(content);
+                if lowercase {
+                    copy_lowercase(middle, content);
+                } else {
+                    middle.copy_from_slice(content);
+                }
                 *last = tag::END;
             }
         }
         self.len += n;
     }
+}
+
+impl Sink for HashSink {
+    #[inline]
+    fn token(&mut self, tag: u8, content: &[u8]) {
+        self.put(tag, content, false);
+    }
 
     #[inline]
     fn token_lowercase(&mut self, tag: u8, content: &[u8]) {
-        let n = content.len() + 2;
-        if !self.room(n) {
-            self.hasher.write(&[tag]);
-            for chunk in content.chunks(64) {
-                let mut lower = [0u8; 64];
-                let lower = &mut lower[..chunk.len()];
-                lower.copy_from_slice(chunk);
-                lower.make_ascii_lowercase();
-                self.hasher.write(lower);
-            }
-            self.hasher.write(&[tag::END]);
-            return;
-        }
-        let Some(dst) = self.buf.get_mut(self.len..self.len + n) else { return };
-        if let Some((first, rest)) = dst.split_first_mut() {
-            *first = tag;
-            if let Some((last, middle)) = rest.split_last_mut() {
-                copy_lowercase(middle, content);
-                *last = tag::END;
-            }
-        }
-        self.len += n;
+        self.put(tag, content, true);
     }
 }
 
