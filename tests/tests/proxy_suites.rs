@@ -3,7 +3,8 @@
 //! that stalled after a CopyData larger than the proxy's buffer mark, session-mode prepared
 //! statements that SQL could not name, the proxy's own FATAL hiding the server's, the pid in
 //! notifications, startup settings neither checked nor reported as the server reports them,
-//! and `DROP DATABASE` refused because of the proxy's idle pooled connections.
+//! `DROP DATABASE` refused because of the proxy's idle pooled connections, and startup
+//! `options` (`-c name=value`) ignored.
 
 use bytes::Bytes;
 use futures::SinkExt;
@@ -145,6 +146,46 @@ async fn startup_settings_are_checked_by_the_server() -> anyhow::Result<()> {
     let out = cl.until_closed().await?;
     assert_eq!(errors(&out), vec!["22023".to_string()], "{out:?}");
     assert!(out.iter().all(|m| m.tag != b'Z'), "no session for refused settings");
+    Ok(())
+}
+
+/// `options` (libpq's `options=`, `PGOPTIONS`) carries `-c name=value` settings; they apply
+/// to every transaction of the session, whichever pooled connection runs it, as they would
+/// on PostgreSQL. A switch the proxy cannot honour is refused with PostgreSQL's SQLSTATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_are_applied() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    c.psql("CREATE SCHEMA opts; CREATE TABLE opts.t AS SELECT 42 AS v")?;
+    let conninfo =
+        format!("{} options='-c search_path=opts,public --statement-timeout=4321'", c.dsn("postgres", "postgres"));
+    // Another client holds a connection in a transaction, so psql's statements do not all
+    // run on the connection that first got its settings.
+    let holder = c.connect().await?;
+    holder.batch_execute("BEGIN; SELECT 1").await?;
+    let out = c.psql_raw(&conninfo, &[], "SHOW search_path; SHOW statement_timeout; SELECT v FROM t;")?;
+    assert!(out.status.success(), "psql failed: {}\n{}", out.stderr, out.stdout);
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), vec!["opts,public", "4321ms", "42"]);
+    holder.batch_execute("COMMIT").await?;
+
+    // tokio-postgres sends the same parameter.
+    let mut cfg: tokio_postgres::Config = c.dsn("postgres", "postgres").parse()?;
+    cfg.options("-c search_path=opts");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let row = client.query_one("SELECT v FROM t", &[]).await?;
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+
+    let bad = format!("{} options='-B 100'", c.dsn("postgres", "postgres"));
+    let mut raw = tandem_tests::wire::RawClient::connect(c.proxy_port).await?;
+    raw.send(&startup_with(&[("options", "-B 100")])).await?;
+    let out = raw.until_closed().await?;
+    assert_eq!(errors(&out), vec!["42601".to_string()], "{out:?}");
+    let psql_bad = c.psql_raw(&bad, &[], "SELECT 1")?;
+    assert!(!psql_bad.status.success());
+    assert!(psql_bad.stderr.contains("unsupported command-line argument"), "{}", psql_bad.stderr);
     Ok(())
 }
 

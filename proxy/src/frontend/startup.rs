@@ -44,10 +44,14 @@ pub enum StartupError {
 /// Runs startup and, on success, the client's session.
 pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientGuard<'_>) -> Result<(), StartupError> {
     let login = tokio::time::timeout(ctx.cfg.login_timeout(), negotiate(&ctx, tcp)).await;
-    let (mut stream, params, rbuf) = match login {
+    let (mut stream, mut params, rbuf) = match login {
         Ok(r) => r?,
         Err(_) => return Err(StartupError::Rejected("login timeout".into())),
     };
+    if let Err(e) = params.expand_options() {
+        // As PostgreSQL answers a bad `options` switch.
+        return reject(&mut stream, sqlstate::SYNTAX_ERROR, &e.to_string()).await;
+    }
     guard.info.tls.store(stream.is_tls(), std::sync::atomic::Ordering::Relaxed);
     let Some(user) = params.user().map(str::to_owned) else {
         return reject(

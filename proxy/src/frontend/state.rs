@@ -41,7 +41,12 @@ impl SessionParams {
             if is_identity(name) {
                 continue;
             }
-            p.set(name, &format!("SET {} = {}", quote_ident(name), quote_literal(value)));
+            // set_config takes the value as the server reads a startup setting: `SET x = 'a,b'`
+            // would make a list setting such as search_path one quoted element.
+            // Names are case-insensitive; a later SET or RESET uses the lower-case name.
+            let stmt =
+                format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(name), quote_literal(value));
+            p.set(&name.to_ascii_lowercase(), &stmt);
         }
         p.startup = p.entries.clone();
         p
@@ -100,11 +105,6 @@ impl SessionParams {
             h.finish() | 1
         };
     }
-}
-
-/// Quotes an identifier for SQL.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Quotes a string literal for SQL (standard_conforming_strings on).
@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn startup_params_become_sets() {
         let p = SessionParams::from_startup(&[("user".into(), "u".into()), ("application_name".into(), "it's".into())]);
-        assert_eq!(p.replay_sql(), "RESET ALL;\nSET \"application_name\" = 'it''s'");
+        assert_eq!(p.replay_sql(), "RESET ALL;\nSELECT pg_catalog.set_config('application_name', 'it''s', false)");
         assert_ne!(p.signature(), 0);
         let startup = p.signature();
         let mut q = p.clone();

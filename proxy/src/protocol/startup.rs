@@ -58,6 +58,96 @@ impl StartupParams {
     pub fn protocol_options(&self) -> Vec<String> {
         self.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect()
     }
+
+    /// Replaces the `options` parameter (libpq's `options`, `PGOPTIONS`) by the settings it
+    /// carries, so that they are checked and replayed like any other startup setting.
+    ///
+    /// PostgreSQL applies `options` before the other startup parameters, so a setting sent
+    /// both ways takes the plain parameter's value (and within `options` the last one wins):
+    /// only the settings that win are kept, in front of the others.
+    pub fn expand_options(&mut self) -> Result<(), OptionsError> {
+        let Some(pos) = self.params.iter().position(|(k, _)| k == "options") else { return Ok(()) };
+        let (_, value) = self.params.remove(pos);
+        let from_options = parse_options(&value)?;
+        let mut settings: Vec<(String, String)> = Vec::with_capacity(from_options.len() + self.params.len());
+        for (i, (name, value)) in from_options.iter().enumerate() {
+            let overridden =
+                from_options[i + 1..].iter().chain(&self.params).any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if !overridden {
+                settings.push((name.clone(), value.clone()));
+            }
+        }
+        settings.append(&mut self.params);
+        self.params = settings;
+        Ok(())
+    }
+}
+
+/// An `options` startup parameter the proxy cannot honour.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// `-c` / `--` without `name=value`, as PostgreSQL words it.
+    #[error("{0} requires a value")]
+    MissingValue(String),
+    /// A server switch other than `-c` (such as `-B` or `-e`): PostgreSQL would apply it
+    /// at backend start, which pooled server connections cannot re-create.
+    #[error("unsupported command-line argument for server process: {0}")]
+    Unsupported(String),
+}
+
+/// Settings in an `options` string: words split on unescaped whitespace (a backslash
+/// escapes the next character, as in PostgreSQL's `pg_split_opts`), read as the server reads
+/// them: `-c name=value`, `-cname=value` or `--name=value`, with `-` in names read as `_`.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, OptionsError> {
+    let words = split_options(options);
+    let mut settings = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let word = &words[i];
+        let assignment = if let Some(rest) = word.strip_prefix("--") {
+            rest.to_owned()
+        } else if let Some(rest) = word.strip_prefix("-c") {
+            if rest.is_empty() {
+                i += 1;
+                words.get(i).cloned().ok_or_else(|| OptionsError::MissingValue("-c".into()))?
+            } else {
+                rest.to_owned()
+            }
+        } else {
+            return Err(OptionsError::Unsupported(word.clone()));
+        };
+        let Some((name, value)) = assignment.split_once('=') else {
+            let switch = if word.starts_with("--") { format!("--{assignment}") } else { format!("-c {assignment}") };
+            return Err(OptionsError::MissingValue(switch));
+        };
+        settings.push((name.replace('-', "_"), value.to_owned()));
+        i += 1;
+    }
+    Ok(settings)
+}
+
+/// Splits on whitespace; a backslash stands for the character after it (`\ ` is a space inside
+/// a word, `\\` a backslash).
+fn split_options(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return words;
+        }
+        let mut word = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_ascii_whitespace()) {
+            if c == '\\' {
+                if let Some(escaped) = chars.next() {
+                    word.push(escaped);
+                }
+            } else {
+                word.push(c);
+            }
+        }
+        words.push(word);
+    }
 }
 
 /// The first packet is not one the proxy can serve.
@@ -159,6 +249,43 @@ mod tests {
             parse(&cancel).unwrap(),
             StartupRequest::Cancel { pid: 5, secret: Bytes::from_static(&[1, 2, 3, 4]) }
         );
+    }
+
+    fn owned(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn options_become_settings() {
+        assert_eq!(
+            parse_options("-c search_path=a,b  -cstatement_timeout=5s --work-mem=64MB").unwrap(),
+            owned(&[("search_path", "a,b"), ("statement_timeout", "5s"), ("work_mem", "64MB")])
+        );
+        assert_eq!(
+            parse_options(r"-c application_name=my\ app\\x").unwrap(),
+            owned(&[("application_name", r"my app\x")])
+        );
+        assert_eq!(parse_options("  ").unwrap(), vec![]);
+        assert_eq!(parse_options("-c geqo").unwrap_err(), OptionsError::MissingValue("-c geqo".into()));
+        assert_eq!(parse_options("-c").unwrap_err(), OptionsError::MissingValue("-c".into()));
+        assert_eq!(parse_options("--geqo").unwrap_err(), OptionsError::MissingValue("--geqo".into()));
+        assert_eq!(parse_options("-B 100").unwrap_err(), OptionsError::Unsupported("-B".into()));
+        assert_eq!(parse_options("search_path=a").unwrap_err(), OptionsError::Unsupported("search_path=a".into()));
+    }
+
+    #[test]
+    fn plain_parameters_override_options() {
+        let mut p = StartupParams {
+            minor_version: 0,
+            params: owned(&[
+                ("user", "u"),
+                ("options", "-c search_path=a -c TimeZone=UTC -c work_mem=1MB --work-mem=2MB"),
+                ("search_path", "b"),
+            ]),
+        };
+        p.expand_options().unwrap();
+        assert_eq!(p.params, owned(&[("TimeZone", "UTC"), ("work_mem", "2MB"), ("user", "u"), ("search_path", "b")]));
+        assert_eq!(p.get("options"), None);
     }
 
     #[test]
