@@ -3,7 +3,8 @@
 //! that stalled after a CopyData larger than the proxy's buffer mark, session-mode prepared
 //! statements that SQL could not name, the proxy's own FATAL hiding the server's, the pid in
 //! notifications, startup settings neither checked nor reported as the server reports them,
-//! `DROP DATABASE` refused because of the proxy's idle pooled connections, and startup
+//! `DROP DATABASE` (and the other statements that need a database to themselves) refused
+//! because of the proxy's idle pooled connections, and startup
 //! `options` (`-c name=value`) ignored.
 
 use bytes::Bytes;
@@ -239,5 +240,38 @@ async fn drop_database_body(c: &Cluster) -> anyhow::Result<()> {
         admin.batch_execute(sql).await?;
     }
     assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'drop_me'")?, "0");
+
+    // The other statements PostgreSQL refuses while someone is connected to a database:
+    // copying it as a template and renaming it, also sent with the extended protocol (as
+    // pgjdbc sends everything).
+    admin.batch_execute("CREATE DATABASE tpl").await?;
+    use_database(c, "tpl").await?;
+    // Unnamed statement: Parse, Bind, Execute, Sync.
+    let mut raw = RawClient::login(c.proxy_port, "postgres", "postgres").await?;
+    let unnamed = [
+        msg(b'P', &[cstr(""), cstr("CREATE DATABASE tpl_copy TEMPLATE tpl"), vec![0, 0]].concat()),
+        msg(b'B', &[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat()),
+        msg(b'E', &[cstr(""), vec![0, 0, 0, 0]].concat()),
+        msg(b'S', &[]),
+    ]
+    .concat();
+    raw.send(&unnamed).await?;
+    assert_eq!(errors(&raw.until_ready().await?), Vec::<String>::new());
+    use_database(c, "tpl").await?;
+    admin.execute("ALTER DATABASE tpl RENAME TO tpl_renamed", &[]).await?;
+    use_database(c, "tpl_copy").await?;
+    admin.execute("DROP DATABASE tpl_copy", &[]).await?;
+    let names = c.primary.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'tpl%'",
+    )?;
+    assert_eq!(names, "tpl_renamed");
+    Ok(())
+}
+
+/// Leaves the proxy with an idle pooled connection to `database`.
+async fn use_database(c: &Cluster, database: &str) -> anyhow::Result<()> {
+    let user = c.connect_as("postgres", database).await?;
+    assert_eq!(user.query_one("SELECT current_database()::text", &[]).await?.get::<_, String>(0), database);
     Ok(())
 }

@@ -140,16 +140,22 @@ impl Session {
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
-        for effect in &class.effects {
-            if let SessionEffect::DropDatabase { name } = effect {
-                // The proxy's own idle connections to it would make PostgreSQL refuse (55006).
-                self.ctx.pools.close_idle(name).await;
-            }
-        }
+        self.free_databases(&class.effects).await;
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
         self.forward(frame, Some(Expect::Query { swallow: false }));
         Ok(())
+    }
+
+    /// Before a statement that needs a database to itself (DROP DATABASE, CREATE DATABASE
+    /// ... TEMPLATE, ...): the proxy's own idle connections to it would make PostgreSQL
+    /// refuse it (55006), so they are closed first.
+    async fn free_databases(&self, effects: &[SessionEffect]) {
+        for effect in effects {
+            if let SessionEffect::ExclusiveDatabase { name } = effect {
+                self.ctx.pools.close_idle(name).await;
+            }
+        }
     }
 
     /// SQL `DEALLOCATE name` of a statement the client prepared with the extended protocol.
@@ -186,6 +192,8 @@ impl Session {
         let class = self.ctx.classifier.classify(p.query);
         if p.name.is_empty() {
             self.statements.unnamed_route = Some(class.route);
+            // Drivers send DDL with the extended protocol too (pgjdbc sends everything so).
+            self.free_databases(&class.effects).await;
             self.begin_unit(class.route).await?;
             self.note_effects(&class.effects);
             self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
@@ -278,6 +286,7 @@ impl Session {
             self.forward(frame, Some(Expect::Bind));
             return Ok(());
         };
+        self.free_databases(&stmt.effects).await;
         self.begin_unit(stmt.route).await?;
         self.ensure_prepared(&stmt);
         // After the injected Parse: a DEALLOCATE ALL statement forgets itself too.

@@ -176,7 +176,7 @@ impl Session {
             | SessionEffect::DiscardPlans
             | SessionEffect::DiscardTemp
             | SessionEffect::DiscardSequences
-            | SessionEffect::DropDatabase { .. } => {}
+            | SessionEffect::ExclusiveDatabase { .. } => {}
         }
         // The connection that ran the statement now holds exactly the client's settings.
         a.conn.params_signature = self.params.signature();

@@ -192,9 +192,30 @@ impl Statement<'_> {
                 let name = (!deallocate.isall && !deallocate.name.is_empty()).then(|| deallocate.name.clone());
                 self.effects.push(SessionEffect::Deallocate { name });
             }
-            NodeEnum::DropdbStmt(drop) => {
+            NodeEnum::DropdbStmt(drop) => self.exclusive_database(&drop.dbname),
+            NodeEnum::CreatedbStmt(create) => {
+                let template = create.options.iter().find_map(|option| match option.node.as_ref() {
+                    Some(NodeEnum::DefElem(def)) if def.defname == "template" => Some(def_text(def)),
+                    _ => None,
+                });
+                match template {
+                    // `TEMPLATE DEFAULT` and no TEMPLATE both mean template1.
+                    Some(Some(name)) => self.exclusive_database(&name),
+                    Some(None) | None => self.exclusive_database("template1"),
+                }
+            }
+            NodeEnum::RenameStmt(rename) if rename.rename_type == protobuf::ObjectType::ObjectDatabase as i32 => {
+                self.exclusive_database(&rename.subname)
+            }
+            NodeEnum::AlterDatabaseStmt(alter) => {
                 self.route = Route::Write;
-                self.effects.push(SessionEffect::DropDatabase { name: drop.dbname.clone() });
+                let moves = alter
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.node.as_ref(), Some(NodeEnum::DefElem(d)) if d.defname == "tablespace"));
+                if moves {
+                    self.exclusive_database(&alter.dbname);
+                }
             }
             NodeEnum::ListenStmt(_) => self.pin(PinReason::Listen),
             NodeEnum::PrepareStmt(_) => self.pin(PinReason::SqlPrepare),
@@ -229,6 +250,11 @@ impl Statement<'_> {
                 self.scan(node, Scope::TempObjectsOnly);
             }
         }
+    }
+
+    fn exclusive_database(&mut self, name: &str) {
+        self.route = Route::Write;
+        self.effects.push(SessionEffect::ExclusiveDatabase { name: name.to_owned() });
     }
 
     fn pin(&mut self, reason: PinReason) {
@@ -317,6 +343,22 @@ impl Statement<'_> {
             VariableSetKind::VarSetMulti => {}
             VariableSetKind::Undefined => {}
         }
+    }
+}
+
+/// A DefElem's value written as a name or a string (`TEMPLATE tpl`, `TEMPLATE = 'tpl'`);
+/// `None` for DEFAULT or another kind of value.
+fn def_text(def: &protobuf::DefElem) -> Option<String> {
+    match def.arg.as_ref().and_then(|arg| arg.node.as_ref()) {
+        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+        Some(NodeEnum::TypeName(t)) => match t.names.as_slice() {
+            [only] => match only.node.as_ref() {
+                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
     }
 }
 

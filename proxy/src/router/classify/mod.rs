@@ -87,9 +87,11 @@ pub enum SessionEffect {
     },
     /// Statement that ties the session to its server connection for the rest of the session.
     Pin(PinReason),
-    /// `DROP DATABASE name`: PostgreSQL refuses it while anyone is connected to `name`,
-    /// so the proxy first closes its own idle pooled connections to it.
-    DropDatabase {
+    /// A statement PostgreSQL refuses while anyone else is connected to database `name`
+    /// (SQLSTATE 55006): `DROP DATABASE name`, `CREATE DATABASE ... TEMPLATE name` (template1
+    /// when none is named), `ALTER DATABASE name RENAME TO ...` and `ALTER DATABASE name SET
+    /// TABLESPACE ...`. The proxy first closes its own idle pooled connections to `name`.
+    ExclusiveDatabase {
         /// The database, as the parser folded it.
         name: String,
     },
