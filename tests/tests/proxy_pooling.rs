@@ -182,6 +182,41 @@ async fn one_server_connection_serves_many_clients() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Transaction pooling hands a client the server connection it used last when that one is
+/// free, so with enough connections each client keeps one backend (warm, with its statements
+/// prepared) instead of whichever connection was released last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_prefers_the_clients_previous_connection() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(c.connect().await?);
+    }
+    let mut seen: Vec<HashSet<String>> = vec![HashSet::new(); clients.len()];
+    // Open transactions at once: four server connections, one per client.
+    for (client, pids) in clients.iter().zip(seen.iter_mut()) {
+        client.batch_execute("BEGIN").await?;
+        pids.insert(one(client, "SELECT pg_backend_pid()").await?);
+    }
+    for client in &clients {
+        client.batch_execute("COMMIT").await?;
+    }
+    for _round in 0..5 {
+        // One at a time, in turn: a plain LIFO pool would give every client the connection
+        // released last.
+        for (client, pids) in clients.iter().zip(seen.iter_mut()) {
+            pids.insert(one(client, "SELECT pg_backend_pid()").await?);
+        }
+    }
+    for (i, pids) in seen.iter().enumerate() {
+        assert_eq!(pids.len(), 1, "client {i} ran on backends {pids:?}");
+    }
+    let all: HashSet<&String> = seen.iter().flatten().collect();
+    assert_eq!(all.len(), clients.len(), "one backend per client: {all:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_keeps_one_server_session() -> anyhow::Result<()> {
     init_tracing();

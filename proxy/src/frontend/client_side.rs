@@ -495,7 +495,7 @@ impl Session {
             }
             self.info.set_state(ClientState::Waiting);
             let pool = self.pool_for(&node);
-            match pool.acquire().await {
+            match pool.acquire(self.last_server).await {
                 Ok(conn) => {
                     self.active = Some(Attached { conn, pool, node, inflight: None });
                     last_err = None;

@@ -204,6 +204,7 @@ impl Session {
         self.info.set_state(ClientState::Idle);
         if self.mode == PoolMode::Transaction && !self.pinned {
             if let Some(a) = self.active.take() {
+                self.last_server = Some(a.conn.cancel_key.pid);
                 a.pool.release(a.conn);
             }
             self.cancel.set_target(None);

@@ -78,6 +78,9 @@ pub struct Session {
     pub(super) statements: Statements,
     pub(super) floor: ReadFloor,
     pub(super) active: Option<Attached>,
+    /// Server process of the connection the last transaction ran on (transaction pooling):
+    /// the pool hands it back to this session when it is free (see `ServerPool::acquire`).
+    pub(super) last_server: Option<i32>,
     /// Pools this session has used, by node.
     pub(super) pools: Vec<(Arc<Node>, Arc<ServerPool>)>,
     /// Session mode: server connections kept for this client but not in use now.
@@ -162,6 +165,7 @@ impl Session {
             statements: Statements::default(),
             floor: ReadFloor::default(),
             active: None,
+            last_server: None,
             pools: Vec::new(),
             held: Vec::new(),
             pipeline: Pipeline::default(),

@@ -101,7 +101,7 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
     pool.set_credential(&cred);
     let server_params = match pool.server_params() {
         Some(p) => p,
-        None => match pool.acquire().await {
+        None => match pool.acquire(None).await {
             Ok(conn) => {
                 let p = conn.params.clone();
                 pool.remember_params(p.clone());

@@ -135,13 +135,23 @@ pub struct ServerPool {
 /// bb8 still owns opening, the size limit, waiting with a timeout and closing.
 #[derive(Default)]
 struct Parked {
-    /// LIFO stack of (connection, tick parked at).
-    conns: Vec<(Checkout, u64)>,
+    /// LIFO stack, oldest first.
+    conns: Vec<ParkedConn>,
     /// Sessions inside bb8's queue (they get released connections first).
     waiting: usize,
     /// Until then released connections are closed, not parked: a `DROP DATABASE` of the
     /// pool's database waits (up to 5 s in PostgreSQL) for its other sessions to end.
     close_until: Option<Instant>,
+}
+
+/// A connection waiting in [`Parked`].
+struct ParkedConn {
+    conn: Checkout,
+    /// Maintenance tick it was parked at.
+    tick: u64,
+    /// Its server process, kept here so that finding a session's previous connection scans
+    /// one small vector rather than every connection's memory.
+    server_pid: i32,
 }
 
 /// How long after [`ServerPool::close_idle`] released connections are closed.
@@ -157,15 +167,35 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
+impl Parked {
+    /// The parked connection to server process `previous` if there is one, else the most
+    /// recently parked. Removal keeps the oldest-first order the reaper relies on.
+    fn take(&mut self, previous: Option<i32>) -> Option<Checkout> {
+        let found = previous.and_then(|pid| self.conns.iter().rposition(|p| p.server_pid == pid));
+        let parked = match found {
+            Some(i) => self.conns.remove(i),
+            None => self.conns.pop()?,
+        };
+        Some(parked.conn)
+    }
+}
+
 impl ServerPool {
     /// Checks out a connection: a parked one if any, else from bb8, opening
     /// one here if the pool may grow.
-    pub async fn acquire(&self) -> Result<Checkout, AcquireError> {
+    ///
+    /// `previous`: the server process the session used last. If that connection is parked,
+    /// the session gets it back rather than the most recently parked one: with as many
+    /// connections as busy clients, every client then keeps talking to one backend, as in
+    /// session pooling. That backend has the client's statements prepared already and its
+    /// memory is warm. Measured against plain LIFO on 2 cores (pgbench -S -M prepared, 16
+    /// clients, 14 alternating rounds): about 2% more TPS, which is within this machine's noise.
+    pub async fn acquire(&self, previous: Option<i32>) -> Result<Checkout, AcquireError> {
         // The common case needs no waiting: a parked connection. The rest (bb8's
         // queue, opening a connection) is a large future, boxed so that it does
         // not make every caller's future large too.
         loop {
-            let Some(conn) = self.lock_parked().conns.pop().map(|(c, _)| c) else { break };
+            let Some(conn) = self.lock_parked().take(previous) else { break };
             if conn.spoke_while_idle() {
                 discard_dead(conn);
                 continue;
@@ -192,7 +222,7 @@ impl ServerPool {
     async fn checkout(&self) -> Result<Checkout, AcquireError> {
         {
             let mut parked = self.lock_parked();
-            if let Some((conn, _)) = parked.conns.pop() {
+            if let Some(conn) = parked.take(None) {
                 return Ok(conn);
             }
             // Counted under the lock, so a release either sees this waiter (and
@@ -238,7 +268,8 @@ impl ServerPool {
             return; // dropping `conn` returns it to bb8
         }
         let tick = self.tick.load(Ordering::Relaxed);
-        parked.conns.push((conn, tick));
+        let server_pid = conn.cancel_key.pid;
+        parked.conns.push(ParkedConn { conn, tick, server_pid });
     }
 
     /// Closes parked connections unused for `idle_ticks` maintenance ticks
@@ -248,9 +279,9 @@ impl ServerPool {
         let stale: Vec<Checkout> = {
             let mut parked = self.lock_parked();
             // Parked in LIFO order: the oldest are at the front.
-            let keep_from = parked.conns.iter().position(|(_, t)| now.saturating_sub(*t) < idle_ticks);
+            let keep_from = parked.conns.iter().position(|p| now.saturating_sub(p.tick) < idle_ticks);
             let end = keep_from.unwrap_or(parked.conns.len());
-            parked.conns.drain(..end).map(|(c, _)| c).collect()
+            parked.conns.drain(..end).map(|p| p.conn).collect()
         };
         for mut conn in stale {
             conn.broken = true;
@@ -270,7 +301,7 @@ impl ServerPool {
         let parked: Vec<Checkout> = {
             let mut parked = self.lock_parked();
             parked.close_until = Some(Instant::now() + CLOSE_WINDOW);
-            parked.conns.drain(..).map(|(c, _)| c).collect()
+            parked.conns.drain(..).map(|p| p.conn).collect()
         };
         for mut conn in parked {
             conn.broken = true;
