@@ -153,6 +153,10 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # cpu_ticks PID: user+system CPU time of a process in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# cpu_totals: machine-wide "BUSY STEAL" CPU clock ticks so far (busy: user, nice, system,
+# irq, softirq).
+cpu_totals() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9; exit}' /proc/stat; }
+
 # load1: the one-minute load average.
 load1() { cut -d' ' -f1 /proc/loadavg; }
 

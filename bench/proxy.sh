@@ -13,13 +13,17 @@
 # perf profile of the proxy under -S -M simple.
 #
 # Usage: bench/proxy.sh            (as root; see bench/README.md)
-# Knobs (environment): ROUNDS=3 DURATION=15 CLIENTS=16 THREADS=2 SCALE=10 POOL_SIZE=20
-#   IDLE=2000 PROFILE=1 TANDEM_1W=1 MAX_LOAD=2.5 LOAD_WAIT=300 SKIP_BUILD=0 KEEP_WORK=0 OUT=<file>
+# Knobs (environment): ROUNDS=10 DURATION=5 CLIENTS=16 THREADS=2 SCALE=10 POOL_SIZE=20
+#   IDLE=2000 PROFILE=1 TANDEM_1W=1 MAX_LOAD=2.5 LOAD_WAIT=300 QUIET_STEAL=3 SKIP_BUILD=0
+#   KEEP_WORK=0 OUT=<file>
+# Many short runs rather than a few long ones: on a virtual machine the host's other guests
+# take CPU time in bursts of tens of seconds (steal time), so the paths of one workload run
+# back to back and each comparison is made within a round (see bench/README.md).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-10}
+DURATION=${DURATION:-5}
 CLIENTS=${CLIENTS:-16}
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
@@ -135,13 +139,13 @@ pid_of() {
 }
 
 RAW="$WORK/runs.tsv"
-printf 'round\tworkload\tpath\ttps\tlatency_ms\tfailed\tproxy_cpu_us\tload1\texit\n' >"$RAW"
+printf 'round\tworkload\tpath\ttps\tlatency_ms\tfailed\tproxy_cpu_us\tload1\texit\tsteal_us\tbusy_us\n' >"$RAW"
 COMMANDS=()
 TICKS=$(getconf CLK_TCK)
 
 # run_one ROUND WORKLOAD PATH
 run_one() {
-    local round=$1 w=$2 path=$3 port pid flags out t0 t1 rc=0 tps lat failed txns cpu="" load
+    local round=$1 w=$2 path=$3 port pid flags out t0 t1 rc=0 tps lat failed txns cpu="" load s0 s1 steal="" busy=""
     port=$(port_of "$w" "$path")
     pid=$(pid_of "$w" "$path")
     flags=$(workload_flags "$w")
@@ -156,9 +160,11 @@ run_one() {
     local cmd="pgbench -n $flags -c $CLIENTS -j $THREADS -T $DURATION -h 127.0.0.1 -p $port -U postgres $DB"
     [[ $round == 1 ]] && COMMANDS+=("$path $w: $cmd")
     [[ -n $pid ]] && t0=$(cpu_ticks "$pid")
+    s0=$(cpu_totals)
     # shellcheck disable=SC2086
     pgbench -n $flags -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$port" -U postgres "$DB" \
         >"$out" 2>&1 || rc=$?
+    s1=$(cpu_totals)
     [[ -n $pid ]] && t1=$(cpu_ticks "$pid")
     tps=$(awk '/^tps = / {print $3; exit}' "$out")
     lat=$(awk '/^latency average = / {print $4; exit}' "$out")
@@ -167,11 +173,18 @@ run_one() {
     if [[ -n $pid && -n $txns && $txns -gt 0 ]]; then
         cpu=$(awk -v d=$((t1 - t0)) -v hz="$TICKS" -v n="$txns" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
     fi
+    if [[ -n $txns && $txns -gt 0 ]]; then
+        # Whole machine, per transaction: CPU time the host gave to other guests (steal) and
+        # CPU time spent here (user, nice, system, irq, softirq).
+        read -r steal busy < <(awk -v a="$s0" -v b="$s1" -v hz="$TICKS" -v n="$txns" 'BEGIN {
+            split(a, x, " "); split(b, y, " ");
+            printf "%.1f %.1f\n", (y[2] - x[2]) / hz * 1e6 / n, (y[1] - x[1]) / hz * 1e6 / n }')
+    fi
     if ((rc != 0)); then
         log "  $w via $path: pgbench exit $rc: $(grep -m1 -i 'error\|fatal' "$out" || tail -1 "$out")"
     fi
-    log "  round $round $w $path: tps=${tps:-?} lat=${lat:-?}ms cpu/txn=${cpu:-n/a}us load=$load"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$path" "$tps" "$lat" "$failed" "$cpu" "$load" "$rc" >>"$RAW"
+    log "  round $round $w $path: tps=${tps:-?} lat=${lat:-?}ms cpu/txn=${cpu:-n/a}us steal/txn=${steal:-?}us load=$load"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$path" "$tps" "$lat" "$failed" "$cpu" "$load" "$rc" "$steal" "$busy" >>"$RAW"
 }
 
 LOADS=()
@@ -330,7 +343,8 @@ mkdir -p "$(dirname "$OUT")"
 {
     echo "# Proxy benchmark: direct PostgreSQL vs Tandem vs PgBouncer"
     echo
-    echo "Written by \`bench/proxy.sh\`. Medians of $ROUNDS interleaved rounds, each run"
+    echo "Written by \`bench/proxy.sh\`. $ROUNDS interleaved rounds; in each round every workload runs on"
+    echo "every path back to back (the order rotates per round), each run"
     echo "\`-c $CLIENTS -j $THREADS -T $DURATION\`, pgbench scale $SCALE. pgbench, the proxy and PostgreSQL"
     echo "share the same cores, so a proxy competes with PostgreSQL for CPU: this measures cost, not a"
     echo "network hop."
@@ -341,7 +355,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "## Results"
     echo
-    python3 "$BENCH_DIR/summarize.py" "$RAW"
+    python3 "$BENCH_DIR/summarize.py" "$RAW" "${QUIET_STEAL:-3}"
     echo
     echo "- PgBouncer (Debian's 1.18) has no \`max_prepared_statements\` (added in 1.21), so it cannot"
     echo "  run \`-M prepared\` in transaction mode; the prepared rows compare against a PgBouncer"

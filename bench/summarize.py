@@ -2,10 +2,16 @@
 """Turn the raw pgbench runs of bench/proxy.sh into the markdown result tables.
 
 Input: a TSV with a header line and the columns
-  round workload path tps latency_ms failed proxy_cpu_us load1 exit
+  round workload path tps latency_ms failed proxy_cpu_us load1 exit steal_us busy_us
 one line per pgbench run (path is direct, tandem or pgbouncer; tps is empty when
-the run failed). Output (stdout): the median table with ratios, then every run.
-The medians are over the rounds of one workload and path; ratios are of medians.
+the run failed), and optionally the steal time (µs per transaction) under which a run
+counts as quiet. Output (stdout): the median table with ratios, then every run.
+
+TPS columns are medians over the rounds of one workload and path. Tandem / PgBouncer is
+compared within each round (the two ran seconds apart): the table gives the median of
+those per-round ratios, their range, and the median over the quiet rounds only, where
+neither run lost more than the given steal time per transaction to the host's other
+guests.
 """
 
 import csv
@@ -54,6 +60,7 @@ def ratio(a, b):
 
 def main() -> int:
     rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+    quiet_steal = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
     workloads = []
     for r in rows:
         if r["workload"] not in workloads:
@@ -62,26 +69,56 @@ def main() -> int:
     def cell(workload, path, column):
         return median(num(r[column]) for r in rows if r["workload"] == workload and r["path"] == path)
 
+    def paired(workload, a, b, quiet_only=False):
+        """Per-round ratios of path a's TPS to path b's."""
+        out = []
+        for rnd in sorted({r["round"] for r in rows}, key=int):
+            ra = [r for r in rows if r["round"] == rnd and r["workload"] == workload and r["path"] == a]
+            rb = [r for r in rows if r["round"] == rnd and r["workload"] == workload and r["path"] == b]
+            if not ra or not rb:
+                continue
+            ta, tb = num(ra[0]["tps"]), num(rb[0]["tps"])
+            if ta is None or not tb:
+                continue
+            if quiet_only:
+                sa, sb = num(ra[0].get("steal_us")), num(rb[0].get("steal_us"))
+                if sa is None or sb is None or max(sa, sb) > quiet_steal:
+                    continue
+            out.append(ta / tb)
+        return out
+
+    def paired_cells(workload, a, b):
+        every, quiet = paired(workload, a, b), paired(workload, a, b, quiet_only=True)
+        if not every:
+            return "—", "—"
+        spread = f"**{statistics.median(every):.2f}x** [{min(every):.2f}–{max(every):.2f}]"
+        calm = f"{statistics.median(quiet):.2f}x ({len(quiet)} of {len(every)})" if quiet else f"— (0 of {len(every)})"
+        return spread, calm
+
     one_worker = any(r["path"] == "tandem-1w" for r in rows)
     paths = PATHS + (("tandem-1w",) if one_worker else ())
     print("| workload | direct TPS | Tandem TPS | PgBouncer TPS (mode) | Tandem / direct "
-          "| PgBouncer / direct | **Tandem / PgBouncer** | proxy CPU µs per txn: Tandem / PgBouncer |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| PgBouncer / direct | **Tandem / PgBouncer**, per round: median [range] "
+          f"| the same, rounds with steal ≤ {quiet_steal:g} µs/txn | proxy CPU µs per txn: Tandem / PgBouncer |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in workloads:
         d, t, b = (cell(w, p, "tps") for p in PATHS)
         tc, bc = cell(w, "tandem", "proxy_cpu_us"), cell(w, "pgbouncer", "proxy_cpu_us")
+        spread, calm = paired_cells(w, "tandem", "pgbouncer")
         print(f"| {LABEL.get(w, w)} | {fmt(d)} | {fmt(t)} | {fmt(b)} ({PGBOUNCER_MODE.get(w, '?')}) "
-              f"| {ratio(t, d)} | {ratio(b, d)} | **{ratio(t, b)}** | {fmt(tc, 1)} / {fmt(bc, 1)} |")
+              f"| {ratio(t, d)} | {ratio(b, d)} | {spread} | {calm} | {fmt(tc, 1)} / {fmt(bc, 1)} |")
     if one_worker:
         print()
         print("Tandem with one runtime worker thread (`tandem-1w`, same rounds):")
         print()
-        print("| workload | tandem-1w TPS | tandem-1w / direct | tandem-1w / PgBouncer | tandem-1w / Tandem "
-              "| proxy CPU µs per txn: tandem-1w / Tandem |")
+        print("| workload | tandem-1w TPS | tandem-1w / direct | tandem-1w / PgBouncer, per round "
+              "| tandem-1w / Tandem, per round | proxy CPU µs per txn: tandem-1w / Tandem |")
         print("|---|---:|---:|---:|---:|---:|")
         for w in workloads:
-            d, t, b, t1 = (cell(w, p, "tps") for p in paths)
-            print(f"| {LABEL.get(w, w)} | {fmt(t1)} | {ratio(t1, d)} | {ratio(t1, b)} | {ratio(t1, t)} "
+            d, t1 = cell(w, "direct", "tps"), cell(w, "tandem-1w", "tps")
+            vs_pgb, _ = paired_cells(w, "tandem-1w", "pgbouncer")
+            vs_tandem, _ = paired_cells(w, "tandem-1w", "tandem")
+            print(f"| {LABEL.get(w, w)} | {fmt(t1)} | {ratio(t1, d)} | {vs_pgb} | {vs_tandem} "
                   f"| {fmt(cell(w, 'tandem-1w', 'proxy_cpu_us'), 1)} / {fmt(cell(w, 'tandem', 'proxy_cpu_us'), 1)} |")
     print()
     print("Latency (median of the rounds' average latency, ms):")
@@ -93,11 +130,13 @@ def main() -> int:
     print()
     print("<details><summary>Every run (in the order they ran)</summary>")
     print()
-    print("| round | workload | path | TPS | avg latency ms | failed txns | proxy CPU µs/txn | load (1 min) before | exit |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| round | workload | path | TPS | avg latency ms | failed txns | proxy CPU µs/txn "
+          "| machine busy µs/txn | steal µs/txn | load (1 min) before | exit |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['round']} | {r['workload']} | {r['path']} | {fmt(num(r['tps']))} | {r['latency_ms'] or '—'} "
-              f"| {r['failed'] or '—'} | {r['proxy_cpu_us'] or '—'} | {r['load1']} | {r['exit']} |")
+              f"| {r['failed'] or '—'} | {r['proxy_cpu_us'] or '—'} | {r.get('busy_us') or '—'} "
+              f"| {r.get('steal_us') or '—'} | {r['load1']} | {r['exit']} |")
     print()
     print("</details>")
     return 0
