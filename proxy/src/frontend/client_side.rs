@@ -140,7 +140,9 @@ impl Session {
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
-        self.free_databases(&class.effects).await;
+        if !class.effects.is_empty() {
+            self.free_databases(&class.effects).await;
+        }
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
         self.forward(frame, Some(Expect::Query { swallow: false }));
@@ -193,7 +195,9 @@ impl Session {
         if p.name.is_empty() {
             self.statements.unnamed_route = Some(class.route);
             // Drivers send DDL with the extended protocol too (pgjdbc sends everything so).
-            self.free_databases(&class.effects).await;
+            if !class.effects.is_empty() {
+                self.free_databases(&class.effects).await;
+            }
             self.begin_unit(class.route).await?;
             self.note_effects(&class.effects);
             self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
@@ -286,7 +290,10 @@ impl Session {
             self.forward(frame, Some(Expect::Bind));
             return Ok(());
         };
-        self.free_databases(&stmt.effects).await;
+        if !stmt.effects.is_empty() {
+            // Checked here: nearly every statement has none, and then no future is set up.
+            self.free_databases(&stmt.effects).await;
+        }
         self.begin_unit(stmt.route).await?;
         self.ensure_prepared(&stmt);
         // After the injected Parse: a DEALLOCATE ALL statement forgets itself too.
