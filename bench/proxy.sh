@@ -14,7 +14,7 @@
 #
 # Usage: bench/proxy.sh            (as root; see bench/README.md)
 # Knobs (environment): ROUNDS=10 DURATION=5 CLIENTS=16 THREADS=2 SCALE=10 POOL_SIZE=20
-#   IDLE=2000 PROFILE=1 TANDEM_1W=1 MAX_LOAD=2.5 LOAD_WAIT=300 QUIET_STEAL=3 SKIP_BUILD=0
+#   IDLE=2000 PROFILE=1 TANDEM_1W=1 MAX_LOAD=2.5 LOAD_WAIT=20 QUIET_STEAL=3 SKIP_BUILD=0
 #   KEEP_WORK=0 OUT=<file>
 # Many short runs rather than a few long ones: on a virtual machine the host's other guests
 # take CPU time in bursts of tens of seconds (steal time), so the paths of one workload run
@@ -31,7 +31,7 @@ POOL_SIZE=${POOL_SIZE:-20}
 IDLE=${IDLE:-2000}
 PROFILE=${PROFILE:-1}
 MAX_LOAD=${MAX_LOAD:-2.5}
-LOAD_WAIT=${LOAD_WAIT:-300}
+LOAD_WAIT=${LOAD_WAIT:-20} # the bench's own load keeps the 1-minute average high between rounds
 WORKLOADS=(${WORKLOADS:-select-simple select-prepared tpcb-prepared select-connect})
 OUT=${OUT:-$BENCH_DIR/results/proxy-$(date +%Y-%m-%d).md}
 DB=bench
