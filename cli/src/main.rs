@@ -48,12 +48,29 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Installs the log subscriber for `--log`.
-///
-/// A filter of plain levels and targets (`info`, `tandem_proxy=debug,warn`) becomes a static
-/// `Targets` filter. EnvFilter, needed only for span and field directives (`[client]=debug`),
-/// takes a lock and a map lookup each time a span is entered or left, and the proxy enters its
-/// client's span on every wake-up of the session.
+/// The filter a `--log` value asks for.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once, at startup
+enum LogFilter {
+    /// Plain levels and targets (`info`, `tandem_proxy=debug,warn`).
+    Static(tracing_subscriber::filter::Targets),
+    /// Span and field directives (`[client]=debug`).
+    Dynamic(tracing_subscriber::EnvFilter),
+}
+
+/// Reads `--log`. A filter of plain levels and targets becomes a static `Targets` filter.
+/// EnvFilter, needed only for span and field directives, takes a lock and a map lookup each
+/// time a span is entered or left, and the proxy enters its client's span on every wake-up of
+/// the session. `Err` names what is wrong with a filter neither accepts.
+fn log_filter(log: &str) -> Result<LogFilter, String> {
+    let dynamic = log.contains(['[', '{']);
+    match log.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) if !dynamic => Ok(LogFilter::Static(targets)),
+        _ => tracing_subscriber::EnvFilter::try_new(log).map(LogFilter::Dynamic).map_err(|e| e.to_string()),
+    }
+}
+
+/// Installs the log subscriber for `--log`; an invalid filter is reported and `info` used.
 fn init_logging(log: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -61,14 +78,13 @@ fn init_logging(log: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(fmt);
-    let dynamic = log.contains(['[', '{']);
-    match log.parse::<tracing_subscriber::filter::Targets>() {
-        Ok(targets) if !dynamic => registry.with(targets).init(),
-        _ => {
-            let filter = tracing_subscriber::EnvFilter::try_new(log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            registry.with(filter).init()
-        }
+    let filter = log_filter(log).unwrap_or_else(|e| {
+        eprintln!("tandem: invalid --log filter {log:?} ({e}); logging at info");
+        LogFilter::Static(tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO))
+    });
+    match filter {
+        LogFilter::Static(targets) => registry.with(targets).init(),
+        LogFilter::Dynamic(filter) => registry.with(filter).init(),
     }
 }
 
@@ -105,6 +121,24 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tandem: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_log_filters_are_static_and_span_filters_dynamic() {
+        for plain in ["info", "warn", "tandem_proxy=debug,warn", "debug,tokio_postgres=off"] {
+            assert!(matches!(log_filter(plain), Ok(LogFilter::Static(_))), "{plain}");
+        }
+        for spans in ["[client]=debug", "info,[client{user=app}]=trace"] {
+            assert!(matches!(log_filter(spans), Ok(LogFilter::Dynamic(_))), "{spans}");
+        }
+        for broken in ["[unclosed=debug", "info,target=notalevel"] {
+            assert!(log_filter(broken).is_err(), "{broken}");
         }
     }
 }
