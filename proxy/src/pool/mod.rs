@@ -188,8 +188,8 @@ impl ServerPool {
     /// the session gets it back rather than the most recently parked one: with as many
     /// connections as busy clients, every client then keeps talking to one backend, as in
     /// session pooling. That backend has the client's statements prepared already and its
-    /// memory is warm. Measured against plain LIFO on 2 cores (pgbench -S -M prepared, 16
-    /// clients, 14 alternating rounds): about 2% more TPS, which is within this machine's noise.
+    /// memory is warm. (On the 2-core bench machine the TPS difference to plain LIFO is
+    /// within the machine's noise; see bench/results.)
     pub async fn acquire(&self, previous: Option<i32>) -> Result<Checkout, AcquireError> {
         // The common case needs no waiting: a parked connection. The rest (bb8's
         // queue, opening a connection) is a large future, boxed so that it does

@@ -346,18 +346,11 @@ impl Statement<'_> {
     }
 }
 
-/// A DefElem's value written as a name or a string (`TEMPLATE tpl`, `TEMPLATE = 'tpl'`);
-/// `None` for DEFAULT or another kind of value.
+/// A DefElem's value written as a name or a string (`TEMPLATE tpl`, `TEMPLATE = 'tpl'`: the
+/// grammar makes both a String); `None` for DEFAULT or another kind of value.
 fn def_text(def: &protobuf::DefElem) -> Option<String> {
     match def.arg.as_ref().and_then(|arg| arg.node.as_ref()) {
         Some(NodeEnum::String(s)) => Some(s.sval.clone()),
-        Some(NodeEnum::TypeName(t)) => match t.names.as_slice() {
-            [only] => match only.node.as_ref() {
-                Some(NodeEnum::String(s)) => Some(s.sval.clone()),
-                _ => None,
-            },
-            _ => None,
-        },
         _ => None,
     }
 }
