@@ -7,6 +7,7 @@
 //! server. Sessions keep their entry current through a [`CancelHandle`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use rand::Rng;
@@ -25,7 +26,27 @@ pub const FIRST_CLIENT_PID: i32 = 1 << 22;
 #[derive(Debug)]
 struct Entry {
     secret: i32,
-    target: Arc<Mutex<Option<Arc<CancelKey>>>>,
+    target: Arc<Target>,
+}
+
+/// Where a session's cancel requests go.
+#[derive(Debug, Default)]
+struct Target {
+    /// The server connection the session used last.
+    key: Mutex<Option<Arc<CancelKey>>>,
+    /// Whether that connection runs the session's request now. Set and cleared per request
+    /// with a plain store; `key` changes (under its lock) only when the connection does.
+    armed: AtomicBool,
+}
+
+impl Target {
+    /// The key to cancel with, if a request runs now.
+    fn current(&self) -> Option<Arc<CancelKey>> {
+        if !self.armed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.key.lock().ok().and_then(|k| k.clone())
+    }
 }
 
 /// All live client cancel keys.
@@ -41,16 +62,27 @@ pub struct CancelHandle {
     pub pid: i32,
     /// Secret handed to the client.
     pub secret: i32,
-    target: Arc<Mutex<Option<Arc<CancelKey>>>>,
+    target: Arc<Target>,
+    /// The key last stored in `target` (compared by pointer, so an unchanged connection
+    /// costs no lock).
+    last: Option<Arc<CancelKey>>,
     registry: Weak<CancelRegistry>,
 }
 
 impl CancelHandle {
     /// Points cancellation at the server connection now in use (or none).
-    pub fn set_target(&self, key: Option<Arc<CancelKey>>) {
-        if let Ok(mut t) = self.target.lock() {
-            *t = key;
+    pub fn set_target(&mut self, key: Option<&Arc<CancelKey>>) {
+        let Some(key) = key else {
+            self.target.armed.store(false, Ordering::Release);
+            return;
+        };
+        if !self.last.as_ref().is_some_and(|last| Arc::ptr_eq(last, key)) {
+            if let Ok(mut k) = self.target.key.lock() {
+                *k = Some(key.clone());
+            }
+            self.last = Some(key.clone());
         }
+        self.target.armed.store(true, Ordering::Release);
     }
 }
 
@@ -68,7 +100,7 @@ impl CancelRegistry {
     /// Issues a fresh key for a new session.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
         let mut rng = rand::thread_rng();
-        let target = Arc::new(Mutex::new(None));
+        let target = Arc::new(Target::default());
         let mut map = match self.map.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
@@ -83,7 +115,7 @@ impl CancelRegistry {
             }
             let secret = rng.gen::<i32>();
             map.insert(pid, Entry { secret, target: target.clone() });
-            return CancelHandle { pid, secret, target, registry: Arc::downgrade(self) };
+            return CancelHandle { pid, secret, target, last: None, registry: Arc::downgrade(self) };
         }
     }
 
@@ -92,10 +124,8 @@ impl CancelRegistry {
     /// pid they were given. A scan of all sessions, which is fine for notifications.
     pub fn client_pid_of(&self, addr: &tandem_core::NodeAddr, pid: i32) -> Option<i32> {
         let map = self.map.lock().ok()?;
-        map.iter().find_map(|(client, e)| {
-            let target = e.target.lock().ok()?;
-            target.as_ref().filter(|k| k.pid == pid && k.addr == *addr).map(|_| *client)
-        })
+        map.iter()
+            .find_map(|(client, e)| e.target.current().filter(|k| k.pid == pid && k.addr == *addr).map(|_| *client))
     }
 
     /// Handles a client's CancelRequest; unknown or wrong keys are ignored, as PostgreSQL does.
@@ -105,7 +135,7 @@ impl CancelRegistry {
         let target = {
             let Ok(map) = self.map.lock() else { return };
             match map.get(&pid) {
-                Some(e) if e.secret == secret => e.target.lock().ok().and_then(|t| t.clone()),
+                Some(e) if e.secret == secret => e.target.current(),
                 _ => None,
             }
         };
@@ -162,12 +192,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let reg = Arc::new(CancelRegistry::default());
-        let h = reg.register();
-        h.set_target(Some(Arc::new(CancelKey {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            pid: 42,
-            secret: 7,
-        })));
+        let mut h = reg.register();
+        let key = Arc::new(CancelKey { addr: format!("127.0.0.1:{port}").parse().unwrap(), pid: 42, secret: 7 });
+        h.set_target(Some(&key));
+        h.set_target(None);
+        assert_eq!(reg.client_pid_of(&key.addr, 42), None, "no request runs: nothing to cancel");
+        h.set_target(Some(&key));
         let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
         let accept = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();

@@ -78,8 +78,13 @@ pub struct ClientInfo {
     /// Whether the connection is encrypted.
     pub tls: std::sync::atomic::AtomicBool,
     state: AtomicU8,
-    /// Node of the server connection in use, if any.
-    pub node: Mutex<Option<Arc<crate::router::Node>>>,
+    /// Node of the server connection used last (see [`ClientInfo::node`]).
+    node: Mutex<Option<Arc<crate::router::Node>>>,
+    /// Whether a server connection on `node` is in use now. Attaching to the same node
+    /// again costs a plain store, not the lock.
+    node_attached: std::sync::atomic::AtomicBool,
+    /// Address of the `Node` in `node` (0: none).
+    node_address: std::sync::atomic::AtomicUsize,
     /// Requests completed.
     pub requests: AtomicU64,
 }
@@ -88,6 +93,33 @@ impl ClientInfo {
     /// Sets the displayed state.
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Notes that the client now uses a server connection on `node`.
+    pub fn attach_node(&self, node: &Arc<crate::router::Node>) {
+        // Only the session writes `node`, so comparing with the address it stored last is
+        // exact; the `Arc` in `node` keeps that address from being reused.
+        let address = Arc::as_ptr(node) as usize;
+        if self.node_address.load(Ordering::Relaxed) != address {
+            if let Ok(mut n) = self.node.lock() {
+                *n = Some(node.clone());
+                self.node_address.store(address, Ordering::Relaxed);
+            }
+        }
+        self.node_attached.store(true, Ordering::Release);
+    }
+
+    /// Notes that the client gave its server connection back.
+    pub fn detach_node(&self) {
+        self.node_attached.store(false, Ordering::Release);
+    }
+
+    /// Node of the server connection in use, if any.
+    pub fn node(&self) -> Option<Arc<crate::router::Node>> {
+        if !self.node_attached.load(Ordering::Acquire) {
+            return None;
+        }
+        self.node.lock().ok().and_then(|n| n.clone())
     }
 
     /// The displayed state.
@@ -139,6 +171,8 @@ impl ClientList {
             tls: Default::default(),
             state: AtomicU8::new(ClientState::Login as u8),
             node: Mutex::new(None),
+            node_attached: Default::default(),
+            node_address: Default::default(),
             requests: AtomicU64::new(0),
         });
         m.insert(id, info.clone());

@@ -128,7 +128,7 @@ fn show_clients(ctx: &ProxyContext, out: &mut BytesMut) {
                 ClientState::Active => "active",
                 ClientState::Waiting => "waiting",
             };
-            let node = c.node.lock().ok().and_then(|n| n.as_ref().map(|n| n.id.to_string()));
+            let node = c.node().map(|n| n.id.to_string());
             let since = c.connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             vec![
                 s(c.id),

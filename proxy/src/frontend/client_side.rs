@@ -136,7 +136,7 @@ impl Session {
 
     async fn on_query(&mut self, frame: Frame) -> Result<(), Failure> {
         let sql = fields::query_text(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
-        let class = self.ctx.classifier.classify(sql);
+        let class = self.ctx.classifier.classify_memo(sql, &mut self.memo);
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
@@ -191,7 +191,7 @@ impl Session {
 
     async fn on_parse(&mut self, frame: Frame) -> Result<(), Failure> {
         let p = fields::parse(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
-        let class = self.ctx.classifier.classify(p.query);
+        let class = self.ctx.classifier.classify_memo(p.query, &mut self.memo);
         if p.name.is_empty() {
             self.statements.unnamed_route = Some(class.route);
             // Drivers send DDL with the extended protocol too (pgjdbc sends everything so).
@@ -553,10 +553,8 @@ impl Session {
             a.inflight = Some(a.node.begin_request());
             self.unit_started = Some(Instant::now());
         }
-        self.cancel.set_target(Some(a.conn.cancel_key.clone()));
-        if let Ok(mut n) = self.info.node.lock() {
-            *n = Some(a.node.clone());
-        }
+        self.cancel.set_target(Some(&a.conn.cancel_key));
+        self.info.attach_node(&a.node);
         self.info.set_state(ClientState::Active);
         if route == Route::Write && a.node.role == Role::Primary {
             self.unit_wrote = true;

@@ -159,6 +159,15 @@ impl Pipeline {
         self.skipping
     }
 
+    /// Whether a DataRow may go to the client without [`Pipeline::on_server_message`]: it
+    /// answers nothing by itself, so only a swallowed query (whose rows the client must not
+    /// see) or notes still to report in an [`Outcome`] need that call.
+    pub fn passes_data_rows(&self) -> bool {
+        !matches!(self.queue.front(), Some(Expect::Query { swallow: true }))
+            && self.dropped.is_empty()
+            && self.lost.is_empty()
+    }
+
     /// Requests outstanding.
     pub fn outstanding(&self) -> usize {
         self.queue.len()

@@ -8,34 +8,50 @@ use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::protocol::build::{sqlstate, Severity};
 use crate::protocol::fields::{self, TxStatus};
-use crate::protocol::frame::{message_len, HEADER_LEN};
+use crate::protocol::frame::{measure, message_len, HEADER_LEN};
 use crate::router::classify::SessionEffect;
 
 impl Session {
     /// Handles every complete message buffered from the active server.
     pub(super) async fn process_server(&mut self) -> Result<(), End> {
         let Some(a) = self.active.as_mut() else { return Ok(()) };
-        // Messages are looked at in place and skipped with `advance` (no per-message
-        // reference counting); the buffer goes back to the connection at the end.
-        // Paths that return early have lost the connection, and its buffer with it.
+        // Messages are looked at in place (no per-message reference counting); the buffer
+        // goes back to the connection at the end. Paths that return early have lost the
+        // connection, and its buffer with it.
         let mut rbuf = std::mem::take(&mut a.conn.rbuf);
+        // Start of the next message in `rbuf`.
+        let mut pos = 0;
+        // Messages passed on unchanged whose bytes are not yet in `cout`: they are
+        // contiguous in `rbuf`, so one copy takes them all (a result's DataRows, and for
+        // most requests everything the server answered). Anything else written to `cout`
+        // first flushes this, so the client sees the server's order.
+        let mut run = 0..0;
         loop {
-            let total = match message_len(&mut rbuf, MAX_SERVER_MESSAGE) {
+            let total = match measure(rbuf.get(pos..).unwrap_or_default(), MAX_SERVER_MESSAGE) {
                 Ok(Some(total)) => total,
                 Ok(None) => break,
                 Err(e) => {
+                    flush(&mut self.cout, &rbuf, &mut run);
                     if let Some(a) = &self.active {
                         tracing::error!(node = %a.node.id, error = %e, "server sent an invalid message");
                     }
                     return self.server_lost().await;
                 }
             };
-            let msg = &rbuf[..total];
+            let msg = &rbuf[pos..pos + total];
             let (tag, body) = (msg[0], &msg[HEADER_LEN..]);
+            if tag == b'D' && self.pipeline.passes_data_rows() {
+                // A row changes nothing the proxy tracks (see `Pipeline::passes_data_rows`).
+                extend(&mut self.cout, &rbuf, &mut run, pos, total);
+                self.forwarded = true;
+                pos += total;
+                continue;
+            }
             if tag == b'E' && is_fatal(body) && self.can_retry_elsewhere() {
                 // The backend is going away (terminated, or its postmaster died)
                 // before answering a read: run the read elsewhere rather than
                 // passing its FATAL on.
+                flush(&mut self.cout, &rbuf, &mut run);
                 return self.server_lost().await;
             }
             let Some(a) = self.active.as_mut() else { return Ok(()) };
@@ -46,7 +62,7 @@ impl Session {
                 // connection). The connection is not reused.
                 tracing::debug!(node = %a.node.id, "server sent an error with nothing outstanding");
                 a.conn.broken = true;
-                rbuf.advance(total);
+                pos += total;
                 continue;
             }
             let outcome = self.pipeline.on_server_message(tag, &mut self.due);
@@ -85,7 +101,13 @@ impl Session {
                     }
                     _ => {}
                 }
-                self.cout.extend_from_slice(replacement.as_deref().unwrap_or(msg));
+                match replacement {
+                    Some(bytes) => {
+                        flush(&mut self.cout, &rbuf, &mut run);
+                        self.cout.extend_from_slice(&bytes);
+                    }
+                    None => extend(&mut self.cout, &rbuf, &mut run, pos, total),
+                }
                 self.forwarded = true;
             }
             if outcome.client_rfq && a.conn.statements_unsure && self.pipeline.is_empty() {
@@ -95,6 +117,7 @@ impl Session {
                 a.conn.broken = true;
             }
             if !self.due.is_empty() {
+                flush(&mut self.cout, &rbuf, &mut run);
                 self.cout.extend_from_slice(&self.due);
                 self.due.clear();
             }
@@ -102,6 +125,7 @@ impl Session {
                 let status = match fields::ready_for_query(body) {
                     Ok(s) => s,
                     Err(e) => {
+                        flush(&mut self.cout, &rbuf, &mut run);
                         self.client_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &e.to_string());
                         return Err(End::Fatal);
                     }
@@ -109,8 +133,12 @@ impl Session {
                 self.on_ready_for_query(status);
                 self.trim_replay();
             }
-            rbuf.advance(total);
+            pos += total;
         }
+        flush(&mut self.cout, &rbuf, &mut run);
+        rbuf.advance(pos);
+        // Room for the rest of a message that is only partly here.
+        let _ = message_len(&mut rbuf, MAX_SERVER_MESSAGE);
         if let Some(a) = self.active.as_mut() {
             a.conn.rbuf = rbuf;
         }
@@ -208,9 +236,7 @@ impl Session {
                 a.pool.release(a.conn);
             }
             self.cancel.set_target(None);
-            if let Ok(mut n) = self.info.node.lock() {
-                *n = None;
-            }
+            self.info.detach_node();
         }
     }
 }
@@ -236,6 +262,24 @@ fn with_sender(msg: &[u8], pid: i32) -> Option<bytes::Bytes> {
     let mut out = msg.to_vec();
     out.get_mut(HEADER_LEN..HEADER_LEN + 4)?.copy_from_slice(&pid.to_be_bytes());
     Some(bytes::Bytes::from(out))
+}
+
+/// Adds the message at `pos` (`total` bytes) to the run of unchanged messages, flushing the
+/// run first if a message the client does not get lies between.
+fn extend(cout: &mut bytes::BytesMut, rbuf: &[u8], run: &mut std::ops::Range<usize>, pos: usize, total: usize) {
+    if run.end != pos {
+        flush(cout, rbuf, run);
+        *run = pos..pos;
+    }
+    run.end = pos + total;
+}
+
+/// Copies the pending run of unchanged messages to the client's buffer.
+fn flush(cout: &mut bytes::BytesMut, rbuf: &[u8], run: &mut std::ops::Range<usize>) {
+    if let Some(bytes) = rbuf.get(run.clone()).filter(|b| !b.is_empty()) {
+        cout.extend_from_slice(bytes);
+    }
+    *run = 0..0;
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC (the server

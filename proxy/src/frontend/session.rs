@@ -37,7 +37,7 @@ use crate::pool::{Checkout, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::TxStatus;
 use crate::protocol::Frame;
-use crate::router::classify::{Route, SessionEffect};
+use crate::router::classify::{Route, SessionEffect, StatementMemo};
 use crate::router::{InFlight, Node, ReadFloor};
 
 /// Stop reading from one side while this much is queued for the other.
@@ -76,6 +76,8 @@ pub struct Session {
     pub(super) mode: PoolMode,
     pub(super) params: SessionParams,
     pub(super) statements: Statements,
+    /// Recent statements' routes, so that a repeated shape skips the classifier's lexer.
+    pub(super) memo: StatementMemo,
     pub(super) floor: ReadFloor,
     pub(super) active: Option<Attached>,
     /// Server process of the connection the last transaction ran on (transaction pooling):
@@ -163,6 +165,7 @@ impl Session {
             mode,
             params,
             statements: Statements::default(),
+            memo: StatementMemo::default(),
             floor: ReadFloor::default(),
             active: None,
             last_server: None,

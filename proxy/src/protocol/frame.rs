@@ -90,10 +90,19 @@ pub fn split_message(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>
 /// message in place and then `advance` past it, without the reference
 /// counting of splitting it off.
 pub fn message_len(buf: &mut BytesMut, max_len: usize) -> Result<Option<usize>, FrameError> {
-    if buf.len() < HEADER_LEN {
-        return Ok(None);
+    let total = measure(buf, max_len)?;
+    if total.is_none() && buf.len() >= HEADER_LEN {
+        buf.reserve(needed(buf).min(MAX_RESERVE_AHEAD));
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    Ok(total)
+}
+
+/// Length (header included) of the whole message at the front of `buf`, `None` while it is
+/// incomplete; checks the length word as [`split_message`] does. Reserves nothing, so it
+/// works on any slice (a position inside a read buffer).
+pub fn measure(buf: &[u8], max_len: usize) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
         return Err(FrameError::BadLength(len));
     }
@@ -101,11 +110,7 @@ pub fn message_len(buf: &mut BytesMut, max_len: usize) -> Result<Option<usize>, 
     if total > max_len {
         return Err(FrameError::TooLarge { len: total, max: max_len });
     }
-    if buf.len() < total {
-        buf.reserve((total - buf.len()).min(MAX_RESERVE_AHEAD));
-        return Ok(None);
-    }
-    Ok(Some(total))
+    Ok((buf.len() >= total).then_some(total))
 }
 
 /// Bytes still missing before the message at the front of `buf` is complete

@@ -78,11 +78,43 @@ impl Fingerprinter {
     /// (SipHash is a byte stream, so where the buffer is cut does not change the hash).
     pub fn fingerprint(&self, sql: &(impl AsRef<[u8]> + ?Sized)) -> Fingerprint {
         let sql = sql.as_ref();
+        self.fingerprint_inner(sql, None)
+    }
+
+    /// [`Fingerprinter::fingerprint`] that also records where `sql`'s plain literals are,
+    /// for the session's [`super::memo::StatementMemo`] (`spans` is cleared first).
+    pub fn fingerprint_recording(&self, sql: &[u8], spans: &mut Vec<LiteralSpan>) -> Fingerprint {
+        spans.clear();
+        self.fingerprint_inner(sql, Some(spans))
+    }
+
+    fn fingerprint_inner(&self, sql: &[u8], spans: Option<&mut Vec<LiteralSpan>>) -> Fingerprint {
         let mut sink = HashSink { buf: [0; HASH_BUF], len: 0, hasher: SipHasher13::new_with_key(&self.key) };
-        let hint = lex(sql, &mut sink);
+        let hint = lex(sql, &mut sink, spans);
         sink.flush();
         Fingerprint { hash: sink.hasher.finish128().as_u128(), hint }
     }
+}
+
+/// Where the lexer found a literal whose value can change without changing the token stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiteralSpan {
+    /// First byte of the token.
+    pub start: u32,
+    /// One past its last byte.
+    pub end: u32,
+    /// What kind of token it is.
+    pub kind: LiteralKind,
+}
+
+/// The literal tokens [`LiteralSpan`] records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiteralKind {
+    /// An integer of plain ASCII digits, followed by a byte that cannot continue a number
+    /// (so any other run of digits in its place lexes as one number token too).
+    Digits,
+    /// A plain `'...'` string (no prefix letter): only its quotes decide where it ends.
+    String,
 }
 
 /// The normalized token stream of a statement string (exposed for tests and debugging).
@@ -99,13 +131,13 @@ pub struct Normalized {
 pub fn normalize(sql: &(impl AsRef<[u8]> + ?Sized)) -> Normalized {
     let sql = sql.as_ref();
     let mut tokens = Vec::with_capacity(sql.len() + sql.len() / 2 + 16);
-    let hint = lex(sql, &mut tokens);
+    let hint = lex(sql, &mut tokens, None);
     Normalized { tokens, hint }
 }
 
 /// Runs the lexer over `sql` into `out`, appending the hint token if a comment carried it.
-fn lex<S: Sink>(sql: &[u8], out: &mut S) -> bool {
-    let mut lexer = Lexer { bytes: sql, pos: 0, out, hint: false };
+fn lex<S: Sink>(sql: &[u8], out: &mut S, spans: Option<&mut Vec<LiteralSpan>>) -> bool {
+    let mut lexer = Lexer { bytes: sql, pos: 0, out, hint: false, spans };
     lexer.run();
     let hint = lexer.hint;
     if hint {
@@ -242,6 +274,8 @@ struct Lexer<'a, S> {
     pos: usize,
     out: &'a mut S,
     hint: bool,
+    /// Where to record literal positions, if anywhere.
+    spans: Option<&'a mut Vec<LiteralSpan>>,
 }
 
 /// Character classes, looked up in [`CLASSES`] (one table probe instead of a chain of compares).
@@ -337,8 +371,10 @@ impl<S: Sink> Lexer<'_, S> {
                 b'-' if next == b'-' => self.line_comment(),
                 b'/' if next == b'*' => self.block_comment(),
                 b'\'' => {
+                    let start = self.pos;
                     self.pos += 1;
                     self.quoted_string(false, tag::STRING);
+                    self.note_literal(start, LiteralKind::String);
                 }
                 b'"' => self.quoted_ident(tag::QUOTED_IDENT),
                 b'$' => self.dollar(),
@@ -349,6 +385,15 @@ impl<S: Sink> Lexer<'_, S> {
                 b',' | b'(' | b')' | b'[' | b']' | b'.' | b';' | b':' => self.punct(1),
                 _ if is_op_char(b) => self.operator(),
                 _ => self.punct(1),
+            }
+        }
+    }
+
+    /// Records the token that started at `start` and ended at `self.pos`.
+    fn note_literal(&mut self, start: usize, kind: LiteralKind) {
+        if let Some(spans) = self.spans.as_deref_mut() {
+            if let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(self.pos)) {
+                spans.push(LiteralSpan { start, end, kind });
             }
         }
     }
@@ -495,6 +540,7 @@ impl<S: Sink> Lexer<'_, S> {
 
     /// Numeric literal: decimal with fraction/exponent, or 0x/0o/0b with underscores.
     fn number(&mut self) {
+        let start = self.pos;
         let mut i = self.pos;
         let radix_prefix = self.at(i) == b'0'
             && matches!(self.at(i + 1), b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
@@ -517,6 +563,14 @@ impl<S: Sink> Lexer<'_, S> {
         }
         self.pos = i;
         self.emit(tag::NUMBER, &[]);
+        let next = self.at(i);
+        if self.spans.is_some()
+            && !is_ident_cont(next)
+            && next != b'.'
+            && self.bytes.get(start..i).is_some_and(|t| t.iter().all(u8::is_ascii_digit))
+        {
+            self.note_literal(start, LiteralKind::Digits);
+        }
     }
 
     /// Skips digits with single underscores between them.

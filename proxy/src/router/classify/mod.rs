@@ -13,6 +13,7 @@ mod analyze;
 mod cache;
 pub mod fingerprint;
 mod functions;
+mod memo;
 mod walk;
 
 #[cfg(test)]
@@ -25,9 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache::RouteCache;
-use fingerprint::Fingerprinter;
+use fingerprint::{Fingerprint, Fingerprinter};
 
 pub use functions::{ClassifyError, FunctionTable, Volatility};
+pub use memo::StatementMemo;
 
 /// Upper bound on remembered unknown function names (so that a client sending ever-new
 /// garbage names cannot grow memory); the set is cleared when it fills up.
@@ -170,14 +172,38 @@ impl Classifier {
     pub fn classify(&self, sql: &(impl AsRef<[u8]> + ?Sized)) -> Classification {
         let sql = sql.as_ref();
         let fingerprint = self.fingerprinter.fingerprint(sql);
+        self.classify_fingerprinted(sql, fingerprint, self.functions.generation()).0
+    }
+
+    /// [`Classifier::classify`] for a session, which first asks the session's `memo` whether
+    /// the statement repeats a recent one with other literal values (then the lexer, the
+    /// cache and the parser are all skipped), and remembers cacheable verdicts there.
+    pub fn classify_memo(&self, sql: &[u8], memo: &mut StatementMemo) -> Classification {
         let generation = self.functions.generation();
-        if let Some(route) = self.cache.get(fingerprint.hash, generation) {
+        if let Some(route) = memo.lookup(sql, generation) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Classification { route, effects: Vec::new() };
         }
+        let mut literals = memo.take_scratch();
+        let fingerprint = self.fingerprinter.fingerprint_recording(sql, &mut literals);
+        let (class, cacheable) = self.classify_fingerprinted(sql, fingerprint, generation);
+        if cacheable {
+            memo.remember(sql, literals, class.route, generation);
+        } else {
+            memo.give_back(literals);
+        }
+        class
+    }
+
+    /// The verdict for `sql` with `fingerprint`, and whether it may be cached.
+    fn classify_fingerprinted(&self, sql: &[u8], fingerprint: Fingerprint, generation: u64) -> (Classification, bool) {
+        if let Some(route) = self.cache.get(fingerprint.hash, generation) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return (Classification { route, effects: Vec::new() }, true);
+        }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let Ok(sql) = std::str::from_utf8(sql) else {
-            return Classification { route: Route::Write, effects: Vec::new() };
+            return (Classification { route: Route::Write, effects: Vec::new() }, false);
         };
         let analysis = analyze::analyze(sql, &self.functions.view());
         let route = if fingerprint.hint { Route::Write } else { analysis.route };
@@ -191,7 +217,7 @@ impl Classifier {
             self.cache.put(fingerprint.hash, route, generation);
         }
         tracing::trace!(?route, effects = analysis.effects.len(), "classified statement");
-        Classification { route, effects: analysis.effects }
+        (Classification { route, effects: analysis.effects }, analysis.cacheable)
     }
 
     /// Requests a table refresh for unknown function names that have not asked recently.
