@@ -423,13 +423,15 @@ impl Session {
         for e in effects {
             match e {
                 SessionEffect::Pin(reason) => {
+                    let _span = self.span.enter();
                     if !self.pinned {
                         tracing::debug!(?reason, "client pinned to its server connection");
                     }
-                    self.pinned = true;
                     if *reason == PinReason::Other {
                         tracing::debug!("statement with session-wide side effects");
                     }
+                    drop(_span);
+                    self.pinned = true;
                 }
                 SessionEffect::Deallocate { name: Some(name) } if self.mode == PoolMode::Session => {
                     // The server drops the client's statement (DEALLOCATE is not
@@ -511,7 +513,8 @@ impl Session {
                 Err(e) => {
                     let kind = if matches!(e, AcquireError::PoolTimeout) { "pool_timeout" } else { "server_connect" };
                     self.ctx.metrics.error(kind);
-                    tracing::warn!(node = %node.id, error = %e, "could not get a server connection");
+                    self.span
+                        .in_scope(|| tracing::warn!(node = %node.id, error = %e, "could not get a server connection"));
                     let retry = node.role == Role::Replica
                         && !matches!(e, AcquireError::PoolTimeout | AcquireError::Connect(ConnectError::Server { .. }));
                     last_err = Some(failure_for(&node.id.to_string(), e));
@@ -603,7 +606,7 @@ impl Session {
         let replayable = self.can_retry_elsewhere();
         let Some(a) = self.active.take() else { return Ok(()) };
         let node = a.node.clone();
-        tracing::warn!(node = %node.id, "server connection lost");
+        self.span.in_scope(|| tracing::warn!(node = %node.id, "server connection lost"));
         self.ctx.metrics.error("server_lost");
         discard(a);
         node.set_healthy(false);

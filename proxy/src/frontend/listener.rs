@@ -1,7 +1,8 @@
 //! The accept loop.
 //!
 //! Stops accepting when the shutdown token fires; every client runs in its own
-//! task on the shared [`TaskTracker`], inside a `client` tracing span.
+//! task on the shared [`TaskTracker`], with a `client` tracing span: login runs inside
+//! it, the session enters it when it logs.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::startup::{serve_client, StartupError};
+use super::startup::{serve_client, LoggedIn, StartupError};
 use crate::context::ProxyContext;
 use crate::protocol::build::{self, sqlstate, Severity};
 
@@ -43,15 +44,18 @@ pub async fn accept_loop(ctx: Arc<ProxyContext>, listener: TcpListener, tracker:
                 return;
             };
             let span = tracing::info_span!("client", id = guard.info.id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
-            let ctx2 = ctx.clone();
-            async move {
-                match serve_client(ctx2, tcp, guard).await {
-                    Ok(()) | Err(StartupError::Cancel) => {}
-                    Err(e) => tracing::debug!(error = %e, "client not served"),
+            let served = serve_client(ctx.clone(), tcp, &guard).instrument(span.clone()).await;
+            match served {
+                Ok(Some(LoggedIn { session, stream })) => {
+                    // Not instrumented: entering the span on every wake-up was a tenth of
+                    // the data path's instructions. The session enters it to log.
+                    ctx.metrics.clients.inc();
+                    session.run(stream, span).await;
+                    ctx.metrics.clients.dec();
                 }
+                Ok(None) | Err(StartupError::Cancel) => {}
+                Err(e) => span.in_scope(|| tracing::debug!(error = %e, "client not served")),
             }
-            .instrument(span)
-            .await;
         });
     }
     tracing::info!("stopped accepting clients");

@@ -33,6 +33,7 @@ impl Session {
                 Err(e) => {
                     flush(&mut self.cout, &rbuf, &mut run);
                     if let Some(a) = &self.active {
+                        let _span = self.span.enter();
                         tracing::error!(node = %a.node.id, error = %e, "server sent an invalid message");
                     }
                     return self.server_lost().await;
@@ -60,7 +61,8 @@ impl Session {
                 // right after the last answer, e.g. its postmaster died): the client must
                 // not get it (drivers take an error nobody asked for as a broken
                 // connection). The connection is not reused.
-                tracing::debug!(node = %a.node.id, "server sent an error with nothing outstanding");
+                self.span
+                    .in_scope(|| tracing::debug!(node = %a.node.id, "server sent an error with nothing outstanding"));
                 a.conn.broken = true;
                 pos += total;
                 continue;

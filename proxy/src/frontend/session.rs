@@ -28,6 +28,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::Pipeline;
 use super::state::{SessionParams, Statements};
+use super::stream::ClientStream;
 use crate::auth::ServerCredential;
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
@@ -126,6 +127,9 @@ pub struct Session {
     client_watch: Option<WakeWatch>,
     /// Whether reads of plain TCP clients may use `client_watch`.
     exact_client_wakeups: bool,
+    /// The client's tracing span. The session does not run inside it (entering it on every
+    /// wake-up costs more than the rest of a wake-up's bookkeeping); code that logs enters it.
+    pub(super) span: tracing::Span,
 }
 
 /// What one poll of the session's streams produced.
@@ -196,24 +200,26 @@ impl Session {
             shutdown_watch: None,
             client_watch: None,
             exact_client_wakeups: false,
+            span: tracing::Span::none(),
         }
     }
 
     /// Runs the session until the client leaves, then cleans up its server connections.
+    /// `span` is the client's tracing span, entered to log.
     ///
-    /// `exact_read_wakeups`: the stream's `poll_read` registers its waker for read
-    /// readiness only (true of a plain `TcpStream`, not of TLS, whose reads may wait to
-    /// write), so a read that returned `Pending` need not be polled again until that
-    /// waker ran.
-    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, mut stream: S, exact_read_wakeups: bool) {
-        self.exact_client_wakeups = exact_read_wakeups;
+    /// On plain TCP the stream's `poll_read` registers its waker for read readiness only
+    /// (not so with TLS, whose reads may wait to write), so a read that returned `Pending`
+    /// need not be polled again until that waker ran.
+    pub async fn run(mut self, mut stream: ClientStream, span: tracing::Span) {
+        self.exact_client_wakeups = !stream.is_tls();
+        self.span = span;
         self.info.set_state(ClientState::Idle);
         let end = self.main_loop(&mut stream).await;
         if !self.cout.is_empty() {
             let _ = tokio::time::timeout(self.ctx.cfg.connect_timeout(), stream.write_all(&self.cout)).await;
         }
         let _ = stream.shutdown().await;
-        tracing::debug!(?end, "client session ended");
+        self.span.in_scope(|| tracing::debug!(?end, "client session ended"));
         self.release_all().await;
     }
 

@@ -41,8 +41,24 @@ pub enum StartupError {
     Cancel,
 }
 
-/// Runs startup and, on success, the client's session.
-pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientGuard<'_>) -> Result<(), StartupError> {
+/// A client that logged in: its session, ready to run over its stream.
+pub struct LoggedIn {
+    /// The session, holding the client's span.
+    pub session: Session,
+    /// The client's connection.
+    pub stream: ClientStream,
+}
+
+/// Runs startup: `Some` with the session of a client that logged in, `None` after an admin
+/// console session or a handled cancel request.
+///
+/// Runs inside the client's tracing span; the session then runs outside it and enters it
+/// only to log (see [`Session::run`]).
+pub async fn serve_client(
+    ctx: Arc<ProxyContext>,
+    tcp: TcpStream,
+    guard: &ClientGuard<'_>,
+) -> Result<Option<LoggedIn>, StartupError> {
     let login = tokio::time::timeout(ctx.cfg.login_timeout(), negotiate(&ctx, tcp)).await;
     let (mut stream, mut params, rbuf) = match login {
         Ok(r) => r?,
@@ -92,7 +108,8 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
             )
             .await;
         }
-        return crate::admin::serve(ctx, stream, rbuf, guard.info.clone()).await.map_err(StartupError::from);
+        crate::admin::serve(ctx, stream, rbuf, guard.info.clone()).await?;
+        return Ok(None);
     }
     // Log in to the primary for this user once; the pool keeps its server parameters.
     let topo = ctx.router.topology();
@@ -160,11 +177,7 @@ pub async fn serve_client(ctx: Arc<ProxyContext>, tcp: TcpStream, guard: ClientG
     tracing::debug!("client logged in");
     let session_params = SessionParams::from_startup(&params.params);
     let session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
-    ctx.metrics.clients.inc();
-    let plain = !stream.is_tls();
-    session.run(stream, plain).await;
-    ctx.metrics.clients.dec();
-    Ok(())
+    Ok(Some(LoggedIn { session, stream }))
 }
 
 /// Parameters whose value the client chose at startup and PostgreSQL reports back.
@@ -251,7 +264,11 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     auth::authenticate_client(stream, rbuf, ctx.cfg.auth, user, secret.as_ref()).await
 }
 
-async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) -> Result<(), StartupError> {
+async fn reject<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: &str,
+    message: &str,
+) -> Result<Option<LoggedIn>, StartupError> {
     reject_raw(stream, code, message).await
 }
 
