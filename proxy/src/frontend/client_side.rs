@@ -8,6 +8,8 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use bytes::Buf;
 use std::time::Instant;
 
 use super::pipeline::Expect;
@@ -18,7 +20,7 @@ use crate::context::ClientState;
 use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
-use crate::protocol::frame::{split_message, FrameError};
+use crate::protocol::frame::{measure, split_message, FrameError, HEADER_LEN};
 use crate::protocol::Frame;
 use crate::router::classify::{PinReason, Route, SessionEffect};
 use crate::router::Node;
@@ -40,6 +42,11 @@ impl Session {
                 self.client_backlog = true;
                 return Ok(());
             }
+            if let Ok(Some(total)) = measure(&self.cin, max) {
+                if self.forward_inline(total) {
+                    continue;
+                }
+            }
             let frame = match split_message(&mut self.cin, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
@@ -60,6 +67,34 @@ impl Session {
             };
             self.handle_client_message(frame).await?;
         }
+    }
+
+    /// The common messages that only continue a unit on the primary (Execute, Sync, Flush,
+    /// Describe of a portal, CopyData) go from the client's buffer to the server's without
+    /// being split off as a frame or going through [`Session::handle_client_message`]: in
+    /// an extended-protocol request they are three messages of four, and the general path's
+    /// frame and future cost more than the forwarding. `total` is the length of the whole
+    /// message at the front of `cin`. Returns false (and does nothing) for anything else,
+    /// including every message of a unit on a replica, which is kept for a retry.
+    fn forward_inline(&mut self, total: usize) -> bool {
+        let Some(a) = self.active.as_ref() else { return false };
+        if a.node.role == Role::Replica || self.skip_until_sync {
+            return false;
+        }
+        let Some(msg) = self.cin.get(..total) else { return false };
+        let expect = match msg.first() {
+            Some(b'E') => Some(Expect::Execute),
+            Some(b'S') => Some(Expect::Sync),
+            Some(b'H' | b'd') => None,
+            Some(b'D') if msg.get(HEADER_LEN) == Some(&b'P') && msg.last() == Some(&0) => Some(Expect::Describe),
+            _ => return false,
+        };
+        self.sout.extend_from_slice(msg);
+        if let Some(e) = expect {
+            self.pipeline.push(e, &mut self.cout);
+        }
+        self.cin.advance(total);
+        true
     }
 
     async fn handle_client_message(&mut self, frame: Frame) -> Result<(), End> {

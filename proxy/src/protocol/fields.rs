@@ -24,7 +24,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn cstr(&mut self) -> Result<&'a [u8], FieldError> {
-        let end = memchr::memchr(0, self.rest).ok_or(FieldError(self.what))?;
+        // Names and command tags are short: a plain scan finds their NUL before the
+        // vectorized search has set up; longer strings (query text) go on with memchr.
+        let head = self.rest.len().min(16);
+        let end = match self.rest[..head].iter().position(|&b| b == 0) {
+            Some(end) => end,
+            None => head + memchr::memchr(0, &self.rest[head..]).ok_or(FieldError(self.what))?,
+        };
         let (s, rest) = self.rest.split_at(end);
         self.rest = &rest[1..];
         Ok(s)
