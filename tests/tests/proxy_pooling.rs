@@ -283,3 +283,22 @@ async fn idle_server_connections_close_after_server_idle_timeout() -> anyhow::Re
     assert!(c.primary_sessions_in("idle")? >= 1);
     Ok(())
 }
+
+/// A parked server connection whose backend was terminated while idle (it sent 57P01 and
+/// closed) is noticed at checkout and thrown away: the client's next statement runs on
+/// another connection and never sees that FATAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connection_terminated_while_parked_is_not_handed_out() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    let client = c.connect().await?;
+    let first = one(&client, "SELECT pg_backend_pid()::text").await?;
+    assert_eq!(c.primary_sessions_in("idle")?, 1, "the connection is parked");
+    let terminated = c.primary.psql("postgres", &format!("SELECT pg_terminate_backend({first}, 5000)"))?;
+    assert_eq!(terminated, "t");
+    for _ in 0..3 {
+        let pid = one(&client, "SELECT pg_backend_pid()::text").await?;
+        assert_ne!(pid, first, "the terminated backend served a statement");
+    }
+    Ok(())
+}

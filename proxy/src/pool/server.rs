@@ -6,13 +6,13 @@
 //! prepared statements exist on it (by Tandem's content-derived names), which
 //! session parameters were last applied, and whether it must be thrown away.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tandem_core::NodeAddr;
-use tokio::io::ReadBuf;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::connect::ServerStartup;
@@ -86,15 +86,14 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return true;
         }
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        // Readiness can be left over from the last answer: peek to be sure
-        // (a WouldBlock here also clears it).
-        !matches!(self.stream.poll_peek(&mut cx, &mut buf), Poll::Pending)
+        // `try_io` runs the peek only if the runtime saw the socket become readable, and a
+        // WouldBlock from it clears that readiness (it can be left over from the last
+        // answer). Unlike a poll, it registers no waker.
+        let peeked = self.stream.try_io(Interest::READABLE, || {
+            let mut byte = [MaybeUninit::<u8>::uninit()];
+            socket2::SockRef::from(&self.stream).peek(&mut byte)
+        });
+        peeked.is_ok()
     }
 
     /// Whether the connection holds so many prepared statements that it should be retired.
