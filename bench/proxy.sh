@@ -14,7 +14,7 @@
 #
 # Usage: bench/proxy.sh            (as root; see bench/README.md)
 # Knobs (environment): ROUNDS=10 DURATION=5 CLIENTS=16 THREADS=2 SCALE=10 POOL_SIZE=20
-#   IDLE=2000 PROFILE=1 TANDEM_1W=1 MAX_LOAD=2.5 LOAD_WAIT=20 QUIET_STEAL=3 SKIP_BUILD=0
+#   IDLE=2000 PROFILE=1 PGO=1 TANDEM_1W=0 MAX_LOAD=2.5 LOAD_WAIT=20 QUIET_STEAL=3 SKIP_BUILD=0
 #   KEEP_WORK=0 OUT=<file>
 # Many short runs rather than a few long ones: on a virtual machine the host's other guests
 # take CPU time in bursts of tens of seconds (steal time), so the paths of one workload run
@@ -39,6 +39,18 @@ DB=bench
 bench_init proxy
 ulimit -n 20000 2>/dev/null || true
 build_tandem
+# PGO=1: the measured Tandem is the profile-guided build (bench/pgo.sh), and the plain
+# release build runs as a fourth path in the same rounds, so both numbers are in the table.
+TANDEM_PLAIN_BIN=""
+if [[ ${PGO:-1} == 1 ]]; then
+    TANDEM_PLAIN_BIN=$TANDEM_BIN
+    PGO_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/pgo/release/tandem"
+    if [[ "${SKIP_BUILD:-0}" != 1 || ! -x $PGO_BIN ]]; then
+        log "profile-guided build (bench/pgo.sh)"
+        PGO_BIN=$("$BENCH_DIR/pgo.sh") || die "bench/pgo.sh failed"
+    fi
+    TANDEM_BIN=$PGO_BIN
+fi
 MACHINE=$(machine_info)
 
 # --- servers -----------------------------------------------------------------------------
@@ -59,18 +71,26 @@ TANDEM_CMD=("$TANDEM_BIN" --log info proxy --listen "127.0.0.1:$TANDEM_PORT"
 spawn "$WORK/tandem.log" env ${TANDEM_ENV:-} "${TANDEM_CMD[@]}"
 TANDEM_PID=$SPAWNED_PID
 wait_port "$TANDEM_PORT" 30 || die "tandem proxy did not listen (see $WORK/tandem.log)"
-# Optional fourth path: the same proxy with one tokio worker thread (TOKIO_WORKER_THREADS=1),
-# to show what cross-thread wake-ups cost on a larger machine. On <= 2 cores `tandem proxy`
-# already defaults to one thread, so there this path is a second, identical Tandem: a control
-# that shows how far two runs of the same thing differ on this machine.
-TANDEM1_PORT="" TANDEM1_PID=""
-if [[ ${TANDEM_1W:-1} == 1 ]]; then
-    TANDEM1_PORT=$(free_port)
-    T1_CMD=("${TANDEM_CMD[@]}")
-    T1_CMD[5]="127.0.0.1:$TANDEM1_PORT" # the --listen value
-    spawn "$WORK/tandem-1w.log" env TOKIO_WORKER_THREADS=1 "${T1_CMD[@]}"
-    TANDEM1_PID=$SPAWNED_PID
-    wait_port "$TANDEM1_PORT" 30 || die "tandem proxy (1 worker) did not listen (see $WORK/tandem-1w.log)"
+# Optional fourth path, in the same rounds: with PGO=1 the plain release build
+# (`tandem-plain`); else, with TANDEM_1W=1, the same proxy with one tokio worker thread
+# (TOKIO_WORKER_THREADS=1), to show what cross-thread wake-ups cost on a larger machine (on
+# <= 2 cores `tandem proxy` already defaults to one thread, so there it is an identical
+# control that shows how far two runs of the same thing differ on this machine).
+ALT_PATH="" ALT_PORT="" ALT_PID=""
+if [[ -n $TANDEM_PLAIN_BIN || ${TANDEM_1W:-0} == 1 ]]; then
+    ALT_PORT=$(free_port)
+    ALT_CMD=("${TANDEM_CMD[@]}")
+    ALT_CMD[5]="127.0.0.1:$ALT_PORT" # the --listen value
+    if [[ -n $TANDEM_PLAIN_BIN ]]; then
+        ALT_PATH=tandem-plain
+        ALT_CMD[0]=$TANDEM_PLAIN_BIN
+        spawn "$WORK/$ALT_PATH.log" env ${TANDEM_ENV:-} "${ALT_CMD[@]}"
+    else
+        ALT_PATH=tandem-1w
+        spawn "$WORK/$ALT_PATH.log" env TOKIO_WORKER_THREADS=1 "${ALT_CMD[@]}"
+    fi
+    ALT_PID=$SPAWNED_PID
+    wait_port "$ALT_PORT" 30 || die "tandem proxy ($ALT_PATH) did not listen (see $WORK/$ALT_PATH.log)"
 fi
 
 echo '"postgres" ""' >"$WORK/userlist.txt"
@@ -104,7 +124,7 @@ PGB_SESSION_PID=$SPAWNED_PID
 wait_port "$PGB_TX_PORT" 30 || die "pgbouncer (transaction) did not listen"
 wait_port "$PGB_SESSION_PORT" 30 || die "pgbouncer (session) did not listen"
 
-for port in "$PG_PORT" "$TANDEM_PORT" $TANDEM1_PORT "$PGB_TX_PORT" "$PGB_SESSION_PORT"; do
+for port in "$PG_PORT" "$TANDEM_PORT" $ALT_PORT "$PGB_TX_PORT" "$PGB_SESSION_PORT"; do
     psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d "$DB" -c 'SELECT 1' >/dev/null \
         || die "SELECT 1 through port $port failed"
 done
@@ -125,7 +145,7 @@ port_of() {
     case $2 in
         direct) echo "$PG_PORT" ;;
         tandem) echo "$TANDEM_PORT" ;;
-        tandem-1w) echo "$TANDEM1_PORT" ;;
+        tandem-plain | tandem-1w) echo "$ALT_PORT" ;;
         pgbouncer) if [[ $1 == *prepared ]]; then echo "$PGB_SESSION_PORT"; else echo "$PGB_TX_PORT"; fi ;;
     esac
 }
@@ -133,7 +153,7 @@ pid_of() {
     case $2 in
         direct) echo "" ;;
         tandem) echo "$TANDEM_PID" ;;
-        tandem-1w) echo "$TANDEM1_PID" ;;
+        tandem-plain | tandem-1w) echo "$ALT_PID" ;;
         pgbouncer) if [[ $1 == *prepared ]]; then echo "$PGB_SESSION_PID"; else echo "$PGB_TX_PID"; fi ;;
     esac
 }
@@ -189,7 +209,7 @@ run_one() {
 
 LOADS=()
 PATHS=(direct tandem pgbouncer)
-[[ -n $TANDEM1_PORT ]] && PATHS+=(tandem-1w)
+[[ -n $ALT_PATH ]] && PATHS+=("$ALT_PATH")
 for ((round = 1; round <= ROUNDS; round++)); do
     wait_low_load "$MAX_LOAD" "$LOAD_WAIT"
     LOADS+=("round $round: $(uptime | sed 's/^ *//')")
@@ -283,7 +303,7 @@ if [[ $PROFILE == 1 ]]; then
         log "system calls per transaction (perf stat), -S -M simple"
         SYSCALL_ROWS=$(
             syscall_row tandem "$TANDEM_PID" "$TANDEM_PORT"
-            [[ -n $TANDEM1_PID ]] && syscall_row "tandem-1w (1 worker thread)" "$TANDEM1_PID" "$TANDEM1_PORT"
+            [[ -n $ALT_PID ]] && syscall_row "$ALT_PATH" "$ALT_PID" "$ALT_PORT"
             syscall_row "pgbouncer (transaction)" "$PGB_TX_PID" "$PGB_TX_PORT"
         )
         log "perf profile of tandem under -S -M simple"
@@ -360,7 +380,12 @@ mkdir -p "$(dirname "$OUT")"
     echo "- PgBouncer (Debian's 1.18) has no \`max_prepared_statements\` (added in 1.21), so it cannot"
     echo "  run \`-M prepared\` in transaction mode; the prepared rows compare against a PgBouncer"
     echo "  instance in **session** mode. Tandem runs in **transaction** mode in every row."
-    if [[ -n $TANDEM1_PORT ]]; then
+    if [[ $ALT_PATH == tandem-plain ]]; then
+        echo "- \`tandem\` is the profile-guided release build made by \`bench/pgo.sh\` (trained on pgbench"
+        echo "  through the proxy: the workloads here, plus extended protocol, COPY, read routing to a"
+        echo "  replica and session pooling); \`tandem-plain\` is \`cargo build --release\` of the same"
+        echo "  commit, run as a fourth path in the same rounds with the same flags."
+    elif [[ $ALT_PATH == tandem-1w ]]; then
         echo "- \`tandem-1w\` is the same Tandem build and flags with \`TOKIO_WORKER_THREADS=1\` (one runtime"
         echo "  worker thread instead of one per core), run as a fourth path in the same rounds. On a"
         echo "  machine with <= 2 cores Tandem already runs one thread, so there it is an identical second"
@@ -390,7 +415,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "## Setup and exact commands"
     echo
     echo "- PostgreSQL settings (one server behind all three paths): $(grep -A20 '^# --- tandem bench' "$WORK/primary/postgresql.conf" | grep -v '^#' | grep . | grep -v -E 'port|unix_socket' | sed 's/ *= */=/' | paste -sd, | sed 's/,/, /g'); everything else default."
-    echo "- Tandem: \`tandem --log info proxy --listen 127.0.0.1:PORT --primary 127.0.0.1:PGPORT --no-read-split --pool-mode transaction --auth trust --control-user postgres --pool-size $POOL_SIZE --max-client-conn $((IDLE + 500))\` (release build)."
+    echo "- Tandem: \`tandem --log info proxy --listen 127.0.0.1:PORT --primary 127.0.0.1:PGPORT --no-read-split --pool-mode transaction --auth trust --control-user postgres --pool-size $POOL_SIZE --max-client-conn $((IDLE + 500))\` ($([[ -n $TANDEM_PLAIN_BIN ]] && echo "profile-guided release build, see above" || echo "release build"))."
     echo "- PgBouncer: \`pool_mode = transaction\` (and a second instance with \`session\`), \`auth_type = trust\`, \`default_pool_size = $POOL_SIZE\`, \`max_client_conn = $((IDLE + 500))\`, default logging."
     echo "- Before each TPC-B run: \`VACUUM pgbench_branches; VACUUM pgbench_tellers; TRUNCATE pgbench_history; CHECKPOINT\` directly on PostgreSQL (what pgbench does itself without \`-n\`), so pgbench runs with \`-n\` on every path."
     echo "- pgbench commands (round 1; the ports differ per path):"

@@ -32,6 +32,11 @@ LABEL = {
     "select-connect": "`-S -C` (new connection per transaction)",
 }
 PATHS = ("direct", "tandem", "pgbouncer")
+# Optional fourth paths (see bench/proxy.sh) and how the results describe them.
+EXTRA = {
+    "tandem-plain": "Tandem built without profile-guided optimization (a plain `cargo build --release`)",
+    "tandem-1w": "Tandem with one runtime worker thread",
+}
 
 
 def median(values):
@@ -95,8 +100,8 @@ def main() -> int:
         calm = f"{statistics.median(quiet):.2f}x ({len(quiet)} of {len(every)})" if quiet else f"— (0 of {len(every)})"
         return spread, calm
 
-    one_worker = any(r["path"] == "tandem-1w" for r in rows)
-    paths = PATHS + (("tandem-1w",) if one_worker else ())
+    extras = [p for p in EXTRA if any(r["path"] == p for r in rows)]
+    paths = PATHS + tuple(extras)
     print("| workload | direct TPS | Tandem TPS | PgBouncer TPS (mode) | Tandem / direct "
           "| PgBouncer / direct | **Tandem / PgBouncer**, per round: median [range] "
           f"| the same, rounds with steal ≤ {quiet_steal:g} µs/txn | proxy CPU µs per txn: Tandem / PgBouncer |")
@@ -107,19 +112,19 @@ def main() -> int:
         spread, calm = paired_cells(w, "tandem", "pgbouncer")
         print(f"| {LABEL.get(w, w)} | {fmt(d)} | {fmt(t)} | {fmt(b)} ({PGBOUNCER_MODE.get(w, '?')}) "
               f"| {ratio(t, d)} | {ratio(b, d)} | {spread} | {calm} | {fmt(tc, 1)} / {fmt(bc, 1)} |")
-    if one_worker:
+    for x in extras:
         print()
-        print("Tandem with one runtime worker thread (`tandem-1w`, same rounds):")
+        print(f"{EXTRA[x]} (`{x}`, same rounds):")
         print()
-        print("| workload | tandem-1w TPS | tandem-1w / direct | tandem-1w / PgBouncer, per round "
-              "| tandem-1w / Tandem, per round | proxy CPU µs per txn: tandem-1w / Tandem |")
+        print(f"| workload | {x} TPS | {x} / direct | {x} / PgBouncer, per round "
+              f"| {x} / Tandem, per round | proxy CPU µs per txn: {x} / Tandem |")
         print("|---|---:|---:|---:|---:|---:|")
         for w in workloads:
-            d, t1 = cell(w, "direct", "tps"), cell(w, "tandem-1w", "tps")
-            vs_pgb, _ = paired_cells(w, "tandem-1w", "pgbouncer")
-            vs_tandem, _ = paired_cells(w, "tandem-1w", "tandem")
+            d, t1 = cell(w, "direct", "tps"), cell(w, x, "tps")
+            vs_pgb, _ = paired_cells(w, x, "pgbouncer")
+            vs_tandem, _ = paired_cells(w, x, "tandem")
             print(f"| {LABEL.get(w, w)} | {fmt(t1)} | {ratio(t1, d)} | {vs_pgb} | {vs_tandem} "
-                  f"| {fmt(cell(w, 'tandem-1w', 'proxy_cpu_us'), 1)} / {fmt(cell(w, 'tandem', 'proxy_cpu_us'), 1)} |")
+                  f"| {fmt(cell(w, x, 'proxy_cpu_us'), 1)} / {fmt(cell(w, 'tandem', 'proxy_cpu_us'), 1)} |")
     print()
     print("Latency (median of the rounds' average latency, ms):")
     print()
