@@ -462,11 +462,10 @@ impl Session {
                     if !self.pinned {
                         tracing::debug!(?reason, "client pinned to its server connection");
                     }
+                    self.pinned = true;
                     if *reason == PinReason::Other {
                         tracing::debug!("statement with session-wide side effects");
                     }
-                    drop(_span);
-                    self.pinned = true;
                 }
                 SessionEffect::Deallocate { name: Some(name) } if self.mode == PoolMode::Session => {
                     // The server drops the client's statement (DEALLOCATE is not
