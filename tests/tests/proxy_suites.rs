@@ -142,6 +142,39 @@ async fn startup_settings_are_checked_by_the_server() -> anyhow::Result<()> {
         let out = cl.simple("SELECT to_char(date '2024-02-01', 'DD') || ' ' || date '2024-02-01'::text").await?;
         assert_eq!(tandem_tests::wire::first_column(&out), vec![Some("01 2024-02-01".to_string())]);
     }
+    // Every reported setting the client chose is reported as the server has it, not as the
+    // pool's connections have it: libpq and psycopg2 escape string literals by
+    // standard_conforming_strings (reporting "on" for "off" let a backslash in a value
+    // end its literal), and target_session_attrs reads default_transaction_read_only.
+    let mut cl = RawClient::connect(c.proxy_port).await?;
+    cl.send(&startup_with(&[
+        ("options", "-c standard_conforming_strings=off"),
+        ("default_transaction_read_only", "on"),
+        ("timezone", "Europe/Paris"),
+    ]))
+    .await?;
+    let greeting = cl.until_ready().await?;
+    assert_eq!(parameter(&greeting, "standard_conforming_strings").as_deref(), Some("off"));
+    assert_eq!(parameter(&greeting, "default_transaction_read_only").as_deref(), Some("on"));
+    assert_eq!(parameter(&greeting, "TimeZone").as_deref(), Some("Europe/Paris"));
+    let out = cl
+        .simple(
+            "SELECT current_setting('standard_conforming_strings') || ' ' \
+             || current_setting('default_transaction_read_only') || ' ' || 'a\\\\b'",
+        )
+        .await?;
+    assert_eq!(
+        tandem_tests::wire::first_column(&out),
+        vec![Some("off on a\\b".to_string())],
+        "backslash escapes apply"
+    );
+    // A client without those settings still sees the server's defaults.
+    let mut plain = RawClient::connect(c.proxy_port).await?;
+    plain.send(&startup_with(&[])).await?;
+    let greeting = plain.until_ready().await?;
+    assert_eq!(parameter(&greeting, "standard_conforming_strings").as_deref(), Some("on"));
+    assert_eq!(parameter(&greeting, "default_transaction_read_only").as_deref(), Some("off"));
+
     let mut cl = RawClient::connect(c.proxy_port).await?;
     cl.send(&startup_with(&[("client_encoding", "no-such-encoding")])).await?;
     let out = cl.until_closed().await?;

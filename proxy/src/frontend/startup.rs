@@ -155,16 +155,17 @@ pub async fn serve_client(
     let cancel = ctx.cancels.register();
     build::auth_ok(&mut out);
     for (name, value) in server_params.iter() {
-        let value = if reported_from_client(name) {
-            // What the server reported for the client's own value, else the value as sent.
-            reported
+        // A setting the client chose: what the server reported for it at the check login,
+        // else the value as sent. Drivers act on these: libpq and psycopg2 escape string
+        // literals by `standard_conforming_strings`, `target_session_attrs` reads
+        // `default_transaction_read_only`.
+        let value = match client_setting(&params.params, name) {
+            Some(sent) => reported
                 .as_ref()
-                .filter(|_| checked_names.iter().any(|n| n == name))
+                .filter(|_| checked_names.iter().any(|n| n.eq_ignore_ascii_case(name)))
                 .and_then(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
-                .or(params.get(name))
-                .unwrap_or(value)
-        } else {
-            value
+                .unwrap_or(sent),
+            None => value,
         };
         build::parameter_status(&mut out, name, value);
     }
@@ -180,9 +181,14 @@ pub async fn serve_client(
     Ok(Some(LoggedIn { session, stream }))
 }
 
-/// Parameters whose value the client chose at startup and PostgreSQL reports back.
-fn reported_from_client(name: &str) -> bool {
-    matches!(name, "application_name" | "client_encoding" | "DateStyle" | "TimeZone" | "IntervalStyle")
+/// The value the client's StartupMessage gave setting `name` (names are case-insensitive,
+/// as in PostgreSQL; the last one wins), if it set it at all.
+fn client_setting<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(n, _)| !super::state::is_identity(n) && n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// SSL/GSS negotiation up to the StartupMessage.
