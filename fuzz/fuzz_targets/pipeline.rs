@@ -5,7 +5,8 @@
 //! server message with an arbitrary tag, or clear. Every synthetic response
 //! carries a unique id. Invariants: no panic; a synthetic response is never
 //! emitted twice, never after a `clear`, and always in push order;
-//! `unprepared` only names statements that were pushed and not yet reported;
+//! reported `unprepared` statements were pushed and not yet reported, and the
+//! outcome's `notes` flag says whether there is anything to report;
 //! `len` moves the way the operation says and `is_idle` implies an empty queue.
 #![no_main]
 
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use tandem_proxy::frontend::pipeline::{Expect, Pipeline};
+use tandem_proxy::frontend::pipeline::{Expect, Notes, Pipeline};
 
 /// Real backend tags first, so most server messages mean something.
 const TAGS: &[u8] = b"123TnCIsEZDtSNAKGHWdcV";
@@ -78,7 +79,9 @@ fuzz_target!(|data: &[u8]| {
                 if outcome.client_error {
                     assert_eq!(tag, b'E');
                 }
-                for h in &outcome.unprepared {
+                let notes = p.take_notes();
+                assert_eq!(outcome.notes, notes != Notes::default(), "notes flag and notes disagree");
+                for h in &notes.unprepared {
                     let n = outstanding_hashes.get_mut(h).filter(|n| **n > 0);
                     let n = n.unwrap_or_else(|| panic!("unprepared {h} was never pushed"));
                     *n -= 1;

@@ -319,7 +319,8 @@ impl Proxy {
                 due.clear();
                 self.flush_client();
             }
-            for h in &outcome.unprepared {
+            let unprepared = if outcome.notes { self.pipeline.take_notes().unprepared } else { Vec::new() };
+            for h in &unprepared {
                 self.prepared.remove(h);
             }
             if outcome.client_rfq {

@@ -53,31 +53,77 @@ pub enum Expect {
     CopyEnd,
     /// Follows a client's named `Parse` (sent or answered by the proxy): no response of its
     /// own. If an error makes the server skip past it, the statement was never created and
-    /// the client's definition with this id is reported in [`Outcome::undefined`], so that
+    /// the client's definition with this id is reported in [`Notes::undefined`], so that
     /// the name gives 26000 afterwards as it does in PostgreSQL.
     Defined(u64),
     /// A client's `Parse` of a name it already defined, sent to the server under the existing
     /// statement's server name, so that the server refuses it exactly as PostgreSQL refuses
     /// the client's (a syntax error or 25P02 first, else 42P05 duplicate_prepared_statement)
     /// and skips to the next Sync. The server's 42P05 names the Tandem statement; these bytes
-    /// (the same error naming the client's statement) replace it, see [`Outcome::duplicate`].
+    /// (the same error naming the client's statement) replace it, see [`Notes::duplicate`].
     Redefine(Bytes),
 }
 
-impl Expect {
+/// An [`Expect`] as the queue keeps it: small and `Copy`, with the bytes of `Synthetic` and
+/// `Redefine` kept in order in [`Pipeline::payloads`]. Every request of every unit passes
+/// through the queue; a 40-byte enum with owned bytes in it cost a move and a drop check each
+/// time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Parse { hash: Option<u64>, swallow: bool },
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    HiddenClose,
+    Sync,
+    Query { swallow: bool },
+    FunctionCall,
+    Synthetic,
+    CopyEnd,
+    Defined(u64),
+    Redefine,
+}
+
+impl Slot {
+    /// The slot for `e`, and the bytes it leaves in [`Pipeline::payloads`].
+    fn of(e: Expect) -> (Slot, Option<Bytes>) {
+        let slot = match e {
+            Expect::Parse { hash, swallow } => Slot::Parse { hash, swallow },
+            Expect::Bind => Slot::Bind,
+            Expect::Describe => Slot::Describe,
+            Expect::Execute => Slot::Execute,
+            Expect::Close => Slot::Close,
+            Expect::HiddenClose => Slot::HiddenClose,
+            Expect::Sync => Slot::Sync,
+            Expect::Query { swallow } => Slot::Query { swallow },
+            Expect::FunctionCall => Slot::FunctionCall,
+            Expect::Synthetic(bytes) => return (Slot::Synthetic, Some(bytes)),
+            Expect::CopyEnd => Slot::CopyEnd,
+            Expect::Defined(id) => Slot::Defined(id),
+            Expect::Redefine(bytes) => return (Slot::Redefine, Some(bytes)),
+        };
+        (slot, None)
+    }
+
     /// An extended-protocol request, which leaves the server inside a
     /// message sequence until the next Sync.
-    fn is_extended(&self) -> bool {
+    fn is_extended(self) -> bool {
         matches!(
             self,
-            Expect::Parse { .. }
-                | Expect::Redefine(_)
-                | Expect::Bind
-                | Expect::Describe
-                | Expect::Execute
-                | Expect::Close
-                | Expect::HiddenClose
+            Slot::Parse { .. }
+                | Slot::Redefine
+                | Slot::Bind
+                | Slot::Describe
+                | Slot::Execute
+                | Slot::Close
+                | Slot::HiddenClose
         )
+    }
+
+    /// Whether its bytes are in [`Pipeline::payloads`].
+    fn has_payload(self) -> bool {
+        matches!(self, Slot::Synthetic | Slot::Redefine)
     }
 }
 
@@ -94,8 +140,9 @@ enum Copy {
     },
 }
 
-/// What to do with one server message.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What to do with one server message. Small and `Copy`: it is made for every message
+/// that is not a plain DataRow; the rare notes come separately ([`Pipeline::take_notes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Pass the message on to the client.
     pub forward: bool,
@@ -103,6 +150,13 @@ pub struct Outcome {
     pub client_rfq: bool,
     /// The message was an ErrorResponse the client sees.
     pub client_error: bool,
+    /// [`Pipeline::take_notes`] has something to report; take it before acting on the message.
+    pub notes: bool,
+}
+
+/// What the server's answers revealed beyond the message at hand (after errors only).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Notes {
     /// Tandem statements that were not created after all (the server skipped
     /// or failed their Parse); remove them from the connection's set.
     pub unprepared: Vec<u64>,
@@ -125,7 +179,9 @@ pub struct Outcome {
 /// another client would mix their messages into this sequence.
 #[derive(Debug, Default)]
 pub struct Pipeline {
-    queue: VecDeque<Expect>,
+    queue: VecDeque<Slot>,
+    /// The bytes of the queue's `Synthetic` and `Redefine` slots, in queue order.
+    payloads: VecDeque<Bytes>,
     copy: Copy,
     /// Extended-protocol messages went to the server and no ReadyForQuery has
     /// closed them yet.
@@ -133,11 +189,10 @@ pub struct Pipeline {
     /// An extended-protocol error arrived and the server now ignores every
     /// message up to the next Sync, including ones the client sends later.
     skipping: bool,
-    /// Tandem statements whose Parse was pushed while `skipping`: the server
-    /// never creates them; reported in the next [`Outcome::unprepared`].
-    dropped: Vec<u64>,
-    /// Client definitions pushed while `skipping`; reported in the next [`Outcome::undefined`].
-    lost: Vec<u64>,
+    /// Reported with the next server message (see [`Outcome::notes`]): statements and
+    /// definitions whose Parse failed, or was pushed while `skipping` (the server never
+    /// creates them), and the replacement for a redefinition's error.
+    notes: Notes,
 }
 
 impl Pipeline {
@@ -163,9 +218,7 @@ impl Pipeline {
     /// answers nothing by itself, so only a swallowed query (whose rows the client must not
     /// see) or notes still to report in an [`Outcome`] need that call.
     pub fn passes_data_rows(&self) -> bool {
-        !matches!(self.queue.front(), Some(Expect::Query { swallow: true }))
-            && self.dropped.is_empty()
-            && self.lost.is_empty()
+        !matches!(self.queue.front(), Some(Slot::Query { swallow: true })) && !self.has_notes()
     }
 
     /// Requests outstanding.
@@ -176,11 +229,11 @@ impl Pipeline {
     /// Forgets everything (the server connection is gone).
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.payloads.clear();
         self.copy = Copy::No;
         self.open = false;
         self.skipping = false;
-        self.dropped.clear();
-        self.lost.clear();
+        self.notes = Notes::default();
     }
 
     /// Records a request. A `Synthetic` response with nothing ahead of it is
@@ -191,41 +244,51 @@ impl Pipeline {
         if self.skipping {
             match e {
                 Expect::Sync => self.skipping = false,
-                Expect::Parse { hash: Some(h), .. } => return self.dropped.push(h),
-                Expect::Defined(id) => return self.lost.push(id),
+                Expect::Parse { hash: Some(h), .. } => return self.notes.unprepared.push(h),
+                Expect::Defined(id) => return self.notes.undefined.push(id),
                 _ => return,
             }
         }
-        if e.is_extended() {
+        let (slot, payload) = Slot::of(e);
+        if slot.is_extended() {
             self.open = true;
         }
-        match e {
-            Expect::Sync if self.copy == (Copy::In { ended: false }) => {}
-            Expect::CopyEnd => {
+        match slot {
+            Slot::Sync if self.copy == (Copy::In { ended: false }) => return,
+            Slot::CopyEnd => {
                 if self.copy == (Copy::In { ended: false }) {
                     self.copy = Copy::In { ended: true };
                 }
-                if !self.queue.is_empty() {
-                    self.queue.push_back(e);
+                if self.queue.is_empty() {
+                    return;
                 }
             }
-            Expect::Synthetic(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
+            Slot::Synthetic if self.queue.is_empty() => {
+                if let Some(bytes) = payload {
+                    out.extend_from_slice(&bytes);
+                }
+                return;
+            }
             // Everything before it is answered: the definition stands.
-            Expect::Defined(_) if self.queue.is_empty() => {}
-            e => self.queue.push_back(e),
+            Slot::Defined(_) if self.queue.is_empty() => return,
+            _ => {}
+        }
+        self.queue.push_back(slot);
+        if let Some(bytes) = payload {
+            self.payloads.push_back(bytes);
         }
     }
 
     /// The server entered COPY IN mode: Syncs the client sent before its CopyDone/CopyFail
     /// will be ignored by the server, so they expect nothing.
     fn copy_in_started(&mut self) {
-        let end = self.queue.iter().position(|e| *e == Expect::CopyEnd);
+        let end = self.queue.iter().position(|e| *e == Slot::CopyEnd);
         self.copy = Copy::In { ended: end.is_some() };
         let mut i = 0;
         let mut kept = VecDeque::with_capacity(self.queue.len());
         while let Some(e) = self.queue.pop_front() {
             let before_end = end.is_none_or(|end| i < end);
-            if !(before_end && e == Expect::Sync) {
+            if !(before_end && e == Slot::Sync) {
                 kept.push_back(e);
             }
             i += 1;
@@ -236,47 +299,57 @@ impl Pipeline {
     /// Handles one server message with type `tag`; synthetic responses that
     /// become due are appended to `out` after the caller forwards the message.
     pub fn on_server_message(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
-        let mut out = Outcome {
-            forward: true,
-            unprepared: std::mem::take(&mut self.dropped),
-            undefined: std::mem::take(&mut self.lost),
-            ..Outcome::default()
-        };
-        if let Some(Expect::Query { swallow: true }) = self.queue.front() {
+        let mut out = self.message_outcome(tag, due);
+        out.notes = self.has_notes();
+        out
+    }
+
+    /// Whether [`Pipeline::take_notes`] has anything.
+    fn has_notes(&self) -> bool {
+        !self.notes.unprepared.is_empty() || !self.notes.undefined.is_empty() || self.notes.duplicate.is_some()
+    }
+
+    /// What the answers so far revealed (see [`Outcome::notes`]); empties the record.
+    pub fn take_notes(&mut self) -> Notes {
+        std::mem::take(&mut self.notes)
+    }
+
+    fn message_outcome(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
+        let mut out = Outcome { forward: true, ..Outcome::default() };
+        if let Some(Slot::Query { swallow: true }) = self.queue.front() {
             out.forward = false;
             if tag == b'Z' {
-                self.queue.pop_front();
-                self.emit_due(due);
+                self.pop(due);
             }
             return out;
         }
         match tag {
             b'1' => match self.queue.front() {
-                Some(Expect::Parse { swallow, .. }) => {
+                Some(Slot::Parse { swallow, .. }) => {
                     out.forward = !swallow;
                     self.pop(due);
                 }
-                Some(Expect::Redefine(_)) => self.pop(due),
+                Some(Slot::Redefine) => self.pop(due),
                 _ => {}
             },
-            b'2' => self.pop_if(|e| matches!(e, Expect::Bind), due),
+            b'2' => self.pop_if(|e| matches!(e, Slot::Bind), due),
             b'3' => {
-                out.forward = self.queue.front() != Some(&Expect::HiddenClose);
-                self.pop_if(|e| matches!(e, Expect::Close | Expect::HiddenClose), due)
+                out.forward = self.queue.front() != Some(&Slot::HiddenClose);
+                self.pop_if(|e| matches!(e, Slot::Close | Slot::HiddenClose), due)
             }
-            b'T' | b'n' => self.pop_if(|e| matches!(e, Expect::Describe), due),
+            b'T' | b'n' => self.pop_if(|e| matches!(e, Slot::Describe), due),
             b'G' => self.copy_in_started(),
             b'C' | b'I' | b's' => {
                 if tag == b'C' {
                     self.copy = Copy::No;
                 }
-                self.pop_if(|e| matches!(e, Expect::Execute), due)
+                self.pop_if(|e| matches!(e, Slot::Execute), due)
             }
             b'E' => {
                 out.client_error = true;
                 self.copy = Copy::No;
                 match self.queue.front() {
-                    Some(Expect::Query { .. }) | Some(Expect::FunctionCall) => {}
+                    Some(Slot::Query { .. }) | Some(Slot::FunctionCall) => {}
                     _ => {
                         // The server now skips everything up to the next Sync,
                         // simple Query and FunctionCall included (PostgreSQL's
@@ -284,16 +357,16 @@ impl Pipeline {
                         // with nothing outstanding (a FATAL before the server
                         // closes) does not start skipping.
                         let in_flight = !self.queue.is_empty();
-                        if let Some(Expect::Redefine(error)) = self.queue.front() {
-                            out.duplicate = Some(error.clone());
+                        if let Some(Slot::Redefine) = self.queue.front() {
+                            self.notes.duplicate = self.payloads.front().cloned();
                         }
                         while let Some(front) = self.queue.front() {
-                            if matches!(front, Expect::Sync) {
+                            if matches!(front, Slot::Sync) {
                                 break;
                             }
-                            match self.queue.pop_front() {
-                                Some(Expect::Parse { hash: Some(h), .. }) => out.unprepared.push(h),
-                                Some(Expect::Defined(id)) => out.undefined.push(id),
+                            match self.pop_slot() {
+                                Some(Slot::Parse { hash: Some(h), .. }) => self.notes.unprepared.push(h),
+                                Some(Slot::Defined(id)) => self.notes.undefined.push(id),
                                 _ => {}
                             }
                         }
@@ -303,14 +376,14 @@ impl Pipeline {
                 }
             }
             b'Z' => {
-                if matches!(self.queue.front(), Some(Expect::Sync | Expect::Query { .. } | Expect::FunctionCall)) {
+                if matches!(self.queue.front(), Some(Slot::Sync | Slot::Query { .. } | Slot::FunctionCall)) {
                     out.client_rfq = true;
                     // A Sync, or a simple Query/FunctionCall (which ends an
                     // unsynced extended sequence too), is a transaction
                     // boundary on the server, unless extended messages were
                     // sent after it.
                     self.pop(due);
-                    self.open = self.queue.iter().any(Expect::is_extended);
+                    self.open = self.queue.iter().any(|s| s.is_extended());
                 }
             }
             _ => {}
@@ -318,21 +391,33 @@ impl Pipeline {
         out
     }
 
-    fn pop_if(&mut self, pred: impl Fn(&Expect) -> bool, due: &mut BytesMut) {
+    fn pop_if(&mut self, pred: impl Fn(&Slot) -> bool, due: &mut BytesMut) {
         if self.queue.front().is_some_and(pred) {
             self.pop(due);
         }
     }
 
     fn pop(&mut self, due: &mut BytesMut) {
-        self.queue.pop_front();
+        self.pop_slot();
         self.emit_due(due);
     }
 
+    /// Takes the front slot and its bytes, if any.
+    fn pop_slot(&mut self) -> Option<Slot> {
+        let slot = self.queue.pop_front()?;
+        if slot.has_payload() {
+            self.payloads.pop_front();
+        }
+        Some(slot)
+    }
+
     fn emit_due(&mut self, due: &mut BytesMut) {
-        while let Some(Expect::Synthetic(_) | Expect::CopyEnd | Expect::Defined(_)) = self.queue.front() {
-            if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
-                due.extend_from_slice(&bytes);
+        while let Some(slot @ (Slot::Synthetic | Slot::CopyEnd | Slot::Defined(_))) = self.queue.front().copied() {
+            self.queue.pop_front();
+            if slot == Slot::Synthetic {
+                if let Some(bytes) = self.payloads.pop_front() {
+                    due.extend_from_slice(&bytes);
+                }
             }
         }
     }
@@ -386,8 +471,8 @@ mod tests {
         let mut due = BytesMut::new();
         assert!(!p.on_server_message(b'1', &mut due).forward);
         let e = p.on_server_message(b'E', &mut due);
-        assert!(e.forward && e.client_error);
-        assert_eq!(e.unprepared, vec![9]);
+        assert!(e.forward && e.client_error && e.notes);
+        assert_eq!(p.take_notes().unprepared, vec![9]);
         assert!(due.is_empty(), "skipped synthetic must not be sent");
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
         assert!(p.is_idle());
@@ -479,8 +564,8 @@ mod tests {
         p.push(Expect::FunctionCall, &mut out);
         p.push(Expect::Sync, &mut out);
         let mut due = BytesMut::new();
-        let e = p.on_server_message(b'E', &mut due);
-        assert_eq!(e.unprepared, vec![3]);
+        assert!(p.on_server_message(b'E', &mut due).notes);
+        assert_eq!(p.take_notes().unprepared, vec![3]);
         assert_eq!(p.outstanding(), 1);
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
         assert!(p.is_idle());
@@ -540,8 +625,8 @@ mod tests {
         p.push(Expect::Bind, &mut out);
         assert_eq!(p.outstanding(), 2);
         let z = p.on_server_message(b'Z', &mut due);
-        assert!(z.client_rfq);
-        assert_eq!(z.unprepared, vec![5], "the skipped Parse never created the statement");
+        assert!(z.client_rfq && z.notes);
+        assert_eq!(p.take_notes().unprepared, vec![5], "the skipped Parse never created the statement");
         p.on_server_message(b'2', &mut due);
         assert_eq!(p.outstanding(), 0);
     }
@@ -559,9 +644,9 @@ mod tests {
         p.push(synth(b'1'), &mut out);
         p.push(Expect::Defined(11), &mut out);
         p.push(Expect::Sync, &mut out);
-        let e = p.on_server_message(b'E', &mut due);
-        assert_eq!(e.unprepared, vec![1]);
-        assert_eq!(e.undefined, vec![10, 11]);
+        assert!(p.on_server_message(b'E', &mut due).notes);
+        let n = p.take_notes();
+        assert_eq!((n.unprepared, n.undefined), (vec![1], vec![10, 11]));
         assert!(due.is_empty());
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
         // A Parse that succeeds defines it; one that fails does not.
@@ -570,9 +655,10 @@ mod tests {
         p.push(Expect::Parse { hash: Some(3), swallow: false }, &mut out);
         p.push(Expect::Defined(13), &mut out);
         p.push(Expect::Sync, &mut out);
-        assert!(p.on_server_message(b'1', &mut due).undefined.is_empty());
-        let e = p.on_server_message(b'E', &mut due);
-        assert_eq!((e.unprepared, e.undefined), (vec![3], vec![13]));
+        assert!(!p.on_server_message(b'1', &mut due).notes);
+        p.on_server_message(b'E', &mut due);
+        let n = p.take_notes();
+        assert_eq!((n.unprepared, n.undefined), (vec![3], vec![13]));
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
         assert!(p.is_idle());
         // With nothing ahead, a definition stands at once.
@@ -584,7 +670,8 @@ mod tests {
         assert!(p.is_skipping());
         p.push(Expect::Defined(15), &mut out);
         p.push(Expect::Sync, &mut out);
-        assert_eq!(p.on_server_message(b'Z', &mut due).undefined, vec![15]);
+        assert!(p.on_server_message(b'Z', &mut due).notes);
+        assert_eq!(p.take_notes().undefined, vec![15]);
     }
 
     /// Driver suites: Parse of an existing name gives 42P05 naming the client's statement.
@@ -599,9 +686,10 @@ mod tests {
         p.push(Expect::Bind, &mut out);
         p.push(Expect::Sync, &mut out);
         assert!(!p.on_server_message(b'1', &mut due).forward, "the injected Parse is hidden");
-        let e = p.on_server_message(b'E', &mut due);
-        assert_eq!(e.duplicate, Some(replacement));
-        assert!(e.unprepared.is_empty(), "the old statement stays");
+        assert!(p.on_server_message(b'E', &mut due).notes);
+        let n = p.take_notes();
+        assert_eq!(n.duplicate, Some(replacement));
+        assert!(n.unprepared.is_empty(), "the old statement stays");
         assert_eq!(p.outstanding(), 1);
         assert!(p.on_server_message(b'Z', &mut due).client_rfq);
         // A statement parsed afresh: the injected Close is hidden, the client's Parse is not.

@@ -68,12 +68,17 @@ impl Session {
                 continue;
             }
             let outcome = self.pipeline.on_server_message(tag, &mut self.due);
-            for h in &outcome.unprepared {
-                a.conn.prepared.remove(h);
-                self.ctx.pools.known.forget(&self.database, *h);
-            }
-            for id in &outcome.undefined {
-                self.statements.undefine(*id);
+            let mut duplicate = None;
+            if outcome.notes {
+                let notes = self.pipeline.take_notes();
+                for h in &notes.unprepared {
+                    a.conn.prepared.remove(h);
+                    self.ctx.pools.known.forget(&self.database, *h);
+                }
+                for id in &notes.undefined {
+                    self.statements.undefine(*id);
+                }
+                duplicate = notes.duplicate;
             }
             if outcome.forward {
                 let mut replacement = None;
@@ -90,7 +95,7 @@ impl Session {
                         self.unit_error = true;
                         self.server_fatal |= is_fatal(body);
                         let fields = fields::error_fields(body).unwrap_or_default();
-                        replacement = outcome.duplicate.filter(|_| fields.code == b"42P05");
+                        replacement = duplicate.filter(|_| fields.code == b"42P05");
                         if fields.code == b"0A000"
                             && fields.message.starts_with(b"cached plan must not change result type")
                         {
