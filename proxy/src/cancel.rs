@@ -49,11 +49,18 @@ impl Target {
     }
 }
 
-/// All live client cancel keys.
+/// All live client cancel keys, and which client used each server backend last.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<i32, Entry>>,
+    /// Client pid by server backend (address, pid), set when a session starts to use a
+    /// connection another session used before (see [`CancelRegistry::note_backend_user`]).
+    backend_users: Mutex<HashMap<(tandem_core::NodeAddr, i32), i32>>,
 }
+
+/// Backends remembered in [`CancelRegistry::backend_users`] before it starts over (closed
+/// connections leave entries behind).
+const MAX_BACKEND_USERS: usize = 16 * 1024;
 
 /// A session's entry in the registry; removed on drop.
 #[derive(Debug)]
@@ -119,13 +126,28 @@ impl CancelRegistry {
         }
     }
 
-    /// The pid given to the client whose session now uses server backend `pid` at `addr`,
-    /// if any: notifications name the sending backend, and clients compare that with the
-    /// pid they were given. A scan of all sessions, which is fine for notifications.
+    /// Records that the client with `client_pid` now uses the backend of `key`. Sessions
+    /// call this when the connection they attach was last used by someone else, so with
+    /// connections that stay with their client it is not called per transaction.
+    pub fn note_backend_user(&self, key: &CancelKey, client_pid: i32) {
+        let Ok(mut users) = self.backend_users.lock() else { return };
+        if users.len() >= MAX_BACKEND_USERS {
+            users.clear();
+        }
+        users.insert((key.addr.clone(), key.pid), client_pid);
+    }
+
+    /// The pid given to the client whose session used server backend `pid` at `addr` last,
+    /// if any. A NotificationResponse names the sending backend, and clients compare that
+    /// with the pid they were given. PostgreSQL delivers a notification when the sender's
+    /// transaction commits; under transaction pooling the sender has usually released the
+    /// backend by the time the listener's session reads it, and it may have disconnected
+    /// altogether (that pid is then what PostgreSQL would report too: a process that
+    /// ended). Only a transaction of another client on the same backend in between would
+    /// make the answer that client.
     pub fn client_pid_of(&self, addr: &tandem_core::NodeAddr, pid: i32) -> Option<i32> {
-        let map = self.map.lock().ok()?;
-        map.iter()
-            .find_map(|(client, e)| e.target.current().filter(|k| k.pid == pid && k.addr == *addr).map(|_| *client))
+        let users = self.backend_users.lock().ok()?;
+        users.get(&(addr.clone(), pid)).copied()
     }
 
     /// Handles a client's CancelRequest; unknown or wrong keys are ignored, as PostgreSQL does.
@@ -196,7 +218,6 @@ mod tests {
         let key = Arc::new(CancelKey { addr: format!("127.0.0.1:{port}").parse().unwrap(), pid: 42, secret: 7 });
         h.set_target(Some(&key));
         h.set_target(None);
-        assert_eq!(reg.client_pid_of(&key.addr, 42), None, "no request runs: nothing to cancel");
         h.set_target(Some(&key));
         let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
         let accept = tokio::spawn(async move {
@@ -208,13 +229,29 @@ mod tests {
             let _ = closed_tx.send(());
             buf
         });
-        assert_eq!(reg.client_pid_of(&format!("127.0.0.1:{port}").parse().unwrap(), 42), Some(h.pid));
-        assert_eq!(reg.client_pid_of(&format!("127.0.0.1:{port}").parse().unwrap(), 43), None);
         reg.cancel(h.pid, &h.secret.to_be_bytes()).await;
         assert!(closed_rx.try_recv().is_ok(), "cancel() returned before the server closed the connection");
         assert!(h.pid >= FIRST_CLIENT_PID, "client pids stay out of the real pid range");
         let got = accept.await.unwrap();
         assert_eq!(&got[8..12], &42i32.to_be_bytes());
         assert_eq!(&got[12..16], &7i32.to_be_bytes());
+    }
+
+    #[test]
+    fn notifications_name_the_backends_last_client() {
+        let reg = Arc::new(CancelRegistry::default());
+        let key = CancelKey { addr: "127.0.0.1:5432".parse().unwrap(), pid: 42, secret: 7 };
+        let other = CancelKey { addr: "127.0.0.1:5433".parse().unwrap(), pid: 42, secret: 7 };
+        assert_eq!(reg.client_pid_of(&key.addr, 42), None);
+        reg.note_backend_user(&key, 5_000_001);
+        reg.note_backend_user(&other, 5_000_003);
+        reg.note_backend_user(&key, 5_000_002);
+        assert_eq!(reg.client_pid_of(&key.addr, 42), Some(5_000_002), "the last user");
+        assert_eq!(reg.client_pid_of(&other.addr, 42), Some(5_000_003), "backends are per server");
+        assert_eq!(reg.client_pid_of(&key.addr, 43), None);
+        for pid in 0..MAX_BACKEND_USERS as i32 {
+            reg.note_backend_user(&CancelKey { pid: 100 + pid, ..key.clone() }, 1);
+        }
+        assert!(reg.backend_users.lock().unwrap().len() <= MAX_BACKEND_USERS, "bounded");
     }
 }

@@ -120,6 +120,57 @@ async fn notifications_and_termination_look_like_postgres() -> anyhow::Result<()
     Ok(())
 }
 
+/// Under transaction pooling a notification still names the client that sent it, after
+/// that client released the backend and after it disconnected (PostgreSQL delivers it at
+/// the sender's commit; psycopg2: test_notify_*, asyncpg: test_listen_02).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_name_the_sender_after_it_released_the_backend() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        replicas: 0,
+        proxy_args: vec!["--pool-size".into(), "2".into()],
+        ..Default::default()
+    })?;
+    let pid_of = |greeting: &[Msg]| {
+        let key = greeting.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+        i32::from_be_bytes([key.body[0], key.body[1], key.body[2], key.body[3]])
+    };
+    let mut listener = RawClient::connect(c.proxy_port).await?;
+    listener.send(&startup_with(&[])).await?;
+    listener.until_ready().await?;
+    listener.simple("LISTEN chan").await?;
+    let mut next_note = async |listener: &mut RawClient| -> anyhow::Result<(i32, String)> {
+        for _ in 0..100 {
+            let out = listener.simple("SELECT 1").await?;
+            if let Some(note) = out.into_iter().find(|m| m.tag == b'A') {
+                let pid = i32::from_be_bytes([note.body[0], note.body[1], note.body[2], note.body[3]]);
+                let payload = note.body[4..].split(|b| *b == 0).nth(1).unwrap_or_default();
+                return Ok((pid, String::from_utf8_lossy(payload).into_owned()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("no notification")
+    };
+    for (i, how) in ["autocommit, still connected", "in a transaction, then gone"].iter().enumerate() {
+        let mut sender = RawClient::connect(c.proxy_port).await?;
+        sender.send(&startup_with(&[])).await?;
+        let sender_pid = pid_of(&sender.until_ready().await?);
+        if i == 0 {
+            sender.simple("NOTIFY chan, 'first'").await?;
+        } else {
+            sender.simple("BEGIN").await?;
+            sender.simple("NOTIFY chan, 'second'").await?;
+            sender.simple("COMMIT").await?;
+            sender.send(&msg(b'X', &[])).await?;
+            sender.until_closed().await?;
+        }
+        let (pid, payload) = next_note(&mut listener).await?;
+        assert_eq!(pid, sender_pid, "{how}: the notification names the sender");
+        assert_eq!(payload, if i == 0 { "first" } else { "second" });
+    }
+    Ok(())
+}
+
 /// Startup settings are reported the way the server reports them, and refused the way the
 /// server refuses them (asyncpg: test_get_settings_01).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -591,6 +591,10 @@ impl Session {
             self.unit_started = Some(Instant::now());
         }
         self.cancel.set_target(Some(&a.conn.cancel_key));
+        if a.conn.last_client != self.cancel.pid {
+            a.conn.last_client = self.cancel.pid;
+            self.ctx.cancels.note_backend_user(&a.conn.cancel_key, self.cancel.pid);
+        }
         self.info.attach_node(&a.node);
         self.info.set_state(ClientState::Active);
         if route == Route::Write && a.node.role == Role::Primary {

@@ -57,6 +57,9 @@ pub struct ServerConn {
     pub statements_stale: bool,
     /// When the connection was opened.
     pub created: Instant,
+    /// The pid given to the client whose session used this connection last (0: none yet).
+    /// Notifications name the backend that sent them; see [`crate::cancel::CancelRegistry`].
+    pub last_client: i32,
 }
 
 impl ServerConn {
@@ -73,6 +76,7 @@ impl ServerConn {
             statements_unsure: false,
             statements_stale: false,
             created: Instant::now(),
+            last_client: 0,
         }
     }
 
