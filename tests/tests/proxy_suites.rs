@@ -139,7 +139,7 @@ async fn notifications_name_the_sender_after_it_released_the_backend() -> anyhow
     listener.send(&startup_with(&[])).await?;
     listener.until_ready().await?;
     listener.simple("LISTEN chan").await?;
-    let mut next_note = async |listener: &mut RawClient| -> anyhow::Result<(i32, String)> {
+    let next_note = async |listener: &mut RawClient| -> anyhow::Result<(i32, String)> {
         for _ in 0..100 {
             let out = listener.simple("SELECT 1").await?;
             if let Some(note) = out.into_iter().find(|m| m.tag == b'A') {
