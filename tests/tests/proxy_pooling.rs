@@ -110,6 +110,23 @@ async fn listen_and_temp_tables_pin_the_client() -> anyhow::Result<()> {
     }
     assert_eq!(pids.len(), 1, "a client with a temp table keeps its server session");
 
+    // Temporary types and domains pin too (tokio-postgres: custom_range, custom_domain,
+    // enum_): another client takes the connection they were made on, and the type must
+    // still be there for its creator.
+    for (create, use_it) in [
+        ("CREATE TYPE pg_temp.fr AS RANGE (subtype = float8, subtype_diff = float8mi)", "SELECT '[1,2]'::fr::text"),
+        ("CREATE TYPE pg_temp.e AS ENUM ('a')", "SELECT 'a'::e::text"),
+        ("CREATE DOMAIN pg_temp.d AS int", "SELECT 7::d::text"),
+    ] {
+        let creator = c.connect().await?;
+        creator.batch_execute(create).await?;
+        // Parked last, the creator's connection is the next one handed out.
+        noise.batch_execute("BEGIN; SELECT 1").await?;
+        let got = one(&creator, use_it).await?;
+        assert!(["[1,2]", "a", "7"].contains(&got.as_str()), "{create}: {got}");
+        noise.batch_execute("COMMIT").await?;
+    }
+
     // LISTEN: same.
     let listener = c.connect().await?;
     listener.batch_execute("LISTEN ch").await?;

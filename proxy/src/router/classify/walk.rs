@@ -77,6 +77,18 @@ fn visit_object(map: &Map<String, Value>, scope: Scope, functions: &FunctionView
             findings.pin(PinReason::TempObject);
         }
     }
+    // Objects named by a qualified name list rather than a RangeVar (CREATE TYPE ... AS
+    // ENUM/RANGE, CREATE DOMAIN, CREATE AGGREGATE/OPERATOR/COLLATION/TYPE, CREATE CONVERSION)
+    // made in pg_temp, and objects moved there with ALTER ... SET SCHEMA.
+    for key in ["type_name", "domainname", "defnames", "conversion_name"] {
+        let names = name_list(map.get(key));
+        if names.len() >= 2 && is_temp_schema(names[names.len() - 2]) {
+            findings.pin(PinReason::TempObject);
+        }
+    }
+    if map.get("newschema").and_then(Value::as_str).is_some_and(is_temp_schema) {
+        findings.pin(PinReason::TempObject);
+    }
     if scope == Scope::TempObjectsOnly {
         return;
     }
