@@ -54,15 +54,21 @@ impl SettingsChecks {
 }
 
 /// Startup settings worth asking the server about: those PostgreSQL would apply, minus
-/// `application_name` (any text is valid; reporting it back needs no server) and values
-/// identical to what the server reports already.
+/// values identical to what the server reports already and a plain `application_name`
+/// (any short printable ASCII text is reported back as sent; the server replaces other bytes
+/// with `?` and truncates at 63).
 pub fn to_check(settings: &[(String, String)], server: &[(String, String)]) -> Vec<(String, String)> {
     settings
         .iter()
-        .filter(|(name, _)| !super::state::is_identity(name) && name != "application_name")
+        .filter(|(name, value)| !(super::state::is_identity(name) || name == "application_name" && plain_name(value)))
         .filter(|(name, value)| !server.iter().any(|(n, v)| n == name && v == value))
         .cloned()
         .collect()
+}
+
+/// Text PostgreSQL keeps as it is in `application_name`.
+fn plain_name(value: &str) -> bool {
+    value.len() < 64 && value.bytes().all(|b| (b' '..=b'~').contains(&b))
 }
 
 /// The primary's verdict on `settings` (see [`to_check`]), from the pool's cache or from a
@@ -123,6 +129,9 @@ mod tests {
         ]);
         assert_eq!(to_check(&client, &server), pairs(&[("DateStyle", "iso, dmy"), ("search_path", "a")]));
         assert!(to_check(&pairs(&[("client_encoding", "UTF8")]), &server).is_empty());
+        let long = "x".repeat(64);
+        let odd = pairs(&[("application_name", &long), ("application_name", "café")]);
+        assert_eq!(to_check(&odd, &server), odd, "the server truncates or cleans these");
     }
 
     #[test]

@@ -154,23 +154,22 @@ pub async fn serve_client(
     };
     let cancel = ctx.cancels.register();
     build::auth_ok(&mut out);
+    // A setting the client chose: what the server reported for it at the check login, else
+    // the value as sent. Drivers act on these: libpq and psycopg2 escape string literals by
+    // `standard_conforming_strings`, `target_session_attrs` reads
+    // `default_transaction_read_only`.
+    let chosen = |name: &str| {
+        let sent = client_setting(&params.params, name)?;
+        let checked = reported.as_ref().filter(|_| checked_names.iter().any(|n| n.eq_ignore_ascii_case(name)));
+        Some(checked.and_then(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())).unwrap_or(sent))
+    };
     for (name, value) in server_params.iter() {
-        // A setting the client chose: what the server reported for it at the check login,
-        // else the value as sent. Drivers act on these: libpq and psycopg2 escape string
-        // literals by `standard_conforming_strings`, `target_session_attrs` reads
-        // `default_transaction_read_only`.
-        let value = match client_setting(&params.params, name) {
-            Some(sent) => reported
-                .as_ref()
-                .filter(|_| checked_names.iter().any(|n| n.eq_ignore_ascii_case(name)))
-                .and_then(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))
-                .unwrap_or(sent),
-            None => value,
-        };
-        build::parameter_status(&mut out, name, value);
+        build::parameter_status(&mut out, name, chosen(name).unwrap_or(value));
     }
-    if params.get("application_name").is_some() && !server_params.iter().any(|(n, _)| n == "application_name") {
-        build::parameter_status(&mut out, "application_name", params.get("application_name").unwrap_or(""));
+    if !server_params.iter().any(|(n, _)| n == "application_name") {
+        if let Some(value) = chosen("application_name") {
+            build::parameter_status(&mut out, "application_name", value);
+        }
     }
     build::backend_key_data(&mut out, cancel.pid, cancel.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
