@@ -219,13 +219,16 @@ async fn startup_settings_are_checked_by_the_server() -> anyhow::Result<()> {
         vec![Some("off on a\\b".to_string())],
         "backslash escapes apply"
     );
-    // application_name as PostgreSQL reports it: truncated to 63 bytes, non-ASCII cleaned.
+    // application_name as PostgreSQL reports it: truncated to 63 bytes (with a notice that
+    // says so, tokio-postgres: notices), non-ASCII cleaned.
     for name in ["x".repeat(70), "café".to_string()] {
         let mut greetings = Vec::new();
         for port in [c.primary.port(), c.proxy_port] {
             let mut cl = RawClient::connect(port).await?;
             cl.send(&startup_with(&[("application_name", &name)])).await?;
-            greetings.push(parameter(&cl.until_ready().await?, "application_name"));
+            let greeting = cl.until_ready().await?;
+            let notices: Vec<_> = greeting.iter().filter(|m| m.tag == b'N').map(|m| m.body.clone()).collect();
+            greetings.push((parameter(&greeting, "application_name"), notices));
         }
         assert_eq!(greetings[1], greetings[0], "application_name {name:?}: proxy vs PostgreSQL");
     }

@@ -27,10 +27,19 @@ const MAX_CHECKS: usize = 256;
 /// The server's verdict on one set of startup settings.
 #[derive(Clone, Debug)]
 pub enum Verdict {
-    /// Accepted; the ParameterStatus values that login reported.
-    Accepted(Arc<Vec<(String, String)>>),
+    /// Accepted, with what that login reported.
+    Accepted(Arc<Reported>),
     /// Refused with this ErrorResponse (sent to the client as is).
     Refused(Bytes),
+}
+
+/// What a login with a client's settings reported, for the client's own greeting.
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// ParameterStatus values.
+    pub params: Vec<(String, String)>,
+    /// NoticeResponse messages (PostgreSQL warns of a truncated `application_name`, say).
+    pub notices: Vec<Bytes>,
 }
 
 /// Verdicts by settings, kept in each [`ServerPool`].
@@ -90,7 +99,7 @@ pub async fn check(
     let verdict = match connect::connect(addr, &pool.key.user, &pool.key.database, &settings, cred, timeout).await {
         // The connection closes when dropped; it carries this client's settings, which
         // pooled connections get by replay instead.
-        Ok(startup) => Verdict::Accepted(Arc::new(startup.params)),
+        Ok(startup) => Verdict::Accepted(Arc::new(Reported { params: startup.params, notices: startup.notices })),
         Err(ConnectError::Server { code, frame, .. }) if refuses_settings(&code) => Verdict::Refused(frame),
         Err(e) => {
             tracing::warn!(error = %e, "could not check the client's startup settings with the server");

@@ -161,8 +161,12 @@ pub async fn serve_client(
     let chosen = |name: &str| {
         let sent = client_setting(&params.params, name)?;
         let checked = reported.as_ref().filter(|_| checked_names.iter().any(|n| n.eq_ignore_ascii_case(name)));
-        Some(checked.and_then(|r| r.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())).unwrap_or(sent))
+        Some(checked.and_then(|r| r.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())).unwrap_or(sent))
     };
+    // As PostgreSQL sends them: its notices about startup settings before the parameters.
+    for notice in reported.iter().flat_map(|r| r.notices.iter()) {
+        out.extend_from_slice(notice);
+    }
     for (name, value) in server_params.iter() {
         build::parameter_status(&mut out, name, chosen(name).unwrap_or(value));
     }

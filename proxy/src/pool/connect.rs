@@ -45,6 +45,8 @@ pub struct ServerStartup {
     pub backend_secret: i32,
     /// Bytes read past ReadyForQuery (normally none); they belong to the next reader.
     pub leftover: BytesMut,
+    /// NoticeResponse messages the login produced (a startup setting the server adjusted).
+    pub notices: Vec<Bytes>,
 }
 
 /// Why a server connection could not be opened.
@@ -111,6 +113,7 @@ pub async fn connect(
             backend_pid: greeting.backend_pid,
             backend_secret: greeting.backend_secret,
             leftover: greeting.leftover,
+            notices: greeting.notices,
         })
     };
     let res = tokio::time::timeout(timeout, attempt).await.map_err(|_| ConnectError::Timeout)?;
@@ -127,6 +130,7 @@ struct Greeting {
     backend_pid: i32,
     backend_secret: i32,
     leftover: BytesMut,
+    notices: Vec<Bytes>,
 }
 
 /// The startup exchange over any stream (a socket, or a duplex in tests).
@@ -188,8 +192,9 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                     frame: frame.into_bytes(),
                 });
             }
-            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
-            b'N' | b'v' => tracing::debug!(tag = %char::from(frame.tag()), "server message during startup ignored"),
+            b'N' => greeting.notices.push(frame.into_bytes()),
+            // NegotiateProtocolVersion: nothing to do.
+            b'v' => tracing::debug!("server message NegotiateProtocolVersion during startup ignored"),
             tag => {
                 return Err(ConnectError::Protocol(format!(
                     "unexpected message type {} during startup",
