@@ -53,13 +53,13 @@ impl Target {
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<i32, Entry>>,
-    /// Client pid by server backend (address, pid), set when a session starts to use a
-    /// connection another session used before (see [`CancelRegistry::note_backend_user`]).
-    backend_users: Mutex<HashMap<(tandem_core::NodeAddr, i32), i32>>,
+    /// Client pid by server and backend pid, set when a session starts to use a connection
+    /// another session used before (see [`CancelRegistry::note_backend_user`]).
+    backend_users: Mutex<HashMap<tandem_core::NodeAddr, HashMap<i32, i32>>>,
 }
 
-/// Backends remembered in [`CancelRegistry::backend_users`] before it starts over (closed
-/// connections leave entries behind).
+/// Backends remembered per server in [`CancelRegistry::backend_users`] before it starts over
+/// (closed connections leave entries behind).
 const MAX_BACKEND_USERS: usize = 16 * 1024;
 
 /// A session's entry in the registry; removed on drop.
@@ -131,10 +131,16 @@ impl CancelRegistry {
     /// connections that stay with their client it is not called per transaction.
     pub fn note_backend_user(&self, key: &CancelKey, client_pid: i32) {
         let Ok(mut users) = self.backend_users.lock() else { return };
-        if users.len() >= MAX_BACKEND_USERS {
-            users.clear();
+        // The server's map is found without building a key (this runs as connections change
+        // hands, which under transaction pooling can be every transaction).
+        let backends = match users.get_mut(&key.addr) {
+            Some(backends) => backends,
+            None => users.entry(key.addr.clone()).or_default(),
+        };
+        if backends.len() >= MAX_BACKEND_USERS {
+            backends.clear();
         }
-        users.insert((key.addr.clone(), key.pid), client_pid);
+        backends.insert(key.pid, client_pid);
     }
 
     /// The pid given to the client whose session used server backend `pid` at `addr` last,
@@ -147,7 +153,7 @@ impl CancelRegistry {
     /// make the answer that client.
     pub fn client_pid_of(&self, addr: &tandem_core::NodeAddr, pid: i32) -> Option<i32> {
         let users = self.backend_users.lock().ok()?;
-        users.get(&(addr.clone(), pid)).copied()
+        users.get(addr)?.get(&pid).copied()
     }
 
     /// Handles a client's CancelRequest; unknown or wrong keys are ignored, as PostgreSQL does.
@@ -252,6 +258,6 @@ mod tests {
         for pid in 0..MAX_BACKEND_USERS as i32 {
             reg.note_backend_user(&CancelKey { pid: 100 + pid, ..key.clone() }, 1);
         }
-        assert!(reg.backend_users.lock().unwrap().len() <= MAX_BACKEND_USERS, "bounded");
+        assert!(reg.backend_users.lock().unwrap()[&key.addr].len() <= MAX_BACKEND_USERS, "bounded");
     }
 }
