@@ -22,8 +22,7 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
 fi
 src="$cache/asyncpg-$version"
 if [[ ! -d "$src/tests" ]]; then
-    "$venv/bin/pip" download -q --no-binary :all: --no-deps "asyncpg==$version" -d "$cache"
-    tar -xzf "$cache/asyncpg-$version.tar.gz" -C "$cache"
+    unpack_sdist "$venv/bin/pip" asyncpg "$version"
 fi
 # The tests import the installed (compiled) asyncpg, not the sdist's uncompiled sources.
 work="$cache/run-asyncpg-$version"

@@ -48,8 +48,7 @@ if [[ ! -x "$venv/bin/python" || ! -d "$venv/lib" ]] || ! "$venv/bin/python" -c 
 fi
 src="$cache/Django-$version"
 if [[ ! -f "$src/tests/runtests.py" ]]; then
-    "$venv/bin/pip" download -q --no-binary :all: --no-deps "django==$version" -d "$cache"
-    tar -xzf "$(ls "$cache"/[Dd]jango-"$version".tar.gz | head -1)" -C "$cache"
+    unpack_sdist "$venv/bin/pip" django "$version"
     [[ -d "$src" ]] || mv "$cache/django-$version" "$src"
 fi
 # Django is not installed: the sdist's own django/ comes first on PYTHONPATH, with the

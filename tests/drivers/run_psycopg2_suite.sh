@@ -24,8 +24,7 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
 fi
 src="$cache/psycopg2-$version"
 if [[ ! -d "$src/tests" ]]; then
-    "$venv/bin/pip" download -q --no-binary :all: --no-deps "psycopg2==$version" -d "$cache"
-    tar -xzf "$cache/psycopg2-$version.tar.gz" -C "$cache"
+    unpack_sdist "$venv/bin/pip" psycopg2 "$version"
 fi
 # The tests import the installed (compiled) psycopg2; the sdist's sources live in lib/, which
 # is left behind.

@@ -47,8 +47,7 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
 fi
 src="$cache/sqlalchemy-$version"
 if [[ ! -d "$src/test" ]]; then
-    "$venv/bin/pip" download -q --no-binary :all: --no-deps "sqlalchemy==$version" -d "$cache"
-    tar -xzf "$cache/sqlalchemy-$version.tar.gz" -C "$cache"
+    unpack_sdist "$venv/bin/pip" sqlalchemy "$version"
 fi
 work="$cache/run-sqlalchemy-$version"
 rm -rf "$work" && mkdir -p "$work"

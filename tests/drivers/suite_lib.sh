@@ -40,6 +40,14 @@ ensure_tandem() {
     fi
 }
 
+# unpack_sdist PIP PACKAGE VERSION: downloads PACKAGE's source distribution from PyPI into
+# the cache and unpacks it there (the directory is named like the archive, e.g. Django-5.1.4).
+unpack_sdist() {
+    local pip=$1 package=$2 version=$3
+    "$pip" download -q --no-binary :all: --no-deps "$package==$version" -d "$cache"
+    tar -xzf "$(ls "$cache"/*.tar.gz | grep -i "/$package-$version\.tar\.gz$" | head -1)" -C "$cache"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 as_postgres() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
