@@ -72,10 +72,8 @@ spawn "$WORK/tandem.log" env ${TANDEM_ENV:-} "${TANDEM_CMD[@]}"
 TANDEM_PID=$SPAWNED_PID
 wait_port "$TANDEM_PORT" 30 || die "tandem proxy did not listen (see $WORK/tandem.log)"
 # Optional fourth path, in the same rounds: with PGO=1 the plain release build
-# (`tandem-plain`); else, with TANDEM_1W=1, the same proxy with one tokio worker thread
-# (TOKIO_WORKER_THREADS=1), to show what cross-thread wake-ups cost on a larger machine (on
-# <= 2 cores `tandem proxy` already defaults to one thread, so there it is an identical
-# control that shows how far two runs of the same thing differ on this machine).
+# (`tandem-plain`); else, with TANDEM_1W=1, the same proxy with one worker thread
+# (`--threads 1`), to show what the worker threads bring.
 ALT_PATH="" ALT_PORT="" ALT_PID=""
 if [[ -n $TANDEM_PLAIN_BIN || ${TANDEM_1W:-0} == 1 ]]; then
     ALT_PORT=$(free_port)
@@ -87,7 +85,7 @@ if [[ -n $TANDEM_PLAIN_BIN || ${TANDEM_1W:-0} == 1 ]]; then
         spawn "$WORK/$ALT_PATH.log" env ${TANDEM_ENV:-} "${ALT_CMD[@]}"
     else
         ALT_PATH=tandem-1w
-        spawn "$WORK/$ALT_PATH.log" env TOKIO_WORKER_THREADS=1 "${ALT_CMD[@]}"
+        spawn "$WORK/$ALT_PATH.log" env ${TANDEM_ENV:-} "${ALT_CMD[@]}" --threads 1
     fi
     ALT_PID=$SPAWNED_PID
     wait_port "$ALT_PORT" 30 || die "tandem proxy ($ALT_PATH) did not listen (see $WORK/$ALT_PATH.log)"
@@ -386,10 +384,9 @@ mkdir -p "$(dirname "$OUT")"
         echo "  replica and session pooling); \`tandem-plain\` is \`cargo build --release\` of the same"
         echo "  commit, run as a fourth path in the same rounds with the same flags."
     elif [[ $ALT_PATH == tandem-1w ]]; then
-        echo "- \`tandem-1w\` is the same Tandem build and flags with \`TOKIO_WORKER_THREADS=1\` (one runtime"
-        echo "  worker thread instead of one per core), run as a fourth path in the same rounds. On a"
-        echo "  machine with <= 2 cores Tandem already runs one thread, so there it is an identical second"
-        echo "  Tandem: the spread between the two rows is the run-to-run noise of this machine."
+        echo "- \`tandem-1w\` is the same Tandem build and flags with \`--threads 1\` (one worker thread,"
+        echo "  one event loop, instead of one per core), run as a fourth path in the same rounds: the"
+        echo "  difference between the two rows is what the worker threads bring."
     fi
     echo "- Read splitting is off in Tandem (\`--no-read-split\`): one primary behind every path."
     echo "- \"proxy CPU µs per txn\" is the proxy process's user+system CPU time during the run"

@@ -35,7 +35,7 @@ PATHS = ("direct", "tandem", "pgbouncer")
 # Optional fourth paths (see bench/proxy.sh) and how the results describe them.
 EXTRA = {
     "tandem-plain": "Tandem built without profile-guided optimization (a plain `cargo build --release`)",
-    "tandem-1w": "Tandem with one runtime worker thread",
+    "tandem-1w": "Tandem with one worker thread (`--threads 1`)",
 }
 
 

@@ -25,10 +25,10 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
     #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
     log: String,
-    /// Runtime worker threads [default: one per core; `tandem proxy` and `tandem replicator`
-    /// on a machine with up to 2 cores: 1, which avoids cross-thread wake-ups when PostgreSQL
-    /// shares the cores, see bench/results]. With 1, everything runs on a single-threaded
-    /// runtime (the replicator's change-log writer keeps its own thread).
+    /// Worker threads. `tandem proxy`: event loops serving clients, each with its own share
+    /// of every pool [default: one per core, at most one per 8 connections of --pool-size].
+    /// Others: tokio runtime threads [default: one per core; `tandem replicator` on up to 2
+    /// cores: 1, a single-threaded runtime (its change-log writer keeps its own thread)].
     #[arg(long, global = true, env = "TANDEM_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -92,11 +92,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let one_thread = cores <= 2 && matches!(cli.command, Command::Proxy(_) | Command::Replicator(_));
-    let threads = cli.threads.unwrap_or(if one_thread { 1 } else { cores }).max(1);
+    // The proxy starts its own worker threads, each on a current-thread runtime; this one
+    // becomes its first worker.
+    let one_thread =
+        matches!(cli.command, Command::Proxy(_)) || cores <= 2 && matches!(cli.command, Command::Replicator(_));
+    let threads = if one_thread { 1 } else { cli.threads.unwrap_or(cores).max(1) };
     // One thread: tokio's current-thread scheduler, which has none of the
-    // work-stealing bookkeeping of the multi-thread one (measurably cheaper per
-    // message on the proxy's data path).
+    // work-stealing bookkeeping of the multi-thread one.
     let built = if threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -111,7 +113,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Proxy(args) => proxy_cmd::run(cli.config, *args).await,
+            Command::Proxy(args) => proxy_cmd::run(cli.config, *args, cli.threads).await,
             Command::Replicator(args) => replicator_cmd::run(cli.config, args).await,
             Command::Demo(args) => demo::run(args).await,
         }

@@ -172,12 +172,20 @@ pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow:
     Ok(cfg)
 }
 
-/// Runs `tandem proxy` until SIGINT/SIGTERM.
-pub async fn run(file: Option<PathBuf>, args: ProxyArgs) -> anyhow::Result<()> {
-    let cfg = Arc::new(build_config(file.as_deref(), &args)?);
+/// Runs `tandem proxy` until SIGINT/SIGTERM; `threads` is the global `--threads`.
+pub async fn run(file: Option<PathBuf>, args: ProxyArgs, threads: Option<usize>) -> anyhow::Result<()> {
+    let load = move |file: Option<&std::path::Path>, args: &ProxyArgs| {
+        let mut cfg = build_config(file, args)?;
+        if let Some(n) = threads {
+            cfg.threads = n;
+            cfg.validate()?;
+        }
+        anyhow::Ok(cfg)
+    };
+    let cfg = Arc::new(load(file.as_deref(), &args)?);
     let reloader: Option<tandem_proxy::Reloader> = file.map(|path| {
         let args = args.clone();
-        Arc::new(move || build_config(Some(&path), &args).map_err(|e| format!("{e:#}"))) as tandem_proxy::Reloader
+        Arc::new(move || load(Some(&path), &args).map_err(|e| format!("{e:#}"))) as tandem_proxy::Reloader
     });
     let shutdown = CancellationToken::new();
     crate::signals::cancel_on_signal(shutdown.clone());

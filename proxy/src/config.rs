@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// Address of the Prometheus `/metrics` endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Threads serving clients, each with its own event loop and share of every pool
+    /// (0: see [`ProxyConfig::workers`]).
+    pub threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -93,7 +96,27 @@ impl Default for ProxyConfig {
             tls: None,
             admin_users: Vec::new(),
             metrics_listen: None,
+            threads: 0,
         }
+    }
+}
+
+/// Connections of `pool_size` each worker thread gets at least when the thread count is
+/// chosen automatically: a thread's share of a pool too small to cover its clients' bursts
+/// would make them wait while another thread has connections free.
+const MIN_POOL_SHARE: u32 = 8;
+
+impl ProxyConfig {
+    /// How many worker threads serve clients: `threads` if set, else one per core but
+    /// no more than one per [`MIN_POOL_SHARE`] connections of `pool_size`; never more
+    /// than `pool_size`, since every worker needs a connection of each pool.
+    pub fn workers(&self) -> usize {
+        let cap = self.pool_size.max(1) as usize;
+        if self.threads > 0 {
+            return self.threads.min(cap);
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        cores.min(self.pool_size.div_ceil(MIN_POOL_SHARE) as usize).clamp(1, cap)
     }
 }
 
@@ -224,6 +247,7 @@ impl ProxyConfig {
         let range = |ok: bool, field, rule| if ok { Ok(()) } else { Err(ConfigError::OutOfRange { field, rule }) };
         range(self.pool_size >= 1 && self.pool_size <= 10_000, "pool_size", "between 1 and 10000")?;
         range(self.max_client_conn >= 1, "max_client_conn", "at least 1")?;
+        range(self.threads <= 1024, "threads", "at most 1024 (0: automatic)")?;
         range(self.health_interval_ms >= 10, "health_interval_ms", "at least 10")?;
         range(self.connect_timeout_ms >= 10, "connect_timeout_ms", "at least 10")?;
         range(self.login_timeout_ms >= 10, "login_timeout_ms", "at least 10")?;
@@ -266,6 +290,16 @@ mod tests {
 
     fn node(name: &str, addr: &str) -> NodeConfig {
         NodeConfig { name: name.parse().unwrap(), addr: addr.parse().unwrap(), weight: 1 }
+    }
+
+    #[test]
+    fn worker_count_keeps_a_useful_share_of_the_pool() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let with = |pool_size, threads| ProxyConfig { pool_size, threads, ..ProxyConfig::default() }.workers();
+        assert_eq!(with(20, 0), cores.min(3), "one per 8 connections, at most one per core");
+        assert_eq!(with(8, 0), 1);
+        assert_eq!(with(4, 2), 2, "set explicitly");
+        assert_eq!(with(3, 16), 3, "never more workers than connections");
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct ClientInfo {
     node_address: std::sync::atomic::AtomicUsize,
     /// Requests completed.
     pub requests: AtomicU64,
+    /// The worker thread serving the client; its share of the pools is the one used.
+    pub worker: usize,
 }
 
 impl ClientInfo {
@@ -156,8 +158,8 @@ impl Drop for ClientGuard<'_> {
 }
 
 impl ClientList {
-    /// Adds a client; `None` if `max` clients are already connected.
-    pub fn add(&self, addr: SocketAddr, max: usize) -> Option<ClientGuard<'_>> {
+    /// Adds a client served by worker `worker`; `None` if `max` clients are already connected.
+    pub fn add(&self, addr: SocketAddr, max: usize, worker: usize) -> Option<ClientGuard<'_>> {
         let mut m = self.map.lock().ok()?;
         if m.len() >= max {
             return None;
@@ -174,6 +176,7 @@ impl ClientList {
             node_attached: Default::default(),
             node_address: Default::default(),
             requests: AtomicU64::new(0),
+            worker,
         });
         m.insert(id, info.clone());
         Some(ClientGuard { list: self, info })

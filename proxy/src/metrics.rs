@@ -158,8 +158,8 @@ impl Metrics {
     /// Renders the text exposition format, refreshing pool gauges first.
     pub fn render(&self, pools: &Pools) -> String {
         self.server_connections.clear();
-        for p in pools.all() {
-            let (open, idle) = p.sizes();
+        for p in pools.summaries() {
+            let (open, idle) = (p.open, p.idle);
             let node = p.key.node.to_string();
             let active = i64::from(open.saturating_sub(idle));
             self.server_connections

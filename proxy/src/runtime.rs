@@ -19,6 +19,7 @@ use crate::auth::SecretStore;
 use crate::cancel::CancelRegistry;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::context::{ClientList, ProxyContext};
+use crate::frontend::workers::Workers;
 use crate::gate::PauseGate;
 use crate::metrics::{Metrics, MetricsSource};
 use crate::pool::{PoolSettings, Pools};
@@ -79,12 +80,16 @@ pub async fn run(
     let (topo_tx, topo_rx) = watch::channel(topo.clone());
     let metrics = Arc::new(Metrics::new(topo_rx.clone()));
     let functions = Arc::new(FunctionTable::empty());
-    let pools = Arc::new(Pools::new(PoolSettings {
-        size: cfg.pool_size,
-        connect_timeout: cfg.connect_timeout(),
-        wait_timeout: Duration::from_secs(120),
-        idle_timeout: Duration::from_millis(cfg.server_idle_timeout_ms),
-    }));
+    let workers = cfg.workers();
+    let pools = Arc::new(Pools::new(
+        PoolSettings {
+            size: cfg.pool_size,
+            connect_timeout: cfg.connect_timeout(),
+            wait_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_millis(cfg.server_idle_timeout_ms),
+        },
+        workers,
+    ));
     let tracker = TaskTracker::new();
     let health_token = Mutex::new(shutdown.child_token());
     let ctx = Arc::new(ProxyContext {
@@ -116,10 +121,12 @@ pub async fn run(
             }
         });
     }
-    tracing::info!(listen = %local, primary = %topo.primary.addr, replicas = topo.replicas.len(), pool_mode = ?cfg.pool_mode, "tandem proxy listening");
-    crate::frontend::listener::accept_loop(ctx.clone(), listener, tracker.clone()).await;
+    tracing::info!(listen = %local, primary = %topo.primary.addr, replicas = topo.replicas.len(), pool_mode = ?cfg.pool_mode, workers, "tandem proxy listening");
+    let workers = Workers::start(&ctx, workers, cfg.shutdown_timeout());
+    crate::frontend::listener::accept_loop(ctx.clone(), listener, tracker.clone(), &workers).await;
     tracker.close();
-    if tokio::time::timeout(cfg.shutdown_timeout(), tracker.wait()).await.is_err() {
+    let (_, drained) = tokio::join!(workers.join(), tokio::time::timeout(cfg.shutdown_timeout(), tracker.wait()));
+    if drained.is_err() {
         tracing::warn!(clients = ctx.clients.len(), "shutdown timeout: closing remaining sessions");
     }
     tracing::info!("tandem proxy stopped");

@@ -319,3 +319,54 @@ async fn server_connection_terminated_while_parked_is_not_handed_out() -> anyhow
     }
     Ok(())
 }
+
+/// With two worker threads each has half of every pool. New clients go to the worker with
+/// the fewest, so in session mode as many clients as `--pool-size` all get a server session
+/// at once (none waits while the other worker has a connection free); one more waits, and
+/// the proxy never opens more than the pool size in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_split_the_pool_without_making_clients_wait() -> anyhow::Result<()> {
+    use std::time::Duration;
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        replicas: 0,
+        pool_mode: "session",
+        proxy_args: ["--threads", "2", "--pool-size", "4"].map(String::from).to_vec(),
+        ..Default::default()
+    })?;
+    let mut clients = Vec::new();
+    let mut pids = HashSet::new();
+    for i in 0..4 {
+        let client = c.connect().await?;
+        let pid = tokio::time::timeout(Duration::from_secs(10), one(&client, "SELECT pg_backend_pid()")).await;
+        pids.insert(pid.map_err(|_| anyhow::anyhow!("client {i} waited for a server connection"))??);
+        clients.push(client);
+    }
+    assert_eq!(pids.len(), 4, "one server session per client: {pids:?}");
+
+    // A fifth client waits for a session to end.
+    let fifth = c.connect().await?;
+    let waiting = tokio::spawn(async move { one(&fifth, "SELECT pg_backend_pid()").await.map(|p| (p, fifth)) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a fifth client got a server connection beyond --pool-size 4");
+    let admin = c.connect_as("postgres", "tandem").await?;
+    let pools = admin.simple_query("SHOW POOLS").await?;
+    let row = pools.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) if r.get("database") == Some("postgres") => {
+            Some((r.get("sv_active").map(str::to_owned), r.get("cl_waiting").map(str::to_owned)))
+        }
+        _ => None,
+    });
+    // One row for the pool, summed over both workers.
+    assert_eq!(row, Some((Some("4".into()), Some("1".into()))), "{pools:?}");
+
+    drop(clients);
+    let (pid, _fifth) = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert!(pids.contains(&pid), "the fifth client reuses a released session, got backend {pid}");
+    let opened = c.primary.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = 'tandem'",
+    )?;
+    assert!(opened.parse::<u32>()? <= 4, "{opened} pooled sessions open");
+    Ok(())
+}

@@ -91,18 +91,17 @@ fn show_pools(ctx: &ProxyContext, out: &mut BytesMut) {
     let mode = format!("{:?}", ctx.cfg.pool_mode).to_lowercase();
     let rows = ctx
         .pools
-        .all()
+        .summaries()
         .iter()
         .map(|p| {
-            let (open, idle) = p.sizes();
             vec![
                 s(&p.key.database),
                 s(&p.key.user),
                 s(&p.key.node),
-                s(open.saturating_sub(idle)),
-                s(idle),
-                s(p.stats.waiting.load(Ordering::Relaxed)),
-                s(p.stats.checkouts.load(Ordering::Relaxed)),
+                s(p.open.saturating_sub(p.idle)),
+                s(p.idle),
+                s(p.waiting),
+                s(p.checkouts),
                 s(&mode),
             ]
         })
@@ -149,18 +148,17 @@ fn show_clients(ctx: &ProxyContext, out: &mut BytesMut) {
 fn show_servers(ctx: &ProxyContext, out: &mut BytesMut) {
     let rows = ctx
         .pools
-        .all()
+        .summaries()
         .iter()
         .map(|p| {
-            let (open, idle) = p.sizes();
             vec![
                 s(&p.key.node),
                 s(&p.addr),
                 s(&p.key.user),
                 s(&p.key.database),
-                s(open.saturating_sub(idle)),
-                s(idle),
-                s(p.opened()),
+                s(p.open.saturating_sub(p.idle)),
+                s(p.idle),
+                s(p.opened),
             ]
         })
         .collect();

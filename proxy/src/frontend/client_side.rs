@@ -575,7 +575,7 @@ impl Session {
             return p.clone();
         }
         let key = PoolKey { node: node.id.clone(), user: self.user.clone(), database: self.database.clone() };
-        let pool = self.ctx.pools.get(&key, &node.addr, &self.cred);
+        let pool = self.ctx.pools.get(self.info.worker, &key, &node.addr, &self.cred);
         self.pools.retain(|(n, _)| Arc::strong_count(n) > 1);
         self.pools.push((node.clone(), pool.clone()));
         pool

@@ -1,6 +1,7 @@
 //! The client side of the proxy: accepting connections and running sessions.
 //!
-//! `client → frontend → router`: [`listener`] accepts TCP connections,
+//! `client → frontend → router`: [`listener`] accepts TCP connections and [`workers`] gives
+//! each to a worker thread,
 //! [`startup`] negotiates TLS and logs the client in (with [`login_params`] checking its
 //! settings), [`session`] runs the
 //! data path, with the client-message half in [`client_side`], the
@@ -16,3 +17,4 @@ pub mod session;
 pub mod startup;
 pub mod state;
 pub mod stream;
+pub mod workers;

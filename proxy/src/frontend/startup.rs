@@ -114,7 +114,7 @@ pub async fn serve_client(
     // Log in to the primary for this user once; the pool keeps its server parameters.
     let topo = ctx.router.topology();
     let key = PoolKey { node: topo.primary.id.clone(), user: user.clone(), database: database.clone() };
-    let pool = ctx.pools.get(&key, &topo.primary.addr, &cred);
+    let pool = ctx.pools.get(guard.info.worker, &key, &topo.primary.addr, &cred);
     pool.set_credential(&cred);
     let server_params = match pool.server_params() {
         Some(p) => p,

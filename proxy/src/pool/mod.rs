@@ -6,6 +6,9 @@
 //! connections in the client's own task when the pool can grow, so that a
 //! server's refusal (wrong database, bad password, node down) reaches the
 //! client at once instead of surfacing as a bb8 timeout.
+//!
+//! Each worker thread (see `frontend::workers`) has its own share of every pool, so a
+//! server connection is only ever polled by the event loop it was registered with.
 
 pub mod connect;
 pub mod known;
@@ -360,26 +363,59 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-/// All pools of the proxy.
+/// All pools of the proxy: one set per worker thread.
 pub struct Pools {
     settings: PoolSettings,
-    map: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
+    /// Indexed by worker; each holds that worker's share of every pool.
+    shards: Vec<Mutex<HashMap<PoolKey, Arc<ServerPool>>>>,
     /// Statements that parsed on some server, so a repeated `Parse` needs no server.
     pub known: known::KnownStatements,
 }
 
+/// One pool summed over the workers' shares, for admin output and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSummary {
+    /// Which node, user and database.
+    pub key: PoolKey,
+    /// Where the node listens.
+    pub addr: NodeAddr,
+    /// Open server connections.
+    pub open: u32,
+    /// Of those, the idle ones.
+    pub idle: u32,
+    /// Sessions waiting for a connection.
+    pub waiting: usize,
+    /// Check-outs served.
+    pub checkouts: u64,
+    /// Connections opened over the pool's life.
+    pub opened: u64,
+}
+
 impl Pools {
-    /// An empty set of pools.
-    pub fn new(settings: PoolSettings) -> Pools {
-        Pools { settings, map: Mutex::new(HashMap::new()), known: known::KnownStatements::default() }
+    /// An empty set of pools for `workers` worker threads. `settings.size` is split
+    /// between them (see [`Pools::share`]); at most `settings.size` workers get a share.
+    pub fn new(settings: PoolSettings, workers: usize) -> Pools {
+        let workers = workers.clamp(1, settings.size.max(1) as usize);
+        Pools {
+            settings,
+            shards: (0..workers).map(|_| Mutex::new(HashMap::new())).collect(),
+            known: known::KnownStatements::default(),
+        }
     }
 
-    /// The pool for `key`, created on first use.
-    pub fn get(&self, key: &PoolKey, addr: &NodeAddr, cred: &ServerCredential) -> Arc<ServerPool> {
-        let mut map = match self.map.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    /// Connections worker `worker` may open per pool: the pool size split evenly, the
+    /// first workers taking the remainder, so the shares add up to the pool size.
+    pub fn share(&self, worker: usize) -> u32 {
+        let n = self.shards.len() as u32;
+        let w = (worker % self.shards.len()) as u32;
+        self.settings.size / n + u32::from(w < self.settings.size % n)
+    }
+
+    /// The pool for `key` of worker `worker`, created on first use. Only that worker's
+    /// tasks may use it: its connections belong to the worker's event loop.
+    pub fn get(&self, worker: usize, key: &PoolKey, addr: &NodeAddr, cred: &ServerCredential) -> Arc<ServerPool> {
+        let shard = &self.shards[worker % self.shards.len()];
+        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = map.get(key) {
             if p.addr == *addr {
                 return p.clone();
@@ -394,7 +430,7 @@ impl Pools {
             connect_timeout: self.settings.connect_timeout,
         };
         let pool = bb8::Pool::builder()
-            .max_size(self.settings.size)
+            .max_size(self.share(worker))
             .min_idle(None)
             .test_on_check_out(false)
             .retry_connection(false)
@@ -408,7 +444,7 @@ impl Pools {
             addr: addr.clone(),
             pool,
             stats: PoolStats::default(),
-            max_size: self.settings.size,
+            max_size: self.share(worker),
             shared,
             params: std::sync::OnceLock::new(),
             parked: Mutex::new(Parked::default()),
@@ -422,24 +458,46 @@ impl Pools {
 
     /// Closes the idle connections of every pool of `database` (see [`ServerPool::close_idle`]).
     pub async fn close_idle(&self, database: &str) {
-        let pools: Vec<Arc<ServerPool>> = {
-            let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-            map.values().filter(|p| p.key.database == database).cloned().collect()
-        };
-        for p in pools {
+        for p in self.all().into_iter().filter(|p| p.key.database == database) {
             p.close_idle().await;
         }
     }
 
-    /// All pools, sorted by key (for admin output).
-    pub fn all(&self) -> Vec<Arc<ServerPool>> {
-        let map = match self.map.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut v: Vec<_> = map.values().cloned().collect();
-        v.sort_by(|a, b| a.key.cmp(&b.key));
-        v
+    /// Every worker's pools.
+    fn all(&self) -> Vec<Arc<ServerPool>> {
+        let shards = self.shards.iter().map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
+        shards.flat_map(|map| map.values().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    /// Each pool summed over the workers, sorted by key (for admin output and metrics).
+    pub fn summaries(&self) -> Vec<PoolSummary> {
+        let mut out: Vec<PoolSummary> = Vec::new();
+        let mut pools = self.all();
+        pools.sort_by(|a, b| a.key.cmp(&b.key));
+        for p in pools {
+            let (open, idle) = p.sizes();
+            let waiting = p.stats.waiting.load(Ordering::Relaxed);
+            let checkouts = p.stats.checkouts.load(Ordering::Relaxed);
+            match out.last_mut() {
+                Some(last) if last.key == p.key && last.addr == p.addr => {
+                    last.open += open;
+                    last.idle += idle;
+                    last.waiting += waiting;
+                    last.checkouts += checkouts;
+                    last.opened += p.opened();
+                }
+                _ => out.push(PoolSummary {
+                    key: p.key.clone(),
+                    addr: p.addr.clone(),
+                    open,
+                    idle,
+                    waiting,
+                    checkouts,
+                    opened: p.opened(),
+                }),
+            }
+        }
+        out
     }
 }
 
@@ -469,4 +527,29 @@ fn spawn_reaper(pool: Weak<ServerPool>, idle_timeout: Duration) {
             pool.reap_parked(REAP_TICKS);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_shares_add_up_to_the_pool_size() {
+        let settings = |size| PoolSettings {
+            size,
+            connect_timeout: Duration::from_secs(1),
+            wait_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let shares = |size, workers| {
+            let pools = Pools::new(settings(size), workers);
+            (0..workers).map(|w| pools.share(w)).collect::<Vec<_>>()
+        };
+        assert_eq!(shares(20, 2), [10, 10]);
+        assert_eq!(shares(5, 2), [3, 2]);
+        assert_eq!(shares(7, 3), [3, 2, 2]);
+        // More workers than connections: the extra workers share a pool with the first.
+        assert_eq!(shares(1, 2), [1, 1]);
+        assert_eq!(Pools::new(settings(1), 2).shards.len(), 1);
+    }
 }
