@@ -78,9 +78,9 @@ pub async fn run(
     let local = listener.local_addr().map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
     let topo = topology(&cfg, Epoch(1))?;
     let (topo_tx, topo_rx) = watch::channel(topo.clone());
-    let metrics = Arc::new(Metrics::new(topo_rx.clone()));
     let functions = Arc::new(FunctionTable::empty());
     let workers = cfg.workers();
+    let metrics = Arc::new(Metrics::new(topo_rx.clone(), workers));
     let pools = Arc::new(Pools::new(
         PoolSettings {
             size: cfg.pool_size,
@@ -99,7 +99,7 @@ pub async fn run(
         functions: functions.clone(),
         secrets: SecretStore::new(&cfg),
         cancels: Arc::new(CancelRegistry::default()),
-        gate: Arc::new(PauseGate::default()),
+        gate: Arc::new(PauseGate::new(workers)),
         tls,
         clients: ClientList::default(),
         metrics: metrics.clone(),

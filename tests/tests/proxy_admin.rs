@@ -151,3 +151,43 @@ async fn sigterm_lets_the_running_transaction_finish() -> anyhow::Result<()> {
     assert_eq!(c.primary_sessions_in("idle in transaction")?, 0);
     Ok(())
 }
+
+/// PAUSE holds every new transaction, also those of a client pinned to its server
+/// connection (here by a temp table), and of clients on every worker thread; RESUME lets
+/// them run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_pinned_sessions_on_every_worker() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions {
+        replicas: 0,
+        proxy_args: ["--threads", "2", "--pool-size", "4"].map(String::from).to_vec(),
+        ..Default::default()
+    })?;
+    let pinned = c.connect().await?;
+    pinned.batch_execute("CREATE TEMP TABLE t (x int)").await?;
+    let mut plain = Vec::new();
+    for _ in 0..3 {
+        plain.push(c.connect().await?);
+    }
+    let admin = c.connect_as("postgres", "tandem").await?;
+    tokio::time::timeout(Duration::from_secs(10), admin.simple_query("PAUSE")).await??;
+
+    let held_pinned = tokio::spawn(async move {
+        pinned.batch_execute("INSERT INTO t VALUES (1)").await?;
+        pinned.query_one("SELECT count(*) FROM t", &[]).await.map(|r| r.get::<_, i64>(0))
+    });
+    let mut held = Vec::new();
+    for client in plain {
+        held.push(tokio::spawn(async move { client.query_one("SELECT 1", &[]).await.map(|r| r.get::<_, i32>(0)) }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!held_pinned.is_finished(), "a pinned session started a transaction while paused");
+    assert!(held.iter().all(|h| !h.is_finished()), "a session started a transaction while paused");
+
+    admin.simple_query("RESUME").await?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), held_pinned).await???, 1);
+    for h in held {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), h).await???, 1);
+    }
+    Ok(())
+}

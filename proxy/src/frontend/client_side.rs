@@ -17,6 +17,7 @@ use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
 use super::state::Statement;
 use crate::config::PoolMode;
 use crate::context::ClientState;
+use crate::gate::Busy;
 use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
@@ -500,6 +501,10 @@ impl Session {
 
     /// Makes sure a server connection is attached for a unit with `route`.
     pub(super) async fn begin_unit(&mut self, route: Route) -> Result<(), Failure> {
+        if self.busy.is_none() {
+            // A new unit: through the PAUSE gate first, pinned sessions too.
+            self.busy = Some(self.pass_gate().await);
+        }
         if self.stuck_to_active() {
             if self.pipeline.is_idle() && self.tx == TxStatus::Idle {
                 // A pinned session at a unit boundary: its own RESET ALL may have left the
@@ -509,10 +514,6 @@ impl Session {
             return Ok(());
         }
         let route = self.unit_route(route);
-        if self.ctx.gate.is_paused() {
-            self.info.set_state(ClientState::Waiting);
-            self.ctx.gate.wait_open().await;
-        }
         let mut last_err = None;
         for _attempt in 0..4 {
             let node = self.ctx.router.pick(route, &mut self.floor);
@@ -562,10 +563,24 @@ impl Session {
         }
         if let Some(f) = last_err {
             self.info.set_state(ClientState::Idle);
+            if self.active.is_none() {
+                self.busy = None; // no unit runs: PAUSE need not wait for this session
+            }
             return Err(Failure::Unit(f));
         }
         self.start_unit_on_active(route);
         Ok(())
+    }
+
+    /// Counts the session busy once the PAUSE gate is open (waiting while it is closed).
+    async fn pass_gate(&mut self) -> Busy {
+        loop {
+            if let Some(busy) = self.ctx.gate.try_enter(self.info.worker) {
+                return busy;
+            }
+            self.info.set_state(ClientState::Waiting);
+            self.ctx.gate.wait_open().await;
+        }
     }
 
     /// The pool of `node` for this client's user and database, cached per session
@@ -583,9 +598,6 @@ impl Session {
 
     fn start_unit_on_active(&mut self, route: Route) {
         let Some(a) = self.active.as_mut() else { return };
-        if self.busy.is_none() {
-            self.busy = Some(self.ctx.gate.enter());
-        }
         if a.inflight.is_none() {
             a.inflight = Some(a.node.begin_request());
             self.unit_started = Some(Instant::now());

@@ -222,7 +222,7 @@ impl Session {
         let Some(a) = self.active.as_mut() else { return };
         a.inflight = None;
         if let Some(started) = self.unit_started.take() {
-            self.ctx.metrics.latency.observe(started.elapsed().as_secs_f64());
+            self.ctx.metrics.latency.observe(self.info.worker, started.elapsed());
             self.info.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if self.unit_wrote && self.tx == TxStatus::Idle {

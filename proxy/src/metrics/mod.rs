@@ -4,6 +4,10 @@
 //! read from the pools when Prometheus scrapes. Every series starts with
 //! `tandem_`.
 
+mod latency;
+
+pub use latency::Latency;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,7 +28,6 @@ use crate::router::{Node, Topology};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -65,25 +68,8 @@ pub struct Metrics {
     /// Errors by kind.
     pub errors: Family<ErrorLabels, Counter>,
     /// Time from routing a request to its last response.
-    pub latency: Histogram,
+    pub latency: Latency,
     server_connections: Family<ServerLabels, Gauge>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("tandem");
-        let clients = Gauge::default();
-        let client_connections = Counter::default();
-        let errors = Family::<ErrorLabels, Counter>::default();
-        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        let server_connections = Family::<ServerLabels, Gauge>::default();
-        registry.register("clients", "Connected clients", clients.clone());
-        registry.register("client_connections", "Client connections accepted", client_connections.clone());
-        registry.register("errors", "Errors, by kind", errors.clone());
-        registry.register("query_duration_seconds", "Request latency through the proxy", latency.clone());
-        registry.register("server_connections", "Server connections, by node and state", server_connections.clone());
-        Metrics { registry, clients, client_connections, errors, latency, server_connections }
-    }
 }
 
 /// Per-node series read from the router's node state at scrape time, so the
@@ -143,11 +129,21 @@ impl Collector for NodeCollector {
 }
 
 impl Metrics {
-    /// Metrics whose per-node series follow `topology`.
-    pub fn new(topology: watch::Receiver<Arc<Topology>>) -> Metrics {
-        let mut m = Metrics::default();
-        m.registry.register_collector(Box::new(NodeCollector { topology }));
-        m
+    /// Metrics for `workers` worker threads, whose per-node series follow `topology`.
+    pub fn new(topology: watch::Receiver<Arc<Topology>>, workers: usize) -> Metrics {
+        let mut registry = Registry::with_prefix("tandem");
+        let clients = Gauge::default();
+        let client_connections = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let latency = Latency::new(workers);
+        let server_connections = Family::<ServerLabels, Gauge>::default();
+        registry.register("clients", "Connected clients", clients.clone());
+        registry.register("client_connections", "Client connections accepted", client_connections.clone());
+        registry.register("errors", "Errors, by kind", errors.clone());
+        registry.register("query_duration_seconds", "Request latency through the proxy", latency.clone());
+        registry.register("server_connections", "Server connections, by node and state", server_connections.clone());
+        registry.register_collector(Box::new(NodeCollector { topology }));
+        Metrics { registry, clients, client_connections, errors, latency, server_connections }
     }
 
     /// Counts an error of `kind`.
