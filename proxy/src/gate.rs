@@ -69,11 +69,8 @@ impl Drop for Busy {
 impl PauseGate {
     /// An open gate for `workers` worker threads.
     pub fn new(workers: usize) -> PauseGate {
-        let signal = Arc::new(Signal {
-            closed: AtomicBool::new(false),
-            paused: watch::channel(false).0,
-            idle: Notify::new(),
-        });
+        let signal =
+            Arc::new(Signal { closed: AtomicBool::new(false), paused: watch::channel(false).0, idle: Notify::new() });
         let shards = (0..workers.max(1))
             .map(|_| Arc::new(BusyShard { busy: AtomicUsize::new(0), signal: signal.clone() }))
             .collect();

@@ -140,7 +140,7 @@ impl Workers {
     pub async fn join(self) {
         drop(self.queues);
         for handle in self.threads {
-            if tokio::task::spawn_blocking(move || handle.join()).await.is_err() {
+            if !matches!(tokio::task::spawn_blocking(move || handle.join()).await, Ok(Ok(()))) {
                 tracing::warn!("a worker thread panicked");
             }
         }

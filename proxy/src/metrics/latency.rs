@@ -54,7 +54,8 @@ impl Latency {
     /// (sum in seconds, count, per-bucket counts with their upper bounds), summed over
     /// the workers; the last bound is `f64::MAX`, which the encoder writes as `+Inf`.
     fn totals(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut buckets: Vec<(f64, u64)> = (0..=BOUNDS).map(|i| (if i < BOUNDS { bound(i) } else { f64::MAX }, 0)).collect();
+        let mut buckets: Vec<(f64, u64)> =
+            (0..=BOUNDS).map(|i| (if i < BOUNDS { bound(i) } else { f64::MAX }, 0)).collect();
         let mut sum_nanos = 0u64;
         for shard in self.shards.iter() {
             for (total, count) in buckets.iter_mut().zip(&shard.buckets) {
