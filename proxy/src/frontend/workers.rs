@@ -80,8 +80,8 @@ impl Drop for LoadGuard {
 /// The worker threads besides the accepting runtime.
 pub struct Workers {
     load: Arc<WorkerLoad>,
-    /// Hand-off queues of workers 1.. .
-    queues: Vec<mpsc::UnboundedSender<Handoff>>,
+    /// Hand-off queues of workers 1.. (`None`: that thread could not start).
+    queues: Vec<Option<mpsc::UnboundedSender<Handoff>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -100,35 +100,53 @@ impl Workers {
                 .spawn(move || worker_main(ctx, index, rx, drain));
             match spawned {
                 Ok(handle) => {
-                    queues.push(tx);
+                    queues.push(Some(tx));
                     threads.push(handle);
                 }
-                Err(e) => tracing::warn!(worker = index, error = %e, "cannot start worker thread"),
+                Err(e) => {
+                    tracing::warn!(worker = index, error = %e, "cannot start worker thread");
+                    queues.push(None);
+                }
             }
         }
         Workers { load, queues, threads }
     }
 
     /// Serves a newly accepted client on the least busy worker; on worker 0 (this
-    /// runtime) it runs in `tracker`.
+    /// runtime), or when the chosen worker is gone, it runs in `tracker`.
     pub fn dispatch(&self, ctx: &Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, tracker: &TaskTracker) {
         let worker = self.load.least();
-        if worker > 0 {
-            if let Some(queue) = self.queues.get(worker - 1) {
-                // Taking the socket off this runtime's poller, so that the worker's can take it.
-                match tcp.into_std() {
-                    Ok(std) => match queue.send((std, peer, self.load.enter(worker))) {
-                        Ok(()) => return,
-                        Err(mpsc::error::SendError((std, _, _))) => match TcpStream::from_std(std) {
-                            Ok(tcp) => return self.serve_here(ctx, tcp, peer, tracker),
-                            Err(e) => return tracing::warn!(%peer, error = %e, "client socket lost in hand-off"),
-                        },
-                    },
-                    Err(e) => return tracing::warn!(%peer, error = %e, "client socket lost in hand-off"),
-                }
-            }
-        }
+        let queue = worker.checked_sub(1).and_then(|i| self.queues.get(i)).and_then(Option::as_ref);
+        let tcp = match queue {
+            None => tcp,
+            Some(queue) => match self.hand_off(queue, worker, tcp, peer) {
+                Ok(()) => return,
+                Err(Some(tcp)) => tcp,
+                Err(None) => return,
+            },
+        };
         self.serve_here(ctx, tcp, peer, tracker)
+    }
+
+    /// Moves `tcp` to `worker`'s queue. `Err(Some)`: the worker is gone, the socket is
+    /// back on this runtime; `Err(None)`: the socket was lost (logged).
+    fn hand_off(
+        &self,
+        queue: &mpsc::UnboundedSender<Handoff>,
+        worker: usize,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), Option<TcpStream>> {
+        let lost = |e: std::io::Error| {
+            tracing::warn!(%peer, error = %e, "client socket lost in hand-off");
+            None
+        };
+        // Off this runtime's poller, so that the worker's can take it.
+        let std = tcp.into_std().map_err(&lost)?;
+        match queue.send((std, peer, self.load.enter(worker))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError((std, _, _))) => Err(Some(TcpStream::from_std(std).map_err(lost)?)),
+        }
     }
 
     fn serve_here(&self, ctx: &Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, tracker: &TaskTracker) {
