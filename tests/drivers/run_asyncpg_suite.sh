@@ -33,12 +33,7 @@ ensure_tandem
 for mode in "${modes[@]}"; do
     init_cluster
     start_cluster "$(free_port)"
-    port=$pg_port
-    if [[ $mode != direct ]]; then
-        port=$(free_port)
-        : >"$cache/proxy-$mode.log"
-        start_proxy "$port" "$mode" "$cache/proxy-$mode.log" --auth trust
-    fi
+    connect_port "$mode" "$cache/proxy-$mode.log"
     echo "== $mode: asyncpg $version suite on port $port"
     (cd "$work" && PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres \
         timeout 1800 "$venv/bin/python" -m pytest -p no:cacheprovider -q -rN \

@@ -93,12 +93,7 @@ for mode in "${modes[@]}"; do
     # test_django_other itself, through the proxy in the proxied runs, and the extensions
     # postgres_tests needs in migrations of its own (contrib extensions, superuser).
     admin_sql postgres -c "CREATE DATABASE django" -c "CREATE DATABASE django_other"
-    port=$pg_port
-    if [[ $mode != direct ]]; then
-        port=$(free_port)
-        : >"$cache/proxy-django-$mode.log"
-        start_proxy "$port" "$mode" "$cache/proxy-django-$mode.log" --auth trust
-    fi
+    connect_port "$mode" "$cache/proxy-django-$mode.log"
     echo "== $mode: Django $version suite (psycopg2) on port $port"
     rm -f "$cache/django-$mode.xml"
     (cd "$src/tests" && PYTHONPATH="$work:$src" DJANGO_SUITE_PORT=$port DJANGO_SUITE_MODE=$mode \

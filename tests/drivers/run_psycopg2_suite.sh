@@ -40,12 +40,7 @@ for mode in "${modes[@]}"; do
     # The suite's database (testconfig.py's default name), with the extensions some tests use.
     admin_sql postgres -c "CREATE DATABASE psycopg2_test"
     admin_sql psycopg2_test -c "CREATE EXTENSION IF NOT EXISTS hstore" 2>/dev/null || true
-    port=$pg_port
-    if [[ $mode != direct ]]; then
-        port=$(free_port)
-        : >"$cache/proxy-psycopg2-$mode.log"
-        start_proxy "$port" "$mode" "$cache/proxy-psycopg2-$mode.log" --auth trust
-    fi
+    connect_port "$mode" "$cache/proxy-psycopg2-$mode.log"
     echo "== $mode: psycopg2 $version suite on port $port"
     # The modules' `test_suite()` helpers are not tests: python_functions matches nothing, the
     # unittest.TestCase classes are collected all the same.

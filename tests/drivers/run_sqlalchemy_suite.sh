@@ -67,12 +67,7 @@ for mode in "${modes[@]}"; do
         -c "ALTER DATABASE test SET default_text_search_config = 'pg_catalog.english'"
     admin_sql test -c "CREATE SCHEMA test_schema" -c "CREATE SCHEMA test_schema_2" \
         -c "CREATE EXTENSION IF NOT EXISTS hstore" -c "CREATE EXTENSION IF NOT EXISTS citext"
-    port=$pg_port
-    if [[ $mode != direct ]]; then
-        port=$(free_port)
-        : >"$cache/proxy-$name-$mode.log"
-        start_proxy "$port" "$mode" "$cache/proxy-$name-$mode.log" --auth trust
-    fi
+    connect_port "$mode" "$cache/proxy-$name-$mode.log"
     echo "== $mode: SQLAlchemy $version suite ($driver) on port $port"
     # One process, in file order (no xdist, no pytest-randomly); pyproject.toml's addopts
     # without -v and --maxfail. The URL has a password (ignored: trust) because

@@ -90,6 +90,18 @@ start_proxy() {
     return 1
 }
 
+# connect_port MODE LOG: sets `port` to where a suite connects in MODE: PostgreSQL itself for
+# `direct`, else a fresh proxy in that pool mode (trust auth), logging to LOG (emptied first).
+connect_port() {
+    local mode=$1 log=$2
+    port=$pg_port
+    if [[ $mode != direct ]]; then
+        port=$(free_port)
+        : >"$log"
+        start_proxy "$port" "$mode" "$log" --auth trust
+    fi
+}
+
 stop_proxy() {
     if [[ -n "$proxy_pid" ]]; then
         # SIGTERM first; a proxy still waiting for a stuck transaction to finish gets SIGKILL.
