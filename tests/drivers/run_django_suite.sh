@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Django's own test suite (from its sdist; a PostgreSQL-heavy subset) run directly against
-# PostgreSQL and through `tandem proxy` in session and transaction mode, with psycopg2; prints
-# the tests whose outcome differs from the direct run. Not part of CI (minutes long, needs PyPI
+# PostgreSQL and through `tandem proxy` in session and transaction mode, with psycopg2 (or
+# psycopg 3); prints the tests whose outcome differs from the direct run. Not part of CI (minutes long, needs PyPI
 # and libpq-dev to build psycopg2); see tests/drivers/README.md.
 #
 # Usage: tests/drivers/run_django_suite.sh [direct|session|transaction ...] [-- RUNTESTS_ARGS]
 #   (default: all three runs; RUNTESTS_ARGS that are test labels, i.e. not options, replace the
 #   default subset, e.g. `-- select_for_update backends.postgresql`). Environment:
 #   DJANGO_VERSION   sdist version (default 5.1.4)
+#   DJANGO_DRIVER    psycopg2 (default) or psycopg (3, with Django's server_side_binding:
+#                    parameters bound by the server, and psycopg's automatic prepared
+#                    statements after 5 executions of a query)
 #   DJANGO_TESTS     the test labels (default below)
 #   DJANGO_PARALLEL  runtests.py --parallel (default 1; 2 or more clones the test databases
 #                    with CREATE DATABASE ... TEMPLATE, through the proxy too; a class skipped
@@ -18,6 +21,12 @@ set -euo pipefail
 
 . "$(dirname "$0")/suite_lib.sh"
 version="${DJANGO_VERSION:-5.1.4}"
+driver="${DJANGO_DRIVER:-psycopg2}"
+case "$driver" in
+    psycopg2) driver_pkg="psycopg2==2.9.10"; driver_mod=psycopg2 ;;
+    psycopg) driver_pkg="psycopg==3.2.3"; driver_mod=psycopg ;;
+    *) echo "DJANGO_DRIVER must be psycopg2 or psycopg" >&2; exit 2 ;;
+esac
 parallel="${DJANGO_PARALLEL:-1}"
 run_timeout="${RUN_TIMEOUT:-2400}"
 # The whole suite takes far too long through a debug proxy; this subset (the PostgreSQL
@@ -36,13 +45,15 @@ for arg in ${extra_args[@]+"${extra_args[@]}"}; do
 done
 
 venv="$cache/venv-django-$version"
-if [[ ! -x "$venv/bin/python" || ! -d "$venv/lib" ]] || ! "$venv/bin/python" -c "import psycopg2, xmlrunner" 2>/dev/null; then
-    # psycopg2 (not psycopg 3: Django prefers psycopg 3 when both are installed) is built
-    # against the system libpq. The test requirements (tests/requirements/py3.txt) the chosen
+[[ $driver == psycopg2 ]] || venv="$venv-$driver"
+if [[ ! -x "$venv/bin/python" || ! -d "$venv/lib" ]] || ! "$venv/bin/python" -c "import $driver_mod, xmlrunner" 2>/dev/null; then
+    # One driver per venv, as Django prefers psycopg 3 when both are installed. psycopg2 is
+    # built against the system libpq; psycopg 3 is its pure-Python flavour, which loads the
+    # system libpq. The test requirements (tests/requirements/py3.txt) the chosen
     # labels use; memcached, redis, selenium, geoip2 and the like are left out.
     # unittest-xml-reporting gives the JUnit report.
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --no-binary psycopg2 psycopg2==2.9.10 "asgiref>=3.8.1" \
+    "$venv/bin/pip" install -q --no-binary psycopg2 "$driver_pkg" "asgiref>=3.8.1" \
         "sqlparse>=0.3.1" tblib tzdata PyYAML Pillow numpy jinja2 argon2-cffi bcrypt docutils \
         unittest-xml-reporting
 fi
@@ -68,6 +79,9 @@ _common = {
     # outliving a transaction in autocommit) must be disabled.
     "DISABLE_SERVER_SIDE_CURSORS": os.environ.get("DJANGO_SUITE_MODE") == "transaction",
 }
+if os.environ.get("DJANGO_SUITE_DRIVER") == "psycopg":
+    # Server-side binding: Django's psycopg 3 default binds parameters client-side.
+    _common["OPTIONS"] = {"server_side_binding": True}
 DATABASES = {
     "default": {**_common, "NAME": "django"},
     "other": {**_common, "NAME": "django_other"},
@@ -86,6 +100,8 @@ EOF
 
 ensure_tandem
 
+name="django"
+[[ $driver == psycopg2 ]] || name="django-$driver"
 for mode in "${modes[@]}"; do
     init_cluster -E UTF8
     start_cluster "$(free_port)"
@@ -93,17 +109,17 @@ for mode in "${modes[@]}"; do
     # test_django_other itself, through the proxy in the proxied runs, and the extensions
     # postgres_tests needs in migrations of its own (contrib extensions, superuser).
     admin_sql postgres -c "CREATE DATABASE django" -c "CREATE DATABASE django_other"
-    connect_port "$mode" "$cache/proxy-django-$mode.log"
-    echo "== $mode: Django $version suite (psycopg2) on port $port"
-    rm -f "$cache/django-$mode.xml"
+    connect_port "$mode" "$cache/proxy-$name-$mode.log"
+    echo "== $mode: Django $version suite ($driver) on port $port"
+    rm -f "$cache/$name-$mode.xml"
     (cd "$src/tests" && PYTHONPATH="$work:$src" DJANGO_SUITE_PORT=$port DJANGO_SUITE_MODE=$mode \
-        DJANGO_SUITE_OUT="$cache" DJANGO_SUITE_XML="django-$mode.xml" \
+        DJANGO_SUITE_DRIVER=$driver DJANGO_SUITE_OUT="$cache" DJANGO_SUITE_XML="$name-$mode.xml" \
         timeout "$run_timeout" "$venv/bin/python" -Wd runtests.py --settings=test_postgres \
         --parallel="$parallel" --noinput -v 1 ${tests[@]+"${tests[@]}"} \
         ${extra_args[@]+"${extra_args[@]}"} \
-        >"$cache/django-$mode.log" 2>&1) || true
-    grep -E "^Ran [0-9]+ tests|^(OK|FAILED)" "$cache/django-$mode.log" | tail -2 | paste -sd ' ' || true
+        >"$cache/$name-$mode.log" 2>&1) || true
+    grep -E "^Ran [0-9]+ tests|^(OK|FAILED)" "$cache/$name-$mode.log" | tail -2 | paste -sd ' ' || true
     cleanup
 done
 
-python3 "$repo/tests/drivers/junit_diff.py" "$cache"/django-{direct,session,transaction}.xml
+python3 "$repo/tests/drivers/junit_diff.py" "$cache"/$name-{direct,session,transaction}.xml

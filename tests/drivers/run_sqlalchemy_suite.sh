@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SQLAlchemy's own test suite (from its sdist; a PostgreSQL-relevant subset) run directly
 # against PostgreSQL and through `tandem proxy` in session and transaction mode, with the
-# psycopg2 driver (or asyncpg); prints the tests whose outcome differs from the direct run. Not
+# psycopg2 driver (or psycopg 3 or asyncpg); prints the tests whose outcome differs from the direct run. Not
 # part of CI (minutes long, needs PyPI and libpq-dev to build psycopg2); see
 # tests/drivers/README.md.
 #
@@ -9,7 +9,8 @@
 #   (default: all three runs; PYTEST_ARGS replace the default test subset when they name
 #   paths, e.g. `-- test/sql/test_query.py -k limit`). Environment:
 #   SQLALCHEMY_VERSION  sdist version (default 2.0.36)
-#   SQLALCHEMY_DRIVER   psycopg2 (default) or asyncpg
+#   SQLALCHEMY_DRIVER   psycopg2 (default), psycopg (3, server-side binding and automatic
+#                       prepared statements) or asyncpg
 #   SQLALCHEMY_TESTS    the test subset (default below)
 #   SUITE_CACHE, TANDEM_BIN, PG_BIN, TANDEM_LOG: see suite_lib.sh
 #   TEST_TIMEOUT        seconds per test before pytest-timeout fails it (default 60)
@@ -28,8 +29,8 @@ default_tests="test/dialect/postgresql test/sql/test_types.py test/sql/test_quer
     test/engine/test_execute.py"
 read -r -d '' -a tests <<<"${SQLALCHEMY_TESTS:-$default_tests}" || true
 case "$driver" in
-    psycopg2|asyncpg) ;;
-    *) echo "SQLALCHEMY_DRIVER must be psycopg2 or asyncpg" >&2; exit 2 ;;
+    psycopg2|psycopg|asyncpg) ;;
+    *) echo "SQLALCHEMY_DRIVER must be psycopg2, psycopg or asyncpg" >&2; exit 2 ;;
 esac
 
 suite_init "$@"
@@ -38,11 +39,12 @@ for arg in ${extra_args[@]+"${extra_args[@]}"}; do
 done
 
 venv="$cache/venv-sqlalchemy-$version"
-if [[ ! -x "$venv/bin/pytest" ]]; then
+if [[ ! -x "$venv/bin/pytest" ]] || ! compgen -G "$venv/lib/python3*/site-packages/psycopg" >/dev/null; then
     # SQLAlchemy itself is not installed: test/conftest.py puts the sdist's lib/ (pure Python,
-    # no C extensions) first on sys.path. psycopg2 is built against the system libpq.
+    # no C extensions) first on sys.path. psycopg2 is built against the system libpq; psycopg
+    # 3 is its pure-Python flavour, which loads the system libpq.
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --no-binary psycopg2 psycopg2==2.9.10 asyncpg==0.32.0 \
+    "$venv/bin/pip" install -q --no-binary psycopg2 psycopg2==2.9.10 asyncpg==0.32.0 psycopg==3.2.3 \
         "pytest>=7.0.0,<8.2" pytest-timeout greenlet typing_extensions
 fi
 src="$cache/sqlalchemy-$version"

@@ -2,9 +2,10 @@
 //! malformed and oversized messages, half-sent packets), clients vanishing mid-transaction,
 //! mid-query and mid-COPY, a replica killed under read load, and the primary killed under
 //! load (writes fail fast with a connection error, reads go on, nothing acknowledged is lost,
-//! writes resume when it is back), and the proxy itself killed mid-transaction. Each misbehaving client
-//! gets an ErrorResponse or is closed, its server connection is rolled back or discarded
-//! (checked in the primary's pg_stat_activity), and every other client carries on.
+//! writes resume when it is back), a replica frozen mid-query (SIGSTOP), and the proxy itself
+//! killed mid-transaction. Each misbehaving client gets an ErrorResponse or is closed, its
+//! server connection is rolled back or discarded (checked in the primary's
+//! pg_stat_activity), and every other client carries on.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -188,6 +189,19 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `client`'s reads reach the replica on `port` again within 10 seconds (a replica
+/// back from a fault is put back in rotation by its next good health check).
+async fn serves_reads_again(client: &tokio_postgres::Client, port: u16) -> anyhow::Result<bool> {
+    for _ in 0..200 {
+        let served: i32 = client.query_one("SELECT inet_server_port()", &[]).await?.get(0);
+        if served as u16 == port {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_mid_load() -> anyhow::Result<()> {
     init_tracing();
@@ -250,16 +264,7 @@ async fn replica_killed_mid_load() -> anyhow::Result<()> {
         assert_ne!(port as u16, killed_port);
     }
     c.replicas[0].restart()?;
-    let mut back = false;
-    for _ in 0..200 {
-        let port: i32 = client.query_one("SELECT inet_server_port()", &[]).await?.get(0);
-        if port as u16 == killed_port {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(back, "the restarted replica serves reads again");
+    assert!(serves_reads_again(&client, killed_port).await?, "the restarted replica serves reads again");
     Ok(())
 }
 
@@ -372,5 +377,103 @@ async fn proxy_killed_mid_transaction() -> anyhow::Result<()> {
     let again = c.connect().await?;
     again.batch_execute("INSERT INTO k VALUES (3)").await?;
     assert_eq!(c.primary.psql("postgres", "SELECT string_agg(id::text, ',' ORDER BY id) FROM k")?, "1,3");
+    Ok(())
+}
+
+/// Whether SHOW NODES reports `node` healthy.
+async fn node_healthy(admin: &tokio_postgres::Client, node: &str) -> anyhow::Result<bool> {
+    for m in admin.simple_query("SHOW NODES").await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            if r.get("node") == Some(node) {
+                return Ok(r.get("healthy") == Some("true"));
+            }
+        }
+    }
+    anyhow::bail!("SHOW NODES has no {node}")
+}
+
+/// A replica whose host hangs (every process SIGSTOPped: sockets open, nothing answers) is
+/// not a refused connection: the proxy learns of it only through its health check's
+/// timeout. Until then, a read already sent to it waits; after it, reads go to the other
+/// replica; when the host wakes, the waiting read completes without an error and the replica
+/// is put back in rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_frozen_mid_query() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions::default())?;
+    // pg_sleep is volatile, so a query calling it goes to the primary; a read that takes a
+    // while has to call it through a function declared STABLE. Created through the proxy, it
+    // makes the proxy reload its function table; until then calls go to the primary.
+    let setup = c.connect().await?;
+    setup
+        .batch_execute(
+            "CREATE TABLE r AS SELECT g AS id FROM generate_series(1, 100) g;
+             CREATE FUNCTION slow_read(secs float8) RETURNS int STABLE LANGUAGE sql
+                 AS 'SELECT 1 FROM pg_sleep(secs)'",
+        )
+        .await?;
+    c.wait_replicated()?;
+    let (frozen_port, other_port) = (c.replicas[0].port(), c.replicas[1].port());
+    let mut known = false;
+    for _ in 0..100 {
+        let row = setup.query_one("SELECT inet_server_port() FROM slow_read(0)", &[]).await?;
+        if row.get::<_, i32>(0) as u16 != c.primary.port() {
+            known = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(known, "slow_read() is routed to a replica once the proxy knows it is STABLE");
+
+    // Two slow reads at once: least outstanding requests puts one on each replica.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let client = c.connect().await?;
+        slow.push(tokio::spawn(async move {
+            let row = client.query_one("SELECT count(*), inet_server_port() FROM r, slow_read(1)", &[]).await?;
+            anyhow::Ok((row.get::<_, i64>(0), row.get::<_, i32>(1) as u16))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.replicas[0].freeze();
+
+    // The health check gives up on the frozen replica within its timeout (connect_timeout_ms,
+    // 5 s by default).
+    let admin = c.connect_as("postgres", "tandem").await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while node_healthy(&admin, "replica1").await? {
+        assert!(std::time::Instant::now() < deadline, "replica1 still healthy\n{}", c.proxy.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every read now goes to the other replica, answered in time.
+    let reader = c.connect().await?;
+    for _ in 0..20 {
+        let row = tokio::time::timeout(
+            Duration::from_secs(5),
+            reader.query_one("SELECT count(*), inet_server_port() FROM r", &[]),
+        )
+        .await??;
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1) as u16), (100, other_port));
+    }
+    let slow_two = slow.pop().ok_or_else(|| anyhow::anyhow!("no task"))?;
+    let slow_one = slow.pop().ok_or_else(|| anyhow::anyhow!("no task"))?;
+    let mut results = Vec::new();
+    // One slow read was on the healthy replica and has finished; the other waits.
+    for t in [slow_one, slow_two] {
+        if t.is_finished() {
+            results.push(t.await??);
+        } else {
+            c.replicas[0].thaw();
+            results.push(tokio::time::timeout(Duration::from_secs(10), t).await???);
+        }
+    }
+    results.sort();
+    let mut expected = vec![(100, frozen_port), (100, other_port)];
+    expected.sort();
+    assert_eq!(results, expected, "the read on the frozen replica completed once it woke");
+
+    // Thawed, the replica is back in rotation.
+    c.replicas[0].thaw();
+    assert!(serves_reads_again(&reader, frozen_port).await?, "the thawed replica serves reads again");
     Ok(())
 }

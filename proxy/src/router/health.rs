@@ -59,8 +59,12 @@ pub fn control_config(cfg: &ProxyConfig, node: &Node, purpose: &str) -> tokio_po
 async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>) {
     let interval = cfg.health_interval();
     loop {
-        match connect(&cfg, &node).await {
-            Ok((client, position)) => loop {
+        // The whole login and first query are bounded, not only the TCP connect: a server
+        // that accepts but never answers (stopped, or its host partitioned after the
+        // handshake) must not freeze this node's health state.
+        let login = tokio::time::timeout(cfg.connect_timeout(), connect(&cfg, &node)).await;
+        match login {
+            Ok(Ok((client, position))) => loop {
                 let sent = Instant::now();
                 match tokio::time::timeout(cfg.connect_timeout(), probe(&client, position)).await {
                     Ok(Ok(lsn)) => {
@@ -88,8 +92,12 @@ async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>) 
                 }
                 tokio::time::sleep(interval).await;
             },
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(node = %node.id, error = %e, "health check cannot connect");
+                node.set_healthy(false);
+            }
+            Err(_) => {
+                tracing::debug!(node = %node.id, "health check login timed out");
                 node.set_healthy(false);
             }
         }

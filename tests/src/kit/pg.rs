@@ -263,6 +263,8 @@ impl PgServer {
         if !self.running {
             return;
         }
+        // A frozen server could not act on pg_ctl's signal.
+        self.thaw();
         if !self.postmaster_alive() {
             // Died on its own: pg_ctl would wait on a stale lock file; just clean up.
             self.kill9();
@@ -298,6 +300,27 @@ impl PgServer {
             let _ = std::fs::remove_file(self.dir.path().join(socket));
         }
         self.running = false;
+    }
+
+    /// Simulates a hung host: SIGSTOP to the postmaster and all its child processes. The
+    /// server's sockets stay open and new TCP connections are still accepted by the kernel,
+    /// but nothing answers until [`PgServer::thaw`] (which `stop` and `Drop` also do).
+    pub fn freeze(&self) {
+        self.signal_all(Signal::SIGSTOP);
+    }
+
+    /// Lets a [`PgServer::freeze`]d server run on (SIGCONT; harmless on a running one).
+    pub fn thaw(&self) {
+        self.signal_all(Signal::SIGCONT);
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+            for child in children_of(pid) {
+                let _ = kill(Pid::from_raw(child as i32), signal);
+            }
+        }
     }
 
     /// Starts the server again on the same port and data directory after [`PgServer::stop`]
@@ -375,6 +398,7 @@ impl Drop for PgServer {
             self.kill9();
         }
         if self.running {
+            self.thaw();
             if let Err(e) = self.pg_ctl(&["stop", "-m", "immediate"]) {
                 tracing::warn!(server = %self.name, error = %format!("{e:#}"), "immediate stop failed; killing");
                 self.kill9();
