@@ -10,27 +10,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Buf;
-use std::time::Instant;
 
 use super::pipeline::Expect;
-use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
+use super::session::{End, Session, MAX_REPLAY_BYTES};
 use super::state::Statement;
 use crate::config::PoolMode;
-use crate::context::ClientState;
-use crate::gate::Busy;
-use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
 use crate::protocol::frame::{measure, split_message, FrameError, HEADER_LEN};
 use crate::protocol::Frame;
 use crate::router::classify::{PinReason, Route, SessionEffect};
-use crate::router::Node;
 use tandem_core::Role;
 
 /// A unit could not start; the client gets this error.
 pub(super) struct UnitFailed {
-    code: &'static str,
-    message: String,
+    /// The SQLSTATE of the client's ErrorResponse.
+    pub(super) code: &'static str,
+    /// Its message.
+    pub(super) message: String,
 }
 
 impl Session {
@@ -98,7 +95,7 @@ impl Session {
         true
     }
 
-    async fn handle_client_message(&mut self, frame: Frame) -> Result<(), End> {
+    pub(super) async fn handle_client_message(&mut self, frame: Frame) -> Result<(), End> {
         let tag = frame.tag();
         if self.skip_until_sync {
             if tag == b'S' {
@@ -498,197 +495,6 @@ impl Session {
             a.conn.statements_unsure = true;
         }
     }
-
-    /// Makes sure a server connection is attached for a unit with `route`.
-    pub(super) async fn begin_unit(&mut self, route: Route) -> Result<(), Failure> {
-        if self.busy.is_none() {
-            // A new unit: through the PAUSE gate first, pinned sessions too.
-            self.busy = Some(self.pass_gate().await);
-        }
-        if self.stuck_to_active() {
-            if self.pipeline.is_idle() && self.tx == TxStatus::Idle {
-                // A pinned session at a unit boundary: its own RESET ALL may have left the
-                // connection with the server's startup settings.
-                self.sync_connection();
-            }
-            return Ok(());
-        }
-        let route = self.unit_route(route);
-        let mut last_err = None;
-        for _attempt in 0..4 {
-            let node = self.ctx.router.pick(route, &mut self.floor);
-            if let Some(a) = &self.active {
-                if Arc::ptr_eq(&a.node, &node) {
-                    last_err = None;
-                    break;
-                }
-            }
-            // Session mode: keep the idle connection for later units.
-            if let Some(mut a) = self.active.take() {
-                if self.mode == PoolMode::Session && self.held.len() < 8 {
-                    self.held.push(a);
-                } else if self.pinned {
-                    // A replica connection this session pinned carries its session state.
-                    a.conn.broken = true;
-                }
-            }
-            if let Some(pos) = self.held.iter().position(|h| Arc::ptr_eq(&h.node, &node)) {
-                self.active = Some(self.held.swap_remove(pos));
-                last_err = None;
-                break;
-            }
-            self.info.set_state(ClientState::Waiting);
-            let pool = self.pool_for(&node);
-            match pool.acquire(self.last_server).await {
-                Ok(conn) => {
-                    self.active = Some(Attached { conn, pool, node, inflight: None });
-                    last_err = None;
-                    break;
-                }
-                Err(e) => {
-                    let kind = if matches!(e, AcquireError::PoolTimeout) { "pool_timeout" } else { "server_connect" };
-                    self.ctx.metrics.error(kind);
-                    self.span
-                        .in_scope(|| tracing::warn!(node = %node.id, error = %e, "could not get a server connection"));
-                    let retry = node.role == Role::Replica
-                        && !matches!(e, AcquireError::PoolTimeout | AcquireError::Connect(ConnectError::Server { .. }));
-                    last_err = Some(failure_for(&node.id.to_string(), e));
-                    if retry {
-                        node.set_healthy(false);
-                        continue;
-                    }
-                    break;
-                }
-            }
-        }
-        if let Some(f) = last_err {
-            self.info.set_state(ClientState::Idle);
-            if self.active.is_none() {
-                self.busy = None; // no unit runs: PAUSE need not wait for this session
-            }
-            return Err(Failure::Unit(f));
-        }
-        self.start_unit_on_active(route);
-        Ok(())
-    }
-
-    /// Counts the session busy once the PAUSE gate is open (waiting while it is closed).
-    async fn pass_gate(&mut self) -> Busy {
-        loop {
-            if let Some(busy) = self.ctx.gate.try_enter(self.info.worker) {
-                return busy;
-            }
-            self.info.set_state(ClientState::Waiting);
-            self.ctx.gate.wait_open().await;
-        }
-    }
-
-    /// The pool of `node` for this client's user and database, cached per session
-    /// (the lookup would otherwise build a key from three strings per request).
-    fn pool_for(&mut self, node: &Arc<Node>) -> Arc<ServerPool> {
-        if let Some((_, p)) = self.pools.iter().find(|(n, _)| Arc::ptr_eq(n, node)) {
-            return p.clone();
-        }
-        let key = PoolKey { node: node.id.clone(), user: self.user.clone(), database: self.database.clone() };
-        let pool = self.ctx.pools.get(self.info.worker, &key, &node.addr, &self.cred);
-        self.pools.retain(|(n, _)| Arc::strong_count(n) > 1);
-        self.pools.push((node.clone(), pool.clone()));
-        pool
-    }
-
-    fn start_unit_on_active(&mut self, route: Route) {
-        let Some(a) = self.active.as_mut() else { return };
-        if a.inflight.is_none() {
-            a.inflight = Some(a.node.begin_request());
-            self.unit_started = Some(Instant::now());
-        }
-        self.cancel.set_target(Some(&a.conn.cancel_key));
-        if a.conn.last_client != self.cancel.pid {
-            a.conn.last_client = self.cancel.pid;
-            self.ctx.cancels.note_backend_user(&a.conn.cancel_key, self.cancel.pid);
-        }
-        self.info.attach_node(&a.node);
-        self.info.set_state(ClientState::Active);
-        if route == Route::Write && a.node.role == Role::Primary {
-            self.unit_wrote = true;
-        }
-        self.sync_connection();
-    }
-
-    /// At the start of a unit: brings the connection's prepared statements and settings in
-    /// line with what the session expects, with hidden requests ahead of the client's.
-    fn sync_connection(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
-        if a.conn.statements_stale {
-            // A schema change made a statement on this connection return other columns
-            // (server: "cached plan must not change result type"). The statements are
-            // shared by text, so a client's new Parse of the same text would still get the
-            // old one; start over on this connection.
-            build::query(&mut self.sout, "DEALLOCATE ALL");
-            self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
-            a.conn.prepared.clear();
-            a.conn.statements_stale = false;
-        }
-        let want = self.params.signature();
-        if a.conn.params_signature != want {
-            build::query(&mut self.sout, &self.params.replay_sql());
-            self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
-            a.conn.params_signature = want;
-        }
-    }
-
-    /// The active server connection failed. A read that has not answered yet
-    /// moves to another node; anything else ends the session.
-    /// Whether the outstanding units are reads on a replica that nothing has
-    /// answered yet, so that they can run on another node instead.
-    pub(super) fn can_retry_elsewhere(&self) -> bool {
-        let Some(a) = &self.active else { return false };
-        !self.forwarded
-            && self.tx == TxStatus::Idle
-            && !self.pinned
-            && !self.unit_wrote
-            && a.node.role == Role::Replica
-            && self.replay_bytes <= MAX_REPLAY_BYTES
-            && !self.replay.is_empty()
-    }
-
-    pub(super) async fn server_lost(&mut self) -> Result<(), End> {
-        let replayable = self.can_retry_elsewhere();
-        let Some(a) = self.active.take() else { return Ok(()) };
-        let node = a.node.clone();
-        self.span.in_scope(|| tracing::warn!(node = %node.id, "server connection lost"));
-        self.ctx.metrics.error("server_lost");
-        discard(a);
-        node.set_healthy(false);
-        self.pipeline.clear();
-        self.sout.clear();
-        if replayable {
-            let frames = std::mem::take(&mut self.replay);
-            // The replayed Parses define their names again (not as duplicates).
-            for f in frames.iter().filter(|f| f.tag() == b'P') {
-                if let Ok(p) = fields::parse(f.body()) {
-                    self.statements.remove(p.name);
-                }
-            }
-            self.replay_bytes = 0;
-            self.pending.clear();
-            for f in frames {
-                Box::pin(self.handle_client_message(f)).await?;
-            }
-            return Ok(());
-        }
-        if self.server_fatal {
-            // The client already has the server's reason (e.g. 57P01 from
-            // pg_terminate_backend); a second FATAL of the proxy's would hide it.
-            return Err(End::Fatal);
-        }
-        self.client_error(
-            Severity::Fatal,
-            sqlstate::CONNECTION_FAILURE,
-            &format!("server connection to node \"{}\" was lost", node.id),
-        );
-        Err(End::Fatal)
-    }
 }
 
 /// Why handling a client message failed.
@@ -697,34 +503,4 @@ pub(super) enum Failure {
     Unit(UnitFailed),
     /// The client broke the protocol; the session ends.
     Protocol(String),
-}
-
-fn failure_for(node: &str, e: AcquireError) -> UnitFailed {
-    match e {
-        AcquireError::Connect(ConnectError::Server { code, message, .. }) => {
-            UnitFailed { code: static_code(&code), message }
-        }
-        AcquireError::PoolTimeout => UnitFailed {
-            code: sqlstate::TOO_MANY_CONNECTIONS,
-            message: "timed out waiting for a free server connection".into(),
-        },
-        other => UnitFailed {
-            code: sqlstate::CONNECTION_FAILURE,
-            message: format!("could not connect to node \"{node}\": {other}"),
-        },
-    }
-}
-
-/// Maps a server's SQLSTATE to a static string (the common login failures),
-/// falling back to a generic connection failure.
-fn static_code(code: &str) -> &'static str {
-    match code {
-        "3D000" => "3D000",
-        "28P01" => "28P01",
-        "28000" => "28000",
-        "53300" => "53300",
-        "57P03" => "57P03",
-        "42501" => "42501",
-        _ => sqlstate::CONNECTION_FAILURE,
-    }
 }

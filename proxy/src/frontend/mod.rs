@@ -4,10 +4,12 @@
 //! each to a worker thread,
 //! [`startup`] negotiates TLS and logs the client in (with [`login_params`] checking its
 //! settings), [`session`] runs the
-//! data path, with the client-message half in [`client_side`], the
+//! data path, with the client-message half in [`client_side`], getting and losing a server
+//! connection per unit in [`attach`], the
 //! server-message half in [`server_side`], response matching in [`pipeline`]
 //! and the client's session state in [`state`].
 
+mod attach;
 mod client_side;
 pub mod listener;
 pub mod login_params;
