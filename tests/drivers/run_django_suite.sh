@@ -10,7 +10,8 @@
 #   DJANGO_VERSION   sdist version (default 5.1.4)
 #   DJANGO_DRIVER    psycopg2 (default) or psycopg (3, with Django's server_side_binding:
 #                    parameters bound by the server, and psycopg's automatic prepared
-#                    statements after 5 executions of a query)
+#                    statements after 5 executions of a query; psycopg_pool for the
+#                    connection pool tests)
 #   DJANGO_TESTS     the test labels (default below)
 #   DJANGO_PARALLEL  runtests.py --parallel (default 1; 2 or more clones the test databases
 #                    with CREATE DATABASE ... TEMPLATE, through the proxy too; a class skipped
@@ -24,7 +25,7 @@ version="${DJANGO_VERSION:-5.1.4}"
 driver="${DJANGO_DRIVER:-psycopg2}"
 case "$driver" in
     psycopg2) driver_pkg="psycopg2==2.9.10"; driver_mod=psycopg2 ;;
-    psycopg) driver_pkg="psycopg==3.2.3"; driver_mod=psycopg ;;
+    psycopg) driver_pkg="psycopg==3.2.3 psycopg-pool==3.2.4"; driver_mod="psycopg, psycopg_pool" ;;
     *) echo "DJANGO_DRIVER must be psycopg2 or psycopg" >&2; exit 2 ;;
 esac
 parallel="${DJANGO_PARALLEL:-1}"
@@ -53,7 +54,7 @@ if [[ ! -x "$venv/bin/python" || ! -d "$venv/lib" ]] || ! "$venv/bin/python" -c 
     # labels use; memcached, redis, selenium, geoip2 and the like are left out.
     # unittest-xml-reporting gives the JUnit report.
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --no-binary psycopg2 "$driver_pkg" "asgiref>=3.8.1" \
+    "$venv/bin/pip" install -q --no-binary psycopg2 $driver_pkg "asgiref>=3.8.1" \
         "sqlparse>=0.3.1" tblib tzdata PyYAML Pillow numpy jinja2 argon2-cffi bcrypt docutils \
         unittest-xml-reporting
 fi
