@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use tandem_core::{NodeAddr, NodeId};
-use tandem_proxy::config::{AuthMethod, LoadBalance, NodeConfig, PoolMode, TlsConfig, UserConfig};
+use tandem_proxy::config::{AuthMethod, LoadBalance, NodeConfig, PoolMode, ServerTlsMode, TlsConfig, UserConfig};
 use tandem_proxy::ProxyConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,14 @@ pub struct ProxyArgs {
     /// PEM private key for client TLS.
     #[arg(long, env = "TANDEM_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// TLS to the servers, as libpq's sslmode: disable, prefer (default), require, verify-ca,
+    /// verify-full.
+    #[arg(long, env = "TANDEM_SERVER_TLS_MODE")]
+    server_tls_mode: Option<String>,
+    /// PEM file of the CA certificates that sign the servers' certificates (verify-ca,
+    /// verify-full).
+    #[arg(long, env = "TANDEM_SERVER_TLS_CA_FILE")]
+    server_tls_ca_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "TANDEM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -164,6 +172,12 @@ pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow:
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         cfg.tls = Some(TlsConfig { cert: cert.clone(), key: key.clone() });
+    }
+    if let Some(v) = &args.server_tls_mode {
+        cfg.server_tls_mode = enum_value::<ServerTlsMode>("server-tls-mode", v)?;
+    }
+    if let Some(v) = &args.server_tls_ca_file {
+        cfg.server_tls_ca_file = Some(v.clone());
     }
     if let Some(v) = args.metrics_listen {
         cfg.metrics_listen = Some(v);

@@ -60,6 +60,12 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// TLS for client connections; without it SSLRequest is answered 'N'.
     pub tls: Option<TlsConfig>,
+    /// TLS towards the servers, as libpq's `sslmode` (PgBouncer's `server_tls_sslmode`):
+    /// pooled connections, health checks, catalog look-ups and `auth_query` alike.
+    pub server_tls_mode: ServerTlsMode,
+    /// PEM file of the CA certificates that sign the servers' certificates; needed by
+    /// `verify-ca` and `verify-full`.
+    pub server_tls_ca_file: Option<PathBuf>,
     /// Users allowed into the admin console (database `tandem`). With `trust`
     /// auth and an empty list, anyone may connect to it.
     pub admin_users: Vec<String>,
@@ -94,6 +100,8 @@ impl Default for ProxyConfig {
             shutdown_timeout_ms: 30_000,
             max_message_size: 256 * 1024 * 1024,
             tls: None,
+            server_tls_mode: ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
             admin_users: Vec::new(),
             metrics_listen: None,
             threads: 0,
@@ -197,6 +205,24 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// Whether and how the proxy encrypts its connections to servers; the names and meanings
+/// are libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Never: plain TCP.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS with a certificate signed by `server_tls_ca_file`, for any host name.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host the node is addressed by.
+    VerifyFull,
+}
+
 /// Read load-balancing policy.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -231,6 +257,9 @@ pub enum ConfigError {
     /// The auth query has no `$1`.
     #[error("auth_query must take the user name as $1")]
     AuthQuery,
+    /// A verifying server TLS mode without the CA to verify with.
+    #[error("server_tls_mode verify-ca and verify-full need server_tls_ca_file (--server-tls-ca-file)")]
+    NoServerCa,
 }
 
 impl ProxyConfig {
@@ -259,6 +288,10 @@ impl ProxyConfig {
         )?;
         if self.auth != AuthMethod::Trust && !self.auth_query.contains("$1") {
             return Err(ConfigError::AuthQuery);
+        }
+        let verifies = matches!(self.server_tls_mode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);
+        if verifies && self.server_tls_ca_file.is_none() {
+            return Err(ConfigError::NoServerCa);
         }
         Ok(())
     }

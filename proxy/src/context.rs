@@ -38,6 +38,8 @@ pub struct ProxyContext {
     pub gate: Arc<PauseGate>,
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// TLS towards the servers (for the checks logins that do not go through a pool).
+    pub server_tls: Arc<crate::server_tls::ServerTls>,
     /// Connected clients, for SHOW CLIENTS.
     pub clients: ClientList,
     /// Prometheus metrics.

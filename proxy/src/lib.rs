@@ -7,7 +7,9 @@
 //! - [`router`]: classifies statements as reads or writes and picks a node;
 //! - [`pool`]: bb8 pools of server connections per (node, user, database);
 //! - [`admin`] and [`metrics`]: the `tandem` admin database and `/metrics`;
-//! - [`cancel`] and [`gate`]: CancelRequest forwarding, PAUSE/RESUME.
+//! - [`cancel`] and [`gate`]: CancelRequest forwarding, PAUSE/RESUME;
+//! - [`stream`], [`tls`] and [`server_tls`]: plain or TLS transports, TLS towards clients
+//!   and towards servers.
 //!
 //! [`run`] wires them together under one cancellation token.
 
@@ -23,6 +25,8 @@ pub mod pool;
 pub mod protocol;
 pub mod router;
 mod runtime;
+pub mod server_tls;
+pub mod stream;
 pub mod tls;
 
 pub use config::ProxyConfig;

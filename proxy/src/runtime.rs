@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tandem_core::{Epoch, Role};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +24,7 @@ use crate::metrics::{Metrics, MetricsSource};
 use crate::pool::{PoolSettings, Pools};
 use crate::router::classify::{Classifier, FunctionTable};
 use crate::router::{health, Node, Router, Topology};
+use crate::server_tls::ServerTls;
 
 /// Re-reads the configuration for RELOAD.
 pub type Reloader = Arc<dyn Fn() -> Result<ProxyConfig, String> + Send + Sync>;
@@ -38,6 +38,9 @@ pub enum ProxyError {
     /// TLS files are unusable.
     #[error("TLS setup failed: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// Server TLS cannot be set up.
+    #[error("{0}")]
+    ServerTls(#[from] crate::server_tls::ServerTlsError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -73,6 +76,7 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     cfg.validate()?;
     let tls = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+    let server_tls = Arc::new(ServerTls::new(&cfg)?);
     let listener =
         TcpListener::bind(cfg.listen).await.map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
     let local = listener.local_addr().map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
@@ -85,6 +89,7 @@ pub async fn run(
         PoolSettings {
             size: cfg.pool_size,
             connect_timeout: cfg.connect_timeout(),
+            tls: server_tls.clone(),
             wait_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_millis(cfg.server_idle_timeout_ms),
         },
@@ -97,10 +102,11 @@ pub async fn run(
         pools: pools.clone(),
         classifier: Classifier::new(functions.clone(), CLASSIFIER_CACHE),
         functions: functions.clone(),
-        secrets: SecretStore::new(&cfg),
+        secrets: SecretStore::new(&cfg, server_tls.clone()),
         cancels: Arc::new(CancelRegistry::default()),
         gate: Arc::new(PauseGate::new(workers)),
         tls,
+        server_tls: server_tls.clone(),
         clients: ClientList::default(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
@@ -109,7 +115,7 @@ pub async fn run(
         cfg: cfg.clone(),
     });
     if let Ok(token) = ctx.reload.health_token.lock() {
-        health::spawn(topo.clone(), cfg.clone(), token.clone(), &tracker);
+        health::spawn(topo.clone(), cfg.clone(), server_tls.clone(), token.clone(), &tracker);
     }
     tracker.spawn(function_loader(ctx.clone()));
     if let Some(addr) = cfg.metrics_listen {
@@ -145,11 +151,8 @@ async fn function_loader(ctx: Arc<ProxyContext>) {
         if due {
             let primary = ctx.router.topology().primary.clone();
             let pg = health::control_config(&ctx.cfg, &primary, "tandem-catalog");
-            match pg.connect(NoTls).await {
-                Ok((client, conn)) => {
-                    let conn_task = tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
+            match ctx.server_tls.connect_control(pg).await {
+                Ok((client, conn_task)) => {
                     match FunctionTable::load(&client).await {
                         Ok(table) => {
                             ctx.functions.replace(table);
@@ -187,7 +190,7 @@ impl ProxyContext {
         let mut token = self.reload.health_token.lock().map_err(|_| "internal lock poisoned")?;
         token.cancel();
         *token = self.shutdown.child_token();
-        health::spawn(topo.clone(), self.cfg.clone(), token.clone(), &self.reload.tracker);
+        health::spawn(topo.clone(), self.cfg.clone(), self.server_tls.clone(), token.clone(), &self.reload.tracker);
         self.reload.topology.send_replace(topo.clone());
         Ok(format!("node list reloaded: primary {}, {} replica(s)", topo.primary.id, topo.replicas.len()))
     }

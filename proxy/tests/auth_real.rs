@@ -21,6 +21,7 @@ use tandem_proxy::auth::{authenticate_client, md5, AuthError, Secret, SecretStor
 use tandem_proxy::config::{AuthMethod, ProxyConfig, UserConfig};
 use tandem_proxy::pool::connect::{connect, ConnectError, ServerStartup};
 use tandem_proxy::protocol::frame::split_message;
+use tandem_proxy::server_tls::ServerTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -209,7 +210,7 @@ async fn auth_against_real_postgres() {
     let login = |user: &'static str, cred: ServerCredential| {
         let addr = addr.clone();
         let params = params.clone();
-        async move { connect(&addr, user, "postgres", &params, &cred, TIMEOUT).await }
+        async move { connect(&addr, user, "postgres", &params, &cred, TIMEOUT, &ServerTls::disabled()).await }
     };
 
     // 1. connect() with passwords, for a SCRAM role (password needs SASLprep) and an md5 role.
@@ -238,7 +239,7 @@ async fn auth_against_real_postgres() {
         users: vec![UserConfig { name: "configured".into(), password: "plainpw".into() }],
         ..ProxyConfig::default()
     };
-    let store = SecretStore::new(&cfg);
+    let store = SecretStore::new(&cfg, std::sync::Arc::new(ServerTls::disabled()));
     let scram_secret = store.lookup("scramuser", &addr).await.unwrap().unwrap();
     let Secret::Scram(ref parsed) = scram_secret else { panic!("expected a SCRAM secret, got {scram_secret:?}") };
     assert_eq!(parsed.iterations, 4096);

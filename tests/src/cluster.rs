@@ -269,3 +269,16 @@ pub fn self_signed_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).context("writing key")?;
     Ok((cert_path, key_path))
 }
+
+/// Writes a self-signed certificate and key (as [`self_signed_cert`]) that a PostgreSQL server
+/// started by the kit can use for `ssl = on`: owned by the server user, the key readable by
+/// it alone (PostgreSQL refuses a key others can read). Returns (cert path, key path).
+pub fn server_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key) = self_signed_cert(dir)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).context("chmod key")?;
+    for path in [dir, cert.as_path(), key.as_path()] {
+        crate::kit::run::chown_for_server(path)?;
+    }
+    Ok((cert, key))
+}

@@ -7,13 +7,14 @@
 //! (tokio-postgres) as the control user, not through the data path.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_core::NodeAddr;
-use tokio_postgres::NoTls;
 
 use super::{AuthError, Secret};
 use crate::config::{AuthMethod, ControlConfig, ProxyConfig};
+use crate::server_tls::ServerTls;
 
 /// Finds users' secrets for client authentication.
 pub struct SecretStore {
@@ -26,6 +27,8 @@ pub struct SecretStore {
     control: ControlConfig,
     /// Bound on connecting and running the query.
     timeout: Duration,
+    /// TLS towards the servers, for the auth_query connection.
+    tls: Arc<ServerTls>,
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -40,11 +43,11 @@ impl std::fmt::Debug for SecretStore {
 
 impl SecretStore {
     /// Builds the store from the proxy configuration.
-    pub fn new(cfg: &ProxyConfig) -> Self {
+    pub fn new(cfg: &ProxyConfig, tls: Arc<ServerTls>) -> Self {
         let users = cfg.users.iter().map(|u| (u.name.clone(), Secret::parse(&u.password))).collect();
         let auth_query =
             (cfg.auth != AuthMethod::Trust && !cfg.auth_query.trim().is_empty()).then(|| cfg.auth_query.clone());
-        SecretStore { users, auth_query, control: cfg.control.clone(), timeout: cfg.connect_timeout() }
+        SecretStore { users, auth_query, control: cfg.control.clone(), timeout: cfg.connect_timeout(), tls }
     }
 
     /// Finds `user`'s secret: configured users first, else `auth_query` on
@@ -81,12 +84,7 @@ impl SecretStore {
         if let Some(password) = &self.control.password {
             pg.password(password);
         }
-        let (client, connection) = pg.connect(NoTls).await?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "auth_query connection ended with an error");
-            }
-        });
+        let (client, conn_task) = self.tls.connect_control(pg).await?;
         let rows = client.query(query, &[&user]).await;
         drop(client);
         // Dropping the client closes the connection; let its task finish.

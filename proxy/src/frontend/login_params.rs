@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use crate::auth::ServerCredential;
 use crate::pool::{connect, ConnectError, ServerPool};
+use crate::server_tls::ServerTls;
 use tandem_core::NodeAddr;
 
 /// Distinct setting sets remembered per pool; the cache starts over when full.
@@ -89,6 +90,7 @@ pub async fn check(
     settings: Vec<(String, String)>,
     cred: &ServerCredential,
     timeout: Duration,
+    tls: &ServerTls,
 ) -> Option<Verdict> {
     if settings.is_empty() {
         return None;
@@ -96,7 +98,8 @@ pub async fn check(
     if let Some(v) = pool.settings_checks.get(&settings) {
         return Some(v);
     }
-    let verdict = match connect::connect(addr, &pool.key.user, &pool.key.database, &settings, cred, timeout).await {
+    let verdict = match connect::connect(addr, &pool.key.user, &pool.key.database, &settings, cred, timeout, tls).await
+    {
         // The connection closes when dropped; it carries this client's settings, which
         // pooled connections get by replay instead.
         Ok(startup) => Verdict::Accepted(Arc::new(Reported { params: startup.params, notices: startup.notices })),

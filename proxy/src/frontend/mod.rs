@@ -18,5 +18,4 @@ mod server_side;
 pub mod session;
 pub mod startup;
 pub mod state;
-pub mod stream;
 pub mod workers;

@@ -28,7 +28,6 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::Pipeline;
 use super::state::{SessionParams, Statements};
-use super::stream::ClientStream;
 use crate::auth::ServerCredential;
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
@@ -40,6 +39,7 @@ use crate::protocol::fields::TxStatus;
 use crate::protocol::Frame;
 use crate::router::classify::{Route, SessionEffect, StatementMemo};
 use crate::router::{InFlight, Node, ReadFloor};
+use crate::stream::ClientStream;
 
 /// Stop reading from one side while this much is queued for the other.
 pub(super) const HIGH_WATER: usize = 256 * 1024;
@@ -298,6 +298,13 @@ impl Session {
                 Ok(w) => wrote |= w,
                 Err(()) => return Poll::Ready(Io::ServerWriteFailed),
             }
+            if self.sout.is_empty() && a.conn.stream.is_tls() {
+                // TLS keeps what the socket did not take inside the stream (nothing to do,
+                // and no system call, when it holds nothing).
+                if let Poll::Ready(Err(_)) = Pin::new(&mut a.conn.stream).poll_flush(cx) {
+                    return Poll::Ready(Io::ServerWriteFailed);
+                }
+            }
         }
         if !self.client_backlog && !self.client_blocked() {
             if self.exact_client_wakeups && self.client_watch.is_none() {
@@ -495,6 +502,7 @@ async fn reset(a: &mut Attached) -> bool {
     build::query(&mut out, "DISCARD ALL");
     let work = async {
         conn.stream.write_all(&out).await?;
+        conn.stream.flush().await?;
         loop {
             while let Some(f) = crate::protocol::frame::split_message(&mut conn.rbuf, MAX_SERVER_MESSAGE)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?

@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use super::login_params::Verdict;
 use super::session::Session;
 use super::state::SessionParams;
-use super::stream::ClientStream;
 use crate::auth::{self, ServerCredential};
 use crate::context::{ClientGuard, ProxyContext};
 use crate::pool::{AcquireError, ConnectError, PoolKey};
@@ -22,6 +21,7 @@ use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::TxStatus;
 use crate::protocol::frame::split_startup;
 use crate::protocol::startup::{self, StartupParams, StartupRequest};
+use crate::stream::ClientStream;
 
 /// Name of the admin console database.
 pub const ADMIN_DATABASE: &str = "tandem";
@@ -141,8 +141,15 @@ pub async fn serve_client(
     };
     let settings = super::login_params::to_check(&params.params, &server_params);
     let checked_names: Vec<String> = settings.iter().map(|(n, _)| n.clone()).collect();
-    let checked =
-        super::login_params::check(&pool, &topo.primary.addr, settings, &cred, ctx.cfg.connect_timeout()).await;
+    let checked = super::login_params::check(
+        &pool,
+        &topo.primary.addr,
+        settings,
+        &cred,
+        ctx.cfg.connect_timeout(),
+        &ctx.server_tls,
+    )
+    .await;
     let reported = match checked {
         Some(Verdict::Refused(frame)) => {
             let _ = stream.write_all(&frame).await;

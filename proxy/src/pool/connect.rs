@@ -21,6 +21,9 @@ use tandem_core::NodeAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::server_tls::ServerTls;
+use crate::stream::ServerStream;
+
 use crate::auth::md5;
 use crate::auth::scram::{ScramClient, ScramClientFinalSent, ScramCredential, MECHANISM};
 use crate::auth::{AuthError, ServerCredential};
@@ -34,8 +37,8 @@ const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 /// A logged-in server connection, ready for queries.
 #[derive(Debug)]
 pub struct ServerStartup {
-    /// The connection, with TCP_NODELAY set.
-    pub stream: TcpStream,
+    /// The connection (TLS as `server_tls_mode` says), with TCP_NODELAY set.
+    pub stream: ServerStream,
     /// ParameterStatus name/value pairs, in the order the server sent them;
     /// the frontend replays them to clients.
     pub params: Vec<(String, String)>,
@@ -58,6 +61,9 @@ pub enum ConnectError {
     /// Connecting and logging in took longer than allowed.
     #[error("timed out connecting to server")]
     Timeout,
+    /// TLS was required and refused, or its handshake failed.
+    #[error("TLS to server: {0}")]
+    Tls(String),
     /// The server refused the login with an ErrorResponse.
     #[error("server refused the connection: {message} (SQLSTATE {code})")]
     Server {
@@ -80,7 +86,7 @@ impl ConnectError {
     /// SQLSTATE to report to a client for this failure.
     pub fn sqlstate(&self) -> &str {
         match self {
-            ConnectError::Io(_) | ConnectError::Timeout => sqlstate::CONNECTION_FAILURE,
+            ConnectError::Io(_) | ConnectError::Timeout | ConnectError::Tls(_) => sqlstate::CONNECTION_FAILURE,
             ConnectError::Server { code, .. } => code,
             ConnectError::Auth(e) => e.sqlstate(),
             ConnectError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
@@ -94,7 +100,7 @@ impl ConnectError {
 /// `startup_params` (entries named `user` or `database` there are skipped),
 /// answers the server's authentication request, and collects ParameterStatus
 /// and BackendKeyData up to ReadyForQuery. The whole exchange is bounded by
-/// `timeout`.
+/// `timeout`, TLS negotiation (per `tls`) included.
 pub async fn connect(
     addr: &NodeAddr,
     user: &str,
@@ -102,10 +108,12 @@ pub async fn connect(
     startup_params: &[(String, String)],
     cred: &ServerCredential,
     timeout: Duration,
+    tls: &ServerTls,
 ) -> Result<ServerStartup, ConnectError> {
     let attempt = async {
-        let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream = tls.negotiate(tcp, &addr.host).await?;
         let greeting = login(&mut stream, user, database, startup_params, cred).await?;
         Ok(ServerStartup {
             stream,
@@ -146,7 +154,9 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         startup_params.iter().filter(|(k, _)| k != "user" && k != "database").map(|(k, v)| (k.as_str(), v.as_str())),
     );
     frontend::startup_message(params, &mut out)?;
+    // Flushed after every write: over TLS, bytes the socket did not take wait in the stream.
     stream.write_all(&out).await?;
+    stream.flush().await?;
 
     let mut auth = ServerAuth { user, cred, scram: ScramPhase::Idle };
     let mut greeting = Greeting::default();
@@ -169,6 +179,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 auth.on_request(frame.body(), &mut out)?;
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
+                    stream.flush().await?;
                 }
             }
             b'S' => {

@@ -14,6 +14,7 @@ pub mod connect;
 pub mod known;
 pub mod server;
 
+use crate::server_tls::ServerTls;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
@@ -43,6 +44,7 @@ pub struct ServerManager {
     database: String,
     shared: Arc<ManagerShared>,
     connect_timeout: Duration,
+    tls: Arc<ServerTls>,
 }
 
 /// Manager state the pool owner also reads and updates.
@@ -58,7 +60,8 @@ impl ServerManager {
         let cred = self.shared.credential.read().map(|c| c.clone()).unwrap_or(ServerCredential::None);
         let params = [("application_name".to_owned(), "tandem".to_owned())];
         let startup =
-            connect::connect(&self.addr, &self.user, &self.database, &params, &cred, self.connect_timeout).await?;
+            connect::connect(&self.addr, &self.user, &self.database, &params, &cred, self.connect_timeout, &self.tls)
+                .await?;
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
         Ok(ServerConn::new(self.addr.clone(), startup))
     }
@@ -357,6 +360,8 @@ pub struct PoolSettings {
     pub size: u32,
     /// Login deadline for a new server connection.
     pub connect_timeout: Duration,
+    /// TLS towards the servers.
+    pub tls: Arc<ServerTls>,
     /// How long a session waits for a connection of a full pool.
     pub wait_timeout: Duration,
     /// Idle connections are closed after this.
@@ -428,6 +433,7 @@ impl Pools {
             database: key.database.clone(),
             shared: shared.clone(),
             connect_timeout: self.settings.connect_timeout,
+            tls: self.settings.tls.clone(),
         };
         let pool = bb8::Pool::builder()
             .max_size(self.share(worker))
@@ -538,6 +544,7 @@ mod tests {
         let settings = |size| PoolSettings {
             size,
             connect_timeout: Duration::from_secs(1),
+            tls: Arc::new(ServerTls::disabled()),
             wait_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
         };

@@ -10,12 +10,11 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::connect::ServerStartup;
+use crate::stream::ServerStream;
 use bytes::BytesMut;
 use tandem_core::NodeAddr;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
-
-use super::connect::ServerStartup;
 
 /// Prepared statements one server connection may hold before it is retired
 /// (closed at its next release), bounding server-side memory.
@@ -34,8 +33,8 @@ pub struct CancelKey {
 
 /// A logged-in server connection.
 pub struct ServerConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, plain or TLS.
+    pub stream: ServerStream,
     /// Bytes read from the server and not yet handled.
     pub rbuf: BytesMut,
     /// How to cancel the query this connection runs.
@@ -93,9 +92,10 @@ impl ServerConn {
         // `try_io` runs the peek only if the runtime saw the socket become readable, and a
         // WouldBlock from it clears that readiness (it can be left over from the last
         // answer). Unlike a poll, it registers no waker.
-        let peeked = self.stream.try_io(Interest::READABLE, || {
+        let tcp = self.stream.tcp();
+        let peeked = tcp.try_io(Interest::READABLE, || {
             let mut byte = [MaybeUninit::<u8>::uninit()];
-            socket2::SockRef::from(&self.stream).peek(&mut byte)
+            socket2::SockRef::from(tcp).peek(&mut byte)
         });
         peeked.is_ok()
     }

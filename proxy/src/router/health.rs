@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::{Lsn, Role};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::node::{Node, Topology};
 use crate::config::ProxyConfig;
+use crate::server_tls::ServerTls;
 
 /// How a replica reports how far it has replayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,11 +32,18 @@ enum Position {
 }
 
 /// Starts one probe task per node of `topology`.
-pub fn spawn(topology: Arc<Topology>, cfg: Arc<ProxyConfig>, shutdown: CancellationToken, tracker: &TaskTracker) {
+pub fn spawn(
+    topology: Arc<Topology>,
+    cfg: Arc<ProxyConfig>,
+    tls: Arc<ServerTls>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
     for node in topology.nodes() {
         let (node, primary, cfg, shutdown) = (node.clone(), topology.primary.clone(), cfg.clone(), shutdown.clone());
+        let tls = tls.clone();
         tracker.spawn(async move {
-            shutdown.run_until_cancelled(probe_loop(node, primary, cfg)).await;
+            shutdown.run_until_cancelled(probe_loop(node, primary, cfg, tls)).await;
         });
     }
 }
@@ -56,13 +63,13 @@ pub fn control_config(cfg: &ProxyConfig, node: &Node, purpose: &str) -> tokio_po
     pg
 }
 
-async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>) {
+async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>, tls: Arc<ServerTls>) {
     let interval = cfg.health_interval();
     loop {
         // The whole login and first query are bounded, not only the TCP connect: a server
         // that accepts but never answers (stopped, or its host partitioned after the
         // handshake) must not freeze this node's health state.
-        let login = tokio::time::timeout(cfg.connect_timeout(), connect(&cfg, &node)).await;
+        let login = tokio::time::timeout(cfg.connect_timeout(), connect(&cfg, &tls, &node)).await;
         match login {
             Ok(Ok((client, position))) => loop {
                 let sent = Instant::now();
@@ -105,11 +112,13 @@ async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>) 
     }
 }
 
-async fn connect(cfg: &ProxyConfig, node: &Node) -> Result<(tokio_postgres::Client, Position), tokio_postgres::Error> {
-    let (client, conn) = control_config(cfg, node, "tandem-health").connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+async fn connect(
+    cfg: &ProxyConfig,
+    tls: &ServerTls,
+    node: &Node,
+) -> Result<(tokio_postgres::Client, Position), tokio_postgres::Error> {
+    // The connection task ends when the client is dropped.
+    let (client, _connection) = tls.connect_control(control_config(cfg, node, "tandem-health")).await?;
     let row = client.query_one("SELECT pg_is_in_recovery(), to_regclass('tandem.applied') IS NOT NULL", &[]).await?;
     let (in_recovery, has_progress): (bool, bool) = (row.get(0), row.get(1));
     let position = match (node.role, in_recovery, has_progress) {
