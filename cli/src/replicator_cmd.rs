@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// Flags of `tandem replicator`; each overrides the `[replicator]` table of the cluster file.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ReplicatorArgs {
-    /// The primary: postgres://USER@HOST:PORT (or a key=value connection string).
+    /// The primary: postgres://USER@HOST:PORT (or a key=value connection string); TLS per its
+    /// sslmode (disable, prefer = default, require; certificates are not checked).
     #[arg(long, env = "TANDEM_REPLICATOR_PRIMARY")]
     primary: Option<String>,
     /// A replica: NAME=postgres://USER@HOST:PORT; repeat for more (comma-separated in the variable).

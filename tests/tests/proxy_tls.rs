@@ -102,18 +102,7 @@ async fn server_tls_modes() -> anyhow::Result<()> {
     let other_ca = tempfile::tempdir()?;
     let (other_cert, _) = self_signed_cert(other_ca.path())?;
     // TLS or nothing: plain TCP logins are rejected by pg_hba.
-    let primary = PgServer::start(
-        "primary",
-        PgOptions {
-            hba: vec!["hostssl all all 127.0.0.1/32 trust".into(), "host all all 127.0.0.1/32 reject".into()],
-            settings: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), cert.display().to_string()),
-                ("ssl_key_file".into(), key.display().to_string()),
-            ],
-            ..Default::default()
-        },
-    )?;
+    let primary = PgServer::start("primary", PgOptions::tls_only(&cert, &key))?;
     let cert_path = cert.display().to_string();
     let other_path = other_cert.display().to_string();
 

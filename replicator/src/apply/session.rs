@@ -17,7 +17,7 @@
 
 use tandem_core::Lsn;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, Config, GenericClient, NoTls};
+use tokio_postgres::{Client, Config, GenericClient};
 
 /// SQL creating the progress table if it is missing (idempotent).
 pub const PROGRESS_TABLE_SQL: &str = "CREATE SCHEMA IF NOT EXISTS tandem; \
@@ -52,14 +52,30 @@ pub async fn connect_writer(replica: &Config, database: &str) -> Result<Client, 
 }
 
 async fn open(cfg: Config) -> Result<Client, tokio_postgres::Error> {
-    // TLS to replicas is not configured yet: the DSNs name loopback or private servers.
-    let (client, connection) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "replica session closed");
+    // TLS as the DSN's sslmode says (prefer by default), without certificate checks.
+    // Building a configuration without CA files does not fail; if it ever did, TLS would
+    // only be lost where the DSN allows plain connections.
+    let client = match crate::source::conn::tls_config() {
+        Ok(tls) => {
+            let (client, connection) = cfg.connect(tandem_pgtls::make_tls_connect(&tls)).await?;
+            tokio::spawn(drive(connection));
+            client
         }
-    });
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS configuration for replica sessions");
+            let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+/// Runs a replica session's connection until its client is dropped.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "replica session closed");
+    }
 }
 
 /// Makes the replica server read-only for every session but the writer's

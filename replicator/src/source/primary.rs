@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use tandem_core::Lsn;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use super::conn::{parse_lsn, quote_ident, quote_literal};
+use super::conn::{parse_lsn, quote_ident, quote_literal, tls_config};
 use super::error::SourceError;
 
 /// A database to replicate.
@@ -32,7 +32,8 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
 }
 
-/// Opens an ordinary SQL connection to `database` on the primary (no TLS yet).
+/// Opens an ordinary SQL connection to `database` on the primary (TLS as the DSN's
+/// `sslmode` says, without certificate checks).
 pub async fn connect_sql(
     config: &tokio_postgres::Config,
     database: &str,
@@ -43,8 +44,9 @@ pub async fn connect_sql(
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
     }
+    let tls = tls_config().map_err(|e| SourceError::Config(e.to_string()))?;
     let (client, connection) = cfg
-        .connect(NoTls)
+        .connect(tandem_pgtls::make_tls_connect(&tls))
         .await
         .map_err(SourceError::sql(format!("connecting to database {database:?} on the primary")))?;
     tokio::spawn(async move {

@@ -48,6 +48,23 @@ impl Default for PgOptions {
     }
 }
 
+impl PgOptions {
+    /// A server with `ssl = on` (certificate and key as [`crate::cluster::server_cert`]
+    /// writes them) whose pg_hba accepts TCP logins over TLS only: plain TCP is rejected
+    /// with "no encryption", as production servers that require TLS do.
+    pub fn tls_only(cert: &Path, key: &Path) -> PgOptions {
+        PgOptions {
+            hba: vec!["hostssl all all 127.0.0.1/32 trust".into(), "host all all 127.0.0.1/32 reject".into()],
+            settings: vec![
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), cert.display().to_string()),
+                ("ssl_key_file".into(), key.display().to_string()),
+            ],
+            ..PgOptions::default()
+        }
+    }
+}
+
 /// One running (or stopped) PostgreSQL server owned by a test.
 ///
 /// Layout: `<tempdir>/data` is the data directory, `<tempdir>` holds the Unix socket and
