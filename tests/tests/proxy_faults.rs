@@ -425,16 +425,32 @@ async fn replica_frozen_mid_query() -> anyhow::Result<()> {
     }
     assert!(known, "slow_read() is routed to a replica once the proxy knows it is STABLE");
 
-    // Two slow reads at once: least outstanding requests puts one on each replica.
+    // Slow reads two at a time until at least one runs on replica1. Least outstanding
+    // requests spreads them, but two picks at the same instant (on two worker threads) may
+    // both see the replicas idle and choose the same one.
     let mut slow = Vec::new();
-    for _ in 0..2 {
-        let client = c.connect().await?;
-        slow.push(tokio::spawn(async move {
-            let row = client.query_one("SELECT count(*), inet_server_port() FROM r, slow_read(1)", &[]).await?;
-            anyhow::Ok((row.get::<_, i64>(0), row.get::<_, i32>(1) as u16))
-        }));
+    let mut on_frozen = 0;
+    for _attempt in 0..10 {
+        for _ in 0..2 {
+            let client = c.connect().await?;
+            slow.push(tokio::spawn(async move {
+                let row = client.query_one("SELECT count(*), inet_server_port() FROM r, slow_read(2)", &[]).await?;
+                anyhow::Ok((row.get::<_, i64>(0), row.get::<_, i32>(1) as u16))
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        on_frozen = c.replicas[0]
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE state = 'active' AND query LIKE '%slow_read(2)%' AND pid <> pg_backend_pid()",
+            )?
+            .parse()?;
+        if on_frozen > 0 {
+            break;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(on_frozen > 0, "no slow read ran on replica1");
     c.replicas[0].freeze();
 
     // The health check gives up on the frozen replica within its timeout (connect_timeout_ms,
@@ -455,25 +471,17 @@ async fn replica_frozen_mid_query() -> anyhow::Result<()> {
         .await??;
         assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1) as u16), (100, other_port));
     }
-    let slow_two = slow.pop().ok_or_else(|| anyhow::anyhow!("no task"))?;
-    let slow_one = slow.pop().ok_or_else(|| anyhow::anyhow!("no task"))?;
-    let mut results = Vec::new();
-    // One slow read was on the healthy replica and has finished; the other waits.
-    for t in [slow_one, slow_two] {
-        if t.is_finished() {
-            results.push(t.await??);
-        } else {
-            c.replicas[0].thaw();
-            results.push(tokio::time::timeout(Duration::from_secs(10), t).await???);
-        }
+    // The slow reads on the healthy replica have finished; the ones on the frozen replica
+    // wait, and complete without an error once it wakes.
+    let waiting: Vec<_> = slow.iter().map(|t| !t.is_finished()).collect();
+    assert_eq!(waiting.iter().filter(|w| **w).count(), on_frozen, "only the reads on the frozen replica wait");
+    c.replicas[0].thaw();
+    for (t, waited) in slow.into_iter().zip(waiting) {
+        let result = tokio::time::timeout(Duration::from_secs(10), t).await???;
+        assert_eq!(result, (100, if waited { frozen_port } else { other_port }));
     }
-    results.sort();
-    let mut expected = vec![(100, frozen_port), (100, other_port)];
-    expected.sort();
-    assert_eq!(results, expected, "the read on the frozen replica completed once it woke");
 
     // Thawed, the replica is back in rotation.
-    c.replicas[0].thaw();
     assert!(serves_reads_again(&reader, frozen_port).await?, "the thawed replica serves reads again");
     Ok(())
 }
