@@ -41,7 +41,7 @@ pub enum Verify {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The CA file could not be read.
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("cannot read CA file {path}")]
     Read {
         /// The file.
         path: String,
@@ -55,7 +55,7 @@ pub enum SetupError {
     #[error("verifying the server's certificate needs a CA file")]
     CaMissing,
     /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration refused")]
     Rustls(#[from] rustls::Error),
     /// The certificate verifier could not be built.
     #[error("TLS certificate verifier: {0}")]

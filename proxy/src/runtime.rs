@@ -36,10 +36,10 @@ pub enum ProxyError {
     #[error("invalid proxy configuration: {0}")]
     Config(#[from] ConfigError),
     /// TLS files are unusable.
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed")]
     Tls(#[from] crate::tls::TlsError),
     /// Server TLS cannot be set up.
-    #[error("{0}")]
+    #[error(transparent)]
     ServerTls(#[from] crate::server_tls::ServerTlsError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]

@@ -15,7 +15,7 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -29,7 +29,7 @@ pub enum TlsError {
     #[error("no private key found in {0}")]
     NoKey(String),
     /// rustls refused the pair.
-    #[error("invalid certificate or key: {0}")]
+    #[error("invalid certificate or key")]
     Rustls(#[from] rustls::Error),
 }
 

@@ -244,7 +244,19 @@ impl ReplicatorConfig {
 
 /// Parses a DSN in URL or `key=value` form, naming `what` in the error.
 pub fn parse_dsn(what: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    dsn.parse::<tokio_postgres::Config>().map_err(|e| ConfigError::Dsn { what: what.to_owned(), reason: e.to_string() })
+    dsn.parse::<tokio_postgres::Config>().map_err(|e| {
+        // tokio-postgres says only "invalid connection string"; which option is wrong is in
+        // its source.
+        let mut reason = match std::error::Error::source(&e) {
+            Some(detail) => format!("{e}: {detail}"),
+            None => e.to_string(),
+        };
+        if dsn.contains("sslmode=verify") {
+            reason
+                .push_str(" (the replicator takes sslmode disable, prefer or require; it does not check certificates)");
+        }
+        ConfigError::Dsn { what: what.to_owned(), reason }
+    })
 }
 
 fn is_simple_identifier(s: &str, max: usize) -> bool {
@@ -271,6 +283,15 @@ mod tests {
     fn defaults_validate() {
         cfg().validate().unwrap();
         assert_eq!(cfg().slot_name(16384), "tandem_16384");
+    }
+
+    #[test]
+    fn dsn_errors_name_the_option() {
+        let err = parse_dsn("the primary", "postgres://u@h/db?sslmode=verify-full").unwrap_err().to_string();
+        assert!(err.contains("invalid value for option `sslmode`"), "{err}");
+        assert!(err.contains("disable, prefer or require"), "{err}");
+        let config = parse_dsn("the primary", "postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
     }
 
     #[test]
