@@ -2,8 +2,9 @@
 //! malformed and oversized messages, half-sent packets), clients vanishing mid-transaction,
 //! mid-query and mid-COPY, a replica killed under read load, and the primary killed under
 //! load (writes fail fast with a connection error, reads go on, nothing acknowledged is lost,
-//! writes resume when it is back), a replica frozen mid-query (SIGSTOP), and the proxy itself
-//! killed mid-transaction. Each misbehaving client gets an ErrorResponse or is closed, its
+//! writes resume when it is back), a replica frozen mid-query (SIGSTOP), TCP keepalive on
+//! server connections (for hosts that vanish without a reset), and the proxy itself killed
+//! mid-transaction. Each misbehaving client gets an ErrorResponse or is closed, its
 //! server connection is rolled back or discarded (checked in the primary's
 //! pg_stat_activity), and every other client carries on.
 
@@ -483,5 +484,40 @@ async fn replica_frozen_mid_query() -> anyhow::Result<()> {
 
     // Thawed, the replica is back in rotation.
     assert!(serves_reads_again(&reader, frozen_port).await?, "the thawed replica serves reads again");
+    Ok(())
+}
+
+/// Seconds left on the keepalive timers of established TCP connections to `port` on this
+/// machine (`/proc/net/tcp`: timer kind 2 is keepalive; times are in USER_HZ = 100 ticks).
+fn keepalive_timers_to(port: u16) -> Vec<f64> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let parse = |line: &str| -> Option<f64> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let remote_port = u16::from_str_radix(fields.get(2)?.split(':').nth(1)?, 16).ok()?;
+        let (timer, ticks) = fields.get(5)?.split_once(':')?;
+        let established = *fields.get(3)? == "01";
+        (remote_port == port && established && timer == "02")
+            .then(|| u64::from_str_radix(ticks, 16).ok().map(|t| t as f64 / 100.0))
+            .flatten()
+    };
+    text.lines().skip(1).filter_map(parse).collect()
+}
+
+/// A server whose host dies or is cut off sends no reset, and a connection waiting for its
+/// answer would hang until the OS notices (two hours by default). Pooled server connections
+/// carry TCP keepalive with a 10 s idle time, so the kernel probes them and fails them in
+/// about 25 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connections_probe_with_tcp_keepalive() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
+    let client = c.connect().await?;
+    let one: i32 = client.query_one("SELECT 1", &[]).await?.get(0);
+    assert_eq!(one, 1);
+    let timers = keepalive_timers_to(c.primary.port());
+    assert!(
+        timers.iter().any(|&left| left > 0.0 && left <= 10.5),
+        "a pooled connection to the primary has a keepalive timer of at most 10 s: {timers:?}"
+    );
     Ok(())
 }

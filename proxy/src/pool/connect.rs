@@ -34,6 +34,18 @@ use crate::protocol::frame::split_message;
 /// Largest message accepted from a server before ReadyForQuery.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 
+/// TCP keepalive on server connections: first probe after 10 s without traffic, then every
+/// 5 s, given up after 3 unanswered. A server whose host died or was cut off without a reset
+/// then fails the connection in about 25 s (a read waiting for its answer ends, and is
+/// replayed elsewhere if it can be) instead of hanging until the OS defaults (two hours of
+/// silence) notice. A live server's kernel answers probes even while PostgreSQL is busy.
+fn server_keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3)
+}
+
 /// A logged-in server connection, ready for queries.
 #[derive(Debug)]
 pub struct ServerStartup {
@@ -113,6 +125,7 @@ pub async fn connect(
     let attempt = async {
         let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
         tcp.set_nodelay(true)?;
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&server_keepalive())?;
         let mut stream = tls.negotiate(tcp, &addr.host).await?;
         let greeting = login(&mut stream, user, database, startup_params, cred).await?;
         Ok(ServerStartup {
