@@ -487,37 +487,54 @@ async fn replica_frozen_mid_query() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds left on the keepalive timers of established TCP connections to `port` on this
-/// machine (`/proc/net/tcp`: timer kind 2 is keepalive; times are in USER_HZ = 100 ticks).
-fn keepalive_timers_to(port: u16) -> Vec<f64> {
+/// Seconds left on the keepalive timers of established TCP connections on this machine whose
+/// (local port, remote port) pass `which` (`/proc/net/tcp`: timer kind 2 is keepalive; times
+/// are in USER_HZ = 100 ticks).
+fn keepalive_timers(which: impl Fn(u16, u16) -> bool) -> Vec<f64> {
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |field: &str| u16::from_str_radix(field.split(':').nth(1)?, 16).ok();
     let parse = |line: &str| -> Option<f64> {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let remote_port = u16::from_str_radix(fields.get(2)?.split(':').nth(1)?, 16).ok()?;
+        let (local, remote) = (port(fields.get(1)?)?, port(fields.get(2)?)?);
         let (timer, ticks) = fields.get(5)?.split_once(':')?;
         let established = *fields.get(3)? == "01";
-        (remote_port == port && established && timer == "02")
+        (which(local, remote) && established && timer == "02")
             .then(|| u64::from_str_radix(ticks, 16).ok().map(|t| t as f64 / 100.0))
             .flatten()
     };
     text.lines().skip(1).filter_map(parse).collect()
 }
 
-/// A server whose host dies or is cut off sends no reset, and a connection waiting for its
-/// answer would hang until the OS notices (two hours by default). Pooled server connections
-/// carry TCP keepalive with a 10 s idle time, so the kernel probes them and fails them in
-/// about 25 s.
+/// A peer whose host dies or is cut off sends no reset, and a connection waiting on it would
+/// hang until the OS notices (two hours by default). Pooled server connections carry TCP
+/// keepalive with a 10 s idle time (a vanished server fails them in about 25 s), client
+/// connections with 30 s (a vanished client is closed in about a minute and the server
+/// connection it held is freed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_connections_probe_with_tcp_keepalive() -> anyhow::Result<()> {
+async fn connections_probe_with_tcp_keepalive() -> anyhow::Result<()> {
     init_tracing();
     let c = Cluster::start(ClusterOptions { replicas: 0, ..Default::default() })?;
     let client = c.connect().await?;
     let one: i32 = client.query_one("SELECT 1", &[]).await?.get(0);
     assert_eq!(one, 1);
-    let timers = keepalive_timers_to(c.primary.port());
+    // The kernel shows a keepalive timer once the last bytes sent are acknowledged (until
+    // then it shows the retransmission timer).
+    let (mut to_server, mut from_client) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        to_server = keepalive_timers(|_, remote| remote == c.primary.port());
+        from_client = keepalive_timers(|local, _| local == c.proxy_port);
+        if to_server.iter().any(|&left| left <= 10.5) && from_client.iter().any(|&left| left <= 30.5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        timers.iter().any(|&left| left > 0.0 && left <= 10.5),
-        "a pooled connection to the primary has a keepalive timer of at most 10 s: {timers:?}"
+        to_server.iter().any(|&left| left > 0.0 && left <= 10.5),
+        "a pooled connection to the primary has a keepalive timer of at most 10 s: {to_server:?}"
+    );
+    assert!(
+        from_client.iter().any(|&left| left > 0.0 && left <= 30.5),
+        "the client's connection has a keepalive timer of at most 30 s: {from_client:?}"
     );
     Ok(())
 }
