@@ -4,8 +4,8 @@
 //! PostgreSQL starts TLS inside its own protocol: the client sends an SSLRequest, the server
 //! answers `S` or `N` in one byte, and only after `S` does the TLS handshake begin.
 //! [`request_tls`] does that exchange on a fresh TCP connection for code that speaks the
-//! protocol by hand; [`make_tls_connect`] hands the same rustls configuration to
-//! tokio-postgres. [`client_config`] builds it for libpq's three levels of checking.
+//! protocol by hand; [`connect`] opens a tokio-postgres connection with the same rustls
+//! configuration. [`client_config`] builds it for libpq's three levels of checking.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -140,10 +141,31 @@ pub async fn request_tls(
     }
 }
 
-/// The same configuration for tokio-postgres, whose `sslmode` (disable, prefer, require)
-/// decides whether it is used.
-pub fn make_tls_connect(config: &rustls::ClientConfig) -> tokio_postgres_rustls::MakeRustlsConnect {
-    tokio_postgres_rustls::MakeRustlsConnect::new(config.clone())
+/// Opens a tokio-postgres connection with `pg`, whose `sslmode` (disable, prefer, require)
+/// decides whether `tls` is used (`None`: never), and runs it on a spawned task that ends when
+/// the client is dropped, logging how it ended.
+pub async fn connect(
+    pg: &tokio_postgres::Config,
+    tls: Option<&rustls::ClientConfig>,
+) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
+    let task = match tls {
+        Some(config) => {
+            let (client, connection) =
+                pg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config.clone())).await?;
+            (client, tokio::spawn(drive(connection)))
+        }
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+            (client, tokio::spawn(drive(connection)))
+        }
+    };
+    Ok(task)
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "server connection ended with an error");
+    }
 }
 
 /// Reads every certificate of a PEM file into a root store.

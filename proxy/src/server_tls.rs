@@ -73,20 +73,11 @@ impl ServerTls {
         &self,
         mut pg: tokio_postgres::Config,
     ) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
-        let Some(config) = &self.config else {
-            let (client, connection) = pg.ssl_mode(SslMode::Disable).connect(tokio_postgres::NoTls).await?;
-            return Ok((client, tokio::spawn(drive(connection))));
+        let mode = match self.mode {
+            ServerTlsMode::Disable => SslMode::Disable,
+            ServerTlsMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
         };
-        let mode = if self.mode == ServerTlsMode::Prefer { SslMode::Prefer } else { SslMode::Require };
-        let tls = tandem_pgtls::make_tls_connect(config);
-        let (client, connection) = pg.ssl_mode(mode).connect(tls).await?;
-        Ok((client, tokio::spawn(drive(connection))))
-    }
-}
-
-/// Runs a control connection until its client is dropped or the server goes away.
-async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "control connection ended with an error");
+        tandem_pgtls::connect(pg.ssl_mode(mode), self.config.as_deref()).await
     }
 }

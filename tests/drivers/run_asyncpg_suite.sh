@@ -20,13 +20,8 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "asyncpg==$version" pytest pytest-timeout distro uvloop
 fi
-src="$cache/asyncpg-$version"
-if [[ ! -d "$src/tests" ]]; then
-    unpack_sdist "$venv/bin/pip" asyncpg "$version"
-fi
 # The tests import the installed (compiled) asyncpg, not the sdist's uncompiled sources.
-work="$cache/run-asyncpg-$version"
-rm -rf "$work" && mkdir -p "$work" && cp -r "$src/tests" "$work/tests"
+copy_sdist_tests "$venv/bin/pip" asyncpg "$version" tests
 
 ensure_tandem
 

@@ -30,12 +30,7 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
     "$venv/bin/pip" install -q "pg8000==$version" pytest pytest-mock pytest-benchmark pytz \
         pytest-timeout
 fi
-src="$cache/pg8000-$version"
-if [[ ! -d "$src/test" ]]; then
-    unpack_sdist "$venv/bin/pip" pg8000 "$version"
-fi
-work="$cache/run-pg8000-$version"
-rm -rf "$work" && mkdir -p "$work" && cp -r "$src/test" "$work/test"
+copy_sdist_tests "$venv/bin/pip" pg8000 "$version" test
 
 ensure_tandem
 

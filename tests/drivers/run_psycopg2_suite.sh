@@ -22,14 +22,9 @@ if [[ ! -x "$venv/bin/pytest" ]]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --no-binary psycopg2 "psycopg2==$version" pytest pytest-timeout
 fi
-src="$cache/psycopg2-$version"
-if [[ ! -d "$src/tests" ]]; then
-    unpack_sdist "$venv/bin/pip" psycopg2 "$version"
-fi
 # The tests import the installed (compiled) psycopg2; the sdist's sources live in lib/, which
 # is left behind.
-work="$cache/run-psycopg2-$version"
-rm -rf "$work" && mkdir -p "$work" && cp -r "$src/tests" "$work/tests"
+copy_sdist_tests "$venv/bin/pip" psycopg2 "$version" tests
 
 ensure_tandem
 

@@ -48,6 +48,16 @@ unpack_sdist() {
     tar -xzf "$(ls "$cache"/*.tar.gz | grep -i "/$package-$version\.tar\.gz$" | head -1)" -C "$cache"
 }
 
+# copy_sdist_tests PIP PACKAGE VERSION DIR: PACKAGE's sdist (downloaded and unpacked into the
+# cache on first use) gives its test directory DIR, copied into a fresh `work` directory.
+copy_sdist_tests() {
+    local pip=$1 package=$2 version=$3 dir=$4
+    local src="$cache/$package-$version"
+    [[ -d "$src/$dir" ]] || unpack_sdist "$pip" "$package" "$version"
+    work="$cache/run-$package-$version"
+    rm -rf "$work" && mkdir -p "$work" && cp -r "$src/$dir" "$work/$dir"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 as_postgres() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 

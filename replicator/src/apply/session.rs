@@ -55,27 +55,11 @@ async fn open(cfg: Config) -> Result<Client, tokio_postgres::Error> {
     // TLS as the DSN's sslmode says (prefer by default), without certificate checks.
     // Building a configuration without CA files does not fail; if it ever did, TLS would
     // only be lost where the DSN allows plain connections.
-    let client = match crate::source::conn::tls_config() {
-        Ok(tls) => {
-            let (client, connection) = cfg.connect(tandem_pgtls::make_tls_connect(&tls)).await?;
-            tokio::spawn(drive(connection));
-            client
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no TLS configuration for replica sessions");
-            let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(drive(connection));
-            client
-        }
-    };
+    let tls = crate::source::conn::tls_config()
+        .map_err(|e| tracing::warn!(error = %e, "no TLS configuration for replica sessions"))
+        .ok();
+    let (client, _connection) = tandem_pgtls::connect(&cfg, tls.as_deref()).await?;
     Ok(client)
-}
-
-/// Runs a replica session's connection until its client is dropped.
-async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "replica session closed");
-    }
 }
 
 /// Makes the replica server read-only for every session but the writer's

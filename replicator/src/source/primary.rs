@@ -45,15 +45,9 @@ pub async fn connect_sql(
         cfg.connect_timeout(Duration::from_secs(10));
     }
     let tls = tls_config().map_err(|e| SourceError::Config(e.to_string()))?;
-    let (client, connection) = cfg
-        .connect(tandem_pgtls::make_tls_connect(&tls))
+    let (client, _connection) = tandem_pgtls::connect(&cfg, Some(&tls))
         .await
         .map_err(SourceError::sql(format!("connecting to database {database:?} on the primary")))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "primary SQL connection ended");
-        }
-    });
     Ok(client)
 }
 
