@@ -7,6 +7,7 @@
 mod demo;
 mod file;
 mod proxy_cmd;
+mod replica_cmd;
 mod replicator_cmd;
 mod signals;
 
@@ -41,10 +42,17 @@ struct Cli {
 enum Command {
     /// Run the PostgreSQL proxy: writes to the primary, reads spread over replicas.
     Proxy(Box<proxy_cmd::ProxyArgs>),
-    /// Run the change stream: logical decoding from the primary into a durable
-    /// change log, applied to every replica exactly once (sync or async).
+    /// Run the replicator: by default a durable WAL relay for physical standbys, in the
+    /// primary's commit quorum (`--replication logical`: the logical change stream).
     Replicator(replicator_cmd::ReplicatorArgs),
-    /// Start a local cluster (primary, 2 replicas, proxy) and print how to connect.
+    /// Manage physical standbys (`tandem replica add NAME --from PRIMARY ...`).
+    #[command(subcommand)]
+    Replica(replica_cmd::ReplicaCommand),
+    /// Copy a WAL file from the relay (a standby's restore_command): exit 0 when copied, 1
+    /// when the relay does not have it.
+    WalFetch(replica_cmd::WalFetchArgs),
+    /// Start a local cluster (primary, 2 physical standbys, WAL relay, proxy) and print how
+    /// to connect.
     Demo(demo::DemoArgs),
 }
 
@@ -94,8 +102,8 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // The proxy starts its own worker threads, each on a current-thread runtime; this one
     // becomes its first worker.
-    let one_thread =
-        matches!(cli.command, Command::Proxy(_)) || cores <= 2 && matches!(cli.command, Command::Replicator(_));
+    let one_thread = matches!(cli.command, Command::Proxy(_) | Command::WalFetch(_) | Command::Replica(_))
+        || cores <= 2 && matches!(cli.command, Command::Replicator(_));
     let threads = if one_thread { 1 } else { cli.threads.unwrap_or(cores).max(1) };
     // One thread: tokio's current-thread scheduler, which has none of the
     // work-stealing bookkeeping of the multi-thread one.
@@ -115,11 +123,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Proxy(args) => proxy_cmd::run(cli.config, *args, cli.threads).await,
             Command::Replicator(args) => replicator_cmd::run(cli.config, args).await,
+            Command::Replica(command) => replica_cmd::run(command).await,
+            // Its own exit code: restore_command's contract.
+            Command::WalFetch(args) => return Ok(replica_cmd::wal_fetch(args).await),
             Command::Demo(args) => demo::run(args).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tandem: {e:#}");
             ExitCode::FAILURE

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tandem_replicator::{Mode, ReplicaConfig, ReplicatorConfig};
+use tandem_replicator::{Mode, ReplicaConfig, Replication, ReplicatorConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `tandem replicator`; each overrides the `[replicator]` table of the cluster file.
@@ -29,19 +29,25 @@ pub struct ReplicatorArgs {
     /// sslmode (disable, prefer = default, require; certificates are not checked).
     #[arg(long, env = "TANDEM_REPLICATOR_PRIMARY")]
     primary: Option<String>,
-    /// A replica: NAME=postgres://USER@HOST:PORT; repeat for more (comma-separated in the variable).
+    /// `physical` (default: standbys stream WAL from the primary; this process is a durable
+    /// WAL relay in the commit quorum) or `logical` (opt-in: pgoutput → change log → apply).
+    #[arg(long, env = "TANDEM_REPLICATOR_REPLICATION")]
+    replication: Option<String>,
+    /// A replica: NAME=postgres://USER@HOST:PORT; repeat for more (comma-separated in the
+    /// variable). Physical mode: a standby (NAME is its cluster_name, made by `tandem replica add`).
     #[arg(long = "replica", env = "TANDEM_REPLICATOR_REPLICAS", value_delimiter = ',')]
     replicas: Vec<String>,
     /// A database to replicate; repeat for more [default: every non-template database].
     #[arg(long = "database", env = "TANDEM_REPLICATOR_DATABASES", value_delimiter = ',')]
     databases: Vec<String>,
-    /// `sync` (commits wait until replicas applied them) or `async`.
+    /// `sync` (commits wait until replicas have them: physical, flushed by k of the standbys
+    /// and the relay; logical, applied by k replicas) or `async`.
     #[arg(long, env = "TANDEM_REPLICATOR_MODE")]
     mode: Option<String>,
-    /// In sync mode, how many replicas must have applied a commit [default: 1].
+    /// In sync mode, k: how many quorum members must have a commit [default: 1].
     #[arg(long, env = "TANDEM_REPLICATOR_SYNC_QUORUM")]
     sync_quorum: Option<usize>,
-    /// Directory of the change log (created if missing).
+    /// Directory of the relay's WAL or the change log (created if missing).
     #[arg(long, env = "TANDEM_REPLICATOR_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Serve status JSON at http://ADDR/status and Prometheus metrics at /metrics.
@@ -64,7 +70,8 @@ pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Resul
             let primary = args.primary.clone().ok_or_else(|| missing("--primary"))?;
             let mode = args.mode.as_deref().ok_or_else(|| missing("--mode"))?;
             let data_dir = args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?;
-            if args.replicas.is_empty() {
+            let replication = args.replication.as_deref().map(parse_replication).transpose()?.unwrap_or_default();
+            if args.replicas.is_empty() && replication == Replication::Logical {
                 return Err(missing("--replica NAME=DSN"));
             }
             ReplicatorConfig::new(primary, Vec::new(), parse_mode(mode)?, data_dir)
@@ -81,6 +88,9 @@ pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Resul
     }
     if let Some(m) = &args.mode {
         cfg.mode = parse_mode(m)?;
+    }
+    if let Some(r) = &args.replication {
+        cfg.replication = parse_replication(r)?;
     }
     if let Some(q) = args.sync_quorum {
         cfg.sync_quorum = q;
@@ -99,6 +109,14 @@ fn parse_mode(text: &str) -> anyhow::Result<Mode> {
     text.parse::<Mode>().with_context(|| format!("--mode {text:?}"))
 }
 
+fn parse_replication(text: &str) -> anyhow::Result<Replication> {
+    match text {
+        "physical" => Ok(Replication::Physical),
+        "logical" => Ok(Replication::Logical),
+        other => bail!("--replication {other:?}: expected physical or logical"),
+    }
+}
+
 fn parse_replica(spec: &str) -> anyhow::Result<ReplicaConfig> {
     if spec.trim().is_empty() {
         bail!("--replica: empty value, expected NAME=postgres://USER@HOST:PORT");
@@ -112,6 +130,7 @@ pub async fn run(file: Option<PathBuf>, args: ReplicatorArgs) -> anyhow::Result<
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     tracing::info!(
+        replication = %cfg.replication,
         mode = %cfg.mode,
         replicas = cfg.replicas.len(),
         data_dir = %cfg.data_dir.display(),
@@ -162,6 +181,7 @@ mod tests {
     #[test]
     fn flags_alone_make_a_config() {
         let cfg = build_config(None, &args(FULL)).unwrap();
+        assert_eq!(cfg.replication, Replication::Physical);
         assert_eq!(cfg.mode, Mode::Sync);
         assert_eq!(cfg.sync_quorum, 2);
         assert_eq!(cfg.replicas.len(), 2);
@@ -181,8 +201,15 @@ mod tests {
         f[3] = "no-equals-sign";
         assert!(err(&f).contains("expected NAME="), "{}", err(&f));
         let mut f = FULL.to_vec();
+        f[9] = "4";
+        assert!(err(&f).contains("sync_quorum 4 is larger"), "{}", err(&f));
+        let mut f = FULL.to_vec();
+        f.extend(["--replication", "logical"]);
         f[9] = "3";
         assert!(err(&f).contains("sync_quorum 3 is larger"), "{}", err(&f));
+        let mut f = FULL.to_vec();
+        f.extend(["--replication", "both"]);
+        assert!(err(&f).contains("expected physical or logical"), "{}", err(&f));
         let mut f = FULL.to_vec();
         f[1] = "postgres://[::1";
         assert!(err(&f).contains("the primary"), "{}", err(&f));

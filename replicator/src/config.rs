@@ -52,6 +52,46 @@ pub struct ReplicatorConfig {
     /// Bound of the queue between the socket reader and the decoder, in messages.
     #[serde(default = "default_stream_buffer")]
     pub stream_buffer: usize,
+    /// Which copy the replicas are: physical standbys fed by a durable WAL relay (the
+    /// default, and the only kind failover promotes) or logical replicas (opt-in).
+    #[serde(default)]
+    pub replication: Replication,
+    /// Physical mode: the relay's replication slot and `application_name` on the primary
+    /// (the name that stands for the relay in `synchronous_standby_names`).
+    #[serde(default = "default_relay_name")]
+    pub relay_name: String,
+    /// Physical mode: how many of the newest complete WAL segments the relay keeps even
+    /// when every standby has them (a standby rebuilt from a backup may still need them).
+    #[serde(default = "default_relay_keep_segments")]
+    pub relay_keep_segments: u64,
+}
+
+/// What kind of copy the replicator keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Physical standbys stream WAL from the primary; the replicator is a durable WAL relay
+    /// in the primary's synchronous quorum and serves its WAL back through `restore_command`.
+    #[default]
+    Physical,
+    /// pgoutput from a slot into the change log, applied to each replica exactly once.
+    Logical,
+}
+
+impl Replication {
+    /// Lower-case name for status output and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replication::Physical => "physical",
+            Replication::Logical => "logical",
+        }
+    }
+}
+
+impl fmt::Display for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One replica server.
@@ -151,6 +191,12 @@ fn default_feedback_interval_ms() -> u64 {
 fn default_stream_buffer() -> usize {
     1024
 }
+fn default_relay_name() -> String {
+    "tandem_relay".into()
+}
+fn default_relay_keep_segments() -> u64 {
+    8
+}
 
 impl ReplicatorConfig {
     /// A configuration with defaults for everything but the servers, mode and directory.
@@ -168,6 +214,9 @@ impl ReplicatorConfig {
             application_name: default_application_name(),
             feedback_interval_ms: default_feedback_interval_ms(),
             stream_buffer: default_stream_buffer(),
+            replication: Replication::default(),
+            relay_name: default_relay_name(),
+            relay_keep_segments: default_relay_keep_segments(),
         }
     }
 
@@ -180,7 +229,8 @@ impl ReplicatorConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.primary_config()?;
-        if self.replicas.is_empty() {
+        let physical = self.replication == Replication::Physical;
+        if self.replicas.is_empty() && !physical {
             return invalid("at least one replica is needed".into());
         }
         let mut names = HashSet::new();
@@ -193,12 +243,22 @@ impl ReplicatorConfig {
         if self.sync_quorum == 0 {
             return invalid("sync_quorum must be at least 1".into());
         }
-        if self.sync_quorum > self.replicas.len() {
+        // In physical mode the relay is a quorum member too.
+        let members = self.replicas.len() + usize::from(physical);
+        if self.sync_quorum > members {
             return invalid(format!(
-                "sync_quorum {} is larger than the number of replicas ({})",
+                "sync_quorum {} is larger than the number of {} ({members})",
                 self.sync_quorum,
-                self.replicas.len()
+                if physical { "standbys plus the relay" } else { "replicas" },
             ));
+        }
+        if physical {
+            if !is_simple_identifier(&self.relay_name, 63) {
+                return invalid(format!("relay_name {:?}: use 1 to 63 of a-z 0-9 _", self.relay_name));
+            }
+            if self.replicas.iter().any(|r| standby_slot_name(&r.name) == self.relay_name) {
+                return invalid(format!("relay_name {:?} is also a standby's slot name", self.relay_name));
+            }
         }
         let mut dbs = HashSet::new();
         for db in &self.databases {
@@ -240,6 +300,18 @@ impl ReplicatorConfig {
     pub fn stream_application_name(&self, db_oid: u32) -> String {
         format!("{}_{}", self.application_name, db_oid)
     }
+}
+
+/// The physical replication slot a standby named `name` streams from: slot names allow only
+/// `[a-z0-9_]`, so other characters become `_` (and upper case lower case).
+pub fn standby_slot_name(name: &tandem_core::NodeId) -> String {
+    let cleaned: String = name
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .take(48)
+        .collect();
+    format!("tandem_standby_{cleaned}")
 }
 
 /// Parses a DSN in URL or `key=value` form, naming `what` in the error.
@@ -298,7 +370,21 @@ mod tests {
     fn rejects_bad_settings() {
         let mut c = cfg();
         c.sync_quorum = 2;
+        c.validate().unwrap(); // one standby and the relay
+        c.sync_quorum = 3;
+        assert!(c.validate().unwrap_err().to_string().contains("standbys plus the relay"));
+        c.sync_quorum = 2;
+        c.replication = Replication::Logical;
         assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.replicas.clear();
+        c.validate().unwrap(); // a relay without standbys
+        c.replication = Replication::Logical;
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.relay_name = "Relay-1".into();
+        assert!(c.validate().is_err());
+        assert_eq!(standby_slot_name(&"Node-1.east".parse().unwrap()), "tandem_standby_node_1_east");
         let mut c = cfg();
         c.replicas.push(c.replicas[0].clone());
         assert!(c.validate().unwrap_err().to_string().contains("twice"));

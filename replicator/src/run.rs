@@ -41,6 +41,9 @@ pub enum ReplicatorError {
         #[source]
         source: crate::ddl::DdlError,
     },
+    /// The physical WAL relay stopped.
+    #[error(transparent)]
+    Relay(#[from] crate::physical::RelayError),
     /// The status endpoint cannot listen on its address.
     #[error("status endpoint on {addr}: {source}")]
     Status {

@@ -85,6 +85,7 @@ async fn replicate_pgbench(mode: Mode) -> Result<()> {
         dir.path().to_path_buf(),
     );
     cfg.databases = vec!["bench".into()];
+    cfg.replication = tandem_replicator::Replication::Logical;
     cfg.status_listen = Some(format!("127.0.0.1:{status_port}").parse()?);
     cfg.feedback_interval_ms = 500;
     let shutdown = CancellationToken::new();

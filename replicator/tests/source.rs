@@ -427,6 +427,7 @@ async fn run_copies_streams_and_gates_commits_in_sync_mode() {
         data.path().to_owned(),
     );
     cfg.feedback_interval_ms = 1000;
+    cfg.replication = tandem_replicator::Replication::Logical;
     let cfg = Arc::new(cfg);
 
     for round in 1..=2 {

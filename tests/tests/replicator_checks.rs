@@ -52,7 +52,15 @@ fn role_without_replication_privilege_is_refused() -> Result<()> {
 fn bad_command_lines_are_explained() -> Result<()> {
     init_tracing();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let base = ["replicator", "--primary", "postgres://postgres@127.0.0.1:1", "--data-dir", "/nonexistent/tandem"];
+    let base = [
+        "replicator",
+        "--primary",
+        "postgres://postgres@127.0.0.1:1",
+        "--data-dir",
+        "/nonexistent/tandem",
+        "--replication",
+        "logical",
+    ];
     let mut a = s(&base);
     a.extend(s(&["--mode", "eventually", "--replica", "r1=postgres://postgres@127.0.0.1:2"]));
     assert!(fails_with(&a)?.contains("invalid mode \"eventually\": expected sync or async"));
@@ -78,6 +86,7 @@ fn bad_command_lines_are_explained() -> Result<()> {
             ("TANDEM_REPLICATOR_DATA_DIR", "/nonexistent/tandem"),
             ("TANDEM_REPLICATOR_MODE", "sync"),
             ("TANDEM_REPLICATOR_SYNC_QUORUM", "3"),
+            ("TANDEM_REPLICATOR_REPLICATION", "logical"),
         ],
     )?;
     assert!(!p.wait_exit(Duration::from_secs(60))?.success());

@@ -100,7 +100,7 @@ impl PgServer {
         }
         settings.extend(opts.settings.iter().cloned());
         let template = template_dir()?;
-        Self::launch(name, |dir, data| {
+        Self::launch(name, |dir, data, _port| {
             let mut cp = std::process::Command::new("cp");
             cp.arg("-a").arg(&template).arg(data);
             run_to_file(cp, &dir.join("cp.out"), Duration::from_secs(60), "copying template")?;
@@ -114,7 +114,7 @@ impl PgServer {
     pub fn start_standby(&self, name: &str) -> anyhow::Result<PgServer> {
         let basebackup = self.bin.join("pg_basebackup");
         let primary_port = self.port.to_string();
-        Self::launch(name, |dir, data| {
+        Self::launch(name, |dir, data, _port| {
             let mut cmd = pg_command(&basebackup, dir, true)?;
             cmd.args(["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D"]).arg(data).args([
                 "-R",
@@ -132,9 +132,29 @@ impl PgServer {
         })
     }
 
-    /// Shared start sequence: temp dir, `prepare` fills `<dir>/data`, per-server settings,
-    /// start, wait ready. Retries with a new port when the chosen one got taken.
-    fn launch(name: &str, prepare: impl Fn(&Path, &Path) -> anyhow::Result<()>) -> anyhow::Result<PgServer> {
+    /// Starts a physical standby of `self` made the way an operator makes one:
+    /// `tandem replica add NAME --from PRIMARY --relay RELAY` (its own slot on the primary,
+    /// `cluster_name` NAME, `restore_command` reading the WAL relay at `relay`, a directory or
+    /// `http://HOST:PORT`), then waits until it accepts connections.
+    pub fn start_tandem_standby(&self, name: &str, relay: &str) -> anyhow::Result<PgServer> {
+        let from = self.url("postgres", "postgres");
+        Self::launch(name, |dir, data, port| {
+            let mut cmd = std::process::Command::new(super::bin::require_tandem_bin()?);
+            cmd.args(["replica", "add", name, "--from", &from, "--relay", relay, "--no-start", "--port"])
+                .arg(port.to_string())
+                .arg("--data-dir")
+                .arg(data);
+            run_to_file(cmd, &dir.join("replica-add.out"), Duration::from_secs(120), "tandem replica add")
+                .map_err(|e| e.context(format!("standby {name} of {}", self.name)))?;
+            let _ = std::fs::remove_file(data.join("postgres.log"));
+            Ok(())
+        })
+    }
+
+    /// Shared start sequence: temp dir, `prepare` fills `<dir>/data` (told the port the
+    /// server will listen on), per-server settings, start, wait ready. Retries with a new
+    /// port when the chosen one got taken.
+    fn launch(name: &str, prepare: impl Fn(&Path, &Path, u16) -> anyhow::Result<()>) -> anyhow::Result<PgServer> {
         let bin = pg_bin_dir()?;
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -144,8 +164,8 @@ impl PgServer {
                 .context("creating server temp dir")?;
             chown_for_server(dir.path())?;
             let data = dir.path().join("data");
-            prepare(dir.path(), &data)?;
             let port = free_port();
+            prepare(dir.path(), &data, port)?;
             let socket_dir = dir.path().to_string_lossy().into_owned();
             let port_s = port.to_string();
             append_settings(

@@ -34,6 +34,8 @@ pub(crate) const COMMON_SETTINGS: &[(&str, &str)] = &[
     ("log_line_prefix", "%m [%p] %q%a "),
     // Standbys restarted in failure tests should find the WAL they missed.
     ("wal_keep_size", "128MB"),
+    // pg_rewind (an old primary rejoining as a standby) needs hint-bit changes WAL-logged.
+    ("wal_log_hints", "on"),
 ];
 
 /// Path of a ready template data directory, creating it on first use in this process.

@@ -137,7 +137,8 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// Arguments for `primary` → `replicas` in `mode`, databases `dbs` (empty = all).
+    /// Arguments for `primary` → `replicas` in `mode`, databases `dbs` (empty = all);
+    /// `--replication logical` unless `extra` names a replication.
     pub fn new(
         data_dir: &Path,
         primary: &PgServer,
@@ -165,6 +166,10 @@ impl Replicator {
         for db in dbs {
             args.push("--database".into());
             args.push((*db).into());
+        }
+        // These suites test the logical mode unless they ask for another.
+        if !extra.contains(&"--replication") {
+            args.extend(["--replication".into(), "logical".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         Replicator { args, data_dir: data_dir.to_path_buf(), status_port, proc: None }

@@ -1,0 +1,151 @@
+//! `tandem replica add`: a new physical standby, an exact copy of the primary.
+//!
+//! Place in the data flow: before everything else; it makes the node that later streams
+//! from the primary and restores from the relay. Steps: a physical slot for the standby on
+//! the primary (so the primary keeps the WAL it still needs), `pg_basebackup` of the primary
+//! (WAL streamed alongside), then the standby's settings in `postgresql.auto.conf`:
+//! `primary_conninfo` + `primary_slot_name` (streaming, lowest lag), `restore_command`
+//! (`tandem wal-fetch` from the relay, for when streaming cannot serve), `cluster_name` (its
+//! WAL receiver's `application_name`, the name the sync quorum lists), timeline `latest` (so
+//! it follows a promotion), `hot_standby`, its own port, and an empty
+//! `synchronous_standby_names` (the primary's is copied by the backup and means nothing here).
+
+use std::path::{Path, PathBuf};
+
+use tandem_core::NodeId;
+
+use super::relay::connect;
+use super::RelayError;
+use crate::config::{parse_dsn, standby_slot_name};
+use crate::source::conn::quote_literal;
+
+/// What to make.
+#[derive(Clone, Debug)]
+pub struct StandbySpec {
+    /// The standby's name (its `cluster_name` and slot suffix).
+    pub name: NodeId,
+    /// The primary's DSN (a role with REPLICATION).
+    pub primary: String,
+    /// New data directory (must not exist or be empty).
+    pub data_dir: PathBuf,
+    /// Port the standby listens on.
+    pub port: u16,
+    /// Where `restore_command` reads the relay's WAL: its WAL directory or `http://HOST:PORT`;
+    /// none leaves `restore_command` unset.
+    pub relay: Option<String>,
+    /// The `tandem` program `restore_command` runs.
+    pub tandem: PathBuf,
+}
+
+/// What `add` did, for the command's output.
+#[derive(Debug)]
+pub struct Added {
+    /// The slot on the primary.
+    pub slot: String,
+    /// Warnings an operator should read (e.g. pg_rewind will not work).
+    pub warnings: Vec<String>,
+}
+
+/// Makes the standby's data directory. Does not start it.
+pub async fn add(spec: &StandbySpec) -> Result<Added, RelayError> {
+    let config = parse_dsn("the primary", &spec.primary)?;
+    check_target(&spec.data_dir)?;
+    let admin = connect(&config, "tandem_replica_add").await?;
+    let row = admin
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('wal_log_hints'), current_setting('data_checksums')",
+            &[],
+        )
+        .await
+        .map_err(RelayError::sql("checking the primary"))?;
+    let (in_recovery, hints, checksums): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
+    if in_recovery {
+        return Err(RelayError::NotReady("the server given with --from is a standby, not the primary".into()));
+    }
+    let mut warnings = Vec::new();
+    if hints != "on" && checksums != "on" {
+        warnings.push(
+            "the primary has neither wal_log_hints nor data checksums: pg_rewind cannot bring it back as a \
+             standby after a failover (set wal_log_hints = on and restart it)"
+                .to_owned(),
+        );
+    }
+    let slot = standby_slot_name(&spec.name);
+    super::relay::ensure_slot(&admin, &slot).await?;
+    drop(admin);
+
+    let spec2 = spec.clone();
+    let slot2 = slot.clone();
+    tokio::task::spawn_blocking(move || base_backup(&spec2, &slot2))
+        .await
+        .map_err(|e| RelayError::Protocol(format!("pg_basebackup task: {e}")))??;
+    write_settings(spec, &slot)?;
+    Ok(Added { slot, warnings })
+}
+
+fn check_target(dir: &Path) -> Result<(), RelayError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(RelayError::NotReady(format!("{} exists and is not empty", dir.display())));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RelayError::Io { what: format!("read {}", dir.display()), source: e }),
+    }
+}
+
+fn base_backup(spec: &StandbySpec, slot: &str) -> Result<(), RelayError> {
+    let parent = spec.data_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(RelayError::io(format!("create {}", parent.display())))?;
+    tandem_localpg::chown_for_server(&parent).map_err(RelayError::LocalPg)?;
+    if spec.data_dir.exists() {
+        tandem_localpg::chown_for_server(&spec.data_dir).map_err(RelayError::LocalPg)?;
+    }
+    let program = tandem_localpg::tool("pg_basebackup").map_err(RelayError::LocalPg)?;
+    let out = tandem_localpg::server_command(&program, &parent)
+        .map_err(RelayError::LocalPg)?
+        .arg("--pgdata")
+        .arg(&spec.data_dir)
+        .args(["--wal-method=stream", "--checkpoint=fast", "--slot", slot, "--dbname", &spec.primary])
+        .output()
+        .map_err(RelayError::io("run pg_basebackup"))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        return Err(RelayError::Protocol(format!("pg_basebackup failed ({}): {}", out.status, text.trim())));
+    }
+    Ok(())
+}
+
+/// The `restore_command` that reads the relay's WAL from `relay`.
+pub fn restore_command(tandem: &Path, relay: &str) -> String {
+    format!("\"{}\" wal-fetch --from \"{}\" %f \"%p\"", tandem.display(), relay)
+}
+
+fn write_settings(spec: &StandbySpec, slot: &str) -> Result<(), RelayError> {
+    use std::io::Write;
+    let mut lines = vec![
+        format!("primary_conninfo = {}", quote_literal(&spec.primary)),
+        format!("primary_slot_name = {}", quote_literal(slot)),
+        format!("cluster_name = {}", quote_literal(spec.name.as_str())),
+        "recovery_target_timeline = 'latest'".to_owned(),
+        "hot_standby = on".to_owned(),
+        "synchronous_standby_names = ''".to_owned(),
+        format!("port = {}", spec.port),
+    ];
+    if let Some(relay) = &spec.relay {
+        lines.push(format!("restore_command = {}", quote_literal(&restore_command(&spec.tandem, relay))));
+    }
+    let auto = spec.data_dir.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&auto)
+        .map_err(RelayError::io(format!("open {}", auto.display())))?;
+    let text = format!("\n# tandem replica add {}\n{}\n", spec.name, lines.join("\n"));
+    f.write_all(text.as_bytes()).map_err(RelayError::io(format!("write {}", auto.display())))?;
+    let signal = spec.data_dir.join("standby.signal");
+    std::fs::write(&signal, b"").map_err(RelayError::io(format!("write {}", signal.display())))?;
+    tandem_localpg::chown_for_server(&signal).map_err(RelayError::LocalPg)?;
+    Ok(())
+}
