@@ -10,6 +10,7 @@
 //! from before every start (see [`super::identity`]), repairing a torn tail it would refuse
 //! ([`repair_tail`]), restarting with backoff, stopping cleanly, and reporting its state.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -137,13 +138,15 @@ async fn run_once(
         // The name the primary lists in pg_stat_replication and synchronous_standby_names.
         .env("PGAPPNAME", &spec.slot)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C at the terminal reaches the relay, which leaves the
+        // commit quorum first and then stops the receiver, not both at once.
+        .process_group(0);
     // If the relay dies (SIGKILL included), its receiver must not stream on unsupervised,
     // holding the slot and writing the directory a restarted relay takes over.
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing. std runs pre_exec
     // closures after switching uid, which would otherwise clear the setting.
     unsafe {
-        use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
         });
