@@ -111,6 +111,14 @@ pub async fn run_with(
             },
         }
     };
+    // A clean stop must not leave the primary waiting for streams that are gone: its
+    // commits go on asynchronously until the replicator is back (and says so).
+    if cfg.mode == Mode::Sync && standbys_set && shutdown.is_cancelled() {
+        match primary::set_sync_standbys(&admin, "").await {
+            Ok(_) => tracing::warn!("stopped: the primary commits asynchronously until the replicator is back"),
+            Err(e) => tracing::error!(error = %e, "could not take the replicator out of synchronous_standby_names"),
+        }
+    }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     result

@@ -67,6 +67,8 @@ fn relay_joins_the_quorum_and_a_lone_standby_catches_up_from_it() -> Result<()> 
     relay.start()?;
     let status = wait_streaming(&relay, &["tandem_relay", "s1", "s2"])?;
     assert_eq!(status["replication"], "physical");
+    assert_eq!(status["relay"]["timeline"], 1, "{status}");
+    assert_eq!(member(&status, "s1").context("s1")?["timeline"], 1, "{status}");
     assert_eq!(
         primary.psql("postgres", "SHOW synchronous_standby_names")?,
         r#"ANY 1 ("s1", "s2", "tandem_relay")"#,

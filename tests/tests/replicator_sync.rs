@@ -98,6 +98,11 @@ fn sync_mode_end_to_end() -> Result<()> {
     assert_eq!(status["mode"], "sync");
     let (_, metrics) = rep.http_get("/metrics")?;
     assert!(metrics.contains("tandem_replicator_sync_mode 1"), "{metrics}");
+
+    // A clean stop leaves the primary waiting for nobody.
+    rep.stop()?;
+    assert_eq!(primary.psql("postgres", "SHOW synchronous_standby_names")?, "");
+    primary.psql(BENCH_DB, "CREATE TABLE after_clean_stop (id int)")?;
     drop(rt);
     Ok(())
 }

@@ -279,6 +279,8 @@ async fn poll_once(
     }
 
     report.wal = trim_and_describe(board, &report, seen.is_some(), trimmed);
+    // The relay is on the timeline of the newest segment it writes.
+    report.relay.timeline = report.wal.newest.as_deref().and_then(|n| u32::from_str_radix(n.get(..8)?, 16).ok());
     report
 }
 
