@@ -1,0 +1,354 @@
+//! The replicated cluster state: what every witness agrees on, changed only by committed
+//! [`Command`]s.
+//!
+//! Place in the data flow: probes → leader's detector → **a command committed in Raft →
+//! [`ClusterState::apply`] on every witness** → API readers (proxies, replicator, CLI).
+//! Pure data and logic, no I/O: the Raft state machine (`raft/state_machine.rs`) stores
+//! and snapshots it. Commands carry a request id; applying the same id twice is a no-op
+//! that returns the first outcome, so a client that retries a write whose outcome it could
+//! not learn (a leader that lost its quorum, a timeout) never applies it twice.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use tandem_core::{Epoch, Lsn, NodeId};
+
+/// How many request ids are remembered for de-duplication.
+const DEDUP_WINDOW: usize = 4096;
+/// How many topology changes the history keeps.
+const HISTORY_LEN: usize = 200;
+
+/// A PostgreSQL node's role in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Takes writes.
+    Primary,
+    /// A physical standby.
+    Standby,
+    /// A former primary that must not serve writes until `tandem rejoin`.
+    Fenced,
+}
+
+/// One PostgreSQL node as the group knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Its name.
+    pub name: NodeId,
+    /// `host:port`.
+    pub addr: String,
+    /// Its role.
+    pub role: NodeRole,
+    /// Failover priority (higher first among equally advanced standbys; 0 = never promote).
+    pub priority: u32,
+}
+
+/// The phase of an operation in progress (failover, switchover).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// `failover` or `switchover`.
+    pub kind: String,
+    /// Its current phase (e.g. `detected`, `fenced`, `promoting`).
+    pub phase: String,
+    /// The node being replaced.
+    pub from: Option<NodeId>,
+    /// The node taking over, once chosen.
+    pub to: Option<NodeId>,
+    /// When it started (milliseconds since the Unix epoch, the leader's clock: for display).
+    pub started_ms: u64,
+}
+
+/// A topology change, for `tandem status` and post-mortems.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When (milliseconds since the Unix epoch, the leader's clock).
+    pub at_ms: u64,
+    /// The epoch after the change.
+    pub epoch: Epoch,
+    /// What happened (`primary failed`, `bootstrap`, ...).
+    pub event: String,
+    /// The primary before.
+    pub from: Option<NodeId>,
+    /// The primary after.
+    pub to: Option<NodeId>,
+}
+
+/// A write lease the group granted a proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The proxy's id (its address as it calls itself).
+    pub holder: String,
+    /// The epoch the lease is for: writes may go to that epoch's primary only.
+    pub epoch: Epoch,
+    /// Granted at (milliseconds since the Unix epoch, the leader's clock: for display; the
+    /// proxy counts validity on its own monotonic clock from when it sent the request).
+    pub granted_ms: u64,
+    /// Its length in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// What the replicator registered and last reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicatorState {
+    /// Where its status endpoint is.
+    pub addr: String,
+    /// `physical` or `logical`.
+    pub replication: String,
+    /// The epoch it streams for.
+    pub epoch: Epoch,
+    /// The position it holds durably (the relay's flush).
+    pub flushed: Option<Lsn>,
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Fencing token: +1 at every change of primary.
+    pub epoch: Epoch,
+    /// The PostgreSQL nodes, by name.
+    pub nodes: BTreeMap<NodeId, NodeState>,
+    /// The node that takes writes in this epoch.
+    pub primary: Option<NodeId>,
+    /// No automatic failover while set.
+    pub maintenance: bool,
+    /// The primary has been declared failed by a majority of witnesses (the failover issue
+    /// acts on it), with when.
+    pub primary_failed_ms: Option<u64>,
+    /// The operation in progress.
+    pub operation: Option<Operation>,
+    /// Write leases, by holder.
+    pub leases: BTreeMap<String, Lease>,
+    /// The replicator, once registered.
+    pub replicator: Option<ReplicatorState>,
+    /// Topology changes, newest last.
+    pub history: VecDeque<HistoryEntry>,
+    /// Recently applied request ids and their outcomes.
+    #[serde(default)]
+    applied_requests: VecDeque<(String, Outcome)>,
+}
+
+/// A change to the state. Every variant is idempotent by its request id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets up the cluster from the cluster file (only when it has no nodes yet).
+    Bootstrap {
+        /// The nodes, one of them primary.
+        nodes: Vec<NodeState>,
+    },
+    /// A majority of witnesses failed to reach the primary for the failure timeout.
+    DeclarePrimaryFailed {
+        /// The primary that failed (ignored if it is no longer the primary).
+        primary: NodeId,
+        /// Which witnesses saw it fail.
+        witnesses: Vec<u64>,
+    },
+    /// The primary answers again (before any failover acted).
+    PrimaryRecovered {
+        /// The primary.
+        primary: NodeId,
+    },
+    /// Grants or renews a proxy's write lease for the current epoch.
+    GrantLease {
+        /// The proxy.
+        holder: String,
+        /// Its length.
+        duration_ms: u64,
+    },
+    /// Registers the replicator or updates what it reports.
+    ReportReplicator(ReplicatorState),
+    /// Turns maintenance mode on or off.
+    SetMaintenance {
+        /// On or off.
+        on: bool,
+    },
+}
+
+/// A command with its idempotency key and the leader's wall clock at proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Unique per logical request; retries reuse it.
+    pub id: String,
+    /// When the leader proposed it (milliseconds since the Unix epoch; for display only).
+    pub at_ms: u64,
+    /// The change.
+    pub command: Command,
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Whether it changed anything (false: refused or already so).
+    pub applied: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    /// The epoch after it.
+    pub epoch: Epoch,
+}
+
+impl ClusterState {
+    /// Applies `req` (once per request id) and returns what it did.
+    pub fn apply(&mut self, req: &Request) -> Outcome {
+        if let Some((_, outcome)) = self.applied_requests.iter().find(|(id, _)| id == &req.id) {
+            return outcome.clone();
+        }
+        let outcome = self.apply_command(req);
+        self.applied_requests.push_back((req.id.clone(), outcome.clone()));
+        while self.applied_requests.len() > DEDUP_WINDOW {
+            self.applied_requests.pop_front();
+        }
+        outcome
+    }
+
+    fn done(&self) -> Outcome {
+        Outcome { applied: true, reason: None, epoch: self.epoch }
+    }
+
+    fn refused(&self, reason: impl Into<String>) -> Outcome {
+        Outcome { applied: false, reason: Some(reason.into()), epoch: self.epoch }
+    }
+
+    fn apply_command(&mut self, req: &Request) -> Outcome {
+        match &req.command {
+            Command::Bootstrap { nodes } => {
+                if !self.nodes.is_empty() {
+                    return self.refused("the cluster is already set up");
+                }
+                let primaries: Vec<&NodeState> = nodes.iter().filter(|n| n.role == NodeRole::Primary).collect();
+                let [primary] = primaries.as_slice() else {
+                    return self.refused("the cluster needs exactly one primary");
+                };
+                self.primary = Some(primary.name.clone());
+                self.nodes = nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
+                self.epoch = Epoch(1);
+                self.record(req.at_ms, "bootstrap", None);
+                self.done()
+            }
+            Command::DeclarePrimaryFailed { primary, witnesses } => {
+                if self.primary.as_ref() != Some(primary) {
+                    return self.refused(format!("{primary} is not the primary"));
+                }
+                if self.primary_failed_ms.is_some() {
+                    return self.refused("already declared failed");
+                }
+                self.primary_failed_ms = Some(req.at_ms);
+                let event = format!("primary failed (seen by witnesses {witnesses:?})");
+                self.record(req.at_ms, &event, Some(primary.clone()));
+                self.done()
+            }
+            Command::PrimaryRecovered { primary } => {
+                if self.primary.as_ref() != Some(primary) || self.primary_failed_ms.is_none() {
+                    return self.refused("nothing to recover");
+                }
+                self.primary_failed_ms = None;
+                self.record(req.at_ms, "primary answers again", Some(primary.clone()));
+                self.done()
+            }
+            Command::GrantLease { holder, duration_ms } => {
+                if self.primary_failed_ms.is_some() {
+                    return self.refused("the primary is declared failed: no write leases");
+                }
+                let lease = Lease {
+                    holder: holder.clone(),
+                    epoch: self.epoch,
+                    granted_ms: req.at_ms,
+                    duration_ms: *duration_ms,
+                };
+                self.leases.insert(holder.clone(), lease);
+                self.done()
+            }
+            Command::ReportReplicator(report) => {
+                self.replicator = Some(report.clone());
+                self.done()
+            }
+            Command::SetMaintenance { on } => {
+                if self.maintenance == *on {
+                    return self.refused(format!("maintenance is already {}", if *on { "on" } else { "off" }));
+                }
+                self.maintenance = *on;
+                self.record(req.at_ms, if *on { "maintenance on" } else { "maintenance off" }, None);
+                self.done()
+            }
+        }
+    }
+
+    /// Appends a history entry about the current primary.
+    fn record(&mut self, at_ms: u64, event: &str, from: Option<NodeId>) {
+        self.history.push_back(HistoryEntry {
+            at_ms,
+            epoch: self.epoch,
+            event: event.to_owned(),
+            from,
+            to: self.primary.clone(),
+        });
+        while self.history.len() > HISTORY_LEN {
+            self.history.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, role: NodeRole) -> NodeState {
+        NodeState { name: name.parse().unwrap(), addr: "127.0.0.1:5432".into(), role, priority: 1 }
+    }
+
+    fn req(id: &str, command: Command) -> Request {
+        Request { id: id.into(), at_ms: 1000, command }
+    }
+
+    fn bootstrapped() -> ClusterState {
+        let mut s = ClusterState::default();
+        let nodes = vec![node("pg1", NodeRole::Primary), node("pg2", NodeRole::Standby)];
+        assert!(s.apply(&req("b", Command::Bootstrap { nodes })).applied);
+        s
+    }
+
+    #[test]
+    fn bootstrap_once_with_one_primary() {
+        let mut s = ClusterState::default();
+        let two = vec![node("a", NodeRole::Primary), node("b", NodeRole::Primary)];
+        assert!(!s.apply(&req("1", Command::Bootstrap { nodes: two })).applied);
+        let s2 = bootstrapped();
+        assert_eq!(s2.epoch, Epoch(1));
+        assert_eq!(s2.primary.as_ref().map(NodeId::as_str), Some("pg1"));
+        let mut s3 = s2.clone();
+        assert!(!s3.apply(&req("again", Command::Bootstrap { nodes: vec![node("x", NodeRole::Primary)] })).applied);
+        assert_eq!(s3.history.len(), 1);
+    }
+
+    #[test]
+    fn a_request_id_applies_once() {
+        let mut s = bootstrapped();
+        let decl = req("d1", Command::DeclarePrimaryFailed { primary: "pg1".parse().unwrap(), witnesses: vec![1, 2] });
+        assert!(s.apply(&decl).applied);
+        let history = s.history.len();
+        // The same request again (a retry after an unknown outcome) returns the first outcome.
+        assert!(s.apply(&decl).applied);
+        assert_eq!(s.history.len(), history);
+        // A new request for the same thing is refused.
+        let again = req("d2", Command::DeclarePrimaryFailed { primary: "pg1".parse().unwrap(), witnesses: vec![1, 2] });
+        assert!(!s.apply(&again).applied);
+    }
+
+    #[test]
+    fn no_leases_while_the_primary_is_declared_failed() {
+        let mut s = bootstrapped();
+        assert!(s.apply(&req("l1", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
+        assert_eq!(s.leases["p1"].epoch, Epoch(1));
+        s.apply(&req("d", Command::DeclarePrimaryFailed { primary: "pg1".parse().unwrap(), witnesses: vec![1, 2] }));
+        assert!(!s.apply(&req("l2", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
+        assert!(s.apply(&req("r", Command::PrimaryRecovered { primary: "pg1".parse().unwrap() })).applied);
+        assert!(s.apply(&req("l3", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut s = bootstrapped();
+        s.apply(&req("m", Command::SetMaintenance { on: true }));
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
