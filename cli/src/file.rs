@@ -20,6 +20,9 @@ pub struct ClusterFile {
     /// `[replicator]`, read by `tandem replicator`.
     #[serde(default)]
     pub replicator: Option<ReplicatorConfig>,
+    /// `[cluster]`: the nodes and witnesses, read by `tandem witness` and `tandem status`.
+    #[serde(default)]
+    pub cluster: Option<tandem_core::ClusterSpec>,
 }
 
 /// Reads and parses a cluster file.

@@ -10,6 +10,8 @@ mod proxy_cmd;
 mod replica_cmd;
 mod replicator_cmd;
 mod signals;
+mod status_table;
+mod witness_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,10 @@ enum Command {
     /// Copy a WAL file from the relay (a standby's restore_command): exit 0 when copied, 1
     /// when the relay does not have it.
     WalFetch(replica_cmd::WalFetchArgs),
+    /// Run one member of the witness group (3 or 5 form a Raft group that judges the cluster).
+    Witness(witness_cmd::WitnessArgs),
+    /// Show the cluster as the witness group sees it (exit status 1 when it is not healthy).
+    Status(witness_cmd::StatusArgs),
     /// Start a local cluster (primary, 2 physical standbys, WAL relay, proxy) and print how
     /// to connect.
     Demo(demo::DemoArgs),
@@ -102,7 +108,8 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // The proxy starts its own worker threads, each on a current-thread runtime; this one
     // becomes its first worker.
-    let one_thread = matches!(cli.command, Command::Proxy(_) | Command::WalFetch(_) | Command::Replica(_))
+    let one_thread =
+        matches!(cli.command, Command::Proxy(_) | Command::WalFetch(_) | Command::Replica(_) | Command::Status(_))
         || cores <= 2 && matches!(cli.command, Command::Replicator(_));
     let threads = if one_thread { 1 } else { cli.threads.unwrap_or(cores).max(1) };
     // One thread: tokio's current-thread scheduler, which has none of the
@@ -126,6 +133,8 @@ fn main() -> ExitCode {
             Command::Replica(command) => replica_cmd::run(command).await,
             // Its own exit code: restore_command's contract.
             Command::WalFetch(args) => return Ok(replica_cmd::wal_fetch(args).await),
+            Command::Witness(args) => witness_cmd::run(cli.config, args).await,
+            Command::Status(args) => return witness_cmd::status(cli.config, args).await,
             Command::Demo(args) => demo::run(args).await,
         }
         .map(|()| ExitCode::SUCCESS)

@@ -7,11 +7,13 @@
 //! parses, prints and compares them the same way.
 
 mod addr;
+mod cluster;
 mod epoch;
 mod lsn;
 mod node;
 
 pub use addr::{AddrError, NodeAddr};
+pub use cluster::{ClusterError, ClusterSpec, NodeSpec, WitnessSpec};
 pub use epoch::Epoch;
 pub use lsn::{Lsn, LsnParseError};
 pub use node::{NodeId, NodeIdError, Role};

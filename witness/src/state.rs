@@ -105,6 +105,9 @@ pub struct ReplicatorState {
 pub struct ClusterState {
     /// Fencing token: +1 at every change of primary.
     pub epoch: Epoch,
+    /// +1 at every change a watcher cares about (topology, failure verdicts, maintenance);
+    /// lease renewals and replicator reports do not move it.
+    pub revision: u64,
     /// The PostgreSQL nodes, by name.
     pub nodes: BTreeMap<NodeId, NodeState>,
     /// The node that takes writes in this epoch.
@@ -204,6 +207,12 @@ impl ClusterState {
         Outcome { applied: true, reason: None, epoch: self.epoch }
     }
 
+    /// A change watchers must see.
+    fn changed(&mut self) -> Outcome {
+        self.revision += 1;
+        self.done()
+    }
+
     fn refused(&self, reason: impl Into<String>) -> Outcome {
         Outcome { applied: false, reason: Some(reason.into()), epoch: self.epoch }
     }
@@ -222,7 +231,7 @@ impl ClusterState {
                 self.nodes = nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
                 self.epoch = Epoch(1);
                 self.record(req.at_ms, "bootstrap", None);
-                self.done()
+                self.changed()
             }
             Command::DeclarePrimaryFailed { primary, witnesses } => {
                 if self.primary.as_ref() != Some(primary) {
@@ -234,7 +243,7 @@ impl ClusterState {
                 self.primary_failed_ms = Some(req.at_ms);
                 let event = format!("primary failed (seen by witnesses {witnesses:?})");
                 self.record(req.at_ms, &event, Some(primary.clone()));
-                self.done()
+                self.changed()
             }
             Command::PrimaryRecovered { primary } => {
                 if self.primary.as_ref() != Some(primary) || self.primary_failed_ms.is_none() {
@@ -242,7 +251,7 @@ impl ClusterState {
                 }
                 self.primary_failed_ms = None;
                 self.record(req.at_ms, "primary answers again", Some(primary.clone()));
-                self.done()
+                self.changed()
             }
             Command::GrantLease { holder, duration_ms } => {
                 if self.primary_failed_ms.is_some() {
@@ -267,7 +276,7 @@ impl ClusterState {
                 }
                 self.maintenance = *on;
                 self.record(req.at_ms, if *on { "maintenance on" } else { "maintenance off" }, None);
-                self.done()
+                self.changed()
             }
         }
     }

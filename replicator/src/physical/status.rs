@@ -238,7 +238,9 @@ async fn poll_once(
         (Some(p), Some(f)) => Some(p.bytes_since(f)),
         _ => None,
     };
-    relay.lag_seconds = board.lag_seconds(&relay_name, relay.lag_bytes, None, now);
+    // The relay replays nothing: PostgreSQL's flush lag is its measure.
+    let pg_lag = seen.as_ref().and_then(|v| v.flush_lag.get(&relay_name).copied());
+    relay.lag_seconds = board.lag_seconds(&relay_name, relay.lag_bytes, pg_lag, now);
     report.relay = relay;
 
     for r in &board.cfg.replicas {

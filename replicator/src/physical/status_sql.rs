@@ -26,6 +26,8 @@ pub(super) struct PrimaryView {
     pub slots: BTreeMap<String, Option<Lsn>>,
     /// `replay_lag` in seconds by `application_name`, where PostgreSQL measured one.
     pub replay_lag: BTreeMap<String, f64>,
+    /// `flush_lag` likewise (the relay's measure: it replays nothing).
+    pub flush_lag: BTreeMap<String, f64>,
 }
 
 /// One `pg_stat_replication` row.
@@ -84,17 +86,22 @@ async fn read_primary(client: &Client) -> Result<PrimaryView, RelayError> {
     let rows = client
         .query(
             "SELECT application_name, state, sync_state, write_lsn::text, flush_lsn::text, replay_lsn::text, \
-             extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication",
+             extract(epoch FROM replay_lag)::float8, extract(epoch FROM flush_lag)::float8 \
+             FROM pg_stat_replication",
             &[],
         )
         .await
         .map_err(RelayError::sql("reading pg_stat_replication"))?;
     let mut senders = BTreeMap::new();
     let mut replay_lag = BTreeMap::new();
+    let mut flush_lag = BTreeMap::new();
     for r in rows {
         let name: String = r.get(0);
         if let Some(lag) = r.get::<_, Option<f64>>(6) {
             replay_lag.insert(name.clone(), lag);
+        }
+        if let Some(lag) = r.get::<_, Option<f64>>(7) {
+            flush_lag.insert(name.clone(), lag);
         }
         let sender = Sender {
             state: r.get::<_, Option<String>>(1).unwrap_or_default(),
@@ -113,7 +120,7 @@ async fn read_primary(client: &Client) -> Result<PrimaryView, RelayError> {
         .await
         .map_err(RelayError::sql("reading pg_replication_slots"))?;
     let slots = rows.into_iter().map(|r| (r.get::<_, String>(0), parse_lsn(r.get(1)))).collect();
-    Ok(PrimaryView { lsn, timeline, sync_names, senders, slots, replay_lag })
+    Ok(PrimaryView { lsn, timeline, sync_names, senders, slots, replay_lag, flush_lag })
 }
 
 /// A member as the primary sees it (`unknown` when the primary did not answer).
