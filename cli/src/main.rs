@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
-    #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info,openraft=warn")]
     log: String,
     /// Worker threads. `tandem proxy`: event loops serving clients, each with its own share
     /// of every pool [default: one per core, at most one per 8 connections of --pool-size].
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     // becomes its first worker.
     let one_thread =
         matches!(cli.command, Command::Proxy(_) | Command::WalFetch(_) | Command::Replica(_) | Command::Status(_))
-        || cores <= 2 && matches!(cli.command, Command::Replicator(_));
+            || cores <= 2 && matches!(cli.command, Command::Replicator(_));
     let threads = if one_thread { 1 } else { cli.threads.unwrap_or(cores).max(1) };
     // One thread: tokio's current-thread scheduler, which has none of the
     // work-stealing bookkeeping of the multi-thread one.

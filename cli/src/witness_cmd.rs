@@ -76,7 +76,8 @@ fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result<ClusterSpe
             .witnesses
             .iter()
             .map(|w| {
-                let (id, addr) = w.split_once('=').with_context(|| format!("--witness {w:?}: expected ID=HOST:PORT"))?;
+                let (id, addr) =
+                    w.split_once('=').with_context(|| format!("--witness {w:?}: expected ID=HOST:PORT"))?;
                 Ok(WitnessSpec { id: id.parse().with_context(|| format!("--witness {w:?}: id"))?, addr: addr.into() })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -87,7 +88,8 @@ fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result<ClusterSpe
             .nodes
             .iter()
             .map(|n| {
-                let (name, addr) = n.split_once('=').with_context(|| format!("--node {n:?}: expected NAME=HOST:PORT"))?;
+                let (name, addr) =
+                    n.split_once('=').with_context(|| format!("--node {n:?}: expected NAME=HOST:PORT"))?;
                 Ok(NodeSpec {
                     name: name.parse()?,
                     addr: addr.parse()?,

@@ -31,6 +31,7 @@ pub mod wire;
 
 pub use cluster::{Cluster, ClusterOptions};
 pub use kit::bin::{pg_bin_dir, tandem_bin};
+pub use kit::fault_proxy::FaultProxy;
 pub use kit::pg::{PgOptions, PgServer};
 pub use kit::port::free_port;
 pub use kit::process::TandemProcess;

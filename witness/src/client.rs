@@ -48,7 +48,8 @@ impl WitnessClient {
                     if leader == Some(view.witness) {
                         return Ok(view);
                     }
-                    let leader_addr = leader.and_then(|l| view.witnesses.iter().find(|w| w.id == l)).map(|w| w.addr.clone());
+                    let leader_addr =
+                        leader.and_then(|l| view.witnesses.iter().find(|w| w.id == l)).map(|w| w.addr.clone());
                     if let Some(addr) = leader_addr {
                         if let Ok(v) = self.get(&addr).await {
                             return Ok(v);

@@ -54,8 +54,12 @@ impl Witness {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| WitnessError::DataDir(format!("create {}: {e}", cfg.data_dir.display())))?;
         let path = cfg.data_dir.join("witness.redb");
-        let db = redb::Database::create(&path)
-            .map_err(|e| WitnessError::DataDir(format!("open {}: {e} (a damaged witness data directory: move it away and the witness rejoins from its peers)", path.display())))?;
+        let db = redb::Database::create(&path).map_err(|e| {
+            WitnessError::DataDir(format!(
+                "open {}: {e} (a damaged witness data directory: move it away and the witness rejoins from its peers)",
+                path.display()
+            ))
+        })?;
         let db = Arc::new(db);
         let log_store = LogStore::new(db.clone())?;
         let state_machine = StateMachine::open(db)?;

@@ -7,6 +7,7 @@
 //! test starts is stopped on `Drop`, also when the test panics.
 
 pub mod bin;
+pub mod fault_proxy;
 pub mod pg;
 pub mod port;
 pub mod process;

@@ -153,7 +153,10 @@ pub(super) async fn lease(
 ) -> Result<Json<LeaseGrant>, ApiError> {
     authorize(&w, &headers)?;
     if req.holder.is_empty() || req.duration_ms == 0 || req.duration_ms > MAX_LEASE_MS {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("holder must be set and 0 < duration_ms <= {MAX_LEASE_MS}")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("holder must be set and 0 < duration_ms <= {MAX_LEASE_MS}"),
+        ));
     }
     let outcome =
         w.propose(req.request_id, Command::GrantLease { holder: req.holder, duration_ms: req.duration_ms }).await?;
@@ -202,13 +205,24 @@ pub(super) async fn metrics(State(w): State<Arc<Witness>>) -> impl IntoResponse 
     let state = w.state.borrow().clone();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP tandem_witness_{name} {help}\n# TYPE tandem_witness_{name} gauge\ntandem_witness_{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP tandem_witness_{name} {help}\n# TYPE tandem_witness_{name} gauge\ntandem_witness_{name} {value}"
+        );
     };
     gauge("is_leader", "1 on the Raft leader.", f64::from(u8::from(m.current_leader == Some(w.cfg.id))));
     gauge("term", "Current Raft term.", m.current_term as f64);
-    gauge("last_applied_index", "Last Raft log index applied here.", m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+    gauge(
+        "last_applied_index",
+        "Last Raft log index applied here.",
+        m.last_applied.map(|l| l.index).unwrap_or(0) as f64,
+    );
     gauge("epoch", "The cluster's epoch (fencing token).", state.epoch.0 as f64);
-    gauge("primary_failed", "1 while the primary is declared failed.", f64::from(u8::from(state.primary_failed_ms.is_some())));
+    gauge(
+        "primary_failed",
+        "1 while the primary is declared failed.",
+        f64::from(u8::from(state.primary_failed_ms.is_some())),
+    );
     let views = w.views.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let _ = writeln!(out, "# HELP tandem_witness_node_reachable 1 when this witness's last probe of the node succeeded.\n# TYPE tandem_witness_node_reachable gauge");
     for (name, v) in &views {

@@ -1,0 +1,275 @@
+//! The witness group end to end: three real `tandem witness` processes judging real
+//! PostgreSQL 15 servers. Elections and kills, restarts from disk, failure verdicts by
+//! majority (one witness cut off from the primary by a TCP fault proxy changes nothing),
+//! `tandem status`, and bad requests.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use tandem_tests::{free_port, init_tracing, wait_until, FaultProxy, PgOptions, PgServer, TandemProcess};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Three witnesses; `primary_addr[i]` is how witness i+1 reaches the primary.
+struct Group {
+    ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    procs: Vec<Option<TandemProcess>>,
+    args: Vec<Vec<String>>,
+}
+
+impl Group {
+    fn start(primary_addr: &[String], standby: &PgServer, extra: &[&str]) -> Result<Group> {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let dir = tempfile::tempdir()?;
+        let mut args = Vec::new();
+        for i in 0..3 {
+            let mut a: Vec<String> = vec![
+                "witness".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--data-dir".into(),
+                dir.path().join(format!("w{}", i + 1)).display().to_string(),
+                "--node".into(),
+                format!("primary={}", primary_addr[i]),
+                "--node".into(),
+                format!("standby={}", standby.addr()),
+                "--primary-node".into(),
+                "primary".into(),
+            ];
+            for (j, p) in ports.iter().enumerate() {
+                a.push("--witness".into());
+                a.push(format!("{}=127.0.0.1:{p}", j + 1));
+            }
+            a.extend(extra.iter().map(|s| s.to_string()));
+            args.push(a);
+        }
+        let mut g = Group { ports, dir, procs: (0..3).map(|_| None).collect(), args };
+        for i in 0..3 {
+            g.spawn(i)?;
+        }
+        Ok(g)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
+        let p = TandemProcess::spawn(&args)?;
+        p.wait_for_port(self.ports[i], WAIT)?;
+        self.procs[i] = Some(p);
+        Ok(())
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            p.kill9();
+        }
+    }
+
+    fn view(&self, i: usize) -> Result<Value> {
+        let (code, body) = http(self.ports[i], "GET", "/v1/cluster", None, None)?;
+        anyhow::ensure!(code == 200, "GET /v1/cluster: {code} {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until every running witness agrees on one leader and has the bootstrapped
+    /// state; returns the leader's index.
+    fn wait_leader(&self, not: Option<usize>) -> Result<usize> {
+        wait_until("one leader with the cluster state", WAIT, || {
+            let mut leader = None;
+            for i in (0..3).filter(|i| self.procs[*i].is_some()) {
+                let v = self.view(i).ok()?;
+                let l = v["leader"].as_u64()? as usize - 1;
+                if v["state"]["epoch"] != 1 || leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            leader.filter(|l| Some(*l) != not && self.procs[*l].is_some())
+        })
+        .with_context(|| self.logs())
+    }
+
+    fn witness_flags(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .enumerate()
+            .flat_map(|(j, p)| ["--witness".into(), format!("{}=127.0.0.1:{p}", j + 1)])
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        self.procs.iter().flatten().map(|p| p.log_tail()).collect::<Vec<_>>().join("\n---\n")
+    }
+}
+
+/// One HTTP/1.1 request on loopback: (status, body).
+fn http(port: u16, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, rest) = raw.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed answer {raw}"))?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("{head}"))?;
+    Ok((code, rest.to_string()))
+}
+
+fn status(group: &Group) -> Result<(bool, String)> {
+    let flags = group.witness_flags();
+    let mut args: Vec<&str> = vec!["status"];
+    args.extend(flags.iter().map(String::as_str));
+    let mut p = TandemProcess::spawn(&args)?;
+    let code = p.wait_exit(WAIT)?;
+    Ok((code.success(), p.log()))
+}
+
+#[test]
+fn the_group_elects_survives_kills_and_restarts_from_disk() -> Result<()> {
+    init_tracing();
+    let primary = PgServer::start("primary", PgOptions::default())?;
+    let standby = primary.start_standby("standby")?;
+    let addr = primary.addr();
+    let mut g = Group::start(&[addr.clone(), addr.clone(), addr], &standby, &[])?;
+    let leader = g.wait_leader(None)?;
+    for i in 0..3 {
+        let v = g.view(i)?;
+        assert_eq!(v["state"]["primary"], "primary", "every member serves the same state");
+    }
+    let (healthy, out) = status(&g)?;
+    assert!(healthy, "tandem status says healthy:\n{out}");
+    assert!(out.contains("| primary") && out.contains("running") && out.contains("leader"), "{out}");
+
+    // kill -9 of the leader: another takes over with the state intact.
+    g.kill9(leader);
+    let new_leader = g.wait_leader(Some(leader))?;
+    assert_ne!(new_leader, leader);
+    let v = g.view(new_leader)?;
+    assert_eq!(v["state"]["epoch"], 1);
+    assert_eq!(v["state"]["history"].as_array().map(Vec::len), Some(1), "bootstrapped once: {v}");
+    g.spawn(leader)?;
+    g.wait_leader(None)?;
+
+    // kill -9 of all three, restart from their data dirs: same state and epoch.
+    let before = g.view(new_leader)?["state"].clone();
+    for i in 0..3 {
+        g.kill9(i);
+    }
+    for i in 0..3 {
+        g.spawn(i)?;
+    }
+    let l = g.wait_leader(None)?;
+    let after = g.view(l)?["state"].clone();
+    assert_eq!(after["epoch"], before["epoch"]);
+    assert_eq!(after["nodes"], before["nodes"]);
+    assert_eq!(after["history"], before["history"]);
+    Ok(())
+}
+
+#[test]
+fn only_a_majority_cut_off_from_the_primary_declares_it_failed() -> Result<()> {
+    init_tracing();
+    let primary = PgServer::start("primary", PgOptions::default())?;
+    let standby = primary.start_standby("standby")?;
+    let cut2 = FaultProxy::start(&primary.addr())?;
+    let cut3 = FaultProxy::start(&primary.addr())?;
+    let g = Group::start(&[primary.addr(), cut2.addr(), cut3.addr()], &standby, &[])?;
+    let leader = g.wait_leader(None)?;
+    let declared = |g: &Group| -> Result<bool> { Ok(!g.view(leader)?["state"]["primary_failed_ms"].is_null()) };
+
+    // One witness cut off from the primary, for three failure timeouts: nothing happens.
+    cut3.set_blackhole(true);
+    wait_until("witness 3 sees the primary failing for 3 s", WAIT, || {
+        let v = g.view(2).ok()?;
+        (v["probes"]["primary"]["failing_for_ms"].as_u64()? >= 3000).then_some(())
+    })?;
+    assert!(!declared(&g)?, "one witness alone must not declare the primary failed");
+
+    // A second one: a majority. The leader declares it.
+    cut2.set_blackhole(true);
+    wait_until("the primary declared failed", WAIT, || declared(&g).ok()?.then_some(())).with_context(|| g.logs())?;
+    let v = g.view(leader)?;
+    let last = v["state"]["history"].as_array().and_then(|h| h.last()).cloned().unwrap_or_default();
+    assert!(last["event"].as_str().unwrap_or("").contains("primary failed"), "{last}");
+    let (healthy, out) = status(&g)?;
+    assert!(!healthy && out.contains("DECLARED FAILED"), "{out}");
+
+    // Healed: a majority reach it again.
+    cut2.set_blackhole(false);
+    cut3.set_blackhole(false);
+    wait_until("the primary recovered", WAIT, || (!declared(&g).ok()?).then_some(()))?;
+    Ok(())
+}
+
+#[test]
+fn bad_requests_and_a_damaged_data_dir_get_clear_errors() -> Result<()> {
+    init_tracing();
+    let primary = PgServer::start("primary", PgOptions::default())?;
+    let standby = primary.start_standby("standby")?;
+    let addr = primary.addr();
+    // The cluster file's token guards the mutating endpoints.
+    let config = write_config(&primary, &standby)?;
+    let config_path = config.path().join("tandem.toml");
+    let extra = ["--config", config_path.to_str().context("path")?];
+    let mut g = Group::start(&[addr.clone(), addr.clone(), addr], &standby, &extra)?;
+    let leader = g.wait_leader(None)?;
+    let port = g.ports[leader];
+    let lease = r#"{"holder":"p1","duration_ms":2000,"request_id":"r1"}"#;
+    let (code, body) = http(port, "POST", "/v1/lease", Some(lease), None)?;
+    assert_eq!(code, 401, "no token: {body}");
+    let (code, body) = http(port, "POST", "/v1/lease", Some(lease), Some("wrong"))?;
+    assert_eq!(code, 401, "wrong token: {body}");
+    let token = Some("s3cret");
+    let (code, body) = http(port, "POST", "/v1/lease", Some("{not json"), token)?;
+    assert!((400..500).contains(&code), "{code} {body}");
+    let (code, body) =
+        http(port, "POST", "/v1/lease", Some(r#"{"holder":"","duration_ms":0,"request_id":"x"}"#), token)?;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (code, body) = http(port, "POST", "/v1/lease", Some(lease), token)?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"epoch\":1"), "{body}");
+    let follower = (0..3).find(|i| *i != leader).context("follower")?;
+    let lease2 = r#"{"holder":"p1","duration_ms":2000,"request_id":"r2"}"#;
+    let (code, body) = http(g.ports[follower], "POST", "/v1/lease", Some(lease2), token)?;
+    assert_eq!(code, 421, "a follower says where the leader is: {body}");
+    assert!(body.contains(&format!("127.0.0.1:{port}")), "{body}");
+    let (code, _) = http(port, "GET", "/v1/cluster/watch?revision=abc", None, None)?;
+    assert_eq!(code, 400);
+
+    // A damaged data directory: a clear error, not a panic.
+    g.kill9(follower);
+    let data: PathBuf = g.dir.path().join(format!("w{}", follower + 1)).join("witness.redb");
+    std::fs::write(&data, b"this is not a redb file")?;
+    let args: Vec<&str> = g.args[follower].iter().map(String::as_str).collect();
+    let mut p = TandemProcess::spawn(&args)?;
+    assert!(!p.wait_exit(WAIT)?.success());
+    assert!(p.log().contains("witness data directory"), "{}", p.log());
+    assert!(!p.log().contains("panicked"), "{}", p.log());
+    Ok(())
+}
+
+/// A cluster file with a token (the witnesses and nodes come from flags).
+fn write_config(primary: &PgServer, standby: &PgServer) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tandem.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\ntoken = \"s3cret\"\n[[cluster.nodes]]\nname = \"primary\"\naddr = \"{}\"\nrole = \"primary\"\n\
+             [[cluster.nodes]]\nname = \"standby\"\naddr = \"{}\"\nrole = \"replica\"\n",
+            primary.addr(),
+            standby.addr()
+        ),
+    )?;
+    Ok(dir)
+}
