@@ -175,14 +175,17 @@ impl Session {
                 let committed = !self.unit_error && !self.aborted && !self.rolled_back;
                 let effects = std::mem::take(&mut self.pending);
                 if committed {
-                    let reset =
-                        effects.iter().any(|e| matches!(e, SessionEffect::ResetAll | SessionEffect::DiscardAll));
+                    let reset = effects.iter().any(|e| {
+                        matches!(e, SessionEffect::ResetAll | SessionEffect::DiscardAll | SessionEffect::Reset { .. })
+                    });
                     for e in effects {
                         self.apply_effect(e);
                     }
                     if let Some(a) = self.active.as_mut().filter(|_| reset) {
                         // The server reset to its connection's startup settings, not the
-                        // client's: replay before the next unit.
+                        // client's (a simple Query's RESET is followed by a hidden restore,
+                        // see `Session::restore_startup`; an extended one's is not): replay
+                        // before the next unit.
                         a.conn.params_signature = 0;
                     }
                 }
@@ -203,9 +206,9 @@ impl Session {
         match effect {
             SessionEffect::Set { name, statement } => self.params.set(&name, &statement),
             SessionEffect::Reset { name } => self.params.reset(&name),
-            SessionEffect::ResetAll => self.params.clear(),
+            SessionEffect::ResetAll => self.params.reset_all(),
             // Prepared statements were forgotten when it was sent (see `note_effects`).
-            SessionEffect::DiscardAll => self.params.clear(),
+            SessionEffect::DiscardAll => self.params.discard_all(),
             SessionEffect::Deallocate { .. }
             | SessionEffect::Pin(_)
             | SessionEffect::DiscardPlans

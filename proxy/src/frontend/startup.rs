@@ -174,14 +174,12 @@ pub async fn serve_client(
     for notice in reported.iter().flat_map(|r| r.notices.iter()) {
         out.extend_from_slice(notice);
     }
-    for (name, value) in server_params.iter() {
+    // The pool's connections log in as `tandem`; a client that named no application_name
+    // has an empty one, as in PostgreSQL (the session replays that, see `SessionParams`).
+    for (name, value) in server_params.iter().filter(|(n, _)| n != "application_name") {
         build::parameter_status(&mut out, name, chosen(name).unwrap_or(value));
     }
-    if !server_params.iter().any(|(n, _)| n == "application_name") {
-        if let Some(value) = chosen("application_name") {
-            build::parameter_status(&mut out, "application_name", value);
-        }
-    }
+    build::parameter_status(&mut out, "application_name", chosen("application_name").unwrap_or(""));
     build::backend_key_data(&mut out, cancel.pid, cancel.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await?;
