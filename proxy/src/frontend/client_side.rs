@@ -179,7 +179,23 @@ impl Session {
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
         self.forward(frame, Some(Expect::Query { swallow: false }));
+        if !class.effects.is_empty() {
+            self.restore_startup(&class.effects);
+        }
         Ok(())
+    }
+
+    /// After a client's RESET (or RESET ALL, DISCARD ALL, SET ... TO DEFAULT) of a setting
+    /// it gave at login, the server holds its own connection's startup value, while
+    /// PostgreSQL returns to the client's: a hidden query right behind puts the client's
+    /// back. In a transaction it is rolled back with the RESET; if the client's query fails
+    /// outside one, the connection's settings are unknown until the next unit replays them.
+    fn restore_startup(&mut self, effects: &[SessionEffect]) {
+        let Some(sql) = self.params.restore_sql(effects) else { return };
+        let Some(a) = self.active.as_mut() else { return };
+        a.conn.params_signature = super::state::UNKNOWN_SIGNATURE;
+        build::query(&mut self.sout, &sql);
+        self.pipeline.push(Expect::Restore, &mut self.cout);
     }
 
     /// Before a statement that needs a database to itself (DROP DATABASE, CREATE DATABASE

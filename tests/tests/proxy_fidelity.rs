@@ -1,0 +1,107 @@
+//! A client cannot tell the proxy from PostgreSQL: each test reproduces one difference once
+//! found between a direct connection and one through the proxy (issue 14) and asserts what
+//! PostgreSQL itself does, in both pool modes where the difference was in both.
+
+use tandem_tests::wire::{first_column, first_error, startup_with, Msg, RawClient};
+use tandem_tests::{init_tracing, Cluster, ClusterOptions};
+
+/// A cluster of one primary and the proxy in `mode`, with `extra` proxy flags.
+fn cluster(mode: &'static str, extra: &[&str]) -> anyhow::Result<Cluster> {
+    Cluster::start(ClusterOptions {
+        replicas: 0,
+        pool_mode: mode,
+        proxy_args: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+/// Logs in with `settings` in the StartupMessage; returns the client and its greeting.
+async fn login(c: &Cluster, settings: &[(&str, &str)]) -> anyhow::Result<(RawClient, Vec<Msg>)> {
+    let mut client = RawClient::connect(c.proxy_port).await?;
+    client.send(&startup_with("postgres", "postgres", settings)).await?;
+    let greeting = client.until_ready().await?;
+    anyhow::ensure!(first_error(&greeting).is_none(), "login failed: {:?}", first_error(&greeting));
+    Ok((client, greeting))
+}
+
+/// The value of the last ParameterStatus for `name` in `msgs`.
+fn status(msgs: &[Msg], name: &str) -> Option<String> {
+    msgs.iter().filter(|m| m.tag == b'S').rev().find_map(|m| {
+        let mut parts = m.body.split(|b| *b == 0);
+        let n = parts.next()?;
+        let v = parts.next()?;
+        (n == name.as_bytes()).then(|| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// The single value a simple query returns, plus every message seen up to its answer.
+async fn value(client: &mut RawClient, sql: &str) -> anyhow::Result<(String, Vec<Msg>)> {
+    let msgs = client.simple(sql).await?;
+    anyhow::ensure!(first_error(&msgs).is_none(), "{sql}: {:?}", first_error(&msgs));
+    let v = first_column(&msgs).into_iter().next().flatten().unwrap_or_default();
+    Ok((v, msgs))
+}
+
+/// Runs statements that must succeed, returning all messages.
+async fn run(client: &mut RawClient, sql: &str) -> anyhow::Result<Vec<Msg>> {
+    let msgs = client.simple(sql).await?;
+    anyhow::ensure!(first_error(&msgs).is_none(), "{sql}: {:?}", first_error(&msgs));
+    Ok(msgs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_to_the_login_value() -> anyhow::Result<()> {
+    init_tracing();
+    for mode in ["transaction", "session"] {
+        let c = Cluster::start(ClusterOptions::one_backend(mode))?;
+        let (mut a, greeting) = login(&c, &[("DateStyle", "SQL, DMY")]).await?;
+        assert_eq!(status(&greeting, "DateStyle").as_deref(), Some("SQL, DMY"));
+        let mut seen = Vec::new();
+        for sql in ["SET datestyle = ISO", "RESET datestyle", "SET DateStyle TO DEFAULT", "RESET ALL", "DISCARD ALL"] {
+            seen.extend(run(&mut a, "SET datestyle = 'Postgres'").await?);
+            seen.extend(run(&mut a, sql).await?);
+            let (v, msgs) = value(&mut a, "SHOW datestyle").await?;
+            seen.extend(msgs);
+            if sql.starts_with("SET datestyle") {
+                assert_eq!(v, "ISO, DMY", "{mode}: {sql}");
+                continue;
+            }
+            assert_eq!(v, "SQL, DMY", "{mode}: after {sql}");
+            assert_eq!(status(&seen, "DateStyle").as_deref(), Some("SQL, DMY"), "{mode}: reported after {sql}");
+        }
+        // Inside a transaction the next statement sees it too, and a rollback undoes it.
+        run(&mut a, "SET datestyle = ISO").await?;
+        run(&mut a, "BEGIN").await?;
+        run(&mut a, "RESET datestyle").await?;
+        assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "SQL, DMY", "{mode}: in a transaction");
+        run(&mut a, "ROLLBACK").await?;
+        assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "ISO, DMY", "{mode}: rolled back");
+        run(&mut a, "RESET datestyle").await?;
+        if mode == "transaction" {
+            // Another client on the same backend gets the server's default, and the first
+            // keeps its login value after that.
+            let (mut b, _) = login(&c, &[]).await?;
+            assert_eq!(value(&mut b, "SHOW datestyle").await?.0, "ISO, MDY");
+        }
+        assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "SQL, DMY", "{mode}: later");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_application_name_is_an_empty_one() -> anyhow::Result<()> {
+    init_tracing();
+    for mode in ["transaction", "session"] {
+        let c = cluster(mode, &[])?;
+        let (mut client, greeting) = login(&c, &[]).await?;
+        assert_eq!(status(&greeting, "application_name").as_deref(), Some(""), "{mode}: greeting");
+        assert_eq!(value(&mut client, "SHOW application_name").await?.0, "", "{mode}");
+        let (v, _) =
+            value(&mut client, "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()").await?;
+        assert_eq!(v, "", "{mode}: pg_stat_activity");
+        let (mut named, greeting) = login(&c, &[("application_name", "mine")]).await?;
+        assert_eq!(status(&greeting, "application_name").as_deref(), Some("mine"), "{mode}");
+        assert_eq!(value(&mut named, "SHOW application_name").await?.0, "mine", "{mode}");
+    }
+    Ok(())
+}
