@@ -2,6 +2,7 @@
 //! found between a direct connection and one through the proxy (issue 14) and asserts what
 //! PostgreSQL itself does, in both pool modes where the difference was in both.
 
+use tandem_tests::cluster::one;
 use tandem_tests::wire::{first_column, first_error, startup_with, Msg, RawClient};
 use tandem_tests::{init_tracing, Cluster, ClusterOptions};
 
@@ -102,6 +103,30 @@ async fn no_application_name_is_an_empty_one() -> anyhow::Result<()> {
         let (mut named, greeting) = login(&c, &[("application_name", "mine")]).await?;
         assert_eq!(status(&greeting, "application_name").as_deref(), Some("mine"), "{mode}");
         assert_eq!(value(&mut named, "SHOW application_name").await?.0, "mine", "{mode}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_statements_go_but_sql_prepared_ones_stay() -> anyhow::Result<()> {
+    init_tracing();
+    for mode in ["transaction", "session"] {
+        let c = cluster(mode, &[])?;
+        c.primary.psql("postgres", "CREATE TABLE t (a int); INSERT INTO t VALUES (1)")?;
+        let client = c.connect().await?;
+        let stmt = client.prepare("SELECT * FROM t").await?;
+        client.batch_execute("PREPARE mine AS SELECT a FROM t").await?;
+        assert_eq!(client.query(&stmt, &[]).await?.len(), 1);
+        client.batch_execute("ALTER TABLE t ADD COLUMN b int").await?;
+        let err = client.query(&stmt, &[]).await.expect_err("PostgreSQL refuses the old statement");
+        assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{mode}: {err}");
+        // The client's own SQL statement is still there, as in PostgreSQL.
+        assert_eq!(one(&client, "EXECUTE mine").await?, "1", "{mode}");
+        let names = one(&client, "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE from_sql").await?;
+        assert_eq!(names, "mine", "{mode}");
+        let fresh = client.prepare("SELECT * FROM t").await?;
+        assert_eq!(fresh.columns().len(), 2, "{mode}: a new Parse sees the new column");
+        assert_eq!(client.query(&fresh, &[]).await?.len(), 1);
     }
     Ok(())
 }

@@ -23,6 +23,12 @@ use crate::router::classify::Route;
 use crate::router::Node;
 use tandem_core::Role;
 
+/// Drops the prepared statements made with the protocol's Parse (those the proxy manages)
+/// and keeps those of SQL `PREPARE`.
+const DEALLOCATE_PROTOCOL_STATEMENTS: &str = "DO $$DECLARE s text; BEGIN \
+     FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql LOOP \
+     EXECUTE 'DEALLOCATE ' || pg_catalog.quote_ident(s); END LOOP; END$$";
+
 impl Session {
     /// Makes sure a server connection is attached for a unit with `route`.
     pub(super) async fn begin_unit(&mut self, route: Route) -> Result<(), Failure> {
@@ -148,8 +154,9 @@ impl Session {
             // A schema change made a statement on this connection return other columns
             // (server: "cached plan must not change result type"). The statements are
             // shared by text, so a client's new Parse of the same text would still get the
-            // old one; start over on this connection.
-            build::query(&mut self.sout, "DEALLOCATE ALL");
+            // old one; start over on this connection. Only the protocol-level statements
+            // go (the proxy's): the client's SQL `PREPARE`d ones stay, as in PostgreSQL.
+            build::query(&mut self.sout, DEALLOCATE_PROTOCOL_STATEMENTS);
             self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
             a.conn.prepared.clear();
             a.conn.statements_stale = false;
