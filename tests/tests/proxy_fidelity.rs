@@ -3,7 +3,7 @@
 //! PostgreSQL itself does, in both pool modes where the difference was in both.
 
 use tandem_tests::cluster::one;
-use tandem_tests::wire::{first_column, first_error, startup_with, Msg, RawClient};
+use tandem_tests::wire::{first_column, first_error, msg, startup_with, Msg, RawClient};
 use tandem_tests::{init_tracing, Cluster, ClusterOptions};
 
 /// A cluster of one primary and the proxy in `mode`, with `extra` proxy flags.
@@ -128,5 +128,25 @@ async fn stale_statements_go_but_sql_prepared_ones_stay() -> anyhow::Result<()> 
         assert_eq!(fresh.columns().len(), 2, "{mode}: a new Parse sees the new column");
         assert_eq!(client.query(&fresh, &[]).await?.len(), 1);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_before_startup_closes_silently() -> anyhow::Result<()> {
+    init_tracing();
+    let c = cluster("transaction", &[])?;
+    for prefix in [&b""[..], &b"X"[..]] {
+        let mut client = RawClient::connect(c.proxy_port).await?;
+        // node-postgres's end() before it logged in; sent in two pieces the second time.
+        if !prefix.is_empty() {
+            client.send(prefix).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        client.send(&msg(b'X', b"")[prefix.len()..]).await?;
+        let answer = client.until_closed().await?;
+        assert!(answer.is_empty(), "PostgreSQL answers nothing, the proxy sent {answer:?}");
+    }
+    let (mut client, _) = login(&c, &[]).await?;
+    assert_eq!(value(&mut client, "SELECT 1").await?.0, "1");
     Ok(())
 }

@@ -39,7 +39,14 @@ pub enum StartupError {
     /// The connection only carried a cancel request.
     #[error("cancel request handled")]
     Cancel,
+    /// The client sent Terminate instead of a startup packet (node-postgres does, when it
+    /// closes before it got to log in); PostgreSQL closes such a connection silently.
+    #[error("client sent Terminate before logging in")]
+    Terminated,
 }
+
+/// A Terminate message: type `X`, length 4.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// A client that logged in: its session, ready to run over its stream.
 pub struct LoggedIn {
@@ -223,6 +230,10 @@ async fn negotiate(
     let mut tls_done = false;
     loop {
         let body = loop {
+            if buf.starts_with(&TERMINATE) {
+                let _ = stream.shutdown().await;
+                return Err(StartupError::Terminated);
+            }
             match split_startup(&mut buf) {
                 Ok(Some(b)) => break b,
                 Ok(None) => {
