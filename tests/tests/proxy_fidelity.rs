@@ -150,3 +150,23 @@ async fn terminate_before_startup_closes_silently() -> anyhow::Result<()> {
     assert_eq!(value(&mut client, "SELECT 1").await?.0, "1");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_idle_connections_to_template_databases() -> anyhow::Result<()> {
+    init_tracing();
+    for mode in ["transaction", "session"] {
+        let c = cluster(mode, &[])?;
+        let client = c.connect_as("postgres", "template1").await?;
+        assert_eq!(one(&client, "SELECT current_database()").await?, "template1");
+        if mode == "session" {
+            // The session holds its backend, as a direct connection would, until it ends.
+            drop(client);
+        }
+        // CREATE DATABASE copies template1, which nobody else may be connected to.
+        let made = c.primary.psql("postgres", &format!("CREATE DATABASE made_{mode}"));
+        assert!(made.is_ok(), "{mode}: {made:?}");
+        let through = c.psql(&format!("CREATE DATABASE through_{mode}"));
+        assert!(through.is_ok(), "{mode}: {through:?}");
+    }
+    Ok(())
+}
