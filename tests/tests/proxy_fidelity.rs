@@ -170,3 +170,27 @@ async fn no_idle_connections_to_template_databases() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_terminated_backend_is_not_a_node_failure() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 1, ..Default::default() })?;
+    // A read-only transaction runs on the replica, a read-write one on the primary.
+    for (begin, server) in [("BEGIN READ ONLY", &c.replicas[0]), ("BEGIN", &c.primary)] {
+        let client = c.connect().await?;
+        client.batch_execute(begin).await?;
+        let pid = one(&client, "SELECT pg_backend_pid()").await?;
+        server.psql("postgres", &format!("SELECT pg_terminate_backend({pid})"))?;
+        let err = client.batch_execute("SELECT 1").await.expect_err("the backend is gone");
+        assert!(err.is_closed() || err.code().is_some(), "{begin}: {err}");
+        // Other clients go on using that node at once.
+        let other = c.connect().await?;
+        let recovery = if begin == "BEGIN" { "false" } else { "true" };
+        other.batch_execute(begin).await?;
+        assert_eq!(one(&other, "SELECT pg_is_in_recovery()::text").await?, recovery, "{begin}");
+        other.batch_execute("COMMIT").await?;
+    }
+    let log = c.proxy.log();
+    assert!(!log.contains("taken out of rotation"), "one lost backend took a node out:\n{log}");
+    Ok(())
+}

@@ -81,8 +81,7 @@ impl Session {
                     self.ctx.metrics.error(kind);
                     self.span
                         .in_scope(|| tracing::warn!(node = %node.id, error = %e, "could not get a server connection"));
-                    let retry = node.role == Role::Replica
-                        && !matches!(e, AcquireError::PoolTimeout | AcquireError::Connect(ConnectError::Server { .. }));
+                    let retry = node.role == Role::Replica && replica_unavailable(&e);
                     last_err = Some(failure_for(&node.id.to_string(), e));
                     if retry {
                         node.set_healthy(false);
@@ -191,7 +190,8 @@ impl Session {
         self.span.in_scope(|| tracing::warn!(node = %node.id, "server connection lost"));
         self.ctx.metrics.error("server_lost");
         discard(a);
-        node.set_healthy(false);
+        // One lost connection (a terminated backend, say) is not a node failure: the node
+        // goes out of rotation only when a new connection or a health check fails.
         self.pipeline.clear();
         self.sout.clear();
         if replayable {
@@ -220,6 +220,18 @@ impl Session {
             &format!("server connection to node \"{}\" was lost", node.id),
         );
         Err(End::Fatal)
+    }
+}
+
+/// Whether a replica that gave `e` instead of a connection is unavailable as a whole (and a
+/// read goes elsewhere): it cannot be reached, or refuses logins for now (57P03: shutting
+/// down, starting up, in recovery without hot standby). A full pool or a login refusal of
+/// this user is the client's answer.
+fn replica_unavailable(e: &AcquireError) -> bool {
+    match e {
+        AcquireError::PoolTimeout => false,
+        AcquireError::Connect(ConnectError::Server { code, .. }) => code == "57P03",
+        AcquireError::Connect(_) => true,
     }
 }
 
