@@ -194,3 +194,35 @@ async fn one_terminated_backend_is_not_a_node_failure() -> anyhow::Result<()> {
     assert!(!log.contains("taken out of rotation"), "one lost backend took a node out:\n{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_clients_get_their_backends_pid() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 1, pool_mode: "session", ..Default::default() })?;
+    let (mut client, greeting) = login(&c, &[]).await?;
+    let key = greeting.iter().find(|m| m.tag == b'K').map(|m| m.body.clone()).unwrap_or_default();
+    anyhow::ensure!(key.len() == 8, "BackendKeyData {key:?}");
+    let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    assert_eq!(value(&mut client, "SELECT pg_backend_pid()").await?.0, pid.to_string());
+    // A notification the client sends itself names that pid too.
+    run(&mut client, "LISTEN ch").await?;
+    let msgs = run(&mut client, "NOTIFY ch").await?;
+    let note = msgs.iter().find(|m| m.tag == b'A').map(|m| m.body.clone()).unwrap_or_default();
+    assert_eq!(note.get(..4), Some(&pid.to_be_bytes()[..]), "notification {msgs:?}");
+    // Cancel keys still go through the proxy.
+    client.send(&tandem_tests::wire::query("SELECT pg_sleep(30)")).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut cancel = RawClient::connect(c.proxy_port).await?;
+    let mut pkt = 16u32.to_be_bytes().to_vec();
+    pkt.extend_from_slice(&80_877_102u32.to_be_bytes());
+    pkt.extend_from_slice(&key);
+    cancel.send(&pkt).await?;
+    let answer = client.until_ready().await?;
+    assert_eq!(first_error(&answer).map(|e| e.0).as_deref(), Some("57014"), "{answer:?}");
+    // Another client terminates it by that pid, as on PostgreSQL.
+    let (mut other, _) = login(&c, &[]).await?;
+    assert_eq!(value(&mut other, &format!("SELECT pg_terminate_backend({pid})")).await?.0, "t");
+    let last = client.until_closed().await?;
+    assert_eq!(first_error(&last).map(|e| e.0).as_deref(), Some("57P01"), "{last:?}");
+    Ok(())
+}

@@ -331,9 +331,14 @@ async fn worker_threads_split_the_pool_without_making_clients_wait() -> anyhow::
     }
     assert_eq!(pids.len(), 4, "one server session per client: {pids:?}");
 
-    // A fifth client waits for a session to end.
-    let fifth = c.connect().await?;
-    let waiting = tokio::spawn(async move { one(&fifth, "SELECT pg_backend_pid()").await.map(|p| (p, fifth)) });
+    // A fifth client waits for a session to end (at login: it is greeted with its backend's
+    // pid).
+    let dsn = c.dsn("postgres", "postgres");
+    let waiting = tokio::spawn(async move {
+        let (fifth, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        anyhow::Ok((one(&fifth, "SELECT pg_backend_pid()").await?, fifth))
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a fifth client got a server connection beyond --pool-size 4");
     let admin = c.connect_as("postgres", "tandem").await?;

@@ -16,7 +16,7 @@ use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::gate::Busy;
-use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
+use crate::pool::{AcquireError, Checkout, ConnectError, PoolKey, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, TxStatus};
 use crate::router::classify::Route;
@@ -100,6 +100,13 @@ impl Session {
         }
         self.start_unit_on_active(route);
         Ok(())
+    }
+
+    /// Session pooling: the primary connection taken at login, whose backend pid the client
+    /// was given, becomes the session's own.
+    pub(super) fn adopt(&mut self, conn: Checkout, pool: Arc<ServerPool>, node: Arc<Node>) {
+        self.pools.push((node.clone(), pool.clone()));
+        self.active = Some(Attached { conn, pool, node, inflight: None });
     }
 
     /// Counts the session busy once the PAUSE gate is open (waiting while it is closed).

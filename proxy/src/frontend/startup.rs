@@ -15,6 +15,7 @@ use super::login_params::Verdict;
 use super::session::Session;
 use super::state::SessionParams;
 use crate::auth::{self, ServerCredential};
+use crate::config::PoolMode;
 use crate::context::{ClientGuard, ProxyContext};
 use crate::pool::{AcquireError, ConnectError, PoolKey};
 use crate::protocol::build::{self, sqlstate, Severity};
@@ -123,17 +124,28 @@ pub async fn serve_client(
     let key = PoolKey { node: topo.primary.id.clone(), user: user.clone(), database: database.clone() };
     let pool = ctx.pools.get(guard.info.worker, &key, &topo.primary.addr, &cred);
     pool.set_credential(&cred);
-    let server_params = match pool.server_params() {
-        Some(p) => p,
+    // Session pooling: the client's own backend on the primary, taken now so that the
+    // greeting carries its pid (pg_backend_pid(), pg_terminate_backend() and notifications
+    // then agree with BackendKeyData, as drivers' pool checks assume).
+    let own_backend = ctx.cfg.pool_mode == PoolMode::Session;
+    let (server_params, own) = match pool.server_params().filter(|_| !own_backend) {
+        Some(p) => (p, None),
         None => match pool.acquire(None).await {
             Ok(conn) => {
-                let p = conn.params.clone();
-                pool.remember_params(p.clone());
-                p
+                let p = pool.server_params().unwrap_or_else(|| {
+                    pool.remember_params(conn.params.clone());
+                    conn.params.clone()
+                });
+                (p, own_backend.then_some(conn))
             }
             Err(AcquireError::Connect(ConnectError::Server { code, message, .. })) => {
                 ctx.metrics.error("server_connect");
                 return reject(&mut stream, &code, &message).await;
+            }
+            Err(AcquireError::PoolTimeout) => {
+                ctx.metrics.error("pool_timeout");
+                return reject(&mut stream, sqlstate::TOO_MANY_CONNECTIONS, &AcquireError::PoolTimeout.to_string())
+                    .await;
             }
             Err(e) => {
                 ctx.metrics.error("server_connect");
@@ -166,7 +178,7 @@ pub async fn serve_client(
         Some(Verdict::Accepted(reported)) => Some(reported),
         None => None,
     };
-    let cancel = ctx.cancels.register();
+    let cancel = ctx.cancels.register_as(own.as_ref().map(|c| c.cancel_key.pid));
     build::auth_ok(&mut out);
     // A setting the client chose: what the server reported for it at the check login, else
     // the value as sent. Drivers act on these: libpq and psycopg2 escape string literals by
@@ -192,7 +204,10 @@ pub async fn serve_client(
     stream.write_all(&out).await?;
     tracing::debug!("client logged in");
     let session_params = SessionParams::from_startup(&params.params);
-    let session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
+    let mut session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
+    if let Some(conn) = own {
+        session.adopt(conn, pool, topo.primary.clone());
+    }
     Ok(Some(LoggedIn { session, stream }))
 }
 
