@@ -56,7 +56,8 @@ pub struct ProxyConfig {
     pub server_idle_timeout_ms: u64,
     /// Time running transactions get to finish on shutdown, in milliseconds.
     pub shutdown_timeout_ms: u64,
-    /// Largest protocol message accepted from a client, in bytes.
+    /// Largest protocol message accepted from a client, in bytes. Large CopyData is
+    /// streamed to the server instead, up to PostgreSQL's own limit (1 GiB).
     pub max_message_size: usize,
     /// TLS for client connections; without it SSLRequest is answered 'N'.
     pub tls: Option<TlsConfig>,

@@ -226,3 +226,58 @@ async fn session_mode_clients_get_their_backends_pid() -> anyhow::Result<()> {
     assert_eq!(first_error(&last).map(|e| e.0).as_deref(), Some("57P01"), "{last:?}");
     Ok(())
 }
+
+/// Peak resident memory of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default();
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+/// Logs in and starts `COPY big FROM STDIN`.
+async fn copy_in(c: &Cluster) -> anyhow::Result<RawClient> {
+    let (mut client, _) = login(c, &[]).await?;
+    client.send(&tandem_tests::wire::query("COPY big FROM STDIN")).await?;
+    let started = client.recv().await?;
+    anyhow::ensure!(started.as_ref().is_some_and(|m| m.tag == b'G'), "no CopyInResponse: {started:?}");
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_copy_data_streams_through() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tandem.toml");
+    // A small limit for whole messages: CopyData is not held whole, so it does not apply.
+    std::fs::write(&config, "[proxy]\nmax_message_size = 1048576\n")?;
+    let config = config.to_string_lossy().into_owned();
+    let c = cluster("transaction", &["--config", &config])?;
+    c.primary.psql("postgres", "CREATE UNLOGGED TABLE big (t text)")?;
+    let before = peak_rss_kib(c.proxy.pid())?;
+    let mut client = copy_in(&c).await?;
+    // 64 MiB in one CopyData message: 65,536 lines of 1 KiB.
+    let line = format!("{}\n", "x".repeat(1023));
+    let body = line.repeat(64 * 1024);
+    client.send(&msg(b'd', body.as_bytes())).await?;
+    client.send(&msg(b'c', b"")).await?;
+    let done = client.until_ready().await?;
+    assert!(first_error(&done).is_none(), "{:?}", first_error(&done));
+    assert_eq!(c.primary.psql("postgres", "SELECT count(*) FROM big")?, "65536");
+    let grew = peak_rss_kib(c.proxy.pid())?.saturating_sub(before);
+    assert!(grew < 24 * 1024, "the proxy's peak memory grew by {grew} KiB for a 64 MiB message");
+
+    // Beyond PostgreSQL's own limit: refused as PostgreSQL does, and logged.
+    let mut client = copy_in(&c).await?;
+    client.send(&[b'd', 0x40, 0, 0, 0]).await?;
+    let refused = client.until_closed().await?;
+    assert_eq!(first_error(&refused).map(|e| e.0).as_deref(), Some("08P01"), "{refused:?}");
+    // Any other message beyond max_message_size: refused and logged too.
+    let (mut client, _) = login(&c, &[]).await?;
+    client.send(&tandem_tests::wire::query(&format!("SELECT '{}'", "y".repeat(2 << 20)))).await?;
+    let refused = client.until_closed().await?;
+    assert_eq!(first_error(&refused).map(|e| e.0).as_deref(), Some("54000"), "{refused:?}");
+    let log = c.proxy.log();
+    assert!(log.contains("longer than PostgreSQL accepts"), "{log}");
+    assert!(log.contains("larger than max_message_size"), "{log}");
+    Ok(())
+}

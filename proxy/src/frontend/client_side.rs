@@ -40,6 +40,10 @@ impl Session {
                 self.client_backlog = true;
                 return Ok(());
             }
+            if self.copy_streams() {
+                self.stream_copy_data()?;
+                continue;
+            }
             if let Ok(Some(total)) = measure(&self.cin, max) {
                 if self.forward_inline(total) {
                     continue;
@@ -50,10 +54,15 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     let (code, msg) = match e {
-                        FrameError::TooLarge { len, max } => (
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
-                        ),
+                        FrameError::TooLarge { len, max } => {
+                            self.span.in_scope(|| {
+                                tracing::warn!(len, max, "client message larger than max_message_size refused")
+                            });
+                            (
+                                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
+                            )
+                        }
                         FrameError::BadLength(l) => {
                             (sqlstate::PROTOCOL_VIOLATION, format!("invalid message length {l}"))
                         }

@@ -240,7 +240,8 @@ impl Session {
         }
         self.busy = None;
         self.info.set_state(ClientState::Idle);
-        if self.mode == PoolMode::Transaction && !self.pinned {
+        // A CopyData still streaming to this server (its COPY failed early) must end there.
+        if self.mode == PoolMode::Transaction && !self.pinned && self.copy_through == 0 {
             if let Some(a) = self.active.take() {
                 self.last_server = Some(a.conn.cancel_key.pid);
                 a.pool.release(a.conn);
