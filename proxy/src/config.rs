@@ -166,6 +166,10 @@ pub enum AuthMethod {
     Md5,
     /// SCRAM-SHA-256; works with SCRAM or plain secrets.
     Scram,
+    /// Drop-in: the primary decides per user, as its pg_hba.conf says (trust, password,
+    /// md5, SCRAM-SHA-256), and the client answers the server through the proxy (see
+    /// `auth::passthrough`). `auth_query` may be empty here.
+    Passthrough,
 }
 
 /// A user the proxy knows the password of.
@@ -287,7 +291,8 @@ impl ProxyConfig {
             "max_message_size",
             "between 1 KiB and 1 GiB",
         )?;
-        if self.auth != AuthMethod::Trust && !self.auth_query.contains("$1") {
+        let optional_query = self.auth == AuthMethod::Passthrough && self.auth_query.trim().is_empty();
+        if self.auth != AuthMethod::Trust && !optional_query && !self.auth_query.contains("$1") {
             return Err(ConfigError::AuthQuery);
         }
         let verifies = matches!(self.server_tls_mode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);

@@ -15,7 +15,7 @@ use super::login_params::Verdict;
 use super::session::Session;
 use super::state::SessionParams;
 use crate::auth::{self, ServerCredential};
-use crate::config::PoolMode;
+use crate::config::{AuthMethod, PoolMode};
 use crate::context::{ClientGuard, ProxyContext};
 use crate::pool::{AcquireError, ConnectError, PoolKey};
 use crate::protocol::build::{self, sqlstate, Severity};
@@ -98,7 +98,9 @@ pub async fn serve_client(
     }
     tracing::Span::current().record("user", user.as_str()).record("database", database.as_str());
     let mut rbuf = rbuf;
-    let auth = tokio::time::timeout(ctx.cfg.login_timeout(), authenticate(&ctx, &mut stream, &mut rbuf, &user)).await;
+    let auth =
+        tokio::time::timeout(ctx.cfg.login_timeout(), authenticate(&ctx, &mut stream, &mut rbuf, &user, &database))
+            .await;
     let cred = match auth {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -311,10 +313,23 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     user: &str,
+    database: &str,
 ) -> Result<ServerCredential, auth::AuthError> {
     let primary = ctx.router.topology().primary.addr.clone();
-    let secret = ctx.secrets.lookup(user, &primary).await?;
-    auth::authenticate_client(stream, rbuf, ctx.cfg.auth, user, secret.as_ref()).await
+    if ctx.cfg.auth != AuthMethod::Passthrough {
+        let secret = ctx.secrets.lookup(user, &primary).await?;
+        return auth::authenticate_client(stream, rbuf, ctx.cfg.auth, user, secret.as_ref()).await;
+    }
+    // The server decides; a secret only lets md5 and SCRAM be relayed as they are.
+    let secret = ctx.secrets.lookup(user, &primary).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "auth_query failed; asking the client for its password");
+        None
+    });
+    // The admin console has no server database: the login goes to the control database.
+    let database = if database == ADMIN_DATABASE { ctx.cfg.control.database.as_str() } else { database };
+    let timeout = ctx.cfg.connect_timeout();
+    auth::passthrough::authenticate(stream, rbuf, (user, database), secret.as_ref(), &primary, &ctx.server_tls, timeout)
+        .await
 }
 
 async fn reject<S: AsyncWrite + Unpin>(
