@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
                     3 => Expect::Execute,
                     4 => Expect::Close,
                     5 => Expect::Sync,
+                    6 if arg & 2 != 0 => Expect::Restore,
                     6 => Expect::Query { swallow: arg & 1 != 0 },
                     7 => Expect::FunctionCall,
                     _ => {

@@ -1,6 +1,7 @@
 //! Query cancellation across the proxy.
 //!
-//! Clients get a BackendKeyData made up by the proxy. A CancelRequest arrives
+//! Clients get a BackendKeyData made up by the proxy (under session pooling its pid is the
+//! client's own backend's, the secret still the proxy's). A CancelRequest arrives
 //! on a fresh connection carrying that key; the [`CancelRegistry`] finds the
 //! client's session, and if the session has a server connection busy right
 //! now, the proxy sends a CancelRequest with *that server's* key to that
@@ -106,17 +107,24 @@ impl Drop for CancelHandle {
 impl CancelRegistry {
     /// Issues a fresh key for a new session.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
+        self.register_as(None)
+    }
+
+    /// Issues a key for a new session with process id `pid` if given and free (session
+    /// pooling gives the client its backend's own pid), else a fresh one.
+    pub fn register_as(self: &Arc<Self>, pid: Option<i32>) -> CancelHandle {
         let mut rng = rand::thread_rng();
         let target = Arc::new(Target::default());
         let mut map = match self.map.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
+        let mut wanted = pid.filter(|p| *p > 0);
         loop {
-            // Above every real process id (Linux caps pid_max at 2^22): a client that passes
-            // its pid to pg_terminate_backend() or pg_cancel_backend() must not hit some other
-            // backend.
-            let pid = rng.gen_range(FIRST_CLIENT_PID..i32::MAX);
+            // Made-up pids lie above every real process id (Linux caps pid_max at 2^22): a
+            // client that passes its pid to pg_terminate_backend() or pg_cancel_backend() must
+            // not hit some other backend.
+            let pid = wanted.take().unwrap_or_else(|| rng.gen_range(FIRST_CLIENT_PID..i32::MAX));
             if map.contains_key(&pid) {
                 continue;
             }
@@ -213,6 +221,10 @@ mod tests {
         assert_ne!(a.pid, b.pid);
         drop(a);
         assert_eq!(reg.map.lock().unwrap().len(), 1);
+        let real = reg.register_as(Some(4242));
+        assert_eq!(real.pid, 4242, "a backend's own pid when free");
+        let taken = reg.register_as(Some(4242));
+        assert!(taken.pid >= FIRST_CLIENT_PID, "a made-up one when not");
     }
 
     #[tokio::test]

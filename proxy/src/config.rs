@@ -56,7 +56,8 @@ pub struct ProxyConfig {
     pub server_idle_timeout_ms: u64,
     /// Time running transactions get to finish on shutdown, in milliseconds.
     pub shutdown_timeout_ms: u64,
-    /// Largest protocol message accepted from a client, in bytes.
+    /// Largest protocol message accepted from a client, in bytes. Large CopyData is
+    /// streamed to the server instead, up to PostgreSQL's own limit (1 GiB).
     pub max_message_size: usize,
     /// TLS for client connections; without it SSLRequest is answered 'N'.
     pub tls: Option<TlsConfig>,
@@ -165,6 +166,10 @@ pub enum AuthMethod {
     Md5,
     /// SCRAM-SHA-256; works with SCRAM or plain secrets.
     Scram,
+    /// Drop-in: the primary decides per user, as its pg_hba.conf says (trust, password,
+    /// md5, SCRAM-SHA-256), and the client answers the server through the proxy (see
+    /// `auth::passthrough`). `auth_query` may be empty here.
+    Passthrough,
 }
 
 /// A user the proxy knows the password of.
@@ -286,7 +291,8 @@ impl ProxyConfig {
             "max_message_size",
             "between 1 KiB and 1 GiB",
         )?;
-        if self.auth != AuthMethod::Trust && !self.auth_query.contains("$1") {
+        let optional_query = self.auth == AuthMethod::Passthrough && self.auth_query.trim().is_empty();
+        if self.auth != AuthMethod::Trust && !optional_query && !self.auth_query.contains("$1") {
             return Err(ConfigError::AuthQuery);
         }
         let verifies = matches!(self.server_tls_mode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull);

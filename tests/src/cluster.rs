@@ -46,6 +46,19 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// A primary without standbys behind a proxy in `pool_mode` with one server connection
+    /// (`--pool-size 1`): every client of the proxy runs on the same backend.
+    pub fn one_backend(pool_mode: &'static str) -> ClusterOptions {
+        ClusterOptions {
+            replicas: 0,
+            pool_mode,
+            proxy_args: vec!["--pool-size".into(), "1".into()],
+            ..Default::default()
+        }
+    }
+}
+
 /// A running primary, its standbys and a proxy in front of them.
 ///
 /// Field order matters: the proxy is dropped (killed) before the servers stop.
@@ -209,18 +222,32 @@ impl Cluster {
     }
 
     /// Sessions on the primary in state `state` (e.g. `idle in transaction`) opened by the
-    /// proxy's pools (application_name `tandem`).
+    /// proxy's pools (see [`POOLED_SESSION`]).
     pub fn primary_sessions_in(&self, state: &str) -> anyhow::Result<u32> {
         let n = self.primary.psql(
             "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = 'tandem' AND state = '{state}'"
-            ),
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE {POOLED_SESSION} AND state = '{state}'"),
         )?;
         n.parse().with_context(|| format!("count {n:?}"))
     }
 }
+
+/// First column of the first row of a simple query (`""` for NULL).
+pub async fn one(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<String> {
+    for m in client.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("").to_owned());
+        }
+    }
+    Err(anyhow!("no row from {sql}"))
+}
+
+/// A `pg_stat_activity` condition for the sessions of the proxy's pools, as seen by a psql
+/// run with [`PgServer::psql`]: they log in as `tandem` and then carry their last client's
+/// application_name, so they are the client backends other than that psql (`psql`) and the
+/// proxy's control connections (`tandem-health`, `tandem-...`).
+pub const POOLED_SESSION: &str = "backend_type = 'client backend' AND pid <> pg_backend_pid() \
+     AND application_name <> 'psql' AND application_name NOT LIKE 'tandem-%'";
 
 /// Starts `tandem ARGV --listen 127.0.0.1:PORT` on a free port and waits until it listens.
 fn spawn_proxy(argv: &[String]) -> anyhow::Result<(TandemProcess, u16)> {

@@ -29,7 +29,7 @@ pub mod cluster;
 pub mod kit;
 pub mod wire;
 
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{Cluster, ClusterOptions, POOLED_SESSION};
 pub use kit::bin::{pg_bin_dir, tandem_bin};
 pub use kit::fault_proxy::FaultProxy;
 pub use kit::pg::{PgOptions, PgServer};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_tests::wire::{first_column, first_error, msg, query, startup, RawClient};
-use tandem_tests::{init_tracing, wait_until, Cluster, ClusterOptions};
+use tandem_tests::{init_tracing, wait_until, Cluster, ClusterOptions, POOLED_SESSION};
 
 /// Logs in, sends `bytes`, and returns everything the proxy answers until it closes.
 async fn after_login(port: u16, bytes: &[u8]) -> anyhow::Result<Vec<tandem_tests::wire::Msg>> {
@@ -173,7 +173,7 @@ async fn bad_input_and_vanishing_clients() -> anyhow::Result<()> {
             .psql(
                 "postgres",
                 &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tandem' \
+                    "SELECT count(*) FROM pg_stat_activity WHERE {POOLED_SESSION} \
                      AND pid <> {bystander_pid} AND (state LIKE 'idle in transaction%' \
                      OR query LIKE '%pg_sleep(60)%' OR query LIKE 'COPY v%') AND state <> 'idle'"
                 ),

@@ -5,18 +5,9 @@
 
 use std::collections::HashSet;
 
-use tandem_tests::{init_tracing, Cluster, ClusterOptions};
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// First column of the first row of a simple query.
-async fn one(client: &Client, sql: &str) -> anyhow::Result<String> {
-    for m in client.simple_query(sql).await? {
-        if let SimpleQueryMessage::Row(r) = m {
-            return Ok(r.get(0).unwrap_or("").to_owned());
-        }
-    }
-    Err(anyhow::anyhow!("no row from {sql}"))
-}
+use tandem_tests::cluster::one;
+use tandem_tests::{init_tracing, Cluster, ClusterOptions, POOLED_SESSION};
+use tokio_postgres::SimpleQueryMessage;
 
 /// Number of failed transactions pgbench reports (PostgreSQL 15 prints the line).
 fn pgbench_failures(out: &str) -> Option<u64> {
@@ -183,11 +174,7 @@ async fn pgbench_prepared_runs_without_failures() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_connection_serves_many_clients() -> anyhow::Result<()> {
     init_tracing();
-    let c = Cluster::start(ClusterOptions {
-        replicas: 0,
-        proxy_args: vec!["--pool-size".into(), "1".into()],
-        ..Default::default()
-    })?;
+    let c = Cluster::start(ClusterOptions::one_backend("transaction"))?;
     c.primary.psql("postgres", "CREATE DATABASE one")?;
     c.pgbench(&["-i", "-s", "1", "-q", "one"])?;
     for mode in ["prepared", "simple"] {
@@ -344,9 +331,14 @@ async fn worker_threads_split_the_pool_without_making_clients_wait() -> anyhow::
     }
     assert_eq!(pids.len(), 4, "one server session per client: {pids:?}");
 
-    // A fifth client waits for a session to end.
-    let fifth = c.connect().await?;
-    let waiting = tokio::spawn(async move { one(&fifth, "SELECT pg_backend_pid()").await.map(|p| (p, fifth)) });
+    // A fifth client waits for a session to end (at login: it is greeted with its backend's
+    // pid).
+    let dsn = c.dsn("postgres", "postgres");
+    let waiting = tokio::spawn(async move {
+        let (fifth, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        anyhow::Ok((one(&fifth, "SELECT pg_backend_pid()").await?, fifth))
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a fifth client got a server connection beyond --pool-size 4");
     let admin = c.connect_as("postgres", "tandem").await?;
@@ -363,10 +355,8 @@ async fn worker_threads_split_the_pool_without_making_clients_wait() -> anyhow::
     drop(clients);
     let (pid, _fifth) = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
     assert!(pids.contains(&pid), "the fifth client reuses a released session, got backend {pid}");
-    let opened = c.primary.psql(
-        "postgres",
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = 'tandem'",
-    )?;
+    let opened =
+        c.primary.psql("postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE {POOLED_SESSION}"))?;
     assert!(opened.parse::<u32>()? <= 4, "{opened} pooled sessions open");
     Ok(())
 }

@@ -45,6 +45,9 @@ pub async fn authenticate_client<S: AsyncRead + AsyncWrite + Unpin>(
             scram_exchange(stream, rbuf, user, secret).await
         }
         (AuthMethod::Md5, _) => md5_exchange(stream, rbuf, user, secret).await,
+        (AuthMethod::Passthrough, _) => {
+            Err(AuthError::Rejected("pass-through authentication needs the server (auth::passthrough)".into()))
+        }
     }
 }
 
@@ -119,7 +122,7 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Reads SASLInitialResponse: mechanism name, then the length-prefixed data.
-fn sasl_initial_response(body: &[u8]) -> Result<&[u8], AuthError> {
+pub(super) fn sasl_initial_response(body: &[u8]) -> Result<&[u8], AuthError> {
     let malformed = || AuthError::Protocol("malformed SASLInitialResponse message".into());
     let end = body.iter().position(|&b| b == 0).ok_or_else(malformed)?;
     if &body[..end] != MECHANISM.as_bytes() {
@@ -134,7 +137,7 @@ fn sasl_initial_response(body: &[u8]) -> Result<&[u8], AuthError> {
     Ok(data)
 }
 
-fn failed(user: &str) -> AuthError {
+pub(super) fn failed(user: &str) -> AuthError {
     AuthError::PasswordFailed { user: user.to_owned() }
 }
 
@@ -155,14 +158,17 @@ fn stable_salt(user: &str) -> Vec<u8> {
     hmac(key, user.as_bytes())[..DEFAULT_SALT_LEN].to_vec()
 }
 
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), AuthError> {
+pub(super) async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), AuthError> {
     stream.write_all(bytes).await?;
     stream.flush().await?;
     Ok(())
 }
 
 /// Reads the client's next message, which must be a PasswordMessage-type ('p').
-async fn read_auth_message<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut) -> Result<Frame, AuthError> {
+pub(super) async fn read_auth_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> Result<Frame, AuthError> {
     loop {
         match split_message(rbuf, HEADER_LEN + MAX_AUTH_MESSAGE) {
             Ok(Some(frame)) => {

@@ -7,10 +7,12 @@
 //! the pool presents to servers in [`crate::pool::connect`]. Secrets come from
 //! the configuration or from the servers themselves through `auth_query`
 //! ([`store`]); with SCRAM the `ClientKey` recovered from the client's proof
-//! logs in to the servers ([`scram`]), with md5 the stored hash does ([`md5`]).
+//! logs in to the servers ([`scram`]), with md5 the stored hash does ([`md5`]). In
+//! pass-through mode ([`passthrough`]) the primary authenticates the client instead.
 
 pub mod exchange;
 pub mod md5;
+pub mod passthrough;
 pub mod scram;
 pub mod secret;
 pub mod store;

@@ -16,12 +16,18 @@ use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::gate::Busy;
-use crate::pool::{AcquireError, ConnectError, PoolKey, ServerPool};
+use crate::pool::{AcquireError, Checkout, ConnectError, PoolKey, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, TxStatus};
 use crate::router::classify::Route;
 use crate::router::Node;
 use tandem_core::Role;
+
+/// Drops the prepared statements made with the protocol's Parse (those the proxy manages)
+/// and keeps those of SQL `PREPARE`.
+const DEALLOCATE_PROTOCOL_STATEMENTS: &str = "DO $$DECLARE s text; BEGIN \
+     FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql LOOP \
+     EXECUTE 'DEALLOCATE ' || pg_catalog.quote_ident(s); END LOOP; END$$";
 
 impl Session {
     /// Makes sure a server connection is attached for a unit with `route`.
@@ -75,8 +81,7 @@ impl Session {
                     self.ctx.metrics.error(kind);
                     self.span
                         .in_scope(|| tracing::warn!(node = %node.id, error = %e, "could not get a server connection"));
-                    let retry = node.role == Role::Replica
-                        && !matches!(e, AcquireError::PoolTimeout | AcquireError::Connect(ConnectError::Server { .. }));
+                    let retry = node.role == Role::Replica && replica_unavailable(&e);
                     last_err = Some(failure_for(&node.id.to_string(), e));
                     if retry {
                         node.set_healthy(false);
@@ -95,6 +100,13 @@ impl Session {
         }
         self.start_unit_on_active(route);
         Ok(())
+    }
+
+    /// Session pooling: the primary connection taken at login, whose backend pid the client
+    /// was given, becomes the session's own.
+    pub(super) fn adopt(&mut self, conn: Checkout, pool: Arc<ServerPool>, node: Arc<Node>) {
+        self.pools.push((node.clone(), pool.clone()));
+        self.active = Some(Attached { conn, pool, node, inflight: None });
     }
 
     /// Counts the session busy once the PAUSE gate is open (waiting while it is closed).
@@ -148,8 +160,9 @@ impl Session {
             // A schema change made a statement on this connection return other columns
             // (server: "cached plan must not change result type"). The statements are
             // shared by text, so a client's new Parse of the same text would still get the
-            // old one; start over on this connection.
-            build::query(&mut self.sout, "DEALLOCATE ALL");
+            // old one; start over on this connection. Only the protocol-level statements
+            // go (the proxy's): the client's SQL `PREPARE`d ones stay, as in PostgreSQL.
+            build::query(&mut self.sout, DEALLOCATE_PROTOCOL_STATEMENTS);
             self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
             a.conn.prepared.clear();
             a.conn.statements_stale = false;
@@ -184,7 +197,8 @@ impl Session {
         self.span.in_scope(|| tracing::warn!(node = %node.id, "server connection lost"));
         self.ctx.metrics.error("server_lost");
         discard(a);
-        node.set_healthy(false);
+        // One lost connection (a terminated backend, say) is not a node failure: the node
+        // goes out of rotation only when a new connection or a health check fails.
         self.pipeline.clear();
         self.sout.clear();
         if replayable {
@@ -213,6 +227,18 @@ impl Session {
             &format!("server connection to node \"{}\" was lost", node.id),
         );
         Err(End::Fatal)
+    }
+}
+
+/// Whether a replica that gave `e` instead of a connection is unavailable as a whole (and a
+/// read goes elsewhere): it cannot be reached, or refuses logins for now (57P03: shutting
+/// down, starting up, in recovery without hot standby). A full pool or a login refusal of
+/// this user is the client's answer.
+fn replica_unavailable(e: &AcquireError) -> bool {
+    match e {
+        AcquireError::PoolTimeout => false,
+        AcquireError::Connect(ConnectError::Server { code, .. }) => code == "57P03",
+        AcquireError::Connect(_) => true,
     }
 }
 

@@ -40,6 +40,10 @@ impl Session {
                 self.client_backlog = true;
                 return Ok(());
             }
+            if self.copy_streams() {
+                self.stream_copy_data()?;
+                continue;
+            }
             if let Ok(Some(total)) = measure(&self.cin, max) {
                 if self.forward_inline(total) {
                     continue;
@@ -50,10 +54,15 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     let (code, msg) = match e {
-                        FrameError::TooLarge { len, max } => (
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
-                        ),
+                        FrameError::TooLarge { len, max } => {
+                            self.span.in_scope(|| {
+                                tracing::warn!(len, max, "client message larger than max_message_size refused")
+                            });
+                            (
+                                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                format!("message of {len} bytes exceeds max_message_size ({max} bytes)"),
+                            )
+                        }
                         FrameError::BadLength(l) => {
                             (sqlstate::PROTOCOL_VIOLATION, format!("invalid message length {l}"))
                         }
@@ -179,7 +188,23 @@ impl Session {
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
         self.forward(frame, Some(Expect::Query { swallow: false }));
+        if !class.effects.is_empty() {
+            self.restore_startup(&class.effects);
+        }
         Ok(())
+    }
+
+    /// After a client's RESET (or RESET ALL, DISCARD ALL, SET ... TO DEFAULT) of a setting
+    /// it gave at login, the server holds its own connection's startup value, while
+    /// PostgreSQL returns to the client's: a hidden query right behind puts the client's
+    /// back. In a transaction it is rolled back with the RESET; if the client's query fails
+    /// outside one, the connection's settings are unknown until the next unit replays them.
+    fn restore_startup(&mut self, effects: &[SessionEffect]) {
+        let Some(sql) = self.params.restore_sql(effects) else { return };
+        let Some(a) = self.active.as_mut() else { return };
+        a.conn.params_signature = super::state::UNKNOWN_SIGNATURE;
+        build::query(&mut self.sout, &sql);
+        self.pipeline.push(Expect::Restore, &mut self.cout);
     }
 
     /// Before a statement that needs a database to itself (DROP DATABASE, CREATE DATABASE

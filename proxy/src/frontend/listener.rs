@@ -60,7 +60,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, cou
             session.run(stream, span).await;
             ctx.metrics.clients.dec();
         }
-        Ok(None) | Err(StartupError::Cancel) => {}
+        Ok(None) | Err(StartupError::Cancel | StartupError::Terminated) => {}
         Err(e) => span.in_scope(|| tracing::debug!(error = %e, "client not served")),
     }
 }

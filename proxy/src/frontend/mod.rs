@@ -6,11 +6,13 @@
 //! settings), [`session`] runs the
 //! data path, with the client-message half in [`client_side`], getting and losing a server
 //! connection per unit in [`attach`], the
-//! server-message half in [`server_side`], response matching in [`pipeline`]
+//! server-message half in [`server_side`], response matching in [`pipeline`],
+//! large CopyData streamed through in [`copy_stream`]
 //! and the client's session state in [`state`].
 
 mod attach;
 mod client_side;
+mod copy_stream;
 pub mod listener;
 pub mod login_params;
 pub mod pipeline;

@@ -44,6 +44,10 @@ pub enum Expect {
         /// Whether the client must not see any of it (injected SET replay).
         swallow: bool,
     },
+    /// A simple `Query` the proxy injected to give the server session the client's startup
+    /// values again after a client's RESET: hidden up to its `ReadyForQuery`, except its
+    /// ParameterStatus messages (the client saw the RESET's report of the server's values).
+    Restore,
     /// `FunctionCall` → `FunctionCallResponse` + `ReadyForQuery`.
     FunctionCall,
     /// A response the proxy gives itself once everything before it is answered.
@@ -78,6 +82,7 @@ enum Slot {
     HiddenClose,
     Sync,
     Query { swallow: bool },
+    Restore,
     FunctionCall,
     Synthetic,
     CopyEnd,
@@ -97,6 +102,7 @@ impl Slot {
             Expect::HiddenClose => Slot::HiddenClose,
             Expect::Sync => Slot::Sync,
             Expect::Query { swallow } => Slot::Query { swallow },
+            Expect::Restore => Slot::Restore,
             Expect::FunctionCall => Slot::FunctionCall,
             Expect::Synthetic(bytes) => return (Slot::Synthetic, Some(bytes)),
             Expect::CopyEnd => Slot::CopyEnd,
@@ -218,7 +224,7 @@ impl Pipeline {
     /// answers nothing by itself, so only a swallowed query (whose rows the client must not
     /// see) or notes still to report in an [`Outcome`] need that call.
     pub fn passes_data_rows(&self) -> bool {
-        !matches!(self.queue.front(), Some(Slot::Query { swallow: true })) && !self.has_notes()
+        !matches!(self.queue.front(), Some(Slot::Query { swallow: true } | Slot::Restore)) && !self.has_notes()
     }
 
     /// Requests outstanding.
@@ -316,8 +322,8 @@ impl Pipeline {
 
     fn message_outcome(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
         let mut out = Outcome { forward: true, ..Outcome::default() };
-        if let Some(Slot::Query { swallow: true }) = self.queue.front() {
-            out.forward = false;
+        if let Some(hidden @ (Slot::Query { swallow: true } | Slot::Restore)) = self.queue.front() {
+            out.forward = tag == b'S' && *hidden == Slot::Restore;
             if tag == b'Z' {
                 self.pop(due);
             }
@@ -448,6 +454,24 @@ mod tests {
         assert_eq!(&due[..], &[b'1', 0, 0, 0, 4]);
         let z = p.on_server_message(b'Z', &mut due);
         assert!(z.client_rfq && p.is_idle());
+    }
+
+    #[test]
+    fn restore_shows_only_parameter_status() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Query { swallow: false }, &mut out);
+        p.push(Expect::Restore, &mut out);
+        let mut due = BytesMut::new();
+        assert!(p.on_server_message(b'S', &mut due).forward);
+        assert!(p.on_server_message(b'Z', &mut due).client_rfq);
+        assert!(!p.passes_data_rows());
+        for tag in [b'T', b'D', b'C'] {
+            assert!(!p.on_server_message(tag, &mut due).forward);
+        }
+        assert!(p.on_server_message(b'S', &mut due).forward);
+        let z = p.on_server_message(b'Z', &mut due);
+        assert!(!z.forward && !z.client_rfq && p.is_idle());
     }
 
     #[test]

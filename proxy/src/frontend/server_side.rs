@@ -175,14 +175,17 @@ impl Session {
                 let committed = !self.unit_error && !self.aborted && !self.rolled_back;
                 let effects = std::mem::take(&mut self.pending);
                 if committed {
-                    let reset =
-                        effects.iter().any(|e| matches!(e, SessionEffect::ResetAll | SessionEffect::DiscardAll));
+                    let reset = effects.iter().any(|e| {
+                        matches!(e, SessionEffect::ResetAll | SessionEffect::DiscardAll | SessionEffect::Reset { .. })
+                    });
                     for e in effects {
                         self.apply_effect(e);
                     }
                     if let Some(a) = self.active.as_mut().filter(|_| reset) {
                         // The server reset to its connection's startup settings, not the
-                        // client's: replay before the next unit.
+                        // client's (a simple Query's RESET is followed by a hidden restore,
+                        // see `Session::restore_startup`; an extended one's is not): replay
+                        // before the next unit.
                         a.conn.params_signature = 0;
                     }
                 }
@@ -203,9 +206,9 @@ impl Session {
         match effect {
             SessionEffect::Set { name, statement } => self.params.set(&name, &statement),
             SessionEffect::Reset { name } => self.params.reset(&name),
-            SessionEffect::ResetAll => self.params.clear(),
+            SessionEffect::ResetAll => self.params.reset_all(),
             // Prepared statements were forgotten when it was sent (see `note_effects`).
-            SessionEffect::DiscardAll => self.params.clear(),
+            SessionEffect::DiscardAll => self.params.discard_all(),
             SessionEffect::Deallocate { .. }
             | SessionEffect::Pin(_)
             | SessionEffect::DiscardPlans
@@ -237,7 +240,8 @@ impl Session {
         }
         self.busy = None;
         self.info.set_state(ClientState::Idle);
-        if self.mode == PoolMode::Transaction && !self.pinned {
+        // A CopyData still streaming to this server (its COPY failed early) must end there.
+        if self.mode == PoolMode::Transaction && !self.pinned && self.copy_through == 0 {
             if let Some(a) = self.active.take() {
                 self.last_server = Some(a.conn.cancel_key.pid);
                 a.pool.release(a.conn);

@@ -105,6 +105,8 @@ pub struct Session {
     pub(super) forwarded: bool,
     /// After a failed unit: drop client messages up to the next Sync.
     pub(super) skip_until_sync: bool,
+    /// Bytes of a CopyData still to stream from the client (see `copy_stream`).
+    pub(super) copy_through: usize,
     pub(super) busy: Option<Busy>,
     pub(super) cin: BytesMut,
     pub(super) cout: BytesMut,
@@ -188,6 +190,7 @@ impl Session {
             replay_bytes: 0,
             forwarded: false,
             skip_until_sync: false,
+            copy_through: 0,
             busy: None,
             cin,
             cout: BytesMut::new(),
@@ -239,7 +242,7 @@ impl Session {
                 // reading the client must resume, or neither side ever moves again.
                 self.client_backlog = false;
             }
-            if actionable(&self.cin, self.ctx.cfg.max_message_size) && !self.client_blocked() {
+            if (actionable(&self.cin, self.ctx.cfg.max_message_size) || self.copy_streams()) && !self.client_blocked() {
                 if let Err(end) = self.process_client().await {
                     return end;
                 }

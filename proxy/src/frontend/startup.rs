@@ -15,6 +15,7 @@ use super::login_params::Verdict;
 use super::session::Session;
 use super::state::SessionParams;
 use crate::auth::{self, ServerCredential};
+use crate::config::{AuthMethod, PoolMode};
 use crate::context::{ClientGuard, ProxyContext};
 use crate::pool::{AcquireError, ConnectError, PoolKey};
 use crate::protocol::build::{self, sqlstate, Severity};
@@ -39,7 +40,14 @@ pub enum StartupError {
     /// The connection only carried a cancel request.
     #[error("cancel request handled")]
     Cancel,
+    /// The client sent Terminate instead of a startup packet (node-postgres does, when it
+    /// closes before it got to log in); PostgreSQL closes such a connection silently.
+    #[error("client sent Terminate before logging in")]
+    Terminated,
 }
+
+/// A Terminate message: type `X`, length 4.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// A client that logged in: its session, ready to run over its stream.
 pub struct LoggedIn {
@@ -90,7 +98,9 @@ pub async fn serve_client(
     }
     tracing::Span::current().record("user", user.as_str()).record("database", database.as_str());
     let mut rbuf = rbuf;
-    let auth = tokio::time::timeout(ctx.cfg.login_timeout(), authenticate(&ctx, &mut stream, &mut rbuf, &user)).await;
+    let auth =
+        tokio::time::timeout(ctx.cfg.login_timeout(), authenticate(&ctx, &mut stream, &mut rbuf, &user, &database))
+            .await;
     let cred = match auth {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -116,17 +126,28 @@ pub async fn serve_client(
     let key = PoolKey { node: topo.primary.id.clone(), user: user.clone(), database: database.clone() };
     let pool = ctx.pools.get(guard.info.worker, &key, &topo.primary.addr, &cred);
     pool.set_credential(&cred);
-    let server_params = match pool.server_params() {
-        Some(p) => p,
+    // Session pooling: the client's own backend on the primary, taken now so that the
+    // greeting carries its pid (pg_backend_pid(), pg_terminate_backend() and notifications
+    // then agree with BackendKeyData, as drivers' pool checks assume).
+    let own_backend = ctx.cfg.pool_mode == PoolMode::Session;
+    let (server_params, own) = match pool.server_params().filter(|_| !own_backend) {
+        Some(p) => (p, None),
         None => match pool.acquire(None).await {
             Ok(conn) => {
-                let p = conn.params.clone();
-                pool.remember_params(p.clone());
-                p
+                let p = pool.server_params().unwrap_or_else(|| {
+                    pool.remember_params(conn.params.clone());
+                    conn.params.clone()
+                });
+                (p, own_backend.then_some(conn))
             }
             Err(AcquireError::Connect(ConnectError::Server { code, message, .. })) => {
                 ctx.metrics.error("server_connect");
                 return reject(&mut stream, &code, &message).await;
+            }
+            Err(AcquireError::PoolTimeout) => {
+                ctx.metrics.error("pool_timeout");
+                return reject(&mut stream, sqlstate::TOO_MANY_CONNECTIONS, &AcquireError::PoolTimeout.to_string())
+                    .await;
             }
             Err(e) => {
                 ctx.metrics.error("server_connect");
@@ -159,7 +180,7 @@ pub async fn serve_client(
         Some(Verdict::Accepted(reported)) => Some(reported),
         None => None,
     };
-    let cancel = ctx.cancels.register();
+    let cancel = ctx.cancels.register_as(own.as_ref().map(|c| c.cancel_key.pid));
     build::auth_ok(&mut out);
     // A setting the client chose: what the server reported for it at the check login, else
     // the value as sent. Drivers act on these: libpq and psycopg2 escape string literals by
@@ -174,20 +195,21 @@ pub async fn serve_client(
     for notice in reported.iter().flat_map(|r| r.notices.iter()) {
         out.extend_from_slice(notice);
     }
-    for (name, value) in server_params.iter() {
+    // The pool's connections log in as `tandem`; a client that named no application_name
+    // has an empty one, as in PostgreSQL (the session replays that, see `SessionParams`).
+    for (name, value) in server_params.iter().filter(|(n, _)| n != "application_name") {
         build::parameter_status(&mut out, name, chosen(name).unwrap_or(value));
     }
-    if !server_params.iter().any(|(n, _)| n == "application_name") {
-        if let Some(value) = chosen("application_name") {
-            build::parameter_status(&mut out, "application_name", value);
-        }
-    }
+    build::parameter_status(&mut out, "application_name", chosen("application_name").unwrap_or(""));
     build::backend_key_data(&mut out, cancel.pid, cancel.secret);
     build::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await?;
     tracing::debug!("client logged in");
     let session_params = SessionParams::from_startup(&params.params);
-    let session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
+    let mut session = Session::new(ctx.clone(), guard.info.clone(), user, database, cred, cancel, session_params, rbuf);
+    if let Some(conn) = own {
+        session.adopt(conn, pool, topo.primary.clone());
+    }
     Ok(Some(LoggedIn { session, stream }))
 }
 
@@ -225,6 +247,10 @@ async fn negotiate(
     let mut tls_done = false;
     loop {
         let body = loop {
+            if buf.starts_with(&TERMINATE) {
+                let _ = stream.shutdown().await;
+                return Err(StartupError::Terminated);
+            }
             match split_startup(&mut buf) {
                 Ok(Some(b)) => break b,
                 Ok(None) => {
@@ -287,10 +313,23 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     user: &str,
+    database: &str,
 ) -> Result<ServerCredential, auth::AuthError> {
     let primary = ctx.router.topology().primary.addr.clone();
-    let secret = ctx.secrets.lookup(user, &primary).await?;
-    auth::authenticate_client(stream, rbuf, ctx.cfg.auth, user, secret.as_ref()).await
+    if ctx.cfg.auth != AuthMethod::Passthrough {
+        let secret = ctx.secrets.lookup(user, &primary).await?;
+        return auth::authenticate_client(stream, rbuf, ctx.cfg.auth, user, secret.as_ref()).await;
+    }
+    // The server decides; a secret only lets md5 and SCRAM be relayed as they are.
+    let secret = ctx.secrets.lookup(user, &primary).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "auth_query failed; asking the client for its password");
+        None
+    });
+    // The admin console has no server database: the login goes to the control database.
+    let database = if database == ADMIN_DATABASE { ctx.cfg.control.database.as_str() } else { database };
+    let timeout = ctx.cfg.connect_timeout();
+    auth::passthrough::authenticate(stream, rbuf, (user, database), secret.as_ref(), &primary, &ctx.server_tls, timeout)
+        .await
 }
 
 async fn reject<S: AsyncWrite + Unpin>(

@@ -18,11 +18,23 @@ use crate::router::classify::{Route, SessionEffect};
 /// Startup parameters that are connection identity, not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
+/// Settings `RESET ALL` leaves alone (PostgreSQL's `GUC_NO_RESET_ALL`): the session's
+/// identity. Only `DISCARD ALL` (or their own RESET) undoes them.
+const IDENTITY_SETTINGS: &[&str] = &["role", "session_authorization"];
+
+/// What a server connection is brought back to before a client's settings are replayed:
+/// the login identity first (`RESET ALL` skips it), then every other setting.
+const RESET_SERVER_SESSION: &str = "RESET SESSION AUTHORIZATION;\nRESET ROLE;\nRESET ALL";
+
 /// Whether a StartupMessage entry names the connection (user, database, protocol options)
 /// rather than a setting.
 pub fn is_identity(name: &str) -> bool {
     NOT_SETTINGS.contains(&name) || name.starts_with("_pq_.")
 }
+
+/// A server connection's settings signature when they are not known: matches no session's
+/// (signatures are 0 or odd), so the next unit replays.
+pub const UNKNOWN_SIGNATURE: u64 = 2;
 
 /// Session parameters set by the client, in the order set.
 #[derive(Clone, Debug, Default)]
@@ -35,33 +47,42 @@ pub struct SessionParams {
 
 impl SessionParams {
     /// Parameters from a StartupMessage (application_name, client_encoding, ...).
+    ///
+    /// A client that names no `application_name` has an empty one, as in PostgreSQL (the
+    /// proxy's own server connections log in as `tandem`).
     pub fn from_startup(params: &[(String, String)]) -> SessionParams {
         let mut p = SessionParams::default();
+        if !params.iter().any(|(n, _)| n.eq_ignore_ascii_case("application_name")) {
+            p.set("application_name", &startup_statement("application_name", ""));
+        }
         for (name, value) in params {
             if is_identity(name) {
                 continue;
             }
-            // set_config takes the value as the server reads a startup setting: `SET x = 'a,b'`
-            // would make a list setting such as search_path one quoted element.
             // Names are case-insensitive; a later SET or RESET uses the lower-case name.
-            let stmt =
-                format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(name), quote_literal(value));
-            p.set(&name.to_ascii_lowercase(), &stmt);
+            p.set(&name.to_ascii_lowercase(), &startup_statement(name, value));
         }
         p.startup = p.entries.clone();
         p
     }
 
     /// Records a session-level `SET` of `name` (lower case) with its statement text.
+    /// `SET SESSION AUTHORIZATION` also ends a `SET ROLE`, as in PostgreSQL. The startup
+    /// value stays before it: some settings are set in part (`SET datestyle = ISO` keeps the
+    /// day order), so the replay builds on the login value as the client's session did.
     pub fn set(&mut self, name: &str, statement: &str) {
-        self.entries.retain(|(n, _)| n != name);
+        let startup = &self.startup;
+        self.entries.retain(|e| {
+            let (n, _) = e;
+            startup.contains(e) || n != name && !(name == "session_authorization" && n == "role")
+        });
         self.entries.push((name.to_owned(), statement.to_owned()));
         self.resign();
     }
 
     /// Records `RESET name`.
     pub fn reset(&mut self, name: &str) {
-        self.entries.retain(|(n, _)| n != name);
+        self.entries.retain(|(n, _)| n != name && !(name == "session_authorization" && n == "role"));
         // Back to the startup value, if the client gave one.
         if let Some(e) = self.startup.iter().find(|(n, _)| n == name) {
             self.entries.push(e.clone());
@@ -69,11 +90,43 @@ impl SessionParams {
         self.resign();
     }
 
-    /// Records `RESET ALL` / `DISCARD ALL`: back to the startup settings (the server
-    /// connection's own startup settings are not the client's).
-    pub fn clear(&mut self) {
+    /// Records `RESET ALL`: back to the startup settings (the server connection's own
+    /// startup settings are not the client's), except the role and session authorization,
+    /// which `RESET ALL` keeps.
+    pub fn reset_all(&mut self) {
+        let kept = self.entries.iter().filter(|(n, _)| IDENTITY_SETTINGS.contains(&n.as_str())).cloned();
+        let kept: Vec<_> = kept.collect();
+        self.entries.clone_from(&self.startup);
+        self.entries.extend(kept);
+        self.resign();
+    }
+
+    /// Records `DISCARD ALL`: back to the startup settings and the login identity.
+    pub fn discard_all(&mut self) {
         self.entries.clone_from(&self.startup);
         self.resign();
+    }
+
+    /// The statements that give a server connection the client's startup values again
+    /// after it ran `effects` (the server resets to its own connection's startup values,
+    /// PostgreSQL to the client's), joined into one query; `None` when nothing is due.
+    pub fn restore_sql(&self, effects: &[SessionEffect]) -> Option<String> {
+        let mut due: Vec<&(String, String)> = Vec::new();
+        for e in effects {
+            match e {
+                SessionEffect::Reset { name } => {
+                    due.retain(|(n, _)| n != name);
+                    due.extend(self.startup.iter().filter(|(n, _)| n == name));
+                }
+                SessionEffect::ResetAll | SessionEffect::DiscardAll => due = self.startup.iter().collect(),
+                SessionEffect::Set { name, .. } => due.retain(|(n, _)| n != name),
+                _ => {}
+            }
+        }
+        if due.is_empty() {
+            return None;
+        }
+        Some(due.iter().map(|(_, stmt)| stmt.as_str()).collect::<Vec<_>>().join(";\n"))
     }
 
     /// Identifies this set of settings; 0 means "server defaults".
@@ -86,9 +139,9 @@ impl SessionParams {
         self.entries.is_empty()
     }
 
-    /// SQL that turns a server session with any settings into this one.
+    /// SQL that turns a server session with any settings and identity into this one.
     pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
+        let mut sql = String::from(RESET_SERVER_SESSION);
         for (_, stmt) in &self.entries {
             sql.push_str(";\n");
             sql.push_str(stmt);
@@ -105,6 +158,13 @@ impl SessionParams {
             h.finish() | 1
         };
     }
+}
+
+/// The statement that applies startup setting `name` = `value` on a server connection.
+/// set_config takes the value as the server reads a startup setting: `SET x = 'a,b'` would
+/// make a list setting such as search_path one quoted element.
+fn startup_statement(name: &str, value: &str) -> String {
+    format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(name), quote_literal(value))
 }
 
 /// Quotes a string literal for SQL (standard_conforming_strings on).
@@ -234,13 +294,45 @@ mod tests {
     #[test]
     fn startup_params_become_sets() {
         let p = SessionParams::from_startup(&[("user".into(), "u".into()), ("application_name".into(), "it's".into())]);
-        assert_eq!(p.replay_sql(), "RESET ALL;\nSELECT pg_catalog.set_config('application_name', 'it''s', false)");
+        assert_eq!(
+            p.replay_sql(),
+            "RESET SESSION AUTHORIZATION;\nRESET ROLE;\nRESET ALL;\n\
+             SELECT pg_catalog.set_config('application_name', 'it''s', false)"
+        );
         assert_ne!(p.signature(), 0);
         let startup = p.signature();
         let mut q = p.clone();
         q.set("search_path", "SET search_path = a");
-        q.clear();
+        q.reset_all();
         assert_eq!(q.signature(), startup, "RESET ALL returns to the startup settings");
+        let none = SessionParams::from_startup(&[]);
+        assert!(none.replay_sql().ends_with("set_config('application_name', '', false)"), "empty, as in PostgreSQL");
+    }
+
+    #[test]
+    fn identity_survives_reset_all_but_not_discard_all() {
+        let mut p = SessionParams::from_startup(&[]);
+        let startup = p.signature();
+        p.set("role", "SET ROLE r2");
+        p.reset_all();
+        assert!(p.replay_sql().ends_with("SET ROLE r2"), "RESET ALL keeps the role");
+        p.set("session_authorization", "SET SESSION AUTHORIZATION r1");
+        assert!(!p.replay_sql().contains("SET ROLE r2"), "a new session authorization ends the role");
+        p.discard_all();
+        assert_eq!(p.signature(), startup);
+    }
+
+    #[test]
+    fn reset_restores_startup_values() {
+        let p = SessionParams::from_startup(&[("DateStyle".into(), "SQL, DMY".into())]);
+        let reset = |name: &str| SessionEffect::Reset { name: name.into() };
+        let set = |name: &str| SessionEffect::Set { name: name.into(), statement: String::new() };
+        let sql = p.restore_sql(&[reset("datestyle")]).unwrap_or_default();
+        assert_eq!(sql, "SELECT pg_catalog.set_config('DateStyle', 'SQL, DMY', false)");
+        assert_eq!(p.restore_sql(&[reset("datestyle"), set("datestyle")]), None, "a later SET wins");
+        assert_eq!(p.restore_sql(&[reset("search_path")]), None, "not a startup setting");
+        let all = p.restore_sql(&[SessionEffect::ResetAll]).unwrap_or_default();
+        assert!(all.contains("'application_name', ''") && all.contains("DateStyle"), "{all}");
     }
 
     #[test]
@@ -251,7 +343,7 @@ mod tests {
         let one = p.signature();
         p.set("search_path", "SET search_path = b");
         assert_ne!(p.signature(), one);
-        assert_eq!(p.replay_sql(), "RESET ALL;\nSET search_path = b");
+        assert_eq!(p.replay_sql(), "RESET SESSION AUTHORIZATION;\nRESET ROLE;\nRESET ALL;\nSET search_path = b");
         p.reset("search_path");
         assert_eq!(p.signature(), 0);
     }

@@ -123,10 +123,7 @@ pub async fn connect(
     tls: &ServerTls,
 ) -> Result<ServerStartup, ConnectError> {
     let attempt = async {
-        let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-        tcp.set_nodelay(true)?;
-        socket2::SockRef::from(&tcp).set_tcp_keepalive(&server_keepalive())?;
-        let mut stream = tls.negotiate(tcp, &addr.host).await?;
+        let mut stream = open(addr, tls).await?;
         let greeting = login(&mut stream, user, database, startup_params, cred).await?;
         Ok(ServerStartup {
             stream,
@@ -142,6 +139,15 @@ pub async fn connect(
         tracing::debug!(%addr, user, database, error = %e, "server login failed");
     }
     res
+}
+
+/// Opens a socket to `addr` (TCP_NODELAY, keepalive) and negotiates TLS per `tls`: a
+/// server connection before its StartupMessage.
+pub async fn open(addr: &NodeAddr, tls: &ServerTls) -> Result<ServerStream, ConnectError> {
+    let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+    tcp.set_nodelay(true)?;
+    socket2::SockRef::from(&tcp).set_tcp_keepalive(&server_keepalive())?;
+    tls.negotiate(tcp, &addr.host).await
 }
 
 /// What the server said before its first ReadyForQuery.

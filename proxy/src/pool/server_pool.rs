@@ -25,6 +25,15 @@ pub struct ServerManager {
     shared: Arc<ManagerShared>,
     connect_timeout: Duration,
     tls: Arc<ServerTls>,
+    /// Connections are closed when given back instead of kept idle (see [`keeps_idle`]).
+    close_on_release: bool,
+}
+
+/// Whether idle connections to `database` may be kept. Not to the template databases:
+/// `CREATE DATABASE` (from template1 unless told otherwise) fails while anyone else is
+/// connected to its template, also when it is run directly on the server.
+pub fn keeps_idle(database: &str) -> bool {
+    !matches!(database, "template0" | "template1")
 }
 
 /// Manager state the pool owner also reads and updates.
@@ -62,7 +71,7 @@ impl bb8::ManageConnection for ServerManager {
     }
 
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.broken || conn.over_statement_limit()
+        conn.broken || conn.over_statement_limit() || self.close_on_release
     }
 }
 
@@ -237,7 +246,7 @@ impl ServerPool {
     /// for the next [`Self::acquire`] unless someone waits in bb8's queue (then
     /// bb8 hands it over) or it must be closed.
     pub fn release(&self, mut conn: Checkout) {
-        if conn.broken || conn.over_statement_limit() {
+        if conn.broken || conn.over_statement_limit() || !keeps_idle(&self.key.database) {
             return; // bb8 closes it (`has_broken`)
         }
         let mut parked = self.lock_parked();
@@ -352,6 +361,7 @@ impl ServerPool {
             shared: shared.clone(),
             connect_timeout: settings.connect_timeout,
             tls: settings.tls.clone(),
+            close_on_release: !keeps_idle(&key.database),
         };
         let pool = bb8::Pool::builder()
             .max_size(max_size)

@@ -220,6 +220,9 @@ impl Statement<'_> {
             NodeEnum::ListenStmt(_) => self.pin(PinReason::Listen),
             NodeEnum::PrepareStmt(_) => self.pin(PinReason::SqlPrepare),
             NodeEnum::LoadStmt(_) => self.pin(PinReason::Load),
+            // A DO block may SET ROLE / SESSION AUTHORIZATION or set_config(..., false) where
+            // the tracker cannot see it: the session keeps its connection, reset at the end.
+            NodeEnum::DoStmt(_) => self.pin(PinReason::Other),
             NodeEnum::DeclareCursorStmt(declare) => {
                 if declare.options & CURSOR_OPT_HOLD != 0 {
                     // A holdable cursor outlives its transaction on this server.

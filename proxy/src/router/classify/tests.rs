@@ -109,7 +109,6 @@ const WRITES: &[&str] = &[
     "COPY t TO PROGRAM 'cat'",
     "COPY (DELETE FROM t RETURNING *) TO STDOUT",
     "CALL p()",
-    "DO $$ BEGIN END $$",
     "LOCK TABLE t",
     "VACUUM t",
     "ANALYZE t",
@@ -312,6 +311,7 @@ fn session_effects_are_reported_with_exact_text() {
         ("LOAD 'auto_explain'", vec![Pin(Load)]),
         ("SELECT set_config('a', 'b', false)", vec![Pin(Other)]),
         ("SELECT set_config('a', 'b', 't')", vec![Pin(Other)]),
+        ("DO $$ BEGIN EXECUTE 'SET ROLE r1'; END $$", vec![Pin(Other)]),
         ("SET a = 1; SET b = 2", vec![set("a", "SET a = 1"), set("b", "SET b = 2")]),
         ("BEGIN; SET LOCAL a = 1; SET b TO 'x; y'; COMMIT", vec![set("b", "SET b TO 'x; y'")]),
         (

@@ -17,7 +17,8 @@ use super::functions::{FunctionView, Volatility};
 use super::PinReason;
 
 /// Functions that are writes whatever the table says (the table may be empty or stale).
-const ALWAYS_WRITE: &[&str] = &["nextval", "setval", "currval", "lastval", "set_config"];
+/// `pg_backend_pid` runs where the client's pid is its backend's (session pooling).
+const ALWAYS_WRITE: &[&str] = &["nextval", "setval", "currval", "lastval", "set_config", "pg_backend_pid"];
 
 /// Session-level advisory lock functions: the lock lives as long as the server session, so the
 /// client must stay on that server (the `_xact_` variants end with the transaction).
