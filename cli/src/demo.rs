@@ -2,7 +2,7 @@
 //!
 //! Three PostgreSQL servers (one primary, two physical standbys made as
 //! `tandem replica add` makes them), the WAL relay in the primary's sync quorum,
-//! and the proxy, all on loopback. `--logical` keeps the opt-in logical setup
+//! the proxy and a witness group of three, all on loopback. `--logical` keeps the opt-in logical setup
 //! instead (two empty servers fed by the logical replicator). With `--data-dir`
 //! the servers and the relay's WAL (or change log) survive between runs;
 //! otherwise everything lives in a temporary directory removed on Ctrl-C.
@@ -26,8 +26,8 @@ pub struct DemoArgs {
     /// Keep the cluster here between runs (default: a temporary directory removed on exit).
     #[arg(long, env = "TANDEM_DEMO_DIR")]
     data_dir: Option<PathBuf>,
-    /// Port of the proxy; the PostgreSQL servers take the next three ports and the
-    /// replicator's status endpoint the one after.
+    /// Port of the proxy; the PostgreSQL servers take the next three ports, the
+    /// replicator's status endpoint the one after, and the three witnesses the next three.
     #[arg(long, default_value_t = 6432)]
     port: u16,
     /// `sync`: a commit returns once one quorum member has it (physical: flushed by a standby
@@ -183,6 +183,10 @@ async fn serve(
     if proxy.is_finished() {
         return proxy.await?.context("proxy failed to start");
     }
+    let witness_port = port_after(args.port, 5)?;
+    let (witnesses, witness_addrs) = crate::demo_witnesses::start(root, witness_port, primary, replicas, &shutdown)?;
+    println!();
+    crate::demo_witnesses::print_status(&witness_addrs).await;
     println!();
     println!(
         "Tandem demo is running ({} {} replication{}).",
@@ -197,7 +201,10 @@ async fn serve(
         primary.port,
         replicas.iter().map(|r| format!("{} :{}", r.name(), r.port)).collect::<Vec<_>>().join(", ")
     );
-    println!("  status:   curl http://127.0.0.1:{status_port}/status");
+    println!("  relay:    curl http://127.0.0.1:{status_port}/status");
+    let witness_flags: Vec<String> =
+        witness_addrs.iter().enumerate().map(|(i, a)| format!("--witness {}={a}", i + 1)).collect();
+    println!("  status:   tandem status {}", witness_flags.join(" "));
     match &args.data_dir {
         Some(_) => println!("  data:     {} (kept)", root.display()),
         None => println!("  data:     {} (removed on exit)", root.display()),
@@ -215,6 +222,9 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(15), async {
         let _ = proxy.await;
         let _ = replicator.await;
+        for w in witnesses {
+            let _ = w.await;
+        }
     })
     .await;
     Ok(())

@@ -5,6 +5,7 @@
 //! tandem.toml`, then `TANDEM_*` environment variables, then flags (highest wins).
 
 mod demo;
+mod demo_witnesses;
 mod file;
 mod proxy_cmd;
 mod replica_cmd;
@@ -57,8 +58,8 @@ enum Command {
     Witness(witness_cmd::WitnessArgs),
     /// Show the cluster as the witness group sees it (exit status 1 when it is not healthy).
     Status(witness_cmd::StatusArgs),
-    /// Start a local cluster (primary, 2 physical standbys, WAL relay, proxy) and print how
-    /// to connect.
+    /// Start a local cluster (primary, 2 physical standbys, WAL relay, proxy, 3 witnesses)
+    /// and print how to connect.
     Demo(demo::DemoArgs),
 }
 
