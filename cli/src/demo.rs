@@ -160,6 +160,9 @@ async fn serve(
     rcfg.replication = if physical { Replication::Physical } else { Replication::Logical };
     let status_port = port_after(args.port, 4)?;
     rcfg.status_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], status_port)));
+    // The relay reports to the demo's witnesses (started below; it retries until they are).
+    rcfg.witnesses =
+        (5..8).map(|i| Ok(format!("127.0.0.1:{}", port_after(args.port, i)?))).collect::<anyhow::Result<_>>()?;
     rcfg.validate()?;
     let replicator = tokio::spawn(tandem_replicator::run(Arc::new(rcfg), shutdown.clone()));
 

@@ -50,6 +50,13 @@ pub struct ReplicatorArgs {
     /// Directory of the relay's WAL or the change log (created if missing).
     #[arg(long, env = "TANDEM_REPLICATOR_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// A witness of the group (HOST:PORT; repeat for each): physical mode reports the relay's
+    /// position and status address to the group.
+    #[arg(long = "witness", env = "TANDEM_REPLICATOR_WITNESSES", value_delimiter = ',')]
+    witnesses: Vec<String>,
+    /// The witnesses' bearer token (the cluster's token).
+    #[arg(long, env = "TANDEM_WITNESS_TOKEN", hide_env_values = true)]
+    witness_token: Option<String>,
     /// Serve status JSON at http://ADDR/status and Prometheus metrics at /metrics.
     #[arg(long, env = "TANDEM_REPLICATOR_STATUS_LISTEN")]
     status_listen: Option<SocketAddr>,
@@ -100,6 +107,12 @@ pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Resul
     }
     if let Some(a) = args.status_listen {
         cfg.status_listen = Some(a);
+    }
+    if !args.witnesses.is_empty() {
+        cfg.witnesses = args.witnesses.clone();
+    }
+    if let Some(t) = &args.witness_token {
+        cfg.witness_token = Some(t.clone());
     }
     cfg.validate()?;
     Ok(cfg)

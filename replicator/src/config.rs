@@ -64,6 +64,13 @@ pub struct ReplicatorConfig {
     /// when every standby has them (a standby rebuilt from a backup may still need them).
     #[serde(default = "default_relay_keep_segments")]
     pub relay_keep_segments: u64,
+    /// Physical mode: the witness group's API addresses (`host:port`); the relay reports its
+    /// position and status address to the group. Empty: no group.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// Bearer token for the witnesses' mutating API (the cluster's `token`).
+    #[serde(default)]
+    pub witness_token: Option<String>,
 }
 
 /// What kind of copy the replicator keeps.
@@ -217,6 +224,8 @@ impl ReplicatorConfig {
             replication: Replication::default(),
             relay_name: default_relay_name(),
             relay_keep_segments: default_relay_keep_segments(),
+            witnesses: Vec::new(),
+            witness_token: None,
         }
     }
 

@@ -273,3 +273,41 @@ fn write_config(primary: &PgServer, standby: &PgServer) -> Result<tempfile::Temp
     )?;
     Ok(dir)
 }
+
+#[test]
+fn the_relay_reports_to_the_group() -> Result<()> {
+    init_tracing();
+    let primary = PgServer::start("primary", PgOptions::default())?;
+    let standby = primary.start_standby("standby")?;
+    let addr = primary.addr();
+    let g = Group::start(&[addr.clone(), addr.clone(), addr], &standby, &[])?;
+    let leader = g.wait_leader(None)?;
+    let relay_dir = tempfile::tempdir()?;
+    let status_port = free_port();
+    let mut args = vec![
+        "replicator".to_string(),
+        "--primary".into(),
+        primary.url("postgres", "postgres"),
+        "--mode".into(),
+        "async".into(),
+        "--data-dir".into(),
+        relay_dir.path().display().to_string(),
+        "--status-listen".into(),
+        format!("127.0.0.1:{status_port}"),
+    ];
+    for p in &g.ports {
+        args.push("--witness".into());
+        args.push(format!("127.0.0.1:{p}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = TandemProcess::spawn(&args)?;
+    let state = wait_until("the relay's report in the cluster state", WAIT, || {
+        let v = g.view(leader).ok()?;
+        v["state"]["replicator"]["flushed"].is_string().then_some(v["state"]["replicator"].clone())
+    })
+    .with_context(|| relay.log_tail())?;
+    assert_eq!(state["replication"], "physical");
+    assert_eq!(state["addr"], format!("127.0.0.1:{status_port}"));
+    assert_eq!(state["epoch"], 1);
+    Ok(())
+}

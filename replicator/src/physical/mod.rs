@@ -6,12 +6,14 @@
 //! directory or over HTTP from [`status`]'s endpoint). [`relay`] wires it together:
 //! [`identity`] checks which system the WAL comes from, [`quorum`] keeps the primary's
 //! `synchronous_standby_names`, [`status`] polls every member's positions and trims what
-//! every standby has. [`standby`] makes a new standby (`tandem replica add`).
+//! every standby has. [`standby`] makes a new standby (`tandem replica add`). [`register`]
+//! reports the relay to the witness group.
 
 pub mod fetch;
 pub mod identity;
 pub mod quorum;
 pub mod receiver;
+pub mod register;
 pub mod relay;
 pub mod segments;
 pub mod standby;

@@ -64,6 +64,10 @@ pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Res
         }))
     };
     let poller = tokio::spawn(status::poll(board.clone(), primary.clone(), stop.clone()));
+    if !cfg.witnesses.is_empty() {
+        let (witnesses, token) = (cfg.witnesses.clone(), cfg.witness_token.clone());
+        tokio::spawn(super::register::run(board.clone(), witnesses, token, stop.clone()));
+    }
 
     let members = quorum_members(&cfg);
     let joined = tokio::select! {

@@ -163,6 +163,11 @@ impl Board {
         r
     }
 
+    /// Where the status endpoint listens (empty when it does not).
+    pub fn status_addr(&self) -> String {
+        self.cfg.status_listen.map(|a| a.to_string()).unwrap_or_default()
+    }
+
     /// The relay's WAL directory.
     pub fn wal_dir(&self) -> &std::path::Path {
         &self.wal_dir
