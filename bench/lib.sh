@@ -137,6 +137,14 @@ pg_start() {
         || die "server $1 did not start (see $WORK/$1.log)"
 }
 
+# pg_start_replicating NAME PORT WAL_LEVEL: create and start a server that can feed
+# replication (WAL_LEVEL replica or logical, room for 10 senders and slots).
+pg_start_replicating() {
+    pg_create "$1" "$2"
+    printf 'wal_level = %s\nmax_wal_senders = 10\nmax_replication_slots = 10\n' "$3" >>"$WORK/$1/postgresql.conf"
+    pg_start "$1"
+}
+
 # wait_port PORT [SECONDS]: until something accepts TCP connections on 127.0.0.1:PORT.
 wait_port() {
     local port=$1 limit=${2:-30} i

@@ -59,13 +59,7 @@ MACHINE=$(machine_info)
 
 # --- primary -----------------------------------------------------------------------------
 P_PORT=$(free_port)
-pg_create primary "$P_PORT"
-cat >>"$WORK/primary/postgresql.conf" <<EOF
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-EOF
-pg_start primary
+pg_start_replicating primary "$P_PORT" replica
 PRIMARY_URL="postgres://postgres@127.0.0.1:$P_PORT/postgres"
 psqlp() { psql -X -qAt -h 127.0.0.1 -p "$P_PORT" -U postgres -d postgres "$@"; }
 log "pgbench -i -s $SCALE on the primary (127.0.0.1:$P_PORT)"

@@ -44,13 +44,7 @@ MACHINE=$(machine_info)
 
 # --- primary -----------------------------------------------------------------------------
 P_PORT=$(free_port)
-pg_create primary "$P_PORT"
-cat >>"$WORK/primary/postgresql.conf" <<EOF
-wal_level = logical
-max_wal_senders = 10
-max_replication_slots = 10
-EOF
-pg_start primary
+pg_start_replicating primary "$P_PORT" logical
 as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$P_PORT" -U postgres "$DB"
 log "pgbench -i -s $SCALE on the primary (127.0.0.1:$P_PORT)"
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$P_PORT" -U postgres "$DB" >"$WORK/pgbench-init.log" 2>&1 \

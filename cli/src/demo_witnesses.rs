@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// How many witnesses the demo runs.
 const WITNESSES: u16 = 3;
 
+/// A running witness task.
+pub type WitnessTask = JoinHandle<Result<(), tandem_witness::WitnessError>>;
+
 /// Starts the witnesses on `first_port..` with data under `root/witnessN`; returns their
 /// tasks and addresses.
 pub fn start(
@@ -23,7 +26,7 @@ pub fn start(
     primary: &LocalServer,
     standbys: &[LocalServer],
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Vec<JoinHandle<Result<(), tandem_witness::WitnessError>>>, Vec<String>)> {
+) -> anyhow::Result<(Vec<WitnessTask>, Vec<String>)> {
     let node = |s: &LocalServer, role| -> anyhow::Result<NodeSpec> {
         Ok(NodeSpec { name: s.name().parse()?, addr: format!("127.0.0.1:{}", s.port).parse()?, role, priority: 1 })
     };

@@ -27,7 +27,7 @@ impl Group {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let dir = tempfile::tempdir()?;
         let mut args = Vec::new();
-        for i in 0..3 {
+        for (i, primary) in primary_addr.iter().enumerate().take(3) {
             let mut a: Vec<String> = vec![
                 "witness".into(),
                 "--id".into(),
@@ -35,7 +35,7 @@ impl Group {
                 "--data-dir".into(),
                 dir.path().join(format!("w{}", i + 1)).display().to_string(),
                 "--node".into(),
-                format!("primary={}", primary_addr[i]),
+                format!("primary={primary}"),
                 "--node".into(),
                 format!("standby={}", standby.addr()),
                 "--primary-node".into(),

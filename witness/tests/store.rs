@@ -20,8 +20,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Tem
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(TempStores)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(TempStores) {
+        panic!("openraft's storage suite failed: {e}");
+    }
 }
 
 /// Child mode of [`acknowledged_entries_survive_a_kill_9`]: appends entries one batch at a

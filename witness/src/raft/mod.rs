@@ -5,6 +5,10 @@
 //! hears it is durable) → applied by [`state_machine`] to the [`crate::state::ClusterState`]
 //! on every witness. openraft does the consensus; these modules only adapt it.
 
+// openraft's StorageError is large (it carries a backtrace and the subject); it is the type
+// openraft's storage traits return, so boxing it here would only add a conversion.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 
 pub mod log_store;
