@@ -13,6 +13,7 @@ use bytes::Buf;
 
 use super::pipeline::Expect;
 use super::session::{End, Session, MAX_REPLAY_BYTES};
+use super::sql_names::map_executed;
 use super::state::Statement;
 use crate::config::PoolMode;
 use crate::protocol::build::{self, sqlstate, Severity};
@@ -187,7 +188,12 @@ impl Session {
         }
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
-        self.forward(frame, Some(Expect::Query { swallow: false }));
+        let mapped = self.mode == PoolMode::Transaction
+            && class.effects.contains(&SessionEffect::ExecutePrepared)
+            && std::str::from_utf8(sql).is_ok_and(|sql| self.send_mapped_query(sql));
+        if !mapped {
+            self.forward(frame, Some(Expect::Query { swallow: false }));
+        }
         if !class.effects.is_empty() {
             self.restore_startup(&class.effects);
         }
@@ -250,6 +256,10 @@ impl Session {
     async fn on_parse(&mut self, frame: Frame) -> Result<(), Failure> {
         let p = fields::parse(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
         let class = self.ctx.classifier.classify_memo(p.query, &mut self.memo);
+        // SQL naming the client's statements (`EXECUTE s1`) is parsed naming the server's.
+        let mapped = (self.mode == PoolMode::Transaction && class.effects.contains(&SessionEffect::ExecutePrepared))
+            .then(|| std::str::from_utf8(p.query).ok().and_then(|q| map_executed(q, &self.statements)))
+            .flatten();
         if p.name.is_empty() {
             self.statements.unnamed_route = Some(class.route);
             // Drivers send DDL with the extended protocol too (pgjdbc sends everything so).
@@ -258,7 +268,15 @@ impl Session {
             }
             self.begin_unit(class.route).await?;
             self.note_effects(&class.effects);
-            self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
+            let Some((text, needs)) = mapped else {
+                self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
+                return Ok(());
+            };
+            for stmt in &needs {
+                self.ensure_prepared(stmt);
+            }
+            build::parse(&mut self.sout, b"", text.as_bytes(), p.param_types);
+            self.pipeline.push(Expect::Parse { hash: None, swallow: false }, &mut self.cout);
             return Ok(());
         }
         if self.pipeline.is_skipping() {
@@ -271,6 +289,8 @@ impl Session {
         }
         let mut stmt = if self.mode == PoolMode::Session {
             Statement::named(p.name, p.query, p.param_types, class.route)
+        } else if let Some((text, needs)) = mapped {
+            Statement { needs, ..Statement::new(text.as_bytes(), p.param_types, class.route) }
         } else {
             Statement::new(p.query, p.param_types, class.route)
         };
@@ -292,6 +312,9 @@ impl Session {
         if let Err(e) = self.begin_unit(stmt.route).await {
             self.statements.undefine(id);
             return Err(e);
+        }
+        for need in &stmt.needs {
+            self.ensure_prepared(need);
         }
         let Some(a) = self.active.as_mut() else { return Ok(()) };
         if !a.conn.prepared.insert(stmt.hash) {
@@ -450,12 +473,17 @@ impl Session {
     }
 
     /// Injects a Parse if the active connection lacks `stmt`.
-    fn ensure_prepared(&mut self, stmt: &Statement) {
-        let Some(a) = self.active.as_mut() else { return };
-        if self.pipeline.is_skipping() {
-            // The server ignores the Bind/Describe this would prepare for (and the Parse).
+    pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
+        if self.active.is_none() || self.pipeline.is_skipping() {
+            // Skipping: the server ignores the Bind/Describe this would prepare for (and the
+            // Parse).
             return;
         }
+        for need in &stmt.needs {
+            // The statements its SQL EXECUTEs come first (see `sql_names`).
+            self.ensure_prepared(need);
+        }
+        let Some(a) = self.active.as_mut() else { return };
         let fresh = stmt.reparse.swap(false, Ordering::Relaxed);
         let missing = a.conn.prepared.insert(stmt.hash);
         if fresh && !missing {

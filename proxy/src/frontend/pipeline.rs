@@ -39,6 +39,10 @@ pub enum Expect {
     HiddenClose,
     /// `Sync` → `ReadyForQuery`.
     Sync,
+    /// A `Sync` the proxy injected after Parses it injected ahead of a simple Query: its
+    /// `ReadyForQuery` is hidden, and so is the error of such a Parse (the server then
+    /// skips to this Sync and runs the Query, which reports the missing statement).
+    HiddenSync,
     /// Simple `Query` → everything up to `ReadyForQuery`; `swallow` hides it all.
     Query {
         /// Whether the client must not see any of it (injected SET replay).
@@ -81,6 +85,7 @@ enum Slot {
     Close,
     HiddenClose,
     Sync,
+    HiddenSync,
     Query { swallow: bool },
     Restore,
     FunctionCall,
@@ -101,6 +106,7 @@ impl Slot {
             Expect::Close => Slot::Close,
             Expect::HiddenClose => Slot::HiddenClose,
             Expect::Sync => Slot::Sync,
+            Expect::HiddenSync => Slot::HiddenSync,
             Expect::Query { swallow } => Slot::Query { swallow },
             Expect::Restore => Slot::Restore,
             Expect::FunctionCall => Slot::FunctionCall,
@@ -249,7 +255,7 @@ impl Pipeline {
     pub fn push(&mut self, e: Expect, out: &mut BytesMut) {
         if self.skipping {
             match e {
-                Expect::Sync => self.skipping = false,
+                Expect::Sync | Expect::HiddenSync => self.skipping = false,
                 Expect::Parse { hash: Some(h), .. } => return self.notes.unprepared.push(h),
                 Expect::Defined(id) => return self.notes.undefined.push(id),
                 _ => return,
@@ -322,11 +328,23 @@ impl Pipeline {
 
     fn message_outcome(&mut self, tag: u8, due: &mut BytesMut) -> Outcome {
         let mut out = Outcome { forward: true, ..Outcome::default() };
-        if let Some(hidden @ (Slot::Query { swallow: true } | Slot::Restore)) = self.queue.front() {
+        if let Some(hidden @ (Slot::Query { swallow: true } | Slot::Restore | Slot::HiddenSync)) = self.queue.front() {
             out.forward = tag == b'S' && *hidden == Slot::Restore;
             if tag == b'Z' {
                 self.pop(due);
+                // A Query or Sync ends an extended sequence on the server.
+                self.open = self.queue.iter().any(|s| s.is_extended());
             }
+            return out;
+        }
+        if tag == b'E' && self.injected_before_hidden_sync() {
+            // See `Expect::HiddenSync`: the server skips to it.
+            while self.queue.front() != Some(&Slot::HiddenSync) {
+                if let Some(Slot::Parse { hash: Some(h), .. }) = self.pop_slot() {
+                    self.notes.unprepared.push(h);
+                }
+            }
+            out.forward = false;
             return out;
         }
         match tag {
@@ -395,6 +413,14 @@ impl Pipeline {
             _ => {}
         }
         out
+    }
+
+    /// Whether the queue starts with requests the proxy injected (hidden Parses and Closes)
+    /// up to a [`Slot::HiddenSync`].
+    fn injected_before_hidden_sync(&self) -> bool {
+        let Some(end) = self.queue.iter().position(|s| *s == Slot::HiddenSync) else { return false };
+        end > 0
+            && self.queue.iter().take(end).all(|s| matches!(s, Slot::Parse { swallow: true, .. } | Slot::HiddenClose))
     }
 
     fn pop_if(&mut self, pred: impl Fn(&Slot) -> bool, due: &mut BytesMut) {
@@ -472,6 +498,24 @@ mod tests {
         assert!(p.on_server_message(b'S', &mut due).forward);
         let z = p.on_server_message(b'Z', &mut due);
         assert!(!z.forward && !z.client_rfq && p.is_idle());
+    }
+
+    #[test]
+    fn hidden_sync_hides_a_failed_injected_parse() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        p.push(Expect::Parse { hash: Some(1), swallow: true }, &mut out);
+        p.push(Expect::Parse { hash: Some(2), swallow: true }, &mut out);
+        p.push(Expect::HiddenSync, &mut out);
+        p.push(Expect::Query { swallow: false }, &mut out);
+        let mut due = BytesMut::new();
+        let e = p.on_server_message(b'E', &mut due);
+        assert!(!e.forward && e.notes);
+        assert_eq!(p.take_notes().unprepared, vec![1, 2]);
+        assert!(!p.on_server_message(b'Z', &mut due).forward, "the hidden Sync's answer");
+        assert!(p.on_server_message(b'E', &mut due).forward, "the Query's own error");
+        let z = p.on_server_message(b'Z', &mut due);
+        assert!(z.forward && z.client_rfq && p.is_idle());
     }
 
     #[test]
