@@ -14,6 +14,7 @@
 mod attach;
 mod client_side;
 mod copy_stream;
+mod effects;
 pub mod listener;
 pub mod login_params;
 pub mod pipeline;
