@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
                     2 => Expect::Describe,
                     3 => Expect::Execute,
                     4 => Expect::Close,
+                    5 if arg & 4 != 0 => Expect::HiddenSync,
                     5 => Expect::Sync,
                     6 if arg & 2 != 0 => Expect::Restore,
                     6 => Expect::Query { swallow: arg & 1 != 0 },

@@ -281,3 +281,54 @@ async fn large_copy_data_streams_through() -> anyhow::Result<()> {
     assert!(log.contains("larger than max_message_size"), "{log}");
     Ok(())
 }
+
+/// A protocol-level Parse of `name` (no parameter types) and a Sync.
+fn parse_and_sync(name: &str, sql: &str) -> Vec<u8> {
+    let body = [name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat();
+    [msg(b'P', &body), msg(b'S', b"")].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_execute_finds_protocol_statements_in_transaction_mode() -> anyhow::Result<()> {
+    init_tracing();
+    let c = cluster("transaction", &["--pool-size", "3"])?;
+    let sql = "SELECT $1::int + 1 AS next";
+    let (mut a, _) = login(&c, &[]).await?;
+    a.send(&parse_and_sync("a1", sql)).await?;
+    assert!(first_error(&a.until_ready().await?).is_none());
+    // A holds the connection that has the statement; C gets the other one.
+    run(&mut a, "BEGIN").await?;
+    let (mut b, _) = login(&c, &[]).await?;
+    b.send(&parse_and_sync("sqlx_s_1", sql)).await?;
+    assert!(first_error(&b.until_ready().await?).is_none());
+    assert_eq!(value(&mut b, "EXECUTE sqlx_s_1(41)").await?.0, "42");
+    // sqlx's describe of a query! macro.
+    let (plan, _) = value(&mut b, "EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE sqlx_s_1(NULL)").await?;
+    assert!(plan.contains("\"Output\""), "{plan}");
+    assert_eq!(value(&mut b, "execute SQLX_S_1 (1); EXECUTE sqlx_s_1 (2)").await?.0, "2");
+    assert_eq!(value(&mut a, "EXECUTE a1(1)").await?.0, "2");
+    // The extended protocol (drivers' statement caches), named and unnamed, on a third
+    // connection that has neither statement yet, while A and B hold the other two.
+    run(&mut b, "BEGIN").await?;
+    let (mut d, _) = login(&c, &[]).await?;
+    d.send(&parse_and_sync("d1", sql)).await?;
+    assert!(first_error(&d.until_ready().await?).is_none());
+    for name in ["__asyncpg_stmt_1__", ""] {
+        let body = [name.as_bytes(), b"\0EXECUTE d1(9)\0\0\0"].concat();
+        let bind = [b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"].concat();
+        d.send(&[msg(b'P', &body), msg(b'B', &bind), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")].concat()).await?;
+        let out = d.until_ready().await?;
+        assert!(first_error(&out).is_none(), "{name:?}: {:?}", first_error(&out));
+        assert_eq!(first_column(&out), vec![Some("10".to_string())], "{name:?}");
+    }
+    run(&mut b, "COMMIT").await?;
+    run(&mut a, "COMMIT").await?;
+    // Names the client never prepared, and dropped ones, fail as in PostgreSQL.
+    let missing = b.simple("EXECUTE nosuch").await?;
+    assert_eq!(first_error(&missing).map(|e| e.0).as_deref(), Some("26000"));
+    run(&mut b, "DEALLOCATE sqlx_s_1").await?;
+    let gone = b.simple("EXECUTE sqlx_s_1(1)").await?;
+    assert_eq!(first_error(&gone).map(|e| e.0).as_deref(), Some("26000"));
+    assert_eq!(value(&mut a, "SELECT 1").await?.0, "1");
+    Ok(())
+}

@@ -13,13 +13,14 @@ use bytes::Buf;
 
 use super::pipeline::Expect;
 use super::session::{End, Session, MAX_REPLAY_BYTES};
+use super::sql_names::map_executed;
 use super::state::Statement;
 use crate::config::PoolMode;
 use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
 use crate::protocol::frame::{measure, split_message, FrameError, HEADER_LEN};
 use crate::protocol::Frame;
-use crate::router::classify::{PinReason, Route, SessionEffect};
+use crate::router::classify::{Route, SessionEffect};
 use tandem_core::Role;
 
 /// A unit could not start; the client gets this error.
@@ -187,69 +188,25 @@ impl Session {
         }
         self.begin_unit(class.route).await?;
         self.note_effects(&class.effects);
-        self.forward(frame, Some(Expect::Query { swallow: false }));
+        let mapped = self.mode == PoolMode::Transaction
+            && class.effects.contains(&SessionEffect::ExecutePrepared)
+            && std::str::from_utf8(sql).is_ok_and(|sql| self.send_mapped_query(sql));
+        if !mapped {
+            self.forward(frame, Some(Expect::Query { swallow: false }));
+        }
         if !class.effects.is_empty() {
             self.restore_startup(&class.effects);
         }
         Ok(())
     }
 
-    /// After a client's RESET (or RESET ALL, DISCARD ALL, SET ... TO DEFAULT) of a setting
-    /// it gave at login, the server holds its own connection's startup value, while
-    /// PostgreSQL returns to the client's: a hidden query right behind puts the client's
-    /// back. In a transaction it is rolled back with the RESET; if the client's query fails
-    /// outside one, the connection's settings are unknown until the next unit replays them.
-    fn restore_startup(&mut self, effects: &[SessionEffect]) {
-        let Some(sql) = self.params.restore_sql(effects) else { return };
-        let Some(a) = self.active.as_mut() else { return };
-        a.conn.params_signature = super::state::UNKNOWN_SIGNATURE;
-        build::query(&mut self.sout, &sql);
-        self.pipeline.push(Expect::Restore, &mut self.cout);
-    }
-
-    /// Before a statement that needs a database to itself (DROP DATABASE, CREATE DATABASE
-    /// ... TEMPLATE, ...): the proxy's own idle connections to it would make PostgreSQL
-    /// refuse it (55006), so they are closed first.
-    async fn free_databases(&self, effects: &[SessionEffect]) {
-        for effect in effects {
-            if let SessionEffect::ExclusiveDatabase { name } = effect {
-                self.ctx.pools.close_idle(name).await;
-            }
-        }
-    }
-
-    /// SQL `DEALLOCATE name` of a statement the client prepared with the extended protocol.
-    /// It exists on the servers only under its Tandem name, so a server would answer 26000
-    /// where PostgreSQL drops it. When it is the whole query and nothing is outstanding, the
-    /// proxy forgets the client's name and answers as PostgreSQL does (the server-side
-    /// statement stays for reuse, as after a Close). In a failed transaction the server
-    /// answers (25P02, as PostgreSQL would). Returns whether it answered.
-    fn deallocate_own(&mut self, effects: &[SessionEffect], sql: &[u8]) -> bool {
-        if self.mode == PoolMode::Session {
-            // The server holds the statement under the client's name: it answers itself.
-            return false;
-        }
-        let [SessionEffect::Deallocate { name: Some(name) }] = effects else { return false };
-        let text = sql.trim_ascii();
-        let text = text.strip_suffix(b";").unwrap_or(text);
-        if text.contains(&b';')
-            || !self.pipeline.is_idle()
-            || self.tx == TxStatus::Failed
-            || self.statements.get(name.as_bytes()).is_none()
-        {
-            return false;
-        }
-        self.statements.remove(name.as_bytes());
-        let mut reply = bytes::BytesMut::new();
-        build::command_complete(&mut reply, "DEALLOCATE");
-        build::ready_for_query(&mut reply, self.tx);
-        self.pipeline.push(Expect::Synthetic(reply.freeze()), &mut self.cout);
-        true
-    }
-
     async fn on_parse(&mut self, frame: Frame) -> Result<(), Failure> {
         let p = fields::parse(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
         let class = self.ctx.classifier.classify_memo(p.query, &mut self.memo);
+        // SQL naming the client's statements (`EXECUTE s1`) is parsed naming the server's.
+        let mapped = (self.mode == PoolMode::Transaction && class.effects.contains(&SessionEffect::ExecutePrepared))
+            .then(|| std::str::from_utf8(p.query).ok().and_then(|q| map_executed(q, &self.statements)))
+            .flatten();
         if p.name.is_empty() {
             self.statements.unnamed_route = Some(class.route);
             // Drivers send DDL with the extended protocol too (pgjdbc sends everything so).
@@ -258,7 +215,15 @@ impl Session {
             }
             self.begin_unit(class.route).await?;
             self.note_effects(&class.effects);
-            self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
+            let Some((text, needs)) = mapped else {
+                self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
+                return Ok(());
+            };
+            for stmt in &needs {
+                self.ensure_prepared(stmt);
+            }
+            build::parse(&mut self.sout, b"", text.as_bytes(), p.param_types);
+            self.pipeline.push(Expect::Parse { hash: None, swallow: false }, &mut self.cout);
             return Ok(());
         }
         if self.pipeline.is_skipping() {
@@ -271,6 +236,8 @@ impl Session {
         }
         let mut stmt = if self.mode == PoolMode::Session {
             Statement::named(p.name, p.query, p.param_types, class.route)
+        } else if let Some((text, needs)) = mapped {
+            Statement { needs, ..Statement::new(text.as_bytes(), p.param_types, class.route) }
         } else {
             Statement::new(p.query, p.param_types, class.route)
         };
@@ -292,6 +259,9 @@ impl Session {
         if let Err(e) = self.begin_unit(stmt.route).await {
             self.statements.undefine(id);
             return Err(e);
+        }
+        for need in &stmt.needs {
+            self.ensure_prepared(need);
         }
         let Some(a) = self.active.as_mut() else { return Ok(()) };
         if !a.conn.prepared.insert(stmt.hash) {
@@ -450,12 +420,17 @@ impl Session {
     }
 
     /// Injects a Parse if the active connection lacks `stmt`.
-    fn ensure_prepared(&mut self, stmt: &Statement) {
-        let Some(a) = self.active.as_mut() else { return };
-        if self.pipeline.is_skipping() {
-            // The server ignores the Bind/Describe this would prepare for (and the Parse).
+    pub(super) fn ensure_prepared(&mut self, stmt: &Statement) {
+        if self.active.is_none() || self.pipeline.is_skipping() {
+            // Skipping: the server ignores the Bind/Describe this would prepare for (and the
+            // Parse).
             return;
         }
+        for need in &stmt.needs {
+            // The statements its SQL EXECUTEs come first (see `sql_names`).
+            self.ensure_prepared(need);
+        }
+        let Some(a) = self.active.as_mut() else { return };
         let fresh = stmt.reparse.swap(false, Ordering::Relaxed);
         let missing = a.conn.prepared.insert(stmt.hash);
         if fresh && !missing {
@@ -473,51 +448,6 @@ impl Session {
             self.ctx.pools.known.note(&self.database, stmt.hash);
             build::parse(&mut self.sout, stmt.server_name.as_bytes(), &stmt.query, &stmt.param_types);
             self.pipeline.push(Expect::Parse { hash: Some(stmt.hash), swallow: true }, &mut self.cout);
-        }
-    }
-
-    /// Records session effects of a statement about to run.
-    fn note_effects(&mut self, effects: &[SessionEffect]) {
-        for e in effects {
-            match e {
-                SessionEffect::Pin(reason) => {
-                    let _span = self.span.enter();
-                    if !self.pinned {
-                        tracing::debug!(?reason, "client pinned to its server connection");
-                    }
-                    self.pinned = true;
-                    if *reason == PinReason::Other {
-                        tracing::debug!("statement with session-wide side effects");
-                    }
-                }
-                SessionEffect::Deallocate { name: Some(name) } if self.mode == PoolMode::Session => {
-                    // The server drops the client's statement (DEALLOCATE is not
-                    // transactional); a later Parse of the name defines it afresh.
-                    if let Some(stmt) = self.statements.get(name.as_bytes()).cloned() {
-                        self.statements.remove(name.as_bytes());
-                        if let Some(a) = self.active.as_mut() {
-                            a.conn.prepared.remove(&stmt.hash);
-                        }
-                    }
-                }
-                SessionEffect::Deallocate { name: None } | SessionEffect::DiscardAll => {
-                    self.forget_all_statements();
-                    self.pending.push(e.clone());
-                }
-                other => self.pending.push(other.clone()),
-            }
-        }
-    }
-
-    /// The client runs DEALLOCATE ALL or DISCARD ALL: every prepared statement of the server
-    /// session goes, whoever defined it, and so do the client's names. Done when the
-    /// statement is sent, so that whatever the client sends after it is prepared afresh; if
-    /// it then fails, the connection's statements are unknown (`ServerConn::statements_unsure`).
-    fn forget_all_statements(&mut self) {
-        self.statements.clear();
-        if let Some(a) = self.active.as_mut() {
-            a.conn.prepared.clear();
-            a.conn.statements_unsure = true;
         }
     }
 }

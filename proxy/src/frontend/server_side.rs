@@ -214,6 +214,7 @@ impl Session {
             | SessionEffect::DiscardPlans
             | SessionEffect::DiscardTemp
             | SessionEffect::DiscardSequences
+            | SessionEffect::ExecutePrepared
             | SessionEffect::ExclusiveDatabase { .. } => {}
         }
         // The connection that ran the statement now holds exactly the client's settings.

@@ -188,6 +188,9 @@ pub struct Statement {
     pub route: Route,
     /// Session effects of executing it (SET, LISTEN, ...).
     pub effects: Vec<SessionEffect>,
+    /// The client's statements its SQL `EXECUTE`s (under their server names): prepared
+    /// first wherever it is (see `frontend::sql_names`).
+    pub needs: Vec<Arc<Statement>>,
     /// The client's Parse was answered without a server: its first use parses it on the
     /// server again, so that it matches the current schema as a new statement does in
     /// PostgreSQL (a shared statement parsed before an ALTER TABLE would return old columns,
@@ -209,6 +212,7 @@ impl Statement {
             param_types: Bytes::copy_from_slice(param_types),
             route,
             effects: Vec::new(),
+            needs: Vec::new(),
             reparse: AtomicBool::new(false),
         }
     }

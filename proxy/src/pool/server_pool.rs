@@ -121,6 +121,8 @@ pub struct ServerPool {
     tick: AtomicU64,
     /// The server's verdicts on clients' startup settings.
     pub settings_checks: crate::frontend::login_params::SettingsChecks,
+    /// Given-back connections are closed, not parked (see [`keeps_idle`]).
+    close_on_release: bool,
 }
 
 /// Connections that finished a transaction, kept checked out of bb8 for the
@@ -246,7 +248,7 @@ impl ServerPool {
     /// for the next [`Self::acquire`] unless someone waits in bb8's queue (then
     /// bb8 hands it over) or it must be closed.
     pub fn release(&self, mut conn: Checkout) {
-        if conn.broken || conn.over_statement_limit() || !keeps_idle(&self.key.database) {
+        if conn.broken || conn.over_statement_limit() || self.close_on_release {
             return; // bb8 closes it (`has_broken`)
         }
         let mut parked = self.lock_parked();
@@ -384,6 +386,7 @@ impl ServerPool {
             parked: Mutex::new(Parked::default()),
             tick: AtomicU64::new(0),
             settings_checks: Default::default(),
+            close_on_release: !keeps_idle(&key.database),
         });
         spawn_reaper(Arc::downgrade(&sp), settings.idle_timeout);
         sp

@@ -158,9 +158,13 @@ impl Statement<'_> {
             | NodeEnum::DeleteStmt(_)
             | NodeEnum::MergeStmt(_)
             | NodeEnum::CallStmt(_)
-            | NodeEnum::ExecuteStmt(_)
             | NodeEnum::CreateTableAsStmt(_) => {
                 self.route = Route::Write;
+                self.scan(node, Scope::Executes);
+            }
+            NodeEnum::ExecuteStmt(_) => {
+                self.route = Route::Write;
+                self.effects.push(SessionEffect::ExecutePrepared);
                 self.scan(node, Scope::Executes);
             }
             NodeEnum::ExplainStmt(explain) => self.explain(explain),
@@ -267,6 +271,10 @@ impl Statement<'_> {
 
     /// EXPLAIN only plans; EXPLAIN ANALYZE runs the statement, which then decides.
     fn explain(&mut self, explain: &protobuf::ExplainStmt) {
+        if let Some(inner @ NodeEnum::ExecuteStmt(_)) = explain.query.as_ref().and_then(|q| q.node.as_ref()) {
+            // It names a prepared statement, which may be the client's (see ExecutePrepared).
+            return self.classify(inner);
+        }
         let mut analyze = false;
         for option in &explain.options {
             let Some(NodeEnum::DefElem(def)) = option.node.as_ref() else {

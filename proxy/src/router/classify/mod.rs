@@ -87,6 +87,9 @@ pub enum SessionEffect {
         /// The prepared statement, or None for ALL.
         name: Option<String>,
     },
+    /// SQL `EXECUTE name` (also inside `EXPLAIN`): under transaction pooling a name the
+    /// client prepared with the protocol's Parse is the server's under another name.
+    ExecutePrepared,
     /// Statement that ties the session to its server connection for the rest of the session.
     Pin(PinReason),
     /// A statement PostgreSQL refuses while anyone else is connected to database `name`

@@ -178,7 +178,6 @@ const WRITES: &[&str] = &[
     "SELECT /*+ Tandem:Primary */ * FROM t",
     "UNLISTEN x",
     "NOTIFY x",
-    "EXECUTE p(1)",
     "SET TRANSACTION READ ONLY",
     "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
     "SET LOCAL x = 1",
@@ -312,6 +311,8 @@ fn session_effects_are_reported_with_exact_text() {
         ("SELECT set_config('a', 'b', false)", vec![Pin(Other)]),
         ("SELECT set_config('a', 'b', 't')", vec![Pin(Other)]),
         ("DO $$ BEGIN EXECUTE 'SET ROLE r1'; END $$", vec![Pin(Other)]),
+        ("EXECUTE p(1)", vec![ExecutePrepared]),
+        ("EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE sqlx_s_1", vec![ExecutePrepared]),
         ("SET a = 1; SET b = 2", vec![set("a", "SET a = 1"), set("b", "SET b = 2")]),
         ("BEGIN; SET LOCAL a = 1; SET b TO 'x; y'; COMMIT", vec![set("b", "SET b TO 'x; y'")]),
         (

@@ -1,0 +1,105 @@
+//! SQL that names a prepared statement the client made with the protocol's Parse.
+//!
+//! `client → frontend → server`: under transaction pooling a client's `Parse("s1", ...)`
+//! lives on the servers as `tandem_<hash>` (shared by clients), so SQL such as
+//! `EXECUTE s1 (42)` or sqlx's describe `EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE sqlx_s_1`
+//! would find nothing. The classifier marks such statements (`ExecutePrepared`); here the
+//! names after `EXECUTE` are looked up among the client's statements and replaced by their
+//! server names, and the session makes sure the connection has them (see
+//! `Session::on_query`). Names the client did not Parse (its SQL `PREPARE`s, which pin it)
+//! are left as they are.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use pg_query::protobuf::Token;
+
+use super::pipeline::Expect;
+use super::session::Session;
+use super::state::{Statement, Statements};
+use crate::protocol::build;
+
+/// The name after each `EXECUTE` keyword in `sql`: its byte range and the name as the
+/// server reads it (unquoted names fold to lower case, quoted ones keep their text).
+fn executed_names(sql: &str) -> Vec<(Range<usize>, String)> {
+    let Ok(scan) = pg_query::scan(sql) else { return Vec::new() };
+    let mut out = Vec::new();
+    for pair in scan.tokens.windows(2) {
+        let [keyword, name] = pair else { continue };
+        if keyword.token != Token::Execute as i32 {
+            continue;
+        }
+        let (Ok(start), Ok(end)) = (usize::try_from(name.start), usize::try_from(name.end)) else { continue };
+        let Some(text) = sql.get(start..end) else { continue };
+        let folded = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => text.to_ascii_lowercase(),
+        };
+        out.push((start..end, folded));
+    }
+    out
+}
+
+/// `sql` with every `EXECUTE name` of a statement in `statements` naming its server-side
+/// statement, and those statements; `None` when it names none of them.
+pub(crate) fn map_executed(sql: &str, statements: &Statements) -> Option<(String, Vec<Arc<Statement>>)> {
+    let mut text = String::with_capacity(sql.len() + 16);
+    let mut used = Vec::new();
+    let mut copied = 0;
+    for (range, name) in executed_names(sql) {
+        let Some(stmt) = statements.get(name.as_bytes()) else { continue };
+        text.push_str(sql.get(copied..range.start)?);
+        text.push_str(&stmt.server_name);
+        copied = range.end;
+        used.push(stmt.clone());
+    }
+    if used.is_empty() {
+        return None;
+    }
+    text.push_str(sql.get(copied..)?);
+    Some((text, used))
+}
+
+impl Session {
+    /// Sends the client's query `sql` with its `EXECUTE`d names mapped (see
+    /// [`map_executed`]), after Parses (and a hidden Sync) for the statements this server
+    /// connection lacks. Returns false, having sent nothing, when it names none of the
+    /// client's protocol-level statements.
+    pub(super) fn send_mapped_query(&mut self, sql: &str) -> bool {
+        let Some((text, used)) = map_executed(sql, &self.statements) else { return false };
+        let before = self.sout.len();
+        for stmt in &used {
+            self.ensure_prepared(stmt);
+        }
+        if self.sout.len() != before {
+            build::sync(&mut self.sout);
+            self.pipeline.push(Expect::HiddenSync, &mut self.cout);
+        }
+        build::query(&mut self.sout, &text);
+        self.pipeline.push(Expect::Query { swallow: false }, &mut self.cout);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::classify::Route;
+
+    #[test]
+    fn names_after_execute_are_mapped() {
+        let mut statements = Statements::default();
+        let stmt = Arc::new(Statement::new(b"SELECT $1::int", b"\0\0", Route::Read));
+        let server = stmt.server_name.clone();
+        statements.insert(b"sqlx_s_1", stmt.clone());
+        statements.insert(b"Mixed", stmt);
+        let (sql, used) =
+            map_executed("EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE sqlx_s_1", &statements).expect("a client statement");
+        assert_eq!(sql, format!("EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE {server}"));
+        assert_eq!(used.len(), 1);
+        let (sql, _) = map_executed("execute SQLX_S_1(1); EXECUTE \"Mixed\" (2)", &statements).expect("two");
+        assert_eq!(sql, format!("execute {server}(1); EXECUTE {server} (2)"));
+        assert!(map_executed("EXECUTE mine", &statements).is_none(), "a SQL PREPAREd name");
+        assert!(map_executed("SELECT 'EXECUTE sqlx_s_1'", &statements).is_none(), "inside a literal");
+    }
+}
