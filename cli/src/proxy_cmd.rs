@@ -76,6 +76,16 @@ pub struct ProxyArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "TANDEM_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// A witness of the group (HOST:PORT; repeat for each): writes then need the group's
+    /// write lease.
+    #[arg(long = "witness", env = "TANDEM_PROXY_WITNESSES", value_delimiter = ',')]
+    witnesses: Vec<String>,
+    /// The witnesses' bearer token (the cluster's token).
+    #[arg(long, env = "TANDEM_WITNESS_TOKEN", hide_env_values = true)]
+    witness_token: Option<String>,
+    /// Write lease length asked of the group, in milliseconds [default: 2000].
+    #[arg(long, env = "TANDEM_WRITE_LEASE_MS")]
+    write_lease_ms: Option<u64>,
 }
 
 /// Parses `NAME=HOST:PORT` or `HOST:PORT` (named `default_name`).
@@ -181,6 +191,15 @@ pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow:
     }
     if let Some(v) = args.metrics_listen {
         cfg.metrics_listen = Some(v);
+    }
+    if !args.witnesses.is_empty() {
+        cfg.witnesses = args.witnesses.clone();
+    }
+    if let Some(v) = &args.witness_token {
+        cfg.witness_token = Some(v.clone());
+    }
+    if let Some(v) = args.write_lease_ms {
+        cfg.write_lease_ms = v;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -75,6 +75,13 @@ pub struct ProxyConfig {
     /// Threads serving clients, each with its own event loop and share of every pool
     /// (0: see [`ProxyConfig::workers`]).
     pub threads: usize,
+    /// The witness group's API addresses (`host:port`). When set, writes go to the primary
+    /// only while the group grants this proxy a write lease. Empty: no group, no lease.
+    pub witnesses: Vec<String>,
+    /// Bearer token for the witnesses' mutating API (the cluster's `token`).
+    pub witness_token: Option<String>,
+    /// Length of the write lease asked of the group, in milliseconds (renewed every quarter).
+    pub write_lease_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +113,9 @@ impl Default for ProxyConfig {
             admin_users: Vec::new(),
             metrics_listen: None,
             threads: 0,
+            witnesses: Vec::new(),
+            witness_token: None,
+            write_lease_ms: 2000,
         }
     }
 }
@@ -286,6 +296,7 @@ impl ProxyConfig {
         range(self.connect_timeout_ms >= 10, "connect_timeout_ms", "at least 10")?;
         range(self.login_timeout_ms >= 10, "login_timeout_ms", "at least 10")?;
         range(self.server_idle_timeout_ms >= 100, "server_idle_timeout_ms", "at least 100")?;
+        range(self.write_lease_ms >= 100 && self.write_lease_ms <= 30_000, "write_lease_ms", "between 100 and 30000")?;
         range(
             self.max_message_size >= 1024 && self.max_message_size <= 1 << 30,
             "max_message_size",

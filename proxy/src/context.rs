@@ -50,6 +50,8 @@ pub struct ProxyContext {
     pub started: Instant,
     /// RELOAD support.
     pub reload: ReloadHook,
+    /// May writes go to the primary (the witness group's lease; always, without a group).
+    pub lease: Arc<crate::group::WriteLease>,
 }
 
 /// What a client is doing, for SHOW CLIENTS.

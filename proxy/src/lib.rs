@@ -20,6 +20,7 @@ pub mod config;
 pub mod context;
 pub mod frontend;
 pub mod gate;
+pub mod group;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;

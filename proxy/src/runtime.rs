@@ -112,12 +112,20 @@ pub async fn run(
         shutdown: shutdown.clone(),
         started: Instant::now(),
         reload: crate::context::ReloadHook { reloader, topology: topo_tx, health_token, tracker: tracker.clone() },
+        lease: Arc::new(if cfg.witnesses.is_empty() {
+            crate::group::WriteLease::unconditional()
+        } else {
+            crate::group::WriteLease::from_group()
+        }),
         cfg: cfg.clone(),
     });
     if let Ok(token) = ctx.reload.health_token.lock() {
         health::spawn(topo.clone(), cfg.clone(), server_tls.clone(), token.clone(), &tracker);
     }
     tracker.spawn(function_loader(ctx.clone()));
+    if ctx.lease.required() {
+        tracker.spawn(crate::group::link::run(ctx.clone(), ctx.lease.clone(), shutdown.clone()));
+    }
     if let Some(addr) = cfg.metrics_listen {
         let src = Arc::new(MetricsSource { metrics, pools });
         let token = shutdown.clone();

@@ -311,3 +311,78 @@ fn the_relay_reports_to_the_group() -> Result<()> {
     assert_eq!(state["epoch"], 1);
     Ok(())
 }
+
+/// SQLSTATE of a psql failure, from `psql -v VERBOSITY=verbose` output (`ERROR:  25006: ...`).
+fn sqlstate(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.split_once("ERROR:")?.1.trim();
+        let code = rest.split(':').next()?.trim();
+        (code.len() == 5).then(|| code.to_owned())
+    })
+}
+
+#[test]
+fn writes_need_the_groups_lease_and_survive_a_leader_kill() -> Result<()> {
+    use tandem_tests::{Cluster, ClusterOptions};
+    init_tracing();
+    let mut cluster = Cluster::start(ClusterOptions { replicas: 1, ..ClusterOptions::default() })?;
+    let addr = cluster.primary.addr();
+    let mut g = Group::start(&[addr.clone(), addr.clone(), addr], &cluster.replicas[0], &[])?;
+    let leader = g.wait_leader(None)?;
+    let flags: Vec<String> = g.ports.iter().flat_map(|p| ["--witness".to_string(), format!("127.0.0.1:{p}")]).collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    cluster.restart_proxy_with(&flags)?;
+    let create = "CREATE TABLE IF NOT EXISTS leased (id serial PRIMARY KEY, at timestamptz DEFAULT now())";
+    wait_until("a write through the proxy (lease granted)", WAIT, || cluster.psql(create).ok())?;
+
+    // kill -9 of the witness leader while writing: no write fails.
+    let writer = std::thread::spawn({
+        let dsn = cluster.dsn("postgres", "postgres");
+        move || -> Result<u32> {
+            let mut ok = 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(4);
+            while std::time::Instant::now() < deadline {
+                let out = tandem_tests::cluster::run_pg_client(
+                    "psql",
+                    |cmd| {
+                        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &dsn, "-f", "-"]);
+                    },
+                    "INSERT INTO leased DEFAULT VALUES",
+                )?;
+                anyhow::ensure!(out.status.success(), "a write failed during the witness election: {}", out.stderr);
+                ok += 1;
+            }
+            Ok(ok)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    g.kill9(leader);
+    let writes = writer.join().map_err(|_| anyhow!("writer panicked"))??;
+    assert!(writes > 0);
+    g.wait_leader(Some(leader))?;
+
+    // Every witness gone: the lease runs out, writes are refused with 25006, reads go on.
+    for i in 0..3 {
+        g.kill9(i);
+    }
+    let refused = wait_until("a write refused for want of a lease", WAIT, || {
+        let out = cluster
+            .psql_raw(
+                &cluster.dsn("postgres", "postgres"),
+                &["-v", "VERBOSITY=verbose"],
+                "INSERT INTO leased DEFAULT VALUES",
+            )
+            .ok()?;
+        (!out.status.success()).then_some(out.stderr)
+    })?;
+    assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+    assert!(refused.contains("no write lease"), "{refused}");
+    assert_eq!(cluster.psql("SELECT 1")?, "1", "reads go on without a lease");
+
+    // The group is back: writes resume.
+    for i in 0..3 {
+        g.spawn(i)?;
+    }
+    wait_until("writes resume with the group back", WAIT, || cluster.psql("INSERT INTO leased DEFAULT VALUES").ok())?;
+    Ok(())
+}

@@ -37,6 +37,14 @@ impl Session {
             self.busy = Some(self.pass_gate().await);
         }
         if self.stuck_to_active() {
+            // A session pinned to the primary: its writes need the lease too (its reads may
+            // go on, as on replicas).
+            let on_primary = self.active.as_ref().is_some_and(|a| a.node.role == Role::Primary);
+            if on_primary && route == Route::Write && self.tx == TxStatus::Idle && !self.ctx.lease.is_valid() {
+                self.ctx.metrics.error("no_write_lease");
+                self.busy = None;
+                return Err(Failure::Unit(no_lease()));
+            }
             if self.pipeline.is_idle() && self.tx == TxStatus::Idle {
                 // A pinned session at a unit boundary: its own RESET ALL may have left the
                 // connection with the server's startup settings.
@@ -48,6 +56,13 @@ impl Session {
         let mut last_err = None;
         for _attempt in 0..4 {
             let node = self.ctx.router.pick(route, &mut self.floor);
+            if route == Route::Write && node.role == Role::Primary && !self.ctx.lease.is_valid() {
+                // The witness group has not confirmed this primary lately: a write now could
+                // land on a node that is being replaced. (Reads go on.)
+                self.ctx.metrics.error("no_write_lease");
+                last_err = Some(no_lease());
+                break;
+            }
             if let Some(a) = &self.active {
                 if Arc::ptr_eq(&a.node, &node) {
                     last_err = None;
@@ -239,6 +254,16 @@ fn replica_unavailable(e: &AcquireError) -> bool {
         AcquireError::PoolTimeout => false,
         AcquireError::Connect(ConnectError::Server { code, .. }) => code == "57P03",
         AcquireError::Connect(_) => true,
+    }
+}
+
+/// A unit bound for the primary while the proxy holds no write lease.
+fn no_lease() -> UnitFailed {
+    UnitFailed {
+        code: sqlstate::READ_ONLY_SQL_TRANSACTION,
+        message: "cannot use the primary: this proxy holds no write lease from the witness group \
+                  (the primary may be failing over); reads on replicas still work"
+            .into(),
     }
 }
 

@@ -20,6 +20,8 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// Could not reach or log in to a server.
     pub const CONNECTION_FAILURE: &str = "08006";
+    /// read_only_sql_transaction: no write lease (the cluster is read-only for now).
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     /// Server refused the connection.
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     /// The client's credentials were wrong.
