@@ -160,9 +160,11 @@ async fn serve(
     rcfg.replication = if physical { Replication::Physical } else { Replication::Logical };
     let status_port = port_after(args.port, 4)?;
     rcfg.status_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], status_port)));
-    // The relay reports to the demo's witnesses (started below; it retries until they are).
-    rcfg.witnesses =
-        (5..8).map(|i| Ok(format!("127.0.0.1:{}", port_after(args.port, i)?))).collect::<anyhow::Result<_>>()?;
+    // The witnesses first: the relay reports to them and the proxy takes its write lease from
+    // them (both retry until the group has formed).
+    let witness_port = port_after(args.port, 5)?;
+    let (witnesses, witness_addrs) = crate::demo_witnesses::start(root, witness_port, primary, replicas, &shutdown)?;
+    rcfg.witnesses = witness_addrs.clone();
     rcfg.validate()?;
     let replicator = tokio::spawn(tandem_replicator::run(Arc::new(rcfg), shutdown.clone()));
 
@@ -179,6 +181,7 @@ async fn serve(
         primary: Some(node(primary)?),
         replicas: replicas.iter().map(node).collect::<anyhow::Result<_>>()?,
         health_interval_ms: 200,
+        witnesses: witness_addrs.clone(),
         ..ProxyConfig::default()
     };
     let proxy = tokio::spawn(tandem_proxy::run(Arc::new(pcfg), None, shutdown.clone()));
@@ -186,8 +189,6 @@ async fn serve(
     if proxy.is_finished() {
         return proxy.await?.context("proxy failed to start");
     }
-    let witness_port = port_after(args.port, 5)?;
-    let (witnesses, witness_addrs) = crate::demo_witnesses::start(root, witness_port, primary, replicas, &shutdown)?;
     println!();
     crate::demo_witnesses::print_status(&witness_addrs).await;
     println!();

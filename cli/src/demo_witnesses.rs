@@ -56,8 +56,8 @@ pub fn start(
     Ok((tasks, witnesses.into_iter().map(|w| w.addr).collect()))
 }
 
-/// Prints the `tandem status` table once the group has a leader and the cluster state
-/// (waits up to 15 s).
+/// Prints the `tandem status` table once the group has a leader, the cluster state and the
+/// proxy's lease (waits up to 15 s).
 pub async fn print_status(addrs: &[String]) {
     let Ok(client) = tandem_witness::client::WitnessClient::new(addrs.to_vec(), Duration::from_secs(2)) else {
         return;
@@ -65,7 +65,9 @@ pub async fn print_status(addrs: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(view) = client.cluster().await {
-            if view.leader.is_some() && !view.state.nodes.is_empty() && view.probes.len() == view.state.nodes.len() {
+            // Formed, probing every node, and the proxy holds its write lease.
+            let probing = view.probes.len() == view.state.nodes.len();
+            if view.leader.is_some() && !view.state.nodes.is_empty() && probing && !view.state.leases.is_empty() {
                 print!("{}", crate::status_table::render(&view));
                 return;
             }

@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
-    #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info,openraft=warn")]
+    #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info,openraft=error")]
     log: String,
     /// Worker threads. `tandem proxy`: event loops serving clients, each with its own share
     /// of every pool [default: one per core, at most one per 8 connections of --pool-size].
