@@ -191,3 +191,37 @@ async fn pause_holds_pinned_sessions_on_every_worker() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A node given as primary that is in recovery (a standby) is not healthy as a primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_in_recovery_is_not_healthy() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 1, ..Default::default() })?;
+    // A second proxy whose primary is the standby.
+    let port = tandem_tests::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let primary = format!("primary={}", c.replicas[0].addr());
+    let replica = format!("replica1={}", c.primary.addr());
+    let args =
+        ["proxy", "--listen", &listen, "--primary", &primary, "--replica", &replica, "--health-interval-ms", "100"];
+    let proxy = tandem_tests::TandemProcess::spawn(&args)?;
+    proxy.wait_for_port(port, Duration::from_secs(20))?;
+    let (admin, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=tandem"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = rows(&admin, "SHOW NODES").await?;
+        let primary_row = nodes.iter().find(|r| col(r, "role") == "primary").cloned().unwrap_or_default();
+        if col(&primary_row, "healthy") == "false" {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "a primary in recovery still healthy: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.log().contains("the primary is in recovery"), "{}", proxy.log_tail());
+    Ok(())
+}

@@ -74,7 +74,15 @@ async fn probe_loop(node: Arc<Node>, primary: Arc<Node>, cfg: Arc<ProxyConfig>, 
             Ok(Ok((client, position))) => loop {
                 let sent = Instant::now();
                 match tokio::time::timeout(cfg.connect_timeout(), probe(&client, position)).await {
-                    Ok(Ok(lsn)) => {
+                    Ok(Ok(Probed::InRecovery)) => {
+                        // A primary that is a standby (not promoted yet, or demoted) takes no
+                        // writes: not healthy as a primary.
+                        if node.is_healthy() {
+                            tracing::warn!(node = %node.id, "the primary is in recovery: not healthy as a primary");
+                        }
+                        node.set_healthy(false);
+                    }
+                    Ok(Ok(Probed::At(lsn))) => {
                         node.set_healthy(true);
                         if let Some(lsn) = lsn {
                             if node.role == Role::Primary {
@@ -122,7 +130,7 @@ async fn connect(
     let row = client.query_one("SELECT pg_is_in_recovery(), to_regclass('tandem.applied') IS NOT NULL", &[]).await?;
     let (in_recovery, has_progress): (bool, bool) = (row.get(0), row.get(1));
     let position = match (node.role, in_recovery, has_progress) {
-        (Role::Primary, false, _) => Position::Insert,
+        (Role::Primary, _, _) => Position::Insert,
         (_, true, _) => Position::Replay,
         (Role::Replica, false, true) => Position::Applied,
         (Role::Replica, false, false) => Position::Unknown,
@@ -130,14 +138,25 @@ async fn connect(
     Ok((client, position))
 }
 
-async fn probe(client: &tokio_postgres::Client, position: Position) -> Result<Option<Lsn>, tokio_postgres::Error> {
+/// What one probe found.
+enum Probed {
+    /// The node's position (none when it cannot tell).
+    At(Option<Lsn>),
+    /// A node expected to be primary is in recovery.
+    InRecovery,
+}
+
+async fn probe(client: &tokio_postgres::Client, position: Position) -> Result<Probed, tokio_postgres::Error> {
     let sql = match position {
-        Position::Insert => "SELECT pg_current_wal_lsn()::text",
+        Position::Insert => "SELECT CASE WHEN pg_is_in_recovery() THEN 'recovery' ELSE pg_current_wal_lsn()::text END",
         Position::Replay => "SELECT pg_last_wal_replay_lsn()::text",
         Position::Applied => "SELECT max(lsn)::text FROM tandem.applied",
         Position::Unknown => "SELECT NULL::text",
     };
     let row = client.query_one(sql, &[]).await?;
     let text: Option<String> = row.get(0);
-    Ok(text.and_then(|t| t.parse().ok()))
+    if text.as_deref() == Some("recovery") {
+        return Ok(Probed::InRecovery);
+    }
+    Ok(Probed::At(text.and_then(|t| t.parse().ok())))
 }
