@@ -125,6 +125,7 @@ pub async fn run(
     tracker.spawn(function_loader(ctx.clone()));
     if ctx.lease.required() {
         tracker.spawn(crate::group::link::run(ctx.clone(), ctx.lease.clone(), shutdown.clone()));
+        tracker.spawn(crate::group::topology::follow(ctx.clone(), shutdown.clone()));
     }
     if let Some(addr) = cfg.metrics_listen {
         let src = Arc::new(MetricsSource { metrics, pools });
@@ -195,11 +196,18 @@ impl ProxyContext {
         if same {
             return Ok("configuration re-read; node list unchanged".into());
         }
+        self.switch_topology(topo.clone())?;
+        Ok(format!("node list reloaded: primary {}, {} replica(s)", topo.primary.id, topo.replicas.len()))
+    }
+
+    /// Routes by `topo` from now on: health checks restart for its nodes, new units pick from
+    /// it, and sessions pinned to a node that is no longer primary end at their next unit.
+    pub fn switch_topology(&self, topo: Arc<Topology>) -> Result<(), String> {
         let mut token = self.reload.health_token.lock().map_err(|_| "internal lock poisoned")?;
         token.cancel();
         *token = self.shutdown.child_token();
         health::spawn(topo.clone(), self.cfg.clone(), self.server_tls.clone(), token.clone(), &self.reload.tracker);
-        self.reload.topology.send_replace(topo.clone());
-        Ok(format!("node list reloaded: primary {}, {} replica(s)", topo.primary.id, topo.replicas.len()))
+        self.reload.topology.send_replace(topo);
+        Ok(())
     }
 }

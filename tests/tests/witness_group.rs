@@ -334,6 +334,11 @@ fn writes_need_the_groups_lease_and_survive_a_leader_kill() -> Result<()> {
     cluster.restart_proxy_with(&flags)?;
     let create = "CREATE TABLE IF NOT EXISTS leased (id serial PRIMARY KEY, at timestamptz DEFAULT now())";
     wait_until("a write through the proxy (lease granted)", WAIT, || cluster.psql(create).ok())?;
+    // The group's node list replaces the proxy's flags (it calls the standby "standby").
+    wait_until("the proxy routes by the group's topology", WAIT, || {
+        let out = cluster.psql_raw(&cluster.dsn("postgres", "tandem"), &[], "SHOW NODES").ok()?;
+        out.stdout.contains("standby").then_some(())
+    })?;
 
     // kill -9 of the witness leader while writing: no write fails.
     let writer = std::thread::spawn({

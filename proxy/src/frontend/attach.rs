@@ -37,6 +37,9 @@ impl Session {
             self.busy = Some(self.pass_gate().await);
         }
         if self.stuck_to_active() {
+            if let Some(ended) = self.left_behind() {
+                return Err(ended);
+            }
             // A session pinned to the primary: its writes need the lease too (its reads may
             // go on, as on replicas).
             let on_primary = self.active.as_ref().is_some_and(|a| a.node.role == Role::Primary);
@@ -115,6 +118,31 @@ impl Session {
         }
         self.start_unit_on_active(route);
         Ok(())
+    }
+
+    /// A session pinned to a node that is no longer the primary (the witness group moved the
+    /// primary): its server state cannot follow, so it ends with 57P01 at the next unit
+    /// boundary rather than write to the old primary. (Inside a transaction it goes on until
+    /// the transaction ends: the old primary cannot commit it through the sync quorum once
+    /// fenced.)
+    fn left_behind(&mut self) -> Option<Failure> {
+        let a = self.active.as_ref()?;
+        let current = self.ctx.router.topology();
+        // By address: a RELOAD that changes only the replicas makes new node handles too.
+        if a.node.role != Role::Primary || a.node.addr == current.primary.addr || self.tx != TxStatus::Idle {
+            return None;
+        }
+        if let Some(a) = self.active.as_mut() {
+            a.conn.broken = true;
+        }
+        self.busy = None;
+        Some(Failure::Ended {
+            code: sqlstate::ADMIN_SHUTDOWN,
+            message: format!(
+                "the primary moved to node \"{}\" (epoch {}); this session's server state stayed on the old one: reconnect",
+                current.primary.id, current.epoch
+            ),
+        })
     }
 
     /// Session pooling: the primary connection taken at login, whose backend pid the client

@@ -174,6 +174,10 @@ impl Session {
                 self.client_error(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &msg);
                 Err(End::Fatal)
             }
+            Err(Failure::Ended { code, message }) => {
+                self.client_error(Severity::Fatal, code, &message);
+                Err(End::Fatal)
+            }
         }
     }
 
@@ -458,4 +462,12 @@ pub(super) enum Failure {
     Unit(UnitFailed),
     /// The client broke the protocol; the session ends.
     Protocol(String),
+    /// The session cannot go on (its server state is on a node that is no longer primary):
+    /// FATAL with this SQLSTATE and message.
+    Ended {
+        /// SQLSTATE.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
 }
