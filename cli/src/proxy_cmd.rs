@@ -12,7 +12,7 @@ use tandem_proxy::ProxyConfig;
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `tandem proxy`; each overrides the `[proxy]` table of the cluster file.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ProxyArgs {
     /// Address to accept clients on [default: 127.0.0.1:6432].
     #[arg(long, env = "TANDEM_LISTEN")]
@@ -88,6 +88,25 @@ pub struct ProxyArgs {
     write_lease_ms: Option<u64>,
 }
 
+/// Fills what `[proxy]` leaves out from `[cluster]`, so a deployment describes its nodes
+/// once: the primary and replicas from the nodes (their initial roles), the witnesses and
+/// their token.
+fn from_cluster(cfg: &mut ProxyConfig, cluster: &tandem_core::ClusterSpec) -> anyhow::Result<()> {
+    cluster.validate()?;
+    let node_config = |n: &tandem_core::NodeSpec| NodeConfig { name: n.name.clone(), addr: n.addr.clone(), weight: 1 };
+    if cfg.primary.is_none() && cfg.replicas.is_empty() {
+        cfg.primary = cluster.initial_primary().map(node_config);
+        cfg.replicas = cluster.nodes.iter().filter(|n| n.role == tandem_core::Role::Replica).map(node_config).collect();
+    }
+    if cfg.witnesses.is_empty() {
+        cfg.witnesses = cluster.witnesses.iter().map(|w| w.addr.clone()).collect();
+    }
+    if cfg.witness_token.is_none() {
+        cfg.witness_token = cluster.token.clone();
+    }
+    Ok(())
+}
+
 /// Parses `NAME=HOST:PORT` or `HOST:PORT` (named `default_name`).
 fn node(spec: &str, default_name: &str) -> anyhow::Result<NodeConfig> {
     let (name, addr) = match spec.split_once('=') {
@@ -125,7 +144,14 @@ fn enum_value<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow
 /// Builds the proxy configuration from the file (if any) and the flags.
 pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
     let mut cfg = match file {
-        Some(path) => crate::file::load(path)?.proxy.unwrap_or_default(),
+        Some(path) => {
+            let file = crate::file::load(path)?;
+            let mut cfg = file.proxy.unwrap_or_default();
+            if let Some(cluster) = &file.cluster {
+                from_cluster(&mut cfg, cluster)?;
+            }
+            cfg
+        }
         None => ProxyConfig::default(),
     };
     if let Some(v) = args.listen {
@@ -236,6 +262,26 @@ mod tests {
         assert_eq!(bytes("512kB").unwrap(), 512 << 10);
         assert_eq!(bytes("100").unwrap(), 100);
         assert!(bytes("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_cluster_table_gives_nodes_and_witnesses() {
+        let path = std::env::temp_dir().join(format!("tandem-proxy-cluster-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[proxy]\nlisten = \"127.0.0.1:6432\"\n[cluster]\ntoken = \"t\"\n\
+             [[cluster.nodes]]\nname = \"pg1\"\naddr = \"10.0.0.1:5432\"\nrole = \"primary\"\n\
+             [[cluster.nodes]]\nname = \"pg2\"\naddr = \"10.0.0.2:5432\"\nrole = \"replica\"\n\
+             [[cluster.witnesses]]\nid = 1\naddr = \"10.0.1.1:7000\"\n",
+        )
+        .unwrap();
+        let cfg = build_config(Some(&path), &ProxyArgs::default());
+        let _ = std::fs::remove_file(&path);
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.primary.unwrap().name.as_str(), "pg1");
+        assert_eq!(cfg.replicas.len(), 1);
+        assert_eq!(cfg.witnesses, vec!["10.0.1.1:7000".to_string()]);
+        assert_eq!(cfg.witness_token.as_deref(), Some("t"));
     }
 
     #[test]
