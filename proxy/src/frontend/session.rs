@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +27,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::Pipeline;
 use super::state::{SessionParams, Statements};
+use super::wake::WakeWatch;
 use crate::auth::ServerCredential;
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
@@ -392,52 +392,6 @@ impl Session {
             }
             a.pool.release(a.conn);
         }
-    }
-}
-
-/// Wakes the session's task and notes that it did so.
-struct FlagWaker {
-    fired: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for FlagWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake_by_ref();
-    }
-}
-
-/// One poll site (a socket's read side, the shutdown future) whose wake-ups are tracked: a
-/// `Pending` poll leaves [`WakeWatch::waker`] registered, and until that waker runs nothing
-/// changed there, so polling again (a lock in tokio's bookkeeping) is skipped.
-struct WakeWatch {
-    flag: Arc<FlagWaker>,
-    /// `flag` as a waker, built once.
-    waker: Waker,
-    /// The last poll returned `Pending` with `waker`.
-    armed: bool,
-}
-
-impl WakeWatch {
-    fn new(cx: &Context<'_>) -> WakeWatch {
-        let flag = Arc::new(FlagWaker { fired: AtomicBool::new(false), task: cx.waker().clone() });
-        WakeWatch { waker: Waker::from(Arc::clone(&flag)), flag, armed: false }
-    }
-
-    /// Runs `poll` with the watch's waker, unless the last poll was `Pending` and its
-    /// waker has not run since (then `Pending` without polling).
-    fn poll<T>(&mut self, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        if self.armed && !self.flag.fired.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let polled = poll(&mut Context::from_waker(&self.waker));
-        self.armed = polled.is_pending();
-        polled
     }
 }
 
