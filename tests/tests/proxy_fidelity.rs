@@ -77,6 +77,16 @@ async fn reset_returns_to_the_login_value() -> anyhow::Result<()> {
         assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "SQL, DMY", "{mode}: in a transaction");
         run(&mut a, "ROLLBACK").await?;
         assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "ISO, DMY", "{mode}: rolled back");
+        // The extended protocol (pgjdbc sends everything so): the restore follows the Sync,
+        // so the transaction's next statement sees it.
+        run(&mut a, "SET datestyle = ISO").await?;
+        run(&mut a, "BEGIN").await?;
+        let bind = b"\0\0\0\0\0\0\0\0";
+        let reset = [msg(b'P', b"\0RESET datestyle\0\0\0"), msg(b'B', bind), msg(b'E', b"\0\0\0\0\0")];
+        a.send(&[reset.concat(), msg(b'S', b"")].concat()).await?;
+        assert!(first_error(&a.until_ready().await?).is_none());
+        assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "SQL, DMY", "{mode}: extended RESET");
+        run(&mut a, "COMMIT").await?;
         run(&mut a, "RESET datestyle").await?;
         if mode == "transaction" {
             // Another client on the same backend gets the server's default, and the first

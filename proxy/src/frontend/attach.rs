@@ -201,6 +201,7 @@ impl Session {
         // goes out of rotation only when a new connection or a health check fails.
         self.pipeline.clear();
         self.sout.clear();
+        self.restore_at_sync = None;
         if replayable {
             let frames = std::mem::take(&mut self.replay);
             // The replayed Parses define their names again (not as duplicates).

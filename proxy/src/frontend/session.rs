@@ -107,6 +107,8 @@ pub struct Session {
     pub(super) skip_until_sync: bool,
     /// Bytes of a CopyData still to stream from the client (see `copy_stream`).
     pub(super) copy_through: usize,
+    /// A restore of startup settings due after the client's next Sync (see `effects`).
+    pub(super) restore_at_sync: Option<String>,
     pub(super) busy: Option<Busy>,
     pub(super) cin: BytesMut,
     pub(super) cout: BytesMut,
@@ -191,6 +193,7 @@ impl Session {
             forwarded: false,
             skip_until_sync: false,
             copy_through: 0,
+            restore_at_sync: None,
             busy: None,
             cin,
             cout: BytesMut::new(),
