@@ -20,7 +20,7 @@ use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
 use crate::protocol::frame::{measure, split_message, FrameError, HEADER_LEN};
 use crate::protocol::Frame;
-use crate::router::classify::{Route, SessionEffect};
+use crate::router::classify::{PinReason, Route, SessionEffect};
 use tandem_core::Role;
 
 /// A unit could not start; the client gets this error.
@@ -184,6 +184,12 @@ impl Session {
         let sql = fields::query_text(frame.body()).map_err(|e| Failure::Protocol(e.to_string()))?;
         let class = self.ctx.classifier.classify_memo(sql, &mut self.memo);
         if self.deallocate_own(&class.effects, sql) {
+            return Ok(());
+        }
+        if self.mode == PoolMode::Transaction
+            && class.effects == [SessionEffect::Pin(PinReason::SqlPrepare)]
+            && self.prepare_shared(sql).await?
+        {
             return Ok(());
         }
         if !class.effects.is_empty() {
@@ -438,6 +444,14 @@ impl Session {
             self.ensure_prepared(need);
         }
         let Some(a) = self.active.as_mut() else { return };
+        if let Some(sql) = &stmt.sql_prepare {
+            // Made with SQL PREPARE: made again the same way.
+            if a.conn.prepared.insert(stmt.hash) {
+                build::query(&mut self.sout, sql);
+                self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
+            }
+            return;
+        }
         let fresh = stmt.reparse.swap(false, Ordering::Relaxed);
         let missing = a.conn.prepared.insert(stmt.hash);
         if fresh && !missing {

@@ -109,6 +109,9 @@ pub struct Session {
     pub(super) copy_through: usize,
     /// A restore of startup settings due after the client's next Sync (see `effects`).
     pub(super) restore_at_sync: Option<String>,
+    /// A SQL `PREPARE` sent under its server name: the client's name is defined when it
+    /// succeeds (see `sql_names`).
+    pub(super) pending_define: Option<(bytes::Bytes, Arc<super::state::Statement>)>,
     pub(super) busy: Option<Busy>,
     pub(super) cin: BytesMut,
     pub(super) cout: BytesMut,
@@ -194,6 +197,7 @@ impl Session {
             skip_until_sync: false,
             copy_through: 0,
             restore_at_sync: None,
+            pending_define: None,
             busy: None,
             cin,
             cout: BytesMut::new(),
