@@ -77,6 +77,16 @@ async fn reset_returns_to_the_login_value() -> anyhow::Result<()> {
         assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "SQL, DMY", "{mode}: in a transaction");
         run(&mut a, "ROLLBACK").await?;
         assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "ISO, DMY", "{mode}: rolled back");
+        // The extended protocol (pgjdbc sends everything so): the restore follows the Sync,
+        // so the transaction's next statement sees it.
+        run(&mut a, "SET datestyle = ISO").await?;
+        run(&mut a, "BEGIN").await?;
+        let bind = b"\0\0\0\0\0\0\0\0";
+        let reset = [msg(b'P', b"\0RESET datestyle\0\0\0"), msg(b'B', bind), msg(b'E', b"\0\0\0\0\0")];
+        a.send(&[reset.concat(), msg(b'S', b"")].concat()).await?;
+        assert!(first_error(&a.until_ready().await?).is_none());
+        assert_eq!(value(&mut a, "SHOW datestyle").await?.0, "SQL, DMY", "{mode}: extended RESET");
+        run(&mut a, "COMMIT").await?;
         run(&mut a, "RESET datestyle").await?;
         if mode == "transaction" {
             // Another client on the same backend gets the server's default, and the first
@@ -122,8 +132,11 @@ async fn stale_statements_go_but_sql_prepared_ones_stay() -> anyhow::Result<()> 
         assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{mode}: {err}");
         // The client's own SQL statement is still there, as in PostgreSQL.
         assert_eq!(one(&client, "EXECUTE mine").await?, "1", "{mode}");
-        let names = one(&client, "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE from_sql").await?;
-        assert_eq!(names, "mine", "{mode}");
+        if mode == "session" {
+            // Transaction mode keeps it under a Tandem name (see sql_prepare_is_shared_...).
+            let names = one(&client, "SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE from_sql");
+            assert_eq!(names.await?, "mine", "{mode}");
+        }
         let fresh = client.prepare("SELECT * FROM t").await?;
         assert_eq!(fresh.columns().len(), 2, "{mode}: a new Parse sees the new column");
         assert_eq!(client.query(&fresh, &[]).await?.len(), 1);
@@ -330,5 +343,33 @@ async fn sql_execute_finds_protocol_statements_in_transaction_mode() -> anyhow::
     let gone = b.simple("EXECUTE sqlx_s_1(1)").await?;
     assert_eq!(first_error(&gone).map(|e| e.0).as_deref(), Some("26000"));
     assert_eq!(value(&mut a, "SELECT 1").await?.0, "1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_is_shared_in_transaction_mode() -> anyhow::Result<()> {
+    init_tracing();
+    let c = cluster("transaction", &["--pool-size", "2"])?;
+    let (mut a, _) = login(&c, &[]).await?;
+    let pid = value(&mut a, "SELECT pg_backend_pid()").await?.0;
+    run(&mut a, "PREPARE p1 (int) AS SELECT $1 * 2").await?;
+    // Not pinned: D's transaction takes A's connection, A runs on the other one and p1
+    // follows it there.
+    let (mut d, _) = login(&c, &[]).await?;
+    run(&mut d, "BEGIN").await?;
+    assert_eq!(value(&mut d, "SELECT pg_backend_pid()").await?.0, pid, "D has A's connection");
+    assert_ne!(value(&mut a, "SELECT pg_backend_pid()").await?.0, pid);
+    assert_eq!(value(&mut a, "EXECUTE p1(21)").await?.0, "42");
+    // D has no p1 of its own, though its connection has A's statement.
+    assert_eq!(first_error(&d.simple("EXECUTE p1(1)").await?).map(|e| e.0).as_deref(), Some("26000"));
+    run(&mut d, "ROLLBACK").await?;
+    assert_eq!(value(&mut a, "EXPLAIN (COSTS OFF) EXECUTE p1(1)").await?.0, "Result");
+    let dup = a.simple("PREPARE p1 AS SELECT 1").await?;
+    assert_eq!(first_error(&dup).map(|e| e.0).as_deref(), Some("42P05"));
+    let bad = a.simple("PREPARE p2 AS SELEC 1").await?;
+    assert_eq!(first_error(&bad).map(|e| e.0).as_deref(), Some("42601"));
+    assert_eq!(first_error(&a.simple("EXECUTE p2").await?).map(|e| e.0).as_deref(), Some("26000"));
+    run(&mut a, "DEALLOCATE p1").await?;
+    assert_eq!(first_error(&a.simple("EXECUTE p1(1)").await?).map(|e| e.0).as_deref(), Some("26000"));
     Ok(())
 }

@@ -23,10 +23,11 @@ use crate::router::classify::Route;
 use crate::router::Node;
 use tandem_core::Role;
 
-/// Drops the prepared statements made with the protocol's Parse (those the proxy manages)
-/// and keeps those of SQL `PREPARE`.
+/// Drops the prepared statements the proxy manages (made with the protocol's Parse, or
+/// SQL `PREPARE`s under Tandem names) and keeps those of the client's own SQL `PREPARE`.
 const DEALLOCATE_PROTOCOL_STATEMENTS: &str = "DO $$DECLARE s text; BEGIN \
-     FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql LOOP \
+     FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements \
+     WHERE NOT from_sql OR name LIKE 'tandem\\_%' LOOP \
      EXECUTE 'DEALLOCATE ' || pg_catalog.quote_ident(s); END LOOP; END$$";
 
 impl Session {
@@ -244,6 +245,7 @@ impl Session {
         // goes out of rotation only when a new connection or a health check fails.
         self.pipeline.clear();
         self.sout.clear();
+        self.restore_at_sync = None;
         if replayable {
             let frames = std::mem::take(&mut self.replay);
             // The replayed Parses define their names again (not as duplicates).

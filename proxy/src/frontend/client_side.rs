@@ -20,7 +20,7 @@ use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, Target, TxStatus};
 use crate::protocol::frame::{measure, split_message, FrameError, HEADER_LEN};
 use crate::protocol::Frame;
-use crate::router::classify::{Route, SessionEffect};
+use crate::router::classify::{PinReason, Route, SessionEffect};
 use tandem_core::Role;
 
 /// A unit could not start; the client gets this error.
@@ -92,7 +92,8 @@ impl Session {
         let Some(msg) = self.cin.get(..total) else { return false };
         let expect = match msg.first() {
             Some(b'E') => Some(Expect::Execute),
-            Some(b'S') => Some(Expect::Sync),
+            // A Sync with a restore due goes the general way (see `restore_after_sync`).
+            Some(b'S') if self.restore_at_sync.is_none() => Some(Expect::Sync),
             Some(b'H' | b'd') => None,
             Some(b'D') if msg.get(HEADER_LEN) == Some(&b'P') && msg.last() == Some(&0) => Some(Expect::Describe),
             _ => return false,
@@ -110,6 +111,7 @@ impl Session {
         if self.skip_until_sync {
             if tag == b'S' {
                 self.skip_until_sync = false;
+                self.restore_at_sync = None; // the unit failed: nothing was reset
                 build::ready_for_query(&mut self.cout, self.tx);
             } else if tag == b'X' {
                 return Err(End::ClientGone);
@@ -127,6 +129,7 @@ impl Session {
             b'S' => {
                 if self.active.is_some() {
                     self.forward(frame, Some(Expect::Sync));
+                    self.restore_after_sync();
                 } else {
                     build::ready_for_query(&mut self.cout, self.tx);
                 }
@@ -187,6 +190,12 @@ impl Session {
         if self.deallocate_own(&class.effects, sql) {
             return Ok(());
         }
+        if self.mode == PoolMode::Transaction
+            && class.effects == [SessionEffect::Pin(PinReason::SqlPrepare)]
+            && self.prepare_shared(sql).await?
+        {
+            return Ok(());
+        }
         if !class.effects.is_empty() {
             self.free_databases(&class.effects).await;
         }
@@ -219,6 +228,7 @@ impl Session {
             }
             self.begin_unit(class.route).await?;
             self.note_effects(&class.effects);
+            self.restore_at_next_sync(&class.effects);
             let Some((text, needs)) = mapped else {
                 self.forward(frame, Some(Expect::Parse { hash: None, swallow: false }));
                 return Ok(());
@@ -330,6 +340,9 @@ impl Session {
         self.ensure_prepared(&stmt);
         // After the injected Parse: a DEALLOCATE ALL statement forgets itself too.
         self.note_effects(&stmt.effects);
+        if !stmt.effects.is_empty() {
+            self.restore_at_next_sync(&stmt.effects);
+        }
         build::bind(&mut self.sout, b.portal, stmt.server_name.as_bytes(), b.rest);
         self.pipeline.push(Expect::Bind, &mut self.cout);
         self.remember(frame);
@@ -435,6 +448,14 @@ impl Session {
             self.ensure_prepared(need);
         }
         let Some(a) = self.active.as_mut() else { return };
+        if let Some(sql) = &stmt.sql_prepare {
+            // Made with SQL PREPARE: made again the same way.
+            if a.conn.prepared.insert(stmt.hash) {
+                build::query(&mut self.sout, sql);
+                self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
+            }
+            return;
+        }
         let fresh = stmt.reparse.swap(false, Ordering::Relaxed);
         let missing = a.conn.prepared.insert(stmt.hash);
         if fresh && !missing {

@@ -16,11 +16,36 @@ impl Session {
     /// back. In a transaction it is rolled back with the RESET; if the client's query fails
     /// outside one, the connection's settings are unknown until the next unit replays them.
     pub(super) fn restore_startup(&mut self, effects: &[SessionEffect]) {
-        let Some(sql) = self.params.restore_sql(effects) else { return };
+        if let Some(sql) = self.params.restore_sql(effects) {
+            self.send_restore(&sql);
+        }
+    }
+
+    /// Queues the hidden restore query `sql`; until it is answered the connection's
+    /// settings count as unknown.
+    fn send_restore(&mut self, sql: &str) {
         let Some(a) = self.active.as_mut() else { return };
         a.conn.params_signature = super::state::UNKNOWN_SIGNATURE;
-        build::query(&mut self.sout, &sql);
+        build::query(&mut self.sout, sql);
         self.pipeline.push(Expect::Restore, &mut self.cout);
+    }
+
+    /// The extended-protocol form of [`Session::restore_startup`]: the statement runs at
+    /// its Execute, so the restore follows the client's next Sync.
+    pub(super) fn restore_at_next_sync(&mut self, effects: &[SessionEffect]) {
+        if effects.is_empty() {
+            return;
+        }
+        if let Some(sql) = self.params.restore_sql(effects) {
+            self.restore_at_sync = Some(sql);
+        }
+    }
+
+    /// Sends the restore noted by [`Session::restore_at_next_sync`], right after a Sync.
+    pub(super) fn restore_after_sync(&mut self) {
+        if let Some(sql) = self.restore_at_sync.take() {
+            self.send_restore(&sql);
+        }
     }
 
     /// Before a statement that needs a database to itself (DROP DATABASE, CREATE DATABASE

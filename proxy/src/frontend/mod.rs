@@ -23,4 +23,5 @@ pub mod session;
 mod sql_names;
 pub mod startup;
 pub mod state;
+mod wake;
 pub mod workers;

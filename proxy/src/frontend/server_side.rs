@@ -173,6 +173,12 @@ impl Session {
         match status {
             TxStatus::Idle => {
                 let committed = !self.unit_error && !self.aborted && !self.rolled_back;
+                if let Some((name, stmt)) = self.pending_define.take().filter(|_| committed) {
+                    if let Some(a) = self.active.as_mut() {
+                        a.conn.prepared.insert(stmt.hash);
+                    }
+                    self.statements.insert(&name, stmt);
+                }
                 let effects = std::mem::take(&mut self.pending);
                 if committed {
                     let reset = effects.iter().any(|e| {

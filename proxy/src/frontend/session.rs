@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +27,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::pipeline::Pipeline;
 use super::state::{SessionParams, Statements};
+use super::wake::WakeWatch;
 use crate::auth::ServerCredential;
 use crate::cancel::CancelHandle;
 use crate::config::PoolMode;
@@ -107,6 +107,11 @@ pub struct Session {
     pub(super) skip_until_sync: bool,
     /// Bytes of a CopyData still to stream from the client (see `copy_stream`).
     pub(super) copy_through: usize,
+    /// A restore of startup settings due after the client's next Sync (see `effects`).
+    pub(super) restore_at_sync: Option<String>,
+    /// A SQL `PREPARE` sent under its server name: the client's name is defined when it
+    /// succeeds (see `sql_names`).
+    pub(super) pending_define: Option<(bytes::Bytes, Arc<super::state::Statement>)>,
     pub(super) busy: Option<Busy>,
     pub(super) cin: BytesMut,
     pub(super) cout: BytesMut,
@@ -191,6 +196,8 @@ impl Session {
             forwarded: false,
             skip_until_sync: false,
             copy_through: 0,
+            restore_at_sync: None,
+            pending_define: None,
             busy: None,
             cin,
             cout: BytesMut::new(),
@@ -392,52 +399,6 @@ impl Session {
             }
             a.pool.release(a.conn);
         }
-    }
-}
-
-/// Wakes the session's task and notes that it did so.
-struct FlagWaker {
-    fired: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for FlagWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake_by_ref();
-    }
-}
-
-/// One poll site (a socket's read side, the shutdown future) whose wake-ups are tracked: a
-/// `Pending` poll leaves [`WakeWatch::waker`] registered, and until that waker runs nothing
-/// changed there, so polling again (a lock in tokio's bookkeeping) is skipped.
-struct WakeWatch {
-    flag: Arc<FlagWaker>,
-    /// `flag` as a waker, built once.
-    waker: Waker,
-    /// The last poll returned `Pending` with `waker`.
-    armed: bool,
-}
-
-impl WakeWatch {
-    fn new(cx: &Context<'_>) -> WakeWatch {
-        let flag = Arc::new(FlagWaker { fired: AtomicBool::new(false), task: cx.waker().clone() });
-        WakeWatch { waker: Waker::from(Arc::clone(&flag)), flag, armed: false }
-    }
-
-    /// Runs `poll` with the watch's waker, unless the last poll was `Pending` and its
-    /// waker has not run since (then `Pending` without polling).
-    fn poll<T>(&mut self, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        if self.armed && !self.flag.fired.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let polled = poll(&mut Context::from_waker(&self.waker));
-        self.armed = polled.is_pending();
-        polled
     }
 }
 

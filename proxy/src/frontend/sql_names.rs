@@ -14,10 +14,13 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token;
 
+use super::client_side::Failure;
 use super::pipeline::Expect;
 use super::session::Session;
 use super::state::{Statement, Statements};
-use crate::protocol::build;
+use crate::protocol::build::{self, sqlstate, Severity};
+use crate::protocol::fields::TxStatus;
+use crate::router::classify::Route;
 
 /// The name after each `EXECUTE` keyword in `sql`: its byte range and the name as the
 /// server reads it (unquoted names fold to lower case, quoted ones keep their text).
@@ -60,7 +63,77 @@ pub(crate) fn map_executed(sql: &str, statements: &Statements) -> Option<(String
     Some((text, used))
 }
 
+/// A query that is one `PREPARE name ...` statement: the name as the server reads it and
+/// the text after it (parameter types, `AS`, the statement).
+fn prepared_name(sql: &str) -> Option<(String, &str)> {
+    let scan = pg_query::scan(sql).ok()?;
+    let [prepare, name, rest @ ..] = scan.tokens.as_slice() else { return None };
+    let semicolon = Token::Ascii59 as i32;
+    let inner = match rest.split_last() {
+        Some((last, inner)) if last.token == semicolon => inner,
+        _ => rest,
+    };
+    if prepare.token != Token::Prepare as i32
+        || name.token == Token::Transaction as i32
+        || inner.iter().any(|t| t.token == semicolon)
+    {
+        return None;
+    }
+    let end = usize::try_from(name.end).ok()?;
+    let text = sql.get(usize::try_from(name.start).ok()?..end)?;
+    let folded = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => text.to_ascii_lowercase(),
+    };
+    let rest = sql.get(end..)?.trim_end();
+    Some((folded, rest.strip_suffix(';').unwrap_or(rest)))
+}
+
+/// The client's SQL-prepared statement with text `rest` (after its name), shared by text
+/// like protocol statements, made on a connection by `PREPARE <server name> <rest>`.
+fn sql_statement(rest: &str) -> Statement {
+    // Marked apart from a protocol statement of the same text: the two differ on the server.
+    let mut stmt = Statement::new(rest.as_bytes(), b"SQL PREPARE", Route::Write);
+    stmt.sql_prepare = Some(format!("PREPARE {}{rest}", stmt.server_name));
+    stmt
+}
+
 impl Session {
+    /// Transaction pooling: a query that is one SQL `PREPARE name ...`, outside a
+    /// transaction, prepares the statement under a shared server name (made again wherever
+    /// the client's `EXECUTE name` runs) instead of pinning the client to its connection;
+    /// the name is the client's once the server succeeded. Returns false, having done
+    /// nothing, for any other query (which then pins as before).
+    pub(super) async fn prepare_shared(&mut self, sql: &[u8]) -> Result<bool, Failure> {
+        if self.tx != TxStatus::Idle || !self.pipeline.is_idle() {
+            return Ok(false);
+        }
+        let Some((name, rest)) = std::str::from_utf8(sql).ok().and_then(prepared_name) else { return Ok(false) };
+        if self.statements.get(name.as_bytes()).is_some() {
+            let mut reply = bytes::BytesMut::new();
+            let message = format!("prepared statement \"{name}\" already exists");
+            build::error(&mut reply, Severity::Error, sqlstate::DUPLICATE_PREPARED_STATEMENT, &message);
+            build::ready_for_query(&mut reply, self.tx);
+            self.pipeline.push(Expect::Synthetic(reply.freeze()), &mut self.cout);
+            return Ok(true);
+        }
+        let stmt = Arc::new(sql_statement(rest));
+        self.begin_unit(Route::Write).await?;
+        let Some(a) = self.active.as_mut() else { return Ok(false) };
+        if a.conn.prepared.remove(&stmt.hash) {
+            // This connection has it (another client's): made afresh, as a new PREPARE sees
+            // the current schema.
+            build::query(&mut self.sout, &format!("DEALLOCATE {}", stmt.server_name));
+            self.pipeline.push(Expect::Query { swallow: true }, &mut self.cout);
+        }
+        if let Some(text) = &stmt.sql_prepare {
+            build::query(&mut self.sout, text);
+            self.pipeline.push(Expect::Query { swallow: false }, &mut self.cout);
+        }
+        self.pending_define = Some((bytes::Bytes::copy_from_slice(name.as_bytes()), stmt));
+        Ok(true)
+    }
+
     /// Sends the client's query `sql` with its `EXECUTE`d names mapped (see
     /// [`map_executed`]), after Parses (and a hidden Sync) for the statements this server
     /// connection lacks. Returns false, having sent nothing, when it names none of the
@@ -84,7 +157,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::classify::Route;
 
     #[test]
     fn names_after_execute_are_mapped() {
@@ -101,5 +173,17 @@ mod tests {
         assert_eq!(sql, format!("execute {server}(1); EXECUTE {server} (2)"));
         assert!(map_executed("EXECUTE mine", &statements).is_none(), "a SQL PREPAREd name");
         assert!(map_executed("SELECT 'EXECUTE sqlx_s_1'", &statements).is_none(), "inside a literal");
+    }
+
+    #[test]
+    fn whole_query_prepares_are_recognised() {
+        let (name, rest) = prepared_name("PREPARE P1 (int) AS SELECT $1 + 1;").expect("one PREPARE");
+        assert_eq!((name.as_str(), rest), ("p1", " (int) AS SELECT $1 + 1"));
+        assert_eq!(prepared_name("PREPARE \"Q\" AS SELECT 1").map(|(n, _)| n).as_deref(), Some("Q"));
+        assert!(prepared_name("PREPARE a AS SELECT 1; SELECT 2").is_none(), "more than one statement");
+        assert!(prepared_name("PREPARE TRANSACTION 'x'").is_none());
+        let stmt = sql_statement(" AS SELECT 1");
+        assert_eq!(stmt.sql_prepare, Some(format!("PREPARE {} AS SELECT 1", stmt.server_name)));
+        assert_ne!(stmt.hash, Statement::new(b" AS SELECT 1", b"\0\0", Route::Read).hash);
     }
 }

@@ -191,6 +191,9 @@ pub struct Statement {
     /// The client's statements its SQL `EXECUTE`s (under their server names): prepared
     /// first wherever it is (see `frontend::sql_names`).
     pub needs: Vec<Arc<Statement>>,
+    /// A statement the client made with SQL `PREPARE` (transaction pooling): the `PREPARE`
+    /// that makes it on a server connection, under its server name.
+    pub sql_prepare: Option<String>,
     /// The client's Parse was answered without a server: its first use parses it on the
     /// server again, so that it matches the current schema as a new statement does in
     /// PostgreSQL (a shared statement parsed before an ALTER TABLE would return old columns,
@@ -213,6 +216,7 @@ impl Statement {
             route,
             effects: Vec::new(),
             needs: Vec::new(),
+            sql_prepare: None,
             reparse: AtomicBool::new(false),
         }
     }
