@@ -26,7 +26,8 @@ pub struct ProxyArgs {
     /// `transaction` (default) or `session`.
     #[arg(long, env = "TANDEM_POOL_MODE")]
     pool_mode: Option<String>,
-    /// Client authentication: `trust` (default), `md5` or `scram`.
+    /// Client authentication: `trust` (default), `md5`, `scram`, or `passthrough` (the
+    /// primary's pg_hba.conf decides per user and the client answers the server's request).
     #[arg(long, env = "TANDEM_AUTH")]
     auth: Option<String>,
     /// A user the proxy knows: NAME=PASSWORD (plain, md5... or SCRAM-SHA-256$... secret); repeat for more.
