@@ -64,12 +64,22 @@ pub struct ReplicatorArgs {
 
 /// Builds the replicator configuration from the cluster file (if any) and the flags.
 pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
-    let from_file = match file {
-        Some(path) => crate::file::load(path)?.replicator,
-        None => None,
+    let (from_file, cluster) = match file {
+        Some(path) => {
+            let f = crate::file::load(path)?;
+            (f.replicator, f.cluster)
+        }
+        None => (None, None),
     };
     let mut cfg = match from_file {
         Some(cfg) => cfg,
+        None if cluster.is_some() && args.primary.is_none() => {
+            // Physical mode from [cluster] alone: the nodes are described once.
+            let cluster = cluster.as_ref().context("[cluster]")?;
+            let mode = args.mode.as_deref().context("--mode is required")?;
+            let data_dir = args.data_dir.clone().context("--data-dir is required")?;
+            from_cluster(cluster, parse_mode(mode)?, data_dir)?
+        }
         None => {
             let missing = |what: &str| {
                 anyhow::anyhow!("{what} is required (or a [replicator] table in the cluster file given with --config)")
@@ -115,6 +125,29 @@ pub fn build_config(file: Option<&Path>, args: &ReplicatorArgs) -> anyhow::Resul
         cfg.witness_token = Some(t.clone());
     }
     cfg.validate()?;
+    Ok(cfg)
+}
+
+/// A physical-mode configuration from `[cluster]`: the primary and standbys by their
+/// addresses (as user `postgres`, database `postgres`; give `--primary`/`--replica` DSNs or a
+/// `[replicator]` table for anything else), the witnesses and their token.
+fn from_cluster(
+    cluster: &tandem_core::ClusterSpec,
+    mode: tandem_replicator::Mode,
+    data_dir: std::path::PathBuf,
+) -> anyhow::Result<ReplicatorConfig> {
+    cluster.validate()?;
+    let dsn = |addr: &tandem_core::NodeAddr| format!("postgres://postgres@{addr}/postgres");
+    let primary = cluster.initial_primary().context("[cluster] has no primary")?;
+    let standbys = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.role == tandem_core::Role::Replica)
+        .map(|n| ReplicaConfig { name: n.name.clone(), dsn: dsn(&n.addr) })
+        .collect();
+    let mut cfg = ReplicatorConfig::new(dsn(&primary.addr), standbys, mode, data_dir);
+    cfg.witnesses = cluster.witnesses.iter().map(|w| w.addr.clone()).collect();
+    cfg.witness_token = cluster.token.clone();
     Ok(cfg)
 }
 
@@ -227,6 +260,27 @@ mod tests {
         f[1] = "postgres://[::1";
         assert!(err(&f).contains("the primary"), "{}", err(&f));
         assert!(Wrap::try_parse_from(["tandem", "--status-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn the_cluster_table_alone_describes_the_nodes() {
+        let path = std::env::temp_dir().join(format!("tandem-replicator-cluster-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[cluster]\ntoken = \"t\"\n\
+             [[cluster.nodes]]\nname = \"pg1\"\naddr = \"10.0.0.1:5432\"\nrole = \"primary\"\n\
+             [[cluster.nodes]]\nname = \"pg2\"\naddr = \"10.0.0.2:5432\"\nrole = \"replica\"\n\
+             [[cluster.witnesses]]\nid = 1\naddr = \"10.0.1.1:7000\"\n",
+        )
+        .unwrap();
+        let cfg = build_config(Some(&path), &args(&["--mode", "sync", "--data-dir", "/tmp/relay"]));
+        let _ = std::fs::remove_file(&path);
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.replication, Replication::Physical);
+        assert_eq!(cfg.primary, "postgres://postgres@10.0.0.1:5432/postgres");
+        assert_eq!(cfg.replicas[0].name.as_str(), "pg2");
+        assert_eq!(cfg.witnesses, vec!["10.0.1.1:7000".to_string()]);
+        assert_eq!(cfg.witness_token.as_deref(), Some("t"));
     }
 
     #[test]
