@@ -14,17 +14,18 @@ use tandem_tests::{init_tracing, wait_until, PgOptions, PgServer};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A primary with `bench` initialised, two Tandem standbys reading the relay at
-/// `<relay dir>/wal`, and the relay's arguments (not started).
+/// `<relay dir>/wal` (s1 by path, s2 over HTTP from the relay's status endpoint), and the
+/// relay's arguments (not started).
 fn cluster(relay_dir: &Path, mode: &str) -> Result<(PgServer, Vec<PgServer>, Replicator)> {
     let primary = PgServer::start("primary", PgOptions::default())?;
     primary.psql("postgres", "CREATE DATABASE bench")?;
     pgbench(&primary, &["-i", "-s", "1", "-q"])?;
+    let mut relay = Replicator::new(relay_dir, &primary, &[], mode, &[], &["--replication", "physical"]);
     let wal = relay_dir.join("wal");
-    let wal = wal.to_str().context("relay dir")?;
-    let s1 = primary.start_tandem_standby("s1", wal)?;
-    let s2 = primary.start_tandem_standby("s2", wal)?;
-    let relay =
-        Replicator::new(relay_dir, &primary, &[("s1", &s1), ("s2", &s2)], mode, &[], &["--replication", "physical"]);
+    let s1 = primary.start_tandem_standby("s1", wal.to_str().context("relay dir")?)?;
+    let s2 = primary.start_tandem_standby("s2", &format!("http://127.0.0.1:{}", relay.status_port))?;
+    relay.add_replica("s1", &s1);
+    relay.add_replica("s2", &s2);
     Ok((primary, vec![s1, s2], relay))
 }
 
@@ -102,10 +103,10 @@ fn relay_joins_the_quorum_and_a_lone_standby_catches_up_from_it() -> Result<()> 
     })?;
     assert!(lag > 0, "a stopped standby never reports lag 0");
 
-    // The primary dies. Its standbys come back with nothing to stream from: everything
-    // acknowledged must come from the relay's WAL (restore_command → tandem wal-fetch).
+    // The primary dies (the relay, on its own host, lives on). Its standbys come back with
+    // nothing to stream from: everything acknowledged must come from the relay's WAL
+    // (restore_command → tandem wal-fetch: s1 from the directory, s2 over HTTP).
     primary.kill9();
-    relay.kill9();
     for s in standbys.iter_mut() {
         s.restart()?;
     }

@@ -229,6 +229,9 @@ impl Session {
             let _ = tokio::time::timeout(self.ctx.cfg.connect_timeout(), stream.write_all(&self.cout)).await;
         }
         let _ = stream.shutdown().await;
+        if matches!(end, End::Fatal) {
+            linger(&mut stream).await;
+        }
         self.span.in_scope(|| tracing::debug!(?end, "client session ended"));
         self.release_all().await;
     }
@@ -489,4 +492,25 @@ async fn reset(a: &mut Attached) -> bool {
         conn.params_signature = 0;
     }
     ok
+}
+
+/// After a FATAL the client may still be sending (the rest of an oversized message): read
+/// and drop what arrives for a moment before closing, so the kernel does not answer the
+/// unread bytes with a reset that could destroy the error on its way to the client (and the
+/// client's write does not fail with a broken pipe before it can read why). Bounded in time
+/// and bytes.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX_DISCARD: usize = 64 << 20;
+    let mut buf = [0u8; 16 * 1024];
+    let mut dropped = 0usize;
+    let _ = tokio::time::timeout(LINGER, async {
+        while dropped < MAX_DISCARD {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => dropped += n,
+            }
+        }
+    })
+    .await;
 }
