@@ -312,10 +312,11 @@ fn the_relay_reports_to_the_group() -> Result<()> {
     Ok(())
 }
 
-/// SQLSTATE of a psql failure, from `psql -v VERBOSITY=verbose` output (`ERROR:  25006: ...`).
+/// SQLSTATE of a psql failure, from `psql -v VERBOSITY=verbose` output (`ERROR:  25006: ...`
+/// or `FATAL:  08006: ...`).
 fn sqlstate(text: &str) -> Option<String> {
     text.lines().find_map(|l| {
-        let rest = l.split_once("ERROR:")?.1.trim();
+        let rest = l.split_once("ERROR:").or_else(|| l.split_once("FATAL:"))?.1.trim();
         let code = rest.split(':').next()?.trim();
         (code.len() == 5).then(|| code.to_owned())
     })
@@ -366,10 +367,29 @@ fn writes_need_the_groups_lease_and_survive_a_leader_kill() -> Result<()> {
     assert!(writes > 0);
     g.wait_leader(Some(leader))?;
 
-    // Every witness gone: the lease runs out, writes are refused with 25006, reads go on.
+    // Every witness gone while a slow write runs: its answer arrives after the lease ran out
+    // and is not relayed (FATAL 08006: outcome unknown); then writes are refused with 25006
+    // and reads go on.
+    let slow = std::thread::spawn({
+        let dsn = cluster.dsn("postgres", "postgres");
+        move || {
+            tandem_tests::cluster::run_pg_client(
+                "psql",
+                |cmd| {
+                    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", &dsn, "-f", "-"]);
+                },
+                "INSERT INTO leased (at) SELECT now() FROM pg_sleep(4)",
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
     for i in 0..3 {
         g.kill9(i);
     }
+    let out = slow.join().map_err(|_| anyhow!("slow writer panicked"))??;
+    assert!(!out.status.success(), "a write answered after the lease ran out was relayed");
+    assert_eq!(sqlstate(&out.stderr).as_deref(), Some("08006"), "{}", out.stderr);
+    assert!(out.stderr.contains("outcome of the last statement is unknown"), "{}", out.stderr);
     let refused = wait_until("a write refused for want of a lease", WAIT, || {
         let out = cluster
             .psql_raw(

@@ -3,17 +3,21 @@
 
 use bytes::Buf;
 
-use super::session::{End, Session, MAX_SERVER_MESSAGE};
+use super::session::{discard, End, Session, MAX_SERVER_MESSAGE};
 use crate::config::PoolMode;
 use crate::context::ClientState;
 use crate::protocol::build::{sqlstate, Severity};
 use crate::protocol::fields::{self, TxStatus};
 use crate::protocol::frame::{measure, message_len, HEADER_LEN};
 use crate::router::classify::SessionEffect;
+use tandem_core::Role;
 
 impl Session {
     /// Handles every complete message buffered from the active server.
     pub(super) async fn process_server(&mut self) -> Result<(), End> {
+        if self.ctx.lease.required() && self.answer_unvouched() {
+            return self.end_unvouched();
+        }
         let Some(a) = self.active.as_mut() else { return Ok(()) };
         // Messages are looked at in place (no per-message reference counting); the buffer
         // goes back to the connection at the end. Paths that return early have lost the
@@ -159,6 +163,36 @@ impl Session {
     /// lost later in the same unit (a client that pipelines its next request before this
     /// answer, as tokio-postgres does), only what the client sent after that request's
     /// Sync / Query / FunctionCall is re-sent elsewhere, and nothing of it was answered yet.
+    /// With a witness group: the primary answered after this proxy's write lease ran out, or
+    /// after the group moved the primary away from it. Such an answer is never relayed: the
+    /// node may no longer be the primary, so what it says it committed may not last.
+    fn answer_unvouched(&self) -> bool {
+        let Some(a) = &self.active else { return false };
+        // Only answers to a unit (notifications and parameter changes between units are not
+        // results).
+        !self.pipeline.is_idle()
+            && a.node.role == Role::Primary
+            && (!self.ctx.lease.is_valid() || a.node.addr != self.ctx.router.topology().primary.addr)
+    }
+
+    /// Ends the session: its unit's outcome on the old primary is unknown.
+    fn end_unvouched(&mut self) -> Result<(), End> {
+        if let Some(a) = self.active.take() {
+            self.span.in_scope(
+                || tracing::warn!(node = %a.node.id, "primary answered without a valid write lease: not relayed"),
+            );
+            self.ctx.metrics.error("no_write_lease");
+            discard(a);
+        }
+        self.client_error(
+            Severity::Fatal,
+            sqlstate::CONNECTION_FAILURE,
+            "the primary answered after this proxy's write lease from the witness group ran out \
+             (the primary may be failing over): the outcome of the last statement is unknown",
+        );
+        Err(End::Fatal)
+    }
+
     fn trim_replay(&mut self) {
         if let Some(end) = self.replay.iter().position(|f| matches!(f.tag(), b'S' | b'Q' | b'F')) {
             self.replay.drain(..=end);
