@@ -73,9 +73,13 @@ pub fn render(v: &ClusterView) -> String {
     }
     table(&mut out, &rows);
     if !s.leases.is_empty() {
-        let mut rows = vec![["Proxy", "Lease epoch", "Lease (ms)"].map(String::from)];
+        let now = tandem_witness::node::now_ms();
+        let mut rows = vec![["Proxy", "Lease epoch", "Lease (ms)", "Valid for (ms)"].map(String::from)];
         for l in s.leases.values() {
-            rows.push([l.holder.clone(), l.epoch.to_string(), l.duration_ms.to_string()]);
+            // On the leader's wall clock: for display (the proxy counts its own lease).
+            let left = (l.granted_ms + l.duration_ms).saturating_sub(now);
+            let left = if left == 0 { "expired".to_owned() } else { left.to_string() };
+            rows.push([l.holder.clone(), l.epoch.to_string(), l.duration_ms.to_string(), left]);
         }
         table(&mut out, &rows);
     }

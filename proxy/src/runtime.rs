@@ -207,7 +207,11 @@ impl ProxyContext {
         token.cancel();
         *token = self.shutdown.child_token();
         health::spawn(topo.clone(), self.cfg.clone(), self.server_tls.clone(), token.clone(), &self.reload.tracker);
+        let keep: Vec<tandem_core::NodeAddr> = topo.nodes().map(|n| n.addr.clone()).collect();
         self.reload.topology.send_replace(topo);
+        // The pools of nodes that left the topology (an old primary) go, idle connections first.
+        let pools = self.pools.clone();
+        self.reload.tracker.spawn(async move { pools.retire(&keep).await });
         Ok(())
     }
 }

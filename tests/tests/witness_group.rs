@@ -309,6 +309,13 @@ fn the_relay_reports_to_the_group() -> Result<()> {
     assert_eq!(state["replication"], "physical");
     assert_eq!(state["addr"], format!("127.0.0.1:{status_port}"));
     assert_eq!(state["epoch"], 1);
+    // The relay keeps the epoch with its WAL.
+    wait_until("the relay records the epoch", WAIT, || {
+        (std::fs::read_to_string(relay_dir.path().join("epoch")).ok()?.trim() == "1").then_some(())
+    })?;
+    // The operation requests are seams for the next issues: a clear 501, not a 404.
+    let (code, body) = http(g.ports[leader], "POST", "/v1/failover", Some("{}"), None)?;
+    assert_eq!(code, 501, "{body}");
     Ok(())
 }
 

@@ -98,6 +98,18 @@ pub struct ReplicatorState {
     pub epoch: Epoch,
     /// The position it holds durably (the relay's flush).
     pub flushed: Option<Lsn>,
+    /// What each standby has received and replayed, as the relay last saw it.
+    #[serde(default)]
+    pub standbys: BTreeMap<String, StandbyPosition>,
+}
+
+/// One standby's positions in a replicator report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyPosition {
+    /// Received (flushed to its disk).
+    pub received: Option<Lsn>,
+    /// Replayed.
+    pub replayed: Option<Lsn>,
 }
 
 /// The whole replicated state.

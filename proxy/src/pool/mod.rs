@@ -128,6 +128,26 @@ impl Pools {
         }
     }
 
+    /// Forgets the pools of nodes not at `keep` (the topology moved away from them) and closes
+    /// their idle connections; connections sessions still hold go when those sessions let go
+    /// (pinned ones end at their next unit, see `frontend/attach.rs`).
+    pub async fn retire(&self, keep: &[NodeAddr]) {
+        let mut gone = Vec::new();
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, p| {
+                let kept = keep.contains(&p.addr);
+                if !kept {
+                    gone.push(p.clone());
+                }
+                kept
+            });
+        }
+        for p in gone {
+            p.close_idle().await;
+        }
+    }
+
     /// Every worker's pools.
     fn all(&self) -> Vec<Arc<ServerPool>> {
         let shards = self.shards.iter().map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));

@@ -68,12 +68,25 @@ async fn report_once(
             .and_then(|ws| ws.iter().find(|w| w["id"].as_u64() == leader))
             .and_then(|w| w["addr"].as_str())
             .unwrap_or(addr);
+        let standbys: serde_json::Map<String, serde_json::Value> = report
+            .standbys
+            .iter()
+            .map(|s| {
+                let pos = serde_json::json!({
+                    "received": s.received.map(|l| l.to_string()),
+                    "replayed": s.replayed.map(|l| l.to_string()),
+                });
+                (s.name.clone(), pos)
+            })
+            .collect();
         let body = serde_json::json!({
             "addr": board.status_addr(),
             "replication": "physical",
             "epoch": epoch,
             "flushed": report.relay.flushed.map(|l| l.to_string()),
+            "standbys": standbys,
         });
+        board.record_epoch(epoch);
         let mut req = http.post(format!("http://{leader_addr}/v1/replicator")).json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);

@@ -163,6 +163,22 @@ impl Board {
         r
     }
 
+    /// Records the epoch the group says the relay streams for, beside its WAL
+    /// (`<data_dir>/epoch`), so a restarted relay and the failover steps know which epoch its
+    /// WAL belongs to. Written only when it changes.
+    pub fn record_epoch(&self, epoch: u64) {
+        let path = self.cfg.data_dir.join("epoch");
+        let current = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if current == Some(epoch) || epoch == 0 {
+            return;
+        }
+        let tmp = self.cfg.data_dir.join("epoch.tmp");
+        let written = std::fs::write(&tmp, format!("{epoch}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "recording the epoch in the relay's data directory");
+        }
+    }
+
     /// Where the status endpoint listens (empty when it does not).
     pub fn status_addr(&self) -> String {
         self.cfg.status_listen.map(|a| a.to_string()).unwrap_or_default()
