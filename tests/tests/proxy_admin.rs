@@ -225,3 +225,52 @@ async fn a_primary_in_recovery_is_not_healthy() -> anyhow::Result<()> {
     assert!(proxy.log().contains("the primary is in recovery"), "{}", proxy.log_tail());
     Ok(())
 }
+
+/// When the primary moves (here by RELOAD; the witness group's topology takes the same
+/// path), a session pinned to the old primary ends with 57P01 at its next statement instead
+/// of writing there, and other sessions' writes go to the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pinned_to_a_moved_primary_ends() -> anyhow::Result<()> {
+    init_tracing();
+    let c = Cluster::start(ClusterOptions { replicas: 1, ..Default::default() })?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tandem.toml");
+    let port = tandem_tests::free_port();
+    let write_config = |primary: &str, replica: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[proxy.primary]\nname = \"old\"\naddr = \"{primary}\"\n\
+                 [[proxy.replicas]]\nname = \"r\"\naddr = \"{replica}\"\n"
+            ),
+        )
+    };
+    write_config(&c.primary.addr(), &c.replicas[0].addr())?;
+    let proxy = tandem_tests::TandemProcess::spawn(&["--config", &file.to_string_lossy(), "proxy"])?;
+    proxy.wait_for_port(port, Duration::from_secs(20))?;
+    let connect = |db: &'static str| async move {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname={db}"),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        anyhow::Ok(client)
+    };
+    let pinned = connect("postgres").await?;
+    pinned.batch_execute("LISTEN moved").await?; // pins the session to the primary
+                                                 // The primary moves (to the standby's address: only where writes would go matters here).
+    write_config(&c.replicas[0].addr(), &c.primary.addr())?;
+    let admin = connect("tandem").await?;
+    admin.simple_query("RELOAD").await?;
+    let err = pinned.batch_execute("SELECT 1").await.expect_err("a session left on the old primary must end");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
+    assert!(db.message().contains("the primary moved"), "{db:?}");
+    // A new session's write goes to the new "primary" (a standby: refused there as read-only).
+    let fresh = connect("postgres").await?;
+    let err = fresh.batch_execute("CREATE TABLE after_move (x int)").await.expect_err("standby refuses writes");
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("25006"), "{err:?}");
+    drop(proxy);
+    Ok(())
+}
