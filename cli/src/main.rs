@@ -1,8 +1,11 @@
 //! The `tandem` command: parses flags and hands over to the library parts.
 //!
-//! `tandem proxy` runs the PostgreSQL endpoint, `tandem replicator` the change
-//! stream, `tandem demo` a whole local cluster. Settings come from `--config
-//! tandem.toml`, then `TANDEM_*` environment variables, then flags (highest wins).
+//! `tandem proxy` runs the PostgreSQL endpoint, `tandem replicator` the WAL relay (or
+//! the logical change stream), `tandem replica add` and `tandem wal-fetch` make and feed
+//! physical standbys, `tandem witness` is one member of the witness group and `tandem
+//! status` shows what the group sees, `tandem demo` a whole local cluster. Settings come
+//! from `--config tandem.toml`, then `TANDEM_*` environment variables, then flags
+//! (highest wins).
 
 mod demo;
 mod demo_witnesses;
@@ -23,7 +26,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "tandem", version, about, long_about = None)]
 struct Cli {
-    /// Cluster file with [proxy] / [replicator] tables.
+    /// Cluster file (tandem.toml) with [cluster], [proxy] and [replicator] tables.
     #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tandem_proxy=debug`.
