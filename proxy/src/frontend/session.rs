@@ -119,6 +119,8 @@ pub struct Session {
     pub(super) due: BytesMut,
     /// Complete client messages are waiting because the outgoing buffers are full.
     pub(super) client_backlog: bool,
+    /// The last wake-up read the client: read the server first next time (fairness).
+    server_first: bool,
     /// Bytes were written to the client since its stream was last flushed.
     pub(super) client_unflushed: bool,
     pub(super) closing: bool,
@@ -204,6 +206,7 @@ impl Session {
             sout: BytesMut::new(),
             due: BytesMut::new(),
             client_backlog: false,
+            server_first: false,
             client_unflushed: false,
             closing: false,
             server_fatal: false,
@@ -286,6 +289,17 @@ impl Session {
     /// read. Polling the streams directly, instead of `select!` over read/write
     /// futures on split halves, keeps the per-wake-up cost of the data path
     /// small; writes use `poll_write` (a plain `send`) rather than `writev`.
+    /// Reads what the active server sent, unless the client's buffer is full.
+    fn poll_server_read(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        if self.cout.len() >= HIGH_WATER {
+            return Poll::Pending;
+        }
+        let Some(a) = self.active.as_mut() else { return Poll::Pending };
+        let conn: &mut crate::pool::ServerConn = &mut a.conn;
+        reserve_for_read(&mut conn.rbuf);
+        poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf).map(Io::ServerRead)
+    }
+
     fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
@@ -319,6 +333,15 @@ impl Session {
                 }
             }
         }
+        // Fairness: after a client read the server is read first, so a server's answer (an
+        // error that should stop a client streaming rows, as asyncpg's executemany expects)
+        // is not held back while the client keeps sending.
+        if self.server_first {
+            self.server_first = false;
+            if let Poll::Ready(r) = self.poll_server_read(cx) {
+                return Poll::Ready(r);
+            }
+        }
         if !self.client_backlog && !self.client_blocked() {
             if self.exact_client_wakeups && self.client_watch.is_none() {
                 self.client_watch = Some(WakeWatch::new(cx));
@@ -333,17 +356,12 @@ impl Session {
                 None => read(cx),
             };
             if let Poll::Ready(r) = polled {
+                self.server_first = self.active.is_some();
                 return Poll::Ready(Io::ClientRead(r));
             }
         }
-        if self.cout.len() < HIGH_WATER {
-            if let Some(a) = self.active.as_mut() {
-                let conn: &mut crate::pool::ServerConn = &mut a.conn;
-                reserve_for_read(&mut conn.rbuf);
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
-                    return Poll::Ready(Io::ServerRead(r));
-                }
-            }
+        if let Poll::Ready(r) = self.poll_server_read(cx) {
+            return Poll::Ready(r);
         }
         if !self.closing {
             let watch = self.shutdown_watch.get_or_insert_with(|| WakeWatch::new(cx));
