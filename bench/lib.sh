@@ -145,6 +145,13 @@ pg_start_replicating() {
     pg_start "$1"
 }
 
+# results_path: makes $OUT's directory and, unless OUT_OVERWRITE is set, moves $OUT aside
+# to a time-stamped name when a result file of that name exists (two runs in a day).
+results_path() {
+    mkdir -p "$(dirname "$OUT")"
+    if [[ -e $OUT && -z ${OUT_OVERWRITE:-} ]]; then OUT="${OUT%.md}-$(date +%H%M).md"; fi
+}
+
 # wait_port PORT [SECONDS]: until something accepts TCP connections on 127.0.0.1:PORT.
 wait_port() {
     local port=$1 limit=${2:-30} i

@@ -507,8 +507,7 @@ set_names ""
 relay_stop
 
 # --- results -------------------------------------------------------------------------------
-mkdir -p "$(dirname "$OUT")"
-[[ -e $OUT && -z ${OUT_OVERWRITE:-} ]] && OUT="${OUT%.md}-$(date +%H%M).md"
+results_path
 TABLES=$(python3 - "$RUNS" "$WORK" "${CONFIGS[*]}" <<'EOF'
 import csv, glob, os, statistics, sys
 runs = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))

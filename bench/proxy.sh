@@ -356,8 +356,7 @@ fi
 TANDEM_RSS_END=$(rss_kb "$TANDEM_PID")
 
 # --- results --------------------------------------------------------------------------------
-mkdir -p "$(dirname "$OUT")"
-[[ -e $OUT && -z ${OUT_OVERWRITE:-} ]] && OUT="${OUT%.md}-$(date +%H%M).md"
+results_path
 {
     echo "# Proxy benchmark: direct PostgreSQL vs Tandem vs PgBouncer"
     echo

@@ -371,8 +371,7 @@ for sys in "${SYSTEMS[@]}"; do
 done
 
 # --- results -------------------------------------------------------------------------------
-mkdir -p "$(dirname "$OUT")"
-[[ -e $OUT && -z ${OUT_OVERWRITE:-} ]] && OUT="${OUT%.md}-$(date +%H%M).md"
+results_path
 TABLES=$(python3 - "$RESULTS" "$BASE_TPS" "$DURATION" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))

@@ -372,6 +372,9 @@ fn writes_need_the_groups_lease_and_survive_a_leader_kill() -> Result<()> {
     g.kill9(leader);
     let writes = writer.join().map_err(|_| anyhow!("writer panicked"))??;
     assert!(writes > 0);
+    // Every acknowledged write is there, once.
+    let rows: u32 = cluster.primary.psql("postgres", "SELECT count(*) FROM leased")?.parse()?;
+    assert_eq!(rows, writes, "acknowledged writes against rows on the primary");
     g.wait_leader(Some(leader))?;
 
     // Every witness gone while a slow write runs: its answer arrives after the lease ran out

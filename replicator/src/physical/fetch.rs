@@ -14,9 +14,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-
 use super::segments;
 
 /// How long one HTTP fetch may take (a 16 MiB segment over a slow link included).
@@ -73,36 +70,20 @@ fn fetch_file(dir: &Path, name: &str, dest: &Path) -> Result<bool, FetchError> {
     }
 }
 
-/// One GET over HTTP/1.1 with hyper's client connection (no pool: one request per process).
+/// One GET of `/wal/NAME` from the relay's status endpoint.
 async fn fetch_http(authority: &str, name: &str, dest: &Path) -> Result<bool, FetchError> {
     let url = format!("http://{authority}/wal/{name}");
     let http = |reason: String| FetchError::Http { url: url.clone(), reason };
-    let work = async {
-        let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| http(e.to_string()))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| http(e.to_string()))?;
-        let driver = tokio::spawn(conn);
-        let request = hyper::Request::get(format!("/wal/{name}"))
-            .header(hyper::header::HOST, authority)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| http(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| http(e.to_string()))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| http(e.to_string()))?.to_bytes();
-        driver.abort();
-        if status == hyper::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(http(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())));
-        }
-        Ok(Some(body))
-    };
-    let body = match tokio::time::timeout(HTTP_TIMEOUT, work).await {
-        Ok(r) => r?,
-        Err(_) => return Err(http(format!("no answer within {HTTP_TIMEOUT:?}"))),
-    };
-    let Some(body) = body else { return Ok(false) };
+    let client = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().map_err(|e| http(e.to_string()))?;
+    let response = client.get(&url).send().await.map_err(|e| http(e.to_string()))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(false);
+    }
+    let body = response.bytes().await.map_err(|e| http(e.to_string()))?;
+    if !status.is_success() {
+        return Err(http(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())));
+    }
     std::fs::write(dest, &body)
         .map_err(|source| FetchError::Io { what: format!("write {}", dest.display()), source })?;
     Ok(true)

@@ -16,6 +16,7 @@ use super::receiver::{self, ReceiverSpec, SharedReceiverState};
 use super::status::{self, Board};
 use super::{identity, quorum, RelayError};
 use crate::config::{Mode, ReplicatorConfig};
+use crate::source::primary;
 
 /// How long the relay waits for the primary to list it as streaming before it joins the
 /// quorum anyway (the standbys may still meet it).
@@ -231,28 +232,13 @@ pub(crate) async fn streaming_names(admin: &Client) -> Result<Vec<String>, Relay
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
+/// The primary's `synchronous_standby_names` (shared with the logical mode).
 async fn show_sync(admin: &Client) -> Result<String, RelayError> {
-    let row = admin
-        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
-        .await
-        .map_err(RelayError::sql("reading synchronous_standby_names"))?;
-    Ok(row.get(0))
+    primary::show_sync_standbys(admin).await.map_err(RelayError::Source)
 }
 
-/// `ALTER SYSTEM SET synchronous_standby_names` + reload, then waits (bounded) until new
-/// sessions see it.
+/// `ALTER SYSTEM SET synchronous_standby_names` + reload, waiting until sessions see it
+/// (shared with the logical mode).
 async fn set_sync(admin: &Client, value: &str) -> Result<(), RelayError> {
-    use crate::source::conn::quote_literal;
-    admin
-        .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote_literal(value)))
-        .await
-        .map_err(RelayError::sql("setting synchronous_standby_names on the primary"))?;
-    admin.batch_execute("SELECT pg_reload_conf()").await.map_err(RelayError::sql("reloading the primary"))?;
-    for _ in 0..100 {
-        if show_sync(admin).await? == value {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    primary::set_sync_standbys(admin, value).await.map(drop).map_err(RelayError::Source)
 }
