@@ -13,7 +13,9 @@ have_initdb() {
 # pg_query (the SQL parser the proxy classifies with) builds libpg_query through bindgen,
 # which needs libclang.
 have_libclang() {
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || compgen -G '/usr/lib/x86_64-linux-gnu/libclang*.so*' >/dev/null
+    # libclang-cpp (installed with other LLVM tools) is not the C library bindgen loads.
+    compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
+        compgen -G '/usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*' >/dev/null
 }
 
 # Debian packages for building and running Tandem that are missing here (printed one a line).
