@@ -43,19 +43,54 @@ pub struct NodeState {
     pub priority: u32,
 }
 
-/// The phase of an operation in progress (failover, switchover).
+/// The phases of a failover, in order. Each is committed before its work starts, so a new
+/// leader resumes at the phase the old one reached (every phase's work is idempotent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Stop everything that could acknowledge a write for the old primary.
+    Fencing,
+    /// Standbys replay what the relay holds; the candidate is chosen.
+    CatchingUp,
+    /// `pg_promote()` on the chosen standby (`to` is fixed from here on).
+    Promoting,
+}
+
+impl Phase {
+    /// Its name in status output and history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Fencing => "fencing",
+            Phase::CatchingUp => "catching_up",
+            Phase::Promoting => "promoting",
+        }
+    }
+}
+
+/// An operation in progress (a failover; the switchover issue adds its own kind).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
-    /// `failover` or `switchover`.
+    /// `failover` (automatic or forced by `tandem failover`).
     pub kind: String,
-    /// Its current phase (e.g. `detected`, `fenced`, `promoting`).
-    pub phase: String,
+    /// Its current phase.
+    pub phase: Phase,
     /// The node being replaced.
     pub from: Option<NodeId>,
-    /// The node taking over, once chosen.
+    /// The node taking over: asked for (`tandem failover --to`) or, from `promoting` on,
+    /// chosen. Never changes once promoting.
     pub to: Option<NodeId>,
     /// When it started (milliseconds since the Unix epoch, the leader's clock: for display).
     pub started_ms: u64,
+    /// When each phase was entered (leader's clock), for the history's durations.
+    #[serde(default)]
+    pub phase_started_ms: Vec<(Phase, u64)>,
+    /// Why it cannot go on right now (e.g. too few quorum members reachable to be sure the
+    /// candidate holds every acknowledged commit); cleared when it moves again.
+    #[serde(default)]
+    pub blocked: Option<String>,
+    /// Forced by an operator (`tandem failover`) rather than by the failure detector.
+    #[serde(default)]
+    pub manual: bool,
 }
 
 /// A topology change, for `tandem status` and post-mortems.
@@ -101,6 +136,27 @@ pub struct ReplicatorState {
     /// What each standby has received and replayed, as the relay last saw it.
     #[serde(default)]
     pub standbys: BTreeMap<String, StandbyPosition>,
+    /// The commit quorum the relay keeps on the primary (`ANY k (members)`); none in async
+    /// mode. Failover reads it to know how many members must be consulted (N − k + 1).
+    #[serde(default)]
+    pub quorum: Option<Quorum>,
+}
+
+/// `synchronous_standby_names = ANY k (members)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    /// How many members flush a commit before it is acknowledged.
+    pub k: usize,
+    /// The members' names (standbys' `cluster_name`s and the relay's slot name).
+    pub members: Vec<String>,
+}
+
+impl Quorum {
+    /// How many members must be consulted so that one of them holds every acknowledged
+    /// commit: N − k + 1 (any k of N flushed it; N − k + 1 of N overlap any k).
+    pub fn needed(&self) -> usize {
+        (self.members.len() + 1).saturating_sub(self.k.max(1))
+    }
 }
 
 /// One standby's positions in a replicator report.
@@ -176,6 +232,36 @@ pub enum Command {
     SetMaintenance {
         /// On or off.
         on: bool,
+    },
+    /// An operator forces a failover (`tandem failover [--to NODE]`), primary healthy or not.
+    RequestFailover {
+        /// The standby to promote, if the operator names one.
+        to: Option<NodeId>,
+    },
+    /// A failover enters its next phase (only forward; `to` is fixed once promoting).
+    FailoverPhase {
+        /// The phase entered.
+        phase: Phase,
+        /// The chosen standby (required from `promoting` on).
+        to: Option<NodeId>,
+    },
+    /// A failover cannot go on for now, and why (shown in status and history).
+    FailoverBlocked {
+        /// The reason.
+        reason: String,
+    },
+    /// The chosen standby accepts writes: the new epoch begins with it as primary, and the
+    /// old primary is fenced until `tandem rejoin`.
+    Promoted {
+        /// The old primary.
+        from: NodeId,
+        /// The new primary.
+        to: NodeId,
+    },
+    /// A fenced node is a standby of the current primary again (`tandem rejoin`).
+    Rejoined {
+        /// The node.
+        node: NodeId,
     },
 }
 
@@ -255,11 +341,18 @@ impl ClusterState {
                 self.primary_failed_ms = Some(req.at_ms);
                 let event = format!("primary failed (seen by witnesses {witnesses:?})");
                 self.record(req.at_ms, &event, Some(primary.clone()));
+                if !self.maintenance {
+                    self.begin_failover(req.at_ms, None, false);
+                }
                 self.changed()
             }
             Command::PrimaryRecovered { primary } => {
                 if self.primary.as_ref() != Some(primary) || self.primary_failed_ms.is_none() {
                     return self.refused("nothing to recover");
+                }
+                if self.operation.is_some() {
+                    // Fencing may have begun: the old primary never comes back by itself.
+                    return self.refused("a failover is in progress");
                 }
                 self.primary_failed_ms = None;
                 self.record(req.at_ms, "primary answers again", Some(primary.clone()));
@@ -268,6 +361,9 @@ impl ClusterState {
             Command::GrantLease { holder, duration_ms } => {
                 if self.primary_failed_ms.is_some() {
                     return self.refused("the primary is declared failed: no write leases");
+                }
+                if self.operation.is_some() {
+                    return self.refused("a failover is in progress: no write leases");
                 }
                 let lease = Lease {
                     holder: holder.clone(),
@@ -288,9 +384,105 @@ impl ClusterState {
                 }
                 self.maintenance = *on;
                 self.record(req.at_ms, if *on { "maintenance on" } else { "maintenance off" }, None);
+                if !*on && self.primary_failed_ms.is_some() && self.operation.is_none() {
+                    // The primary failed while paused: act on it now.
+                    self.begin_failover(req.at_ms, None, false);
+                }
+                self.changed()
+            }
+            Command::RequestFailover { to } => {
+                if self.operation.is_some() {
+                    return self.refused("another operation is in progress");
+                }
+                if let Some(to) = to {
+                    match self.nodes.get(to) {
+                        Some(n) if n.role == NodeRole::Standby => {}
+                        Some(_) => return self.refused(format!("{to} is not a standby")),
+                        None => return self.refused(format!("{to} is not a node of this cluster")),
+                    }
+                }
+                if self.primary.is_none() {
+                    return self.refused("the cluster has no primary");
+                }
+                self.begin_failover(req.at_ms, to.clone(), true);
+                self.changed()
+            }
+            Command::FailoverPhase { phase, to } => {
+                let Some(op) = self.operation.as_mut() else { return self.refused("no failover in progress") };
+                if *phase < op.phase {
+                    return self.refused(format!("already past {}", phase.as_str()));
+                }
+                if op.phase == Phase::Promoting && op.to != *to {
+                    return self.refused("the standby being promoted cannot change");
+                }
+                if *phase == Phase::Promoting && to.is_none() {
+                    return self.refused("promoting needs the chosen standby");
+                }
+                if *phase != op.phase {
+                    op.phase_started_ms.push((*phase, req.at_ms));
+                }
+                op.phase = *phase;
+                if to.is_some() {
+                    op.to = to.clone();
+                }
+                op.blocked = None;
+                self.changed()
+            }
+            Command::FailoverBlocked { reason } => {
+                let Some(op) = self.operation.as_mut() else { return self.refused("no failover in progress") };
+                if op.blocked.as_ref() == Some(reason) {
+                    return self.refused("already blocked for this reason");
+                }
+                op.blocked = Some(reason.clone());
+                self.record(req.at_ms, &format!("failover blocked: {reason}"), None);
+                self.changed()
+            }
+            Command::Promoted { from, to } => {
+                let Some(op) = self.operation.take() else { return self.refused("no failover in progress") };
+                if op.from.as_ref() != Some(from) || op.to.as_ref() != Some(to) || op.phase != Phase::Promoting {
+                    self.operation = Some(op);
+                    return self.refused("not the failover in progress");
+                }
+                self.epoch = Epoch(self.epoch.0 + 1);
+                self.primary = Some(to.clone());
+                if let Some(n) = self.nodes.get_mut(from) {
+                    n.role = NodeRole::Fenced;
+                }
+                if let Some(n) = self.nodes.get_mut(to) {
+                    n.role = NodeRole::Primary;
+                }
+                self.primary_failed_ms = None;
+                self.leases.clear();
+                let event = format!("{}: {}", op.kind, phase_durations(&op, req.at_ms));
+                self.record(req.at_ms, &event, Some(from.clone()));
+                self.changed()
+            }
+            Command::Rejoined { node } => {
+                match self.nodes.get_mut(node) {
+                    Some(n) if n.role == NodeRole::Fenced => n.role = NodeRole::Standby,
+                    Some(_) => return self.refused(format!("{node} is not fenced")),
+                    None => return self.refused(format!("{node} is not a node of this cluster")),
+                }
+                self.record(req.at_ms, &format!("{node} rejoined as a standby"), None);
                 self.changed()
             }
         }
+    }
+
+    /// Opens a failover of the current primary.
+    fn begin_failover(&mut self, at_ms: u64, to: Option<NodeId>, manual: bool) {
+        self.operation = Some(Operation {
+            kind: "failover".into(),
+            phase: Phase::Fencing,
+            from: self.primary.clone(),
+            to,
+            started_ms: at_ms,
+            phase_started_ms: vec![(Phase::Fencing, at_ms)],
+            blocked: None,
+            manual,
+        });
+        let event = if manual { "failover requested" } else { "failover started" };
+        self.record(at_ms, event, self.primary.clone());
     }
 
     /// Appends a history entry about the current primary.
@@ -306,6 +498,22 @@ impl ClusterState {
             self.history.pop_front();
         }
     }
+}
+
+/// "fencing 12 ms, catching_up 40 ms, promoting 300 ms (total 352 ms)" for the history.
+fn phase_durations(op: &Operation, done_ms: u64) -> String {
+    let mut parts = Vec::new();
+    for (i, (phase, at)) in op.phase_started_ms.iter().enumerate() {
+        let end = op.phase_started_ms.get(i + 1).map(|(_, t)| *t).unwrap_or(done_ms);
+        parts.push(format!("{} {} ms", phase.as_str(), end.saturating_sub(*at)));
+    }
+    let total = done_ms.saturating_sub(op.started_ms);
+    format!(
+        "{} → {} ({}; total {total} ms)",
+        op.from.as_ref().map(NodeId::as_str).unwrap_or("?"),
+        op.to.as_ref().map(NodeId::as_str).unwrap_or("?"),
+        parts.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -359,10 +567,79 @@ mod tests {
         let mut s = bootstrapped();
         assert!(s.apply(&req("l1", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
         assert_eq!(s.leases["p1"].epoch, Epoch(1));
+        // In maintenance a declared failure opens no failover, so the primary may recover.
+        s.apply(&req("m", Command::SetMaintenance { on: true }));
         s.apply(&req("d", Command::DeclarePrimaryFailed { primary: "pg1".parse().unwrap(), witnesses: vec![1, 2] }));
         assert!(!s.apply(&req("l2", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
         assert!(s.apply(&req("r", Command::PrimaryRecovered { primary: "pg1".parse().unwrap() })).applied);
         assert!(s.apply(&req("l3", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
+    }
+
+    fn id(s: &str) -> NodeId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_failover_goes_forward_only_and_fences_the_old_primary() {
+        let mut s = bootstrapped();
+        s.apply(&req("l", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 }));
+        assert!(
+            s.apply(&req("d", Command::DeclarePrimaryFailed { primary: id("pg1"), witnesses: vec![1, 2] })).applied
+        );
+        let op = s.operation.clone().expect("declaring failed opens a failover");
+        assert_eq!((op.phase, op.from.clone()), (Phase::Fencing, Some(id("pg1"))));
+        // No recovery once fencing may have begun.
+        assert!(!s.apply(&req("r", Command::PrimaryRecovered { primary: id("pg1") })).applied);
+        assert!(s.apply(&req("c", Command::FailoverPhase { phase: Phase::CatchingUp, to: None })).applied);
+        assert!(!s.apply(&req("back", Command::FailoverPhase { phase: Phase::Fencing, to: None })).applied);
+        assert!(!s.apply(&req("p0", Command::FailoverPhase { phase: Phase::Promoting, to: None })).applied);
+        assert!(s.apply(&req("p", Command::FailoverPhase { phase: Phase::Promoting, to: Some(id("pg2")) })).applied);
+        // Once promoting, the candidate is fixed (a new leader must promote the same one).
+        assert!(!s.apply(&req("p2", Command::FailoverPhase { phase: Phase::Promoting, to: Some(id("pg3")) })).applied);
+        assert!(!s.apply(&req("x", Command::Promoted { from: id("pg1"), to: id("pg3") })).applied);
+        assert!(s.apply(&req("done", Command::Promoted { from: id("pg1"), to: id("pg2") })).applied);
+        assert_eq!(s.epoch, Epoch(2));
+        assert_eq!(s.primary, Some(id("pg2")));
+        assert_eq!(s.nodes[&id("pg1")].role, NodeRole::Fenced);
+        assert_eq!(s.nodes[&id("pg2")].role, NodeRole::Primary);
+        assert!(s.operation.is_none() && s.primary_failed_ms.is_none() && s.leases.is_empty());
+        assert!(s.history.back().unwrap().event.contains("pg1 → pg2"), "{:?}", s.history.back());
+        // Leases again, for the new epoch; the old primary stays fenced until it rejoins.
+        assert!(s.apply(&req("l2", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
+        assert_eq!(s.leases["p1"].epoch, Epoch(2));
+        assert!(s.apply(&req("j", Command::Rejoined { node: id("pg1") })).applied);
+        assert_eq!(s.nodes[&id("pg1")].role, NodeRole::Standby);
+        assert!(!s.apply(&req("j2", Command::Rejoined { node: id("pg1") })).applied);
+    }
+
+    #[test]
+    fn maintenance_holds_an_automatic_failover_until_resumed() {
+        let mut s = bootstrapped();
+        s.apply(&req("m", Command::SetMaintenance { on: true }));
+        s.apply(&req("d", Command::DeclarePrimaryFailed { primary: id("pg1"), witnesses: vec![1, 2] }));
+        assert!(s.operation.is_none());
+        s.apply(&req("m2", Command::SetMaintenance { on: false }));
+        assert_eq!(s.operation.as_ref().map(|o| o.phase), Some(Phase::Fencing));
+    }
+
+    #[test]
+    fn a_forced_failover_names_a_standby_or_none() {
+        let mut s = bootstrapped();
+        assert!(!s.apply(&req("f1", Command::RequestFailover { to: Some(id("pg1")) })).applied);
+        assert!(!s.apply(&req("f2", Command::RequestFailover { to: Some(id("nope")) })).applied);
+        assert!(s.apply(&req("f3", Command::RequestFailover { to: Some(id("pg2")) })).applied);
+        let op = s.operation.clone().unwrap();
+        assert!(op.manual && op.to == Some(id("pg2")));
+        assert!(!s.apply(&req("f4", Command::RequestFailover { to: None })).applied);
+        assert!(!s.apply(&req("l", Command::GrantLease { holder: "p".into(), duration_ms: 2000 })).applied);
+    }
+
+    #[test]
+    fn quorum_needs_n_minus_k_plus_one() {
+        let q = |k, n: usize| Quorum { k, members: (0..n).map(|i| i.to_string()).collect() };
+        assert_eq!(q(1, 3).needed(), 3);
+        assert_eq!(q(2, 3).needed(), 2);
+        assert_eq!(q(3, 3).needed(), 1);
     }
 
     #[test]
