@@ -49,6 +49,7 @@ pub fn start(
             cluster: cluster.clone(),
             probe: ProbeLogin::default(),
             timing: Timing::default(),
+            failover: tandem_witness::FailoverSettings::default(),
         };
         cfg.validate()?;
         tasks.push(tokio::spawn(tandem_witness::run(Arc::new(cfg), shutdown.clone())));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use tandem_core::{ClusterSpec, NodeSpec, Role, WitnessSpec};
-use tandem_witness::{ProbeLogin, Timing, WitnessConfig};
+use tandem_witness::{FailoverSettings, ProbeLogin, Timing, WitnessConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Where the cluster is described: `[cluster]` of the file, or these flags.
@@ -49,6 +49,14 @@ pub struct WitnessArgs {
     /// failed, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     failure_timeout_ms: u64,
+    /// How long standbys may take to replay what the relay and the others hold during a
+    /// failover, in milliseconds (then sync mode refuses; async mode takes the most advanced).
+    #[arg(long, default_value_t = 10_000)]
+    catch_up_timeout_ms: u64,
+    /// Async mode: never promote a standby further behind the old primary's last known
+    /// position than this many bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_lag_on_failover: u64,
 }
 
 /// Flags of `tandem status`.
@@ -116,6 +124,10 @@ pub async fn run(file: Option<PathBuf>, args: WitnessArgs) -> anyhow::Result<()>
         cluster: spec,
         probe: ProbeLogin { user: args.probe_user, password: args.probe_password, ..ProbeLogin::default() },
         timing,
+        failover: FailoverSettings {
+            catch_up_timeout: Duration::from_millis(args.catch_up_timeout_ms),
+            max_lag_on_failover: args.max_lag_on_failover,
+        },
     };
     cfg.validate()?;
     let shutdown = CancellationToken::new();

@@ -16,4 +16,4 @@ pub use addr::{AddrError, NodeAddr};
 pub use cluster::{ClusterError, ClusterSpec, NodeSpec, WitnessSpec};
 pub use epoch::Epoch;
 pub use lsn::{Lsn, LsnParseError};
-pub use node::{NodeId, NodeIdError, Role};
+pub use node::{standby_slot_name, NodeId, NodeIdError, Role};

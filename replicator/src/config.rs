@@ -311,17 +311,7 @@ impl ReplicatorConfig {
     }
 }
 
-/// The physical replication slot a standby named `name` streams from: slot names allow only
-/// `[a-z0-9_]`, so other characters become `_` (and upper case lower case).
-pub fn standby_slot_name(name: &tandem_core::NodeId) -> String {
-    let cleaned: String = name
-        .as_str()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .take(48)
-        .collect();
-    format!("tandem_standby_{cleaned}")
-}
+pub use tandem_core::standby_slot_name;
 
 /// Parses a DSN in URL or `key=value` form, naming `what` in the error.
 pub fn parse_dsn(what: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigError> {

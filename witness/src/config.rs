@@ -30,6 +30,25 @@ pub struct WitnessConfig {
     pub probe: ProbeLogin,
     /// Probe and Raft timings.
     pub timing: Timing,
+    /// How failover decides.
+    pub failover: FailoverSettings,
+}
+
+/// Failover's limits.
+#[derive(Clone, Debug)]
+pub struct FailoverSettings {
+    /// How long standbys may take to replay what the relay and the others hold before the
+    /// failover is blocked (sync mode) or the most advanced is taken (async mode).
+    pub catch_up_timeout: Duration,
+    /// Async mode: a standby further than this many bytes behind the old primary's last
+    /// known position is not promoted (Patroni's `maximum_lag_on_failover`, same default).
+    pub max_lag_on_failover: u64,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings { catch_up_timeout: Duration::from_secs(10), max_lag_on_failover: 1024 * 1024 }
+    }
 }
 
 /// The login probes use (a role that may connect to `database`; no special privileges).

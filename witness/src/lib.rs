@@ -4,13 +4,15 @@
 //! Data flow: probe ([`probe`]: every witness probes every node) → report ([`report`]: to
 //! the leader) → detector ([`detector`]: failed only when a majority saw it fail for the
 //! failure timeout) → a request committed in Raft ([`raft`]) → the [`state::ClusterState`] on
-//! every witness → the HTTP API ([`api`]) that proxies, the replicator and the CLI read.
+//! every witness → the HTTP API ([`api`]) that proxies, the replicator and the CLI read. When
+//! the primary is declared failed, the leader runs the [`failover`] steps.
 //! [`node`] assembles one witness; [`run`] runs it until shutdown.
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod detector;
+pub mod failover;
 pub mod node;
 pub mod probe;
 pub mod raft;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ProbeLogin, Timing, WitnessConfig};
+pub use config::{FailoverSettings, ProbeLogin, Timing, WitnessConfig};
 
 /// Why a witness stopped or a request failed.
 #[derive(Debug, thiserror::Error)]

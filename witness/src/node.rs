@@ -161,10 +161,14 @@ pub async fn run_loops(w: Arc<Witness>, stop: CancellationToken) {
     let _ = reporter.await;
 }
 
+/// How often the leader checks that fenced nodes stay fenced and standbys follow.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
 async fn leader_loop(w: &Arc<Witness>, stop: &CancellationToken) {
     let mut ticker = tokio::time::interval(w.cfg.timing.probe_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let bootstrap_id = "bootstrap".to_owned();
+    let mut reconciled = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -194,6 +198,14 @@ async fn leader_loop(w: &Arc<Witness>, stop: &CancellationToken) {
             continue;
         }
         judge_primary(w, &state).await;
+        // A verdict just committed opens the failover: act on it without waiting a tick.
+        let state = w.state.borrow().clone();
+        if state.operation.is_some() {
+            crate::failover::drive(w, &state).await;
+        } else if reconciled.elapsed() >= RECONCILE_EVERY {
+            crate::failover::reconcile(w, &state).await;
+            reconciled = Instant::now();
+        }
     }
 }
 

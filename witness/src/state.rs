@@ -140,6 +140,9 @@ pub struct ReplicatorState {
     /// mode. Failover reads it to know how many members must be consulted (N − k + 1).
     #[serde(default)]
     pub quorum: Option<Quorum>,
+    /// Its replication slot (and name in the quorum); a new primary gets one for it.
+    #[serde(default)]
+    pub slot: Option<String>,
 }
 
 /// `synchronous_standby_names = ANY k (members)`.

@@ -193,13 +193,53 @@ pub(super) async fn maintenance(
     Ok(Json(w.propose(w.request_id(), Command::SetMaintenance { on: req.on }).await?))
 }
 
-/// Failover, switchover and rejoin requests: the seams the next issues fill in.
+/// `POST /v1/failover`: `{"to": NODE}` or `{}`.
+#[derive(Debug, Deserialize)]
+pub(super) struct FailoverRequest {
+    #[serde(default)]
+    to: Option<tandem_core::NodeId>,
+}
+
+/// Forces a failover (the leader runs it like an automatic one); 409 with the reason when
+/// refused (another operation in progress, the target not a standby).
+pub(super) async fn failover(
+    State(w): State<Arc<Witness>>,
+    headers: HeaderMap,
+    Json(req): Json<FailoverRequest>,
+) -> Result<Json<crate::state::Outcome>, ApiError> {
+    authorize(&w, &headers)?;
+    let outcome = w.propose(w.request_id(), Command::RequestFailover { to: req.to }).await?;
+    if !outcome.applied {
+        return Err(ApiError::new(StatusCode::CONFLICT, outcome.reason.unwrap_or_else(|| "refused".into())));
+    }
+    Ok(Json(outcome))
+}
+
+/// `POST /v1/rejoin`: `{"node": NODE}`, sent by `tandem rejoin` once the node streams from
+/// the current primary.
+#[derive(Debug, Deserialize)]
+pub(super) struct RejoinRequest {
+    node: tandem_core::NodeId,
+}
+
+/// Marks a fenced node a standby again; 409 when it is not fenced.
+pub(super) async fn rejoin(
+    State(w): State<Arc<Witness>>,
+    headers: HeaderMap,
+    Json(req): Json<RejoinRequest>,
+) -> Result<Json<crate::state::Outcome>, ApiError> {
+    authorize(&w, &headers)?;
+    let outcome = w.propose(w.request_id(), Command::Rejoined { node: req.node }).await?;
+    if !outcome.applied {
+        return Err(ApiError::new(StatusCode::CONFLICT, outcome.reason.unwrap_or_else(|| "refused".into())));
+    }
+    Ok(Json(outcome))
+}
+
+/// Switchover requests: the seam the switchover issue fills in.
 pub(super) async fn not_built(State(w): State<Arc<Witness>>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     authorize(&w, &headers)?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not built yet: failover, switchover and rejoin come with their own issues",
-    ))
+    Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "not built yet: switchover comes with its own issue"))
 }
 
 pub(super) async fn health(State(w): State<Arc<Witness>>) -> impl IntoResponse {

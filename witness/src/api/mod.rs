@@ -3,7 +3,7 @@
 //! Place in the data flow: the witness's face. `raft.rs` carries Raft RPC between witnesses
 //! (`/raft/...`); `cluster.rs` serves proxies, the replicator and the CLI (`/v1/...`): the
 //! cluster state, a long-poll watch, probe reports, write leases, replicator reports,
-//! maintenance, `/health` and `/metrics`. Mutating endpoints need the cluster's token (when
+//! maintenance, forced failover and rejoin, `/health` and `/metrics`. Mutating endpoints need the cluster's token (when
 //! one is configured) as a bearer credential. A write sent to a follower is answered 421
 //! with where the leader is. Every error is a 4xx/5xx with a JSON body, never a panic.
 
@@ -35,9 +35,9 @@ pub fn router(w: Arc<Witness>) -> Router {
         .route("/v1/lease", post(cluster::lease))
         .route("/v1/replicator", post(cluster::replicator))
         .route("/v1/maintenance", post(cluster::maintenance))
-        .route("/v1/failover", post(cluster::not_built))
+        .route("/v1/failover", post(cluster::failover))
         .route("/v1/switchover", post(cluster::not_built))
-        .route("/v1/rejoin", post(cluster::not_built))
+        .route("/v1/rejoin", post(cluster::rejoin))
         .route("/health", get(cluster::health))
         .route("/metrics", get(cluster::metrics))
         .with_state(w)
