@@ -7,9 +7,11 @@
 //! [`identity`] checks which system the WAL comes from, [`quorum`] keeps the primary's
 //! `synchronous_standby_names`, [`status`] polls every member's positions and trims what
 //! every standby has. [`standby`] makes a new standby (`tandem replica add`). [`register`]
-//! reports the relay to the witness group.
+//! reports the relay to the witness group; [`follow`] streams from the group's primary and
+//! takes the failover's fence ([`waldump`] reads where the relay's WAL ends).
 
 pub mod fetch;
+pub mod follow;
 pub mod identity;
 pub mod quorum;
 pub mod receiver;
@@ -19,6 +21,7 @@ pub mod segments;
 pub mod standby;
 pub mod status;
 mod status_sql;
+pub mod waldump;
 
 use std::path::PathBuf;
 

@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::follow::Target;
 use super::segments::{self, PARTIAL};
 use super::RelayError;
 
@@ -74,22 +76,32 @@ pub fn repair_tail(wal_dir: &Path, seg_size: u64) -> std::io::Result<Option<Stri
     Ok(Some(format!("{} was {len} bytes; padded to {seg_size} to be streamed again", partial_path.display())))
 }
 
-/// Runs `pg_receivewal` until `stop`, restarting it (after `before_start` says the primary
-/// is still the same system) with backoff when it exits.
+/// Runs `pg_receivewal` until `stop`, restarting it (after `before_start` says the target
+/// primary is still the same system) with backoff when it exits. It streams from the
+/// primary `target` names, is stopped when the target moves (and restarted towards the new
+/// one), and does not run while the target is fenced.
 pub async fn supervise<F, Fut>(
     spec: ReceiverSpec,
     state: SharedReceiverState,
     stop: CancellationToken,
+    mut target: watch::Receiver<Target>,
     mut before_start: F,
 ) -> Result<(), RelayError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Target) -> Fut,
     Fut: std::future::Future<Output = Result<(), RelayError>>,
 {
     let program = tandem_localpg::tool("pg_receivewal").map_err(RelayError::LocalPg)?;
     let mut backoff = Duration::from_millis(200);
     while !stop.is_cancelled() {
-        let checked = before_start().await;
+        let now = target.borrow_and_update().clone();
+        if now.fenced {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = target.changed() => continue,
+            }
+        }
+        let checked = before_start(now.clone()).await;
         if let Err(e) = checked {
             if e.is_fatal() {
                 return Err(e);
@@ -100,13 +112,19 @@ where
                 tracing::warn!(%repaired, "torn WAL segment tail in the relay");
             }
             let started = tokio::time::Instant::now();
-            run_once(&program, &spec, &state, &stop).await?;
+            run_once(&program, &spec, &now, &state, &stop, &mut target).await?;
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_millis(200);
+            }
+            if target.has_changed().unwrap_or(false) {
+                // Moved by the group: follow at once.
+                backoff = Duration::from_millis(200);
+                continue;
             }
         }
         tokio::select! {
             _ = stop.cancelled() => break,
+            _ = target.changed() => {}
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -126,15 +144,22 @@ fn record_error(state: &SharedReceiverState, error: String) {
 async fn run_once(
     program: &Path,
     spec: &ReceiverSpec,
+    to: &Target,
     state: &SharedReceiverState,
     stop: &CancellationToken,
+    target: &mut watch::Receiver<Target>,
 ) -> Result<(), RelayError> {
     let mut cmd = tandem_localpg::server_command(program, &spec.wal_dir).map_err(RelayError::LocalPg)?;
     cmd.arg("--directory")
         .arg(&spec.wal_dir)
         .args(["--slot", &spec.slot, "--synchronous", "--no-loop", "--verbose", "--status-interval", "1"])
         .arg("--dbname")
-        .arg(&spec.dsn)
+        .arg(&spec.dsn);
+    if let Some((host, port)) = &to.primary {
+        // Later options override the connection string's (libpq's rule).
+        cmd.arg("--host").arg(host).arg("--port").arg(port.to_string());
+    }
+    cmd
         // The name the primary lists in pg_stat_replication and synchronous_standby_names.
         .env("PGAPPNAME", &spec.slot)
         .stdout(Stdio::null())
@@ -170,9 +195,19 @@ async fn run_once(
             }
         }
     });
+    let moved = async {
+        loop {
+            if target.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if target.borrow().clone() != *to {
+                return;
+            }
+        }
+    };
     let status = tokio::select! {
         status = child.wait() => status.map_err(RelayError::io("wait for pg_receivewal"))?,
-        _ = stop.cancelled() => {
+        _ = async { tokio::select! { _ = stop.cancelled() => {}, _ = moved => {} } } => {
             if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
             }
@@ -189,7 +224,7 @@ async fn run_once(
     if let Ok(mut s) = state.lock() {
         s.running = false;
     }
-    if !stop.is_cancelled() {
+    if !stop.is_cancelled() && !target.has_changed().unwrap_or(false) {
         tracing::info!(%status, "pg_receivewal exited; restarting");
     }
     Ok(())

@@ -4,8 +4,8 @@
 //! Place in the data flow: beside the relay, towards the group. Once a second the relay
 //! reads the cluster's epoch from any witness (`GET /v1/cluster`) and posts its report to
 //! the leader (`POST /v1/replicator`; a follower answers 421 with the leader's address).
-//! The failover issue uses these reports to know how far the relay's WAL goes and to
-//! retarget it safely. Every call is bounded; a group that does not answer is logged once
+//! Failover reads the quorum it keeps (how many members to consult) and its slot (made on a
+//! new primary before it takes writes). Every call is bounded; a group that does not answer is logged once
 //! per outage and retried, never fatal.
 
 use std::sync::Arc;
@@ -18,15 +18,31 @@ use super::status::Board;
 /// How often the relay reports.
 const INTERVAL: Duration = Duration::from_secs(1);
 
+/// What the relay says about itself besides its positions.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Its slot (its name in the commit quorum).
+    pub slot: String,
+    /// Sync mode: the quorum it keeps on the primary (`k`, members); failover needs it to
+    /// know how many members to consult.
+    pub quorum: Option<(usize, Vec<String>)>,
+}
+
 /// Reports to the witnesses at `witnesses` until `stop`.
-pub async fn run(board: Arc<Board>, witnesses: Vec<String>, token: Option<String>, stop: CancellationToken) {
+pub async fn run(
+    board: Arc<Board>,
+    witnesses: Vec<String>,
+    token: Option<String>,
+    me: Identity,
+    stop: CancellationToken,
+) {
     let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
         tracing::error!("cannot build the HTTP client for witness reports");
         return;
     };
     let mut failing = false;
     loop {
-        match report_once(&http, &board, &witnesses, token.as_deref()).await {
+        match report_once(&http, &board, &witnesses, token.as_deref(), &me).await {
             Ok(()) if failing => {
                 tracing::info!("reporting to the witness group again");
                 failing = false;
@@ -50,6 +66,7 @@ async fn report_once(
     board: &Board,
     witnesses: &[String],
     token: Option<&str>,
+    me: &Identity,
 ) -> Result<(), String> {
     let report = board.report();
     let mut errors = Vec::new();
@@ -85,6 +102,8 @@ async fn report_once(
             "epoch": epoch,
             "flushed": report.relay.flushed.map(|l| l.to_string()),
             "standbys": standbys,
+            "slot": me.slot,
+            "quorum": me.quorum.as_ref().map(|(k, members)| serde_json::json!({"k": k, "members": members})),
         });
         board.record_epoch(epoch);
         let mut req = http.post(format!("http://{leader_addr}/v1/replicator")).json(&body);

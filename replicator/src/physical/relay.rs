@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::receiver::{self, ReceiverSpec, SharedReceiverState};
 use super::status::{self, Board};
-use super::{identity, quorum, RelayError};
+use super::{follow, identity, quorum, RelayError};
 use crate::config::{Mode, ReplicatorConfig};
 use crate::source::primary;
 
@@ -25,7 +25,11 @@ const JOIN_WAIT: Duration = Duration::from_secs(15);
 /// Runs the relay until `shutdown`.
 pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Result<(), RelayError> {
     cfg.validate()?;
-    let primary = cfg.primary_config()?;
+    let configured = cfg.primary_config()?;
+    // With a witness group, the group names the primary (it may have failed over while the
+    // relay was down): never stream from an old one.
+    let Some(target) = initial_target(&cfg, &shutdown).await else { return Ok(()) };
+    let primary = follow::retarget(&configured, target.primary.as_ref());
     let admin = connect(&primary, "tandem_relay_admin").await?;
     let seg_size = check_primary(&admin).await?;
     ensure_slot(&admin, &cfg.relay_name).await?;
@@ -43,31 +47,49 @@ pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Res
 
     let board = Board::new(cfg.clone(), wal_dir.clone(), seg_size, ident.system_id);
     let stop = shutdown.child_token();
+    let source = follow::Source::new(target);
+    let receiver_state = SharedReceiverState::default();
+    board.set_receiver(receiver_state.clone());
     if let Some(addr) = cfg.status_listen {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| RelayError::Status { addr, source })?;
-        tokio::spawn(status::serve(listener, board.clone(), stop.clone()));
+        let fence = follow::FenceState {
+            source: source.clone(),
+            receiver: receiver_state.clone(),
+            slot: cfg.relay_name.clone(),
+            wal_dir: wal_dir.clone(),
+            seg_size,
+            token: cfg.witness_token.clone(),
+        };
+        tokio::spawn(status::serve(listener, board.clone(), follow::router(fence), stop.clone()));
     }
 
-    let receiver_state = SharedReceiverState::default();
-    board.set_receiver(receiver_state.clone());
     let spec =
         ReceiverSpec { wal_dir: wal_dir.clone(), dsn: cfg.primary.clone(), slot: cfg.relay_name.clone(), seg_size };
     let receiver_stop = CancellationToken::new();
     let mut receiver = {
-        let (cfg, primary, wal_dir) = (cfg.clone(), primary.clone(), wal_dir.clone());
-        tokio::spawn(receiver::supervise(spec, receiver_state, receiver_stop.clone(), move || {
-            let (cfg, primary, wal_dir) = (cfg.clone(), primary.clone(), wal_dir.clone());
+        let (cfg, configured, wal_dir) = (cfg.clone(), configured.clone(), wal_dir.clone());
+        tokio::spawn(receiver::supervise(spec, receiver_state, receiver_stop.clone(), source.subscribe(), move |t| {
+            let (cfg, wal_dir) = (cfg.clone(), wal_dir.clone());
+            let primary = follow::retarget(&configured, t.primary.as_ref());
             async move {
                 let ident = identity::identify(&primary, &cfg.relay_name).await?;
-                identity::check_and_record(&cfg.data_dir, &wal_dir, seg_size, ident.system_id)
+                identity::check_and_record(&cfg.data_dir, &wal_dir, seg_size, ident.system_id)?;
+                // A new primary after a failover has the slot from the failover; make sure.
+                let admin = connect(&primary, "tandem_relay_admin").await?;
+                ensure_slot(&admin, &cfg.relay_name).await
             }
         }))
     };
-    let poller = tokio::spawn(status::poll(board.clone(), primary.clone(), stop.clone()));
+    let poller = tokio::spawn(status::poll(board.clone(), configured.clone(), source.clone(), stop.clone()));
     if !cfg.witnesses.is_empty() {
         let (witnesses, token) = (cfg.witnesses.clone(), cfg.witness_token.clone());
-        tokio::spawn(super::register::run(board.clone(), witnesses, token, stop.clone()));
+        let me = super::register::Identity {
+            slot: cfg.relay_name.clone(),
+            quorum: (cfg.mode == Mode::Sync).then(|| (cfg.sync_quorum, quorum_members(&cfg))),
+        };
+        tokio::spawn(super::register::run(board.clone(), witnesses.clone(), token, me, stop.clone()));
+        tokio::spawn(follow::watch_group(source.clone(), witnesses, stop.clone()));
     }
 
     let members = quorum_members(&cfg);
@@ -86,7 +108,8 @@ pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Res
         _ = stop.cancelled() => Ok(()),
     };
     if cfg.mode == Mode::Sync {
-        if let Err(e) = leave_quorum(&primary, &cfg, &members).await {
+        let now = follow::retarget(&configured, source.current().primary.as_ref());
+        if let Err(e) = leave_quorum(&now, &cfg, &members).await {
             tracing::error!(error = %e, "could not take the relay out of synchronous_standby_names");
         }
     }
@@ -98,6 +121,29 @@ pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Res
     let _ = poller.await;
     tracing::info!("WAL relay stopped");
     result
+}
+
+/// Where to stream first: the configured primary, or with a witness group the group's
+/// (waiting while a failover is in progress). `None`: shut down while waiting.
+async fn initial_target(cfg: &ReplicatorConfig, shutdown: &CancellationToken) -> Option<follow::Target> {
+    if cfg.witnesses.is_empty() {
+        return Some(follow::Target::default());
+    }
+    let mut said = false;
+    loop {
+        match follow::ask(&cfg.witnesses).await {
+            Some(t) if !t.fenced => return Some(t),
+            other if !said => {
+                tracing::warn!(fenced = other.is_some(), "waiting for the witness group to name the primary");
+                said = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 fn receiver_ended(r: Result<Result<(), RelayError>, tokio::task::JoinError>) -> Result<(), RelayError> {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tandem_core::Lsn;
 use tokio_util::sync::CancellationToken;
 
+use super::follow::Source;
 use super::receiver::{ReceiverState, SharedReceiverState};
 use super::segments;
 use crate::config::ReplicatorConfig;
@@ -209,10 +210,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Polls positions and trims the relay's WAL once a second until `stop`.
-pub async fn poll(board: Arc<Board>, primary: tokio_postgres::Config, stop: CancellationToken) {
+/// The primary polled is the one `source` names now (the group's, after a failover).
+pub async fn poll(board: Arc<Board>, configured: tokio_postgres::Config, source: Arc<Source>, stop: CancellationToken) {
     let mut trimmed = 0u64;
     let mut admin = None;
+    let mut polled = None;
     loop {
+        let target = source.current().primary;
+        if polled.as_ref() != Some(&target) {
+            admin = None;
+            polled = Some(target.clone());
+        }
+        let primary = super::follow::retarget(&configured, target.as_ref());
         let report = poll_once(&board, &primary, &mut admin, &mut trimmed).await;
         *lock(&board.report) = report;
         tokio::select! {
@@ -377,8 +386,10 @@ async fn wal_handler(State(board): State<Arc<Board>>, UrlPath(name): UrlPath<Str
 }
 
 /// Serves [`router`] on `listener` until `stop`.
-pub async fn serve(listener: tokio::net::TcpListener, board: Arc<Board>, stop: CancellationToken) {
-    let result = axum::serve(listener, router(board)).with_graceful_shutdown(stop.cancelled_owned()).await;
+/// `extra` adds routes of other parts (the failover's fence).
+pub async fn serve(listener: tokio::net::TcpListener, board: Arc<Board>, extra: Router, stop: CancellationToken) {
+    let routes = router(board).merge(extra);
+    let result = axum::serve(listener, routes).with_graceful_shutdown(stop.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "relay status endpoint failed");
     }
