@@ -55,7 +55,8 @@ enum Command {
     #[command(subcommand)]
     Replica(replica_cmd::ReplicaCommand),
     /// Copy a WAL file from the relay (a standby's restore_command): exit 0 when copied, 1
-    /// when the relay does not have it.
+    /// when the relay does not have it, or has only a partial copy holding no more valid WAL
+    /// than the standby's own pg_wal.
     WalFetch(replica_cmd::WalFetchArgs),
     /// Run one member of the witness group (3 or 5 form a Raft group that judges the cluster).
     Witness(witness_cmd::WitnessArgs),

@@ -52,6 +52,11 @@ pub struct WalFetchArgs {
     name: String,
     /// Where to put it (%p).
     dest: PathBuf,
+    /// The standby's data directory, whose pg_wal holds its own copy of the segment the relay
+    /// is still writing (served only if the relay's holds more valid WAL) [default: the
+    /// working directory, which is the data directory when PostgreSQL runs restore_command].
+    #[arg(long)]
+    pgdata: Option<PathBuf>,
 }
 
 /// Runs `tandem replica add`.
@@ -86,12 +91,21 @@ pub async fn run(command: ReplicaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `tandem wal-fetch`: exit 0 when the file is in place, 1 when the relay does not have
-/// it or it could not be fetched (restore_command's contract).
+/// Runs `tandem wal-fetch`: exit 0 when the relay's copy is in place, 1 when the relay does
+/// not have it, has only a partial copy holding no more valid WAL than the standby's own
+/// pg_wal (PostgreSQL then reads that), or it could not be fetched (restore_command's contract).
 pub async fn wal_fetch(args: WalFetchArgs) -> ExitCode {
-    match fetch::fetch(&args.from, &args.name, &args.dest).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+    let data_dir = args.pgdata.unwrap_or_else(|| PathBuf::from("."));
+    match fetch::fetch(&args.from, &args.name, &args.dest, &data_dir).await {
+        Ok(outcome) => {
+            if let Some(warning) = &outcome.warning {
+                eprintln!("tandem wal-fetch: {warning}");
+            }
+            match outcome.fetched {
+                fetch::Fetched::Restored => ExitCode::SUCCESS,
+                fetch::Fetched::NotInRelay | fetch::Fetched::LocalHoldsMore => ExitCode::from(1),
+            }
+        }
         Err(e) => {
             eprintln!("tandem wal-fetch: {e}");
             ExitCode::from(1)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use replicator_support::{pgbench, Load, Replicator, BENCH_DB};
+use tandem_replicator::physical::fetch::ValidWal;
 use tandem_tests::{init_tracing, wait_until, PgOptions, PgServer};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -246,4 +247,131 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         let _ = self.0.stop();
     }
+}
+
+/// Runs `tandem wal-fetch --from FROM NAME DEST --pgdata PGDATA` as PostgreSQL would (DEST
+/// removed first; exit 0 = DEST is the relay's copy, 1 = not available) and returns its exit
+/// code.
+fn wal_fetch(from: &str, name: &str, dest: &Path, pgdata: &Path) -> Result<i32> {
+    match std::fs::remove_file(dest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let out = std::process::Command::new(tandem_tests::tandem_bin())
+        .args(["wal-fetch", "--from", from, name])
+        .arg(dest)
+        .arg("--pgdata")
+        .arg(pgdata)
+        .output()
+        .context("run tandem wal-fetch")?;
+    let code = out.status.code().context("wal-fetch killed by a signal")?;
+    if !out.stderr.is_empty() {
+        tracing::info!(stderr = %String::from_utf8_lossy(&out.stderr), code, "tandem wal-fetch");
+    }
+    Ok(code)
+}
+
+/// pg_waldump's verdict on one copy of segment `name`.
+fn valid_wal(name: &str, file: &Path) -> Result<ValidWal> {
+    let program = tandem_localpg::tool("pg_waldump")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(tandem_replicator::physical::fetch::valid_wal(&program, name, file)).map_err(anyhow::Error::msg)
+}
+
+fn current_lsn(pg: &PgServer) -> Result<(tandem_core::Lsn, String)> {
+    let row = pg.psql("postgres", "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn())")?;
+    let (lsn, seg) = row.split_once('|').context("lsn|segment")?;
+    Ok((lsn.parse()?, seg.to_owned()))
+}
+
+/// The relay's copy of the segment being written is served only when it holds more valid WAL
+/// than the standby's own pg_wal copy. s1 streams on while the relay is down, so its own
+/// segment holds commits the relay's shorter `.partial` does not: when the primary dies,
+/// wal-fetch must leave it to s1's pg_wal, and promoted s1 has every acknowledged row.
+/// s2 is down while the relay goes on: its own copy is the shorter one, and it catches up
+/// from the relay's.
+#[test]
+fn wal_fetch_never_serves_a_partial_copy_shorter_than_the_standbys_own() -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut primary = PgServer::start("primary", PgOptions::default())?;
+    primary.psql("postgres", "CREATE DATABASE bench")?;
+    let wal = dir.path().join("wal");
+    let wal_s = wal.to_str().context("relay dir")?.to_owned();
+    let mut relay = Replicator::new(dir.path(), &primary, &[], "sync", &[], &["--replication", "physical"]);
+    let mut s1 = primary.start_tandem_standby("s1", &wal_s)?;
+    let mut s2 = primary.start_tandem_standby("s2", &wal_s)?;
+    relay.add_replica("s1", &s1);
+    relay.add_replica("s2", &s2);
+    relay.start()?;
+    wait_streaming(&relay, &["tandem_relay", "s1", "s2"])?;
+    assert_eq!(primary.psql("postgres", "SHOW synchronous_standby_names")?, r#"ANY 1 ("s1", "s2", "tandem_relay")"#);
+
+    // Rows 1-100: everyone has them.
+    primary
+        .psql(BENCH_DB, "CREATE TABLE acked (id int PRIMARY KEY); INSERT INTO acked SELECT generate_series(1, 100)")?;
+    let (_, seg) = current_lsn(&primary)?;
+    for s in [&s1, &s2] {
+        wait_until("standby has rows 1-100", WAIT, || (count(s, "acked") == Some(100)).then_some(()))?;
+    }
+    // s2 goes down with its own, shorter, copy of the segment.
+    s2.stop();
+    assert!(s2.data_dir().join("pg_wal").join(&seg).is_file(), "s2 has its own copy of {seg}");
+    // Rows 101-300: acknowledged by s1 and the relay.
+    primary.psql(BENCH_DB, "INSERT INTO acked SELECT generate_series(101, 300)")?;
+    let (lsn, _) = current_lsn(&primary)?;
+    wait_relay_flushed(&relay, &lsn.to_string(), "relay has rows 101-300")?;
+    wait_until("s1 has rows 101-300", WAIT, || (count(&s1, "acked") == Some(300)).then_some(()))?;
+    // Over HTTP (the partial header), for s2: the relay's copy is longer than s2's: served.
+    let scratch = tempfile::tempdir()?;
+    let dest = scratch.path().join("RECOVERYXLOG");
+    let http = format!("http://127.0.0.1:{}", relay.status_port);
+    assert_eq!(wal_fetch(&http, &seg, &dest, s2.data_dir())?, 0, "the relay's longer copy is served to s2");
+
+    // The relay dies (its receiver with it); rows 301-500 are acknowledged by s1 alone.
+    relay.kill9();
+    wait_until("the killed relay's receiver to exit", WAIT, || {
+        tandem_tests::kit::procs::pids_with_cmdline(&wal_s).is_empty().then_some(())
+    })?;
+    let (relay_gone, _) = current_lsn(&primary)?;
+    primary.psql(BENCH_DB, "INSERT INTO acked SELECT generate_series(301, 500)")?;
+    let (_, last_seg) = current_lsn(&primary)?;
+    assert_eq!(last_seg, seg, "the scenario stays in one segment");
+    wait_until("s1 has rows 301-500", WAIT, || (count(&s1, "acked") == Some(500)).then_some(()))?;
+
+    // Served, the relay's partial copy would make s1 stop early: its valid WAL ends before
+    // rows 301-500, which s1's own copy holds.
+    let relay_copy = wal.join(format!("{seg}.partial"));
+    let s1_copy = s1.data_dir().join("pg_wal").join(&seg);
+    let (relay_end, s1_end) = (valid_wal(&seg, &relay_copy)?, valid_wal(&seg, &s1_copy)?);
+    let ValidWal::LastRecordAt(relay_last) = relay_end else { bail!("relay copy: {relay_end:?}") };
+    let ValidWal::LastRecordAt(s1_last) = s1_end else { bail!("s1 copy: {s1_end:?}") };
+    assert!(relay_last < relay_gone, "the relay's copy ends at {relay_last}, before {relay_gone}");
+    assert!(s1_last >= relay_gone, "s1's copy ends at {s1_last}, with rows 301-500 (after {relay_gone})");
+
+    // The primary dies. For s1, wal-fetch declines (exit 1: PostgreSQL reads s1's own
+    // pg_wal); for s2 it serves the relay's copy.
+    primary.kill9();
+    assert_eq!(wal_fetch(&wal_s, &seg, &dest, s1.data_dir())?, 1, "s1 keeps its own, longer copy");
+    assert!(!dest.exists(), "nothing left at %p when declining");
+    assert_eq!(wal_fetch(&wal_s, &seg, &dest, s2.data_dir())?, 0, "s2 gets the relay's longer copy");
+
+    // s1, its streaming gone (restore_command polled), is promoted and has every row.
+    wait_until("s1's WAL receiver to stop", WAIT, || {
+        (s1.psql("postgres", "SELECT count(*) FROM pg_stat_wal_receiver").ok()? == "0").then_some(())
+    })?;
+    assert_eq!(s1.psql("postgres", "SELECT pg_promote()")?, "t", "{}", s1.log_tail());
+    assert_eq!(s1.psql("postgres", "SELECT pg_is_in_recovery()")?, "f");
+    assert_eq!(count(&s1, "acked"), Some(500), "promoted s1 lost acknowledged rows\n{}", s1.log_tail());
+    let s1_log = std::fs::read_to_string(s1.log_path())?;
+    assert!(!s1_log.contains(&format!("restored log file \"{seg}\"")), "s1 never replays the relay's copy");
+
+    // s2 comes back with no primary: it catches up to every row the relay has.
+    s2.restart()?;
+    wait_until("s2 caught up from the relay", WAIT, || (count(&s2, "acked") == Some(300)).then_some(()))
+        .with_context(|| format!("s2 log:\n{}", s2.log_tail()))?;
+    let s2_log = std::fs::read_to_string(s2.log_path())?;
+    assert!(s2_log.contains(&format!("restored log file \"{seg}\"")), "s2 read the relay's copy:\n{}", s2.log_tail());
+    s1.stop();
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //! `primary_conninfo` + `primary_slot_name` (streaming, lowest lag), `restore_command`
 //! (`tandem wal-fetch` from the relay, for when streaming cannot serve), `cluster_name` (its
 //! WAL receiver's `application_name`, the name the sync quorum lists), timeline `latest` (so
-//! it follows a promotion), `hot_standby`, its own port, and an empty
+//! it follows a promotion), `hot_standby`, its own port, `wal_retrieve_retry_interval`
+//! (100 ms: a standby whose primary died polls the relay often), and an empty
 //! `synchronous_standby_names` (the primary's is copied by the backup and means nothing here).
 
 use std::path::{Path, PathBuf};
@@ -133,6 +134,13 @@ fn write_settings(spec: &StandbySpec, slot: &str) -> Result<(), RelayError> {
         "hot_standby = on".to_owned(),
         "synchronous_standby_names = ''".to_owned(),
         format!("port = {}", spec.port),
+        // When no source has the WAL the startup process needs (streaming failed: the
+        // primary died), it waits this long before trying restore_command, pg_wal and
+        // streaming again. PostgreSQL's 5 s default would leave a standby up to 5 s behind
+        // what the relay has, and a failover waiting on it. A round costs one `tandem
+        // wal-fetch`: milliseconds from a relay directory, a download of the relay's
+        // partial segment over HTTP.
+        "wal_retrieve_retry_interval = '100ms'".to_owned(),
     ];
     if let Some(relay) = &spec.relay {
         lines.push(format!("restore_command = {}", quote_literal(&restore_command(&spec.tandem, relay))));

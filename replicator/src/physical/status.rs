@@ -5,7 +5,8 @@
 //! standby directly (received and replayed position, timeline), then trims relay segments
 //! every standby's slot has passed. [`serve`] answers `GET /status` (JSON), `GET /metrics`
 //! (Prometheus text) and `GET /wal/NAME` (a segment or history file, for `tandem wal-fetch`
-//! on another host).
+//! on another host; header `x-tandem-wal-partial: 1` when it is the segment still being
+//! written).
 //!
 //! A status that cannot tell says so: a member the primary does not list as streaming is
 //! `disconnected`, a standby that does not answer is `unreachable`, and their lag is the
@@ -379,8 +380,13 @@ async fn wal_handler(State(board): State<Arc<Board>>, UrlPath(name): UrlPath<Str
     let Some(path) = segments::find(board.wal_dir(), &name) else {
         return (StatusCode::NOT_FOUND, "no such WAL file in the relay\n").into_response();
     };
+    // wal-fetch compares a partial copy with the standby's own before serving it.
+    let partial = if path.to_str().is_some_and(|p| p.ends_with(super::segments::PARTIAL)) { "1" } else { "0" };
     match tokio::fs::read(&path).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Ok(bytes) => {
+            let partial_header = header::HeaderName::from_static(super::fetch::PARTIAL_HEADER);
+            ([(header::CONTENT_TYPE, "application/octet-stream"), (partial_header, partial)], bytes).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reading {name}: {e}\n")).into_response(),
     }
 }
