@@ -25,7 +25,9 @@
 //! # }
 //! ```
 
+pub mod checker;
 pub mod cluster;
+pub mod ha;
 pub mod kit;
 pub mod wire;
 

@@ -89,8 +89,8 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
         if op.phase == Phase::Fencing {
             commit(w, Command::FailoverPhase { phase: Phase::CatchingUp, to: None }).await?;
         }
-        let quorum = state.replicator.as_ref().and_then(|r| r.quorum.as_ref());
-        let safety = choose::safety(quorum, &consulted);
+        let quorum = quorum_in_force(state);
+        let safety = choose::safety(quorum.as_ref(), &consulted);
         match &safety {
             Safety::Refuse(reason) => return Err(Stop::Blocked(reason.clone())),
             Safety::Async => {
@@ -238,7 +238,7 @@ async fn prepare_new_primary(
     let followers: Vec<&NodeId> =
         state.nodes.values().filter(|n| n.role == NodeRole::Standby && &n.name != to).map(|n| &n.name).collect();
     let mut slots: Vec<String> = followers.iter().map(|n| standby_slot_name(n)).collect();
-    let quorum = state.replicator.as_ref().and_then(|r| r.quorum.clone());
+    let quorum = quorum_in_force(state);
     if let Some(slot) = state.replicator.as_ref().and_then(|r| r.slot.clone()) {
         slots.push(slot);
     }
@@ -254,6 +254,24 @@ async fn prepare_new_primary(
     tracing::info!(node = %to, synchronous_standby_names = %value, slots = ?slots, "new primary prepared");
     let _ = w;
     Ok(())
+}
+
+/// The commit quorum the primary of this epoch runs with: the relay's configured members
+/// that are standbys now (a fenced old primary or the primary itself never is one), plus the
+/// relay; `k` no more than there are members. The same rule sets it on a new primary.
+fn quorum_in_force(state: &ClusterState) -> Option<crate::state::Quorum> {
+    let r = state.replicator.as_ref()?;
+    let q = r.quorum.as_ref()?;
+    let members: Vec<String> = q
+        .members
+        .iter()
+        .filter(|m| {
+            r.slot.as_deref() == Some(m.as_str())
+                || state.nodes.values().any(|n| n.name.as_str() == m.as_str() && n.role == NodeRole::Standby)
+        })
+        .cloned()
+        .collect();
+    Some(crate::state::Quorum { k: q.k.min(members.len()), members })
 }
 
 /// `ANY k ("a", "b")`, empty when there is nobody to wait for.
