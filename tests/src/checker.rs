@@ -15,16 +15,23 @@ use std::time::{Duration, Instant};
 pub struct Outcomes {
     /// Acknowledged ids, with when the answer arrived.
     pub acked: Vec<(i64, Instant)>,
-    /// Ids whose insert failed with an error (not there).
-    pub failed: Vec<i64>,
-    /// Ids whose outcome is unknown.
-    pub unknown: Vec<i64>,
+    /// Ids whose insert failed with an error (not there), with when.
+    pub failed: Vec<(i64, Instant)>,
+    /// Ids whose outcome is unknown, with when.
+    pub unknown: Vec<(i64, Instant)>,
 }
 
 impl Outcomes {
     /// The first acknowledgement at or after `t`.
     pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
         self.acked.iter().map(|(_, at)| *at).filter(|at| *at >= t).min()
+    }
+
+    /// How long writes were unavailable after `t` (a kill): from `t` to the first
+    /// acknowledgement after the first failed or unknown write that followed `t`.
+    pub fn outage_after(&self, t: Instant) -> Option<Duration> {
+        let first_failure = self.failed.iter().chain(&self.unknown).map(|(_, at)| *at).filter(|at| *at >= t).min()?;
+        Some(self.first_ack_after(first_failure)? - t)
     }
 }
 
@@ -102,8 +109,8 @@ async fn writer(dsn: &str, table: &str, stop: &AtomicBool, out: &Mutex<Outcomes>
         let Some(c) = client.as_ref() else { continue };
         let id = next.fetch_add(1, Ordering::SeqCst);
         let result = tokio::time::timeout(Duration::from_secs(10), c.execute(&sql, &[&id])).await;
-        let record = |list: fn(&mut Outcomes) -> &mut Vec<i64>| {
-            list(&mut out.lock().unwrap_or_else(|p| p.into_inner())).push(id);
+        let record = |list: fn(&mut Outcomes) -> &mut Vec<(i64, Instant)>| {
+            list(&mut out.lock().unwrap_or_else(|p| p.into_inner())).push((id, Instant::now()));
         };
         match result {
             Ok(Ok(_)) => out.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, Instant::now())),
@@ -137,7 +144,7 @@ pub fn violations(ids_on_server: &[i64], outcomes: &Outcomes) -> Vec<String> {
     if !twice.is_empty() {
         v.push(format!("ids present twice: {twice:?}"));
     }
-    let failed: Vec<i64> = outcomes.failed.iter().copied().filter(|id| seen.contains_key(id)).collect();
+    let failed: Vec<i64> = outcomes.failed.iter().map(|(id, _)| *id).filter(|id| seen.contains_key(id)).collect();
     if !failed.is_empty() {
         v.push(format!("ids whose insert failed are present: {failed:?}"));
     }

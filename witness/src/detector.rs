@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// What one witness last said about the primary.
 #[derive(Clone, Debug)]
 pub struct Sighting {
+    /// Which node it is about (the primary when it was made: after a failover, sightings
+    /// of the old primary must not count against the new one).
+    pub node: String,
     /// When the leader received it.
     pub received: Instant,
     /// How long that witness had been failing to reach the primary (None: its last probe
@@ -32,8 +35,9 @@ pub enum Verdict {
     Undecided,
 }
 
-/// Judges the primary from each witness's latest sighting (`members` is the group size).
+/// Judges `primary` from each witness's latest sighting of it (`members` is the group size).
 pub fn judge(
+    primary: &str,
     sightings: &BTreeMap<u64, Sighting>,
     members: usize,
     now: Instant,
@@ -41,7 +45,8 @@ pub fn judge(
     failure_timeout: Duration,
 ) -> Verdict {
     let majority = members / 2 + 1;
-    let fresh_ones = sightings.iter().filter(|(_, s)| now.saturating_duration_since(s.received) <= fresh);
+    let fresh_ones =
+        sightings.iter().filter(|(_, s)| s.node == primary && now.saturating_duration_since(s.received) <= fresh);
     let mut failed = Vec::new();
     let mut healthy = 0;
     for (id, s) in fresh_ones {
@@ -68,7 +73,11 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_millis(1000);
 
     fn sight(now: Instant, age_ms: u64, failing_ms: Option<u64>) -> Sighting {
-        Sighting { received: now - Duration::from_millis(age_ms), failing_for: failing_ms.map(Duration::from_millis) }
+        Sighting {
+            node: "pg1".into(),
+            received: now - Duration::from_millis(age_ms),
+            failing_for: failing_ms.map(Duration::from_millis),
+        }
     }
 
     #[test]
@@ -79,13 +88,13 @@ mod tests {
         // One witness cut off from the primary: nothing.
         s.insert(2, sight(now, 0, None));
         s.insert(3, sight(now, 0, None));
-        assert_eq!(judge(&s, 3, now, FRESH, TIMEOUT), Verdict::Healthy);
+        assert_eq!(judge("pg1", &s, 3, now, FRESH, TIMEOUT), Verdict::Healthy);
         // Two fail, but one only briefly (a stall shorter than the timeout): undecided.
         s.insert(2, sight(now, 0, Some(300)));
-        assert_eq!(judge(&s, 3, now, FRESH, TIMEOUT), Verdict::Undecided);
+        assert_eq!(judge("pg1", &s, 3, now, FRESH, TIMEOUT), Verdict::Undecided);
         // Two for the timeout: failed.
         s.insert(2, sight(now, 0, Some(1000)));
-        assert_eq!(judge(&s, 3, now, FRESH, TIMEOUT), Verdict::Failed(vec![1, 2]));
+        assert_eq!(judge("pg1", &s, 3, now, FRESH, TIMEOUT), Verdict::Failed(vec![1, 2]));
     }
 
     #[test]
@@ -94,11 +103,13 @@ mod tests {
         let mut s = BTreeMap::new();
         s.insert(1, sight(now, 0, Some(5000)));
         s.insert(2, sight(now, 5000, Some(5000)));
-        assert_eq!(judge(&s, 3, now, FRESH, TIMEOUT), Verdict::Undecided);
+        assert_eq!(judge("pg1", &s, 3, now, FRESH, TIMEOUT), Verdict::Undecided);
         // Five witnesses need three.
         s.insert(2, sight(now, 0, Some(5000)));
-        assert_eq!(judge(&s, 5, now, FRESH, TIMEOUT), Verdict::Undecided);
+        assert_eq!(judge("pg1", &s, 5, now, FRESH, TIMEOUT), Verdict::Undecided);
         s.insert(3, sight(now, 0, Some(5000)));
-        assert_eq!(judge(&s, 5, now, FRESH, TIMEOUT), Verdict::Failed(vec![1, 2, 3]));
+        assert_eq!(judge("pg1", &s, 5, now, FRESH, TIMEOUT), Verdict::Failed(vec![1, 2, 3]));
+        // Sightings of the old primary say nothing about a new one.
+        assert_eq!(judge("s1", &s, 5, now, FRESH, TIMEOUT), Verdict::Undecided);
     }
 }

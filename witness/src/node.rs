@@ -132,9 +132,9 @@ impl Witness {
     }
 
     /// Records a witness's report about the primary (leader's use).
-    pub fn record_sighting(&self, witness: u64, failing_for: Option<Duration>) {
+    pub fn record_sighting(&self, witness: u64, node: &str, failing_for: Option<Duration>) {
         let mut s = self.sightings.lock().unwrap_or_else(|p| p.into_inner());
-        s.insert(witness, Sighting { received: Instant::now(), failing_for });
+        s.insert(witness, Sighting { node: node.to_owned(), received: Instant::now(), failing_for });
     }
 
     /// How long this witness has failed to reach `node` (None: reachable or never probed
@@ -212,13 +212,14 @@ async fn leader_loop(w: &Arc<Witness>, stop: &CancellationToken) {
 async fn judge_primary(w: &Arc<Witness>, state: &ClusterState) {
     let Some(primary) = state.primary.clone() else { return };
     if let Some(own) = w.own_failing_for(primary.as_str()) {
-        w.record_sighting(w.cfg.id, own);
+        w.record_sighting(w.cfg.id, primary.as_str(), own);
     }
     let members: BTreeSet<u64> = w.cfg.cluster.witnesses.iter().map(|x| x.id).collect();
     let sightings = w.sightings.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let t = &w.cfg.timing;
     let fresh = t.probe_interval * 4;
-    let verdict = detector::judge(&sightings, members.len(), Instant::now(), fresh, t.failure_timeout);
+    let verdict =
+        detector::judge(primary.as_str(), &sightings, members.len(), Instant::now(), fresh, t.failure_timeout);
     let command = match verdict {
         Verdict::Failed(witnesses) if state.primary_failed_ms.is_none() => {
             tracing::warn!(primary = %primary, ?witnesses, "a majority of witnesses cannot reach the primary");

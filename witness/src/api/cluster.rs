@@ -114,9 +114,11 @@ pub(super) async fn report(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown witness {}", report.witness)));
     }
     let primary = w.state.borrow().primary.clone();
-    if let Some(seen) = primary.and_then(|p| report.nodes.get(p.as_str()).map(|n| (n.reachable, n.failing_for_ms))) {
-        let failing_for = (!seen.0).then(|| Duration::from_millis(seen.1));
-        w.record_sighting(report.witness, failing_for);
+    if let Some(primary) = primary {
+        if let Some(n) = report.nodes.get(primary.as_str()) {
+            let failing_for = (!n.reachable).then(|| Duration::from_millis(n.failing_for_ms));
+            w.record_sighting(report.witness, primary.as_str(), failing_for);
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }
