@@ -166,7 +166,7 @@ impl Session {
     /// With a witness group: the primary answered after this proxy's write lease ran out, or
     /// after the group moved the primary away from it. Such an answer is never relayed: the
     /// node may no longer be the primary, so what it says it committed may not last.
-    fn answer_unvouched(&self) -> bool {
+    pub(super) fn answer_unvouched(&self) -> bool {
         let Some(a) = &self.active else { return false };
         // Only answers to a unit (notifications and parameter changes between units are not
         // results).
@@ -175,11 +175,36 @@ impl Session {
             && (!self.ctx.lease.is_valid() || a.node.addr != self.ctx.router.topology().primary.addr)
     }
 
+    /// Ready when a unit in flight on the primary outlives the write lease: its answer could
+    /// never be relayed, so the client is told at once (a frozen or cut-off primary may never
+    /// answer at all) instead of hanging.
+    pub(super) fn poll_lease_expiry(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        let in_flight = !self.pipeline.is_idle() && self.active.as_ref().is_some_and(|a| a.node.role == Role::Primary);
+        if !in_flight {
+            self.lease_timer = None;
+            return std::task::Poll::Pending;
+        }
+        loop {
+            let left = self.ctx.lease.remaining().unwrap_or_default();
+            if left.is_zero() {
+                self.lease_timer = None;
+                return std::task::Poll::Ready(());
+            }
+            let timer = self.lease_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(left)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            // Fired: the lease may have been renewed meanwhile; re-arm for what is left.
+            timer.as_mut().reset(tokio::time::Instant::now() + self.ctx.lease.remaining().unwrap_or_default());
+        }
+    }
+
     /// Ends the session: its unit's outcome on the old primary is unknown.
-    fn end_unvouched(&mut self) -> Result<(), End> {
+    pub(super) fn end_unvouched(&mut self) -> Result<(), End> {
         if let Some(a) = self.active.take() {
             self.span.in_scope(
-                || tracing::warn!(node = %a.node.id, "primary answered without a valid write lease: not relayed"),
+                || tracing::warn!(node = %a.node.id, "write lease ran out before the primary's answer: not relayed"),
             );
             self.ctx.metrics.error("no_write_lease");
             discard(a);
@@ -187,7 +212,7 @@ impl Session {
         self.client_error(
             Severity::Fatal,
             sqlstate::CONNECTION_FAILURE,
-            "the primary answered after this proxy's write lease from the witness group ran out \
+            "this proxy's write lease from the witness group ran out before the primary's answer \
              (the primary may be failing over): the outcome of the last statement is unknown",
         );
         Err(End::Fatal)

@@ -121,6 +121,9 @@ pub struct Session {
     pub(super) client_backlog: bool,
     /// The last wake-up read the client: read the server first next time (fairness).
     server_first: bool,
+    /// Fires when the write lease runs out while a unit is in flight on the primary (armed
+    /// only then, and only with a witness group).
+    pub(super) lease_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes were written to the client since its stream was last flushed.
     pub(super) client_unflushed: bool,
     pub(super) closing: bool,
@@ -152,6 +155,8 @@ enum Io {
     /// Writes drained the buffers that held back queued client messages.
     Wrote,
     Shutdown,
+    /// The write lease ran out while the primary had a unit of this session in hand.
+    LeaseRanOut,
 }
 
 impl Session {
@@ -207,6 +212,7 @@ impl Session {
             due: BytesMut::new(),
             client_backlog: false,
             server_first: false,
+            lease_timer: None,
             client_unflushed: false,
             closing: false,
             server_fatal: false,
@@ -275,6 +281,13 @@ impl Session {
                     }
                 }
                 Io::Shutdown => self.closing = true,
+                Io::LeaseRanOut => {
+                    if self.answer_unvouched() {
+                        if let Err(end) = self.end_unvouched() {
+                            return end;
+                        }
+                    }
+                }
             }
         }
     }
@@ -372,6 +385,9 @@ impl Session {
         if wrote && self.client_backlog {
             // Buffers drained: the queued client messages may go on now.
             return Poll::Ready(Io::Wrote);
+        }
+        if self.ctx.lease.required() && self.poll_lease_expiry(cx).is_ready() {
+            return Poll::Ready(Io::LeaseRanOut);
         }
         Poll::Pending
     }
