@@ -184,6 +184,10 @@ fn only_a_majority_cut_off_from_the_primary_declares_it_failed() -> Result<()> {
     let cut3 = FaultProxy::start(&primary.addr())?;
     let g = Group::start(&[primary.addr(), cut2.addr(), cut3.addr()], &standby, &[])?;
     let leader = g.wait_leader(None)?;
+    // Paused (`tandem pause`): the verdict is recorded but no failover acts on it, so the
+    // primary can be seen to recover (tests/tests/failover.rs covers what a verdict starts).
+    let (code, body) = http(g.ports[leader], "POST", "/v1/maintenance", Some(r#"{"on":true}"#), None)?;
+    assert_eq!(code, 200, "{body}");
     let declared = |g: &Group| -> Result<bool> { Ok(!g.view(leader)?["state"]["primary_failed_ms"].is_null()) };
 
     // One witness cut off from the primary, for three failure timeouts: nothing happens.
