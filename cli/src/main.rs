@@ -3,13 +3,15 @@
 //! `tandem proxy` runs the PostgreSQL endpoint, `tandem replicator` the WAL relay (or
 //! the logical change stream), `tandem replica add` and `tandem wal-fetch` make and feed
 //! physical standbys, `tandem witness` is one member of the witness group and `tandem
-//! status` shows what the group sees, `tandem demo` a whole local cluster. Settings come
+//! status` shows what the group sees, `tandem failover`, `pause` and `resume` ask it to act,
+//! `tandem demo` runs a whole local cluster. Settings come
 //! from `--config tandem.toml`, then `TANDEM_*` environment variables, then flags
 //! (highest wins).
 
 mod demo;
 mod demo_witnesses;
 mod file;
+mod operate_cmd;
 mod proxy_cmd;
 mod replica_cmd;
 mod replicator_cmd;
@@ -62,6 +64,13 @@ enum Command {
     Witness(witness_cmd::WitnessArgs),
     /// Show the cluster as the witness group sees it (exit status 1 when it is not healthy).
     Status(witness_cmd::StatusArgs),
+    /// Force a failover now (`--to NODE` picks the standby): asks for confirmation, then
+    /// shows each phase until the new primary is published.
+    Failover(operate_cmd::FailoverArgs),
+    /// Maintenance mode: no automatic failover until `tandem resume` (shown in status).
+    Pause(operate_cmd::PauseArgs),
+    /// Leave maintenance mode: automatic failover again.
+    Resume(operate_cmd::PauseArgs),
     /// Start a local cluster (primary, 2 physical standbys, WAL relay, proxy, 3 witnesses)
     /// and print how to connect.
     Demo(demo::DemoArgs),
@@ -113,9 +122,16 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // The proxy starts its own worker threads, each on a current-thread runtime; this one
     // becomes its first worker.
-    let one_thread =
-        matches!(cli.command, Command::Proxy(_) | Command::WalFetch(_) | Command::Replica(_) | Command::Status(_))
-            || cores <= 2 && matches!(cli.command, Command::Replicator(_));
+    let one_thread = matches!(
+        cli.command,
+        Command::Proxy(_)
+            | Command::WalFetch(_)
+            | Command::Replica(_)
+            | Command::Status(_)
+            | Command::Failover(_)
+            | Command::Pause(_)
+            | Command::Resume(_)
+    ) || cores <= 2 && matches!(cli.command, Command::Replicator(_));
     let threads = if one_thread { 1 } else { cli.threads.unwrap_or(cores).max(1) };
     // One thread: tokio's current-thread scheduler, which has none of the
     // work-stealing bookkeeping of the multi-thread one.
@@ -140,6 +156,9 @@ fn main() -> ExitCode {
             Command::WalFetch(args) => return Ok(replica_cmd::wal_fetch(args).await),
             Command::Witness(args) => witness_cmd::run(cli.config, args).await,
             Command::Status(args) => return witness_cmd::status(cli.config, args).await,
+            Command::Failover(args) => operate_cmd::failover(cli.config, args).await,
+            Command::Pause(args) => operate_cmd::pause(cli.config, args, true).await,
+            Command::Resume(args) => operate_cmd::pause(cli.config, args, false).await,
             Command::Demo(args) => demo::run(args).await,
         }
         .map(|()| ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ pub fn healthy(v: &ClusterView) -> bool {
     let Some(primary) = &v.state.primary else { return false };
     v.leader.is_some()
         && v.state.primary_failed_ms.is_none()
+        && v.state.operation.is_none()
         && v.probes.get(primary.as_str()).is_some_and(|p| p.reachable && p.in_recovery == Some(false))
 }
 
@@ -82,6 +83,18 @@ pub fn render(v: &ClusterView) -> String {
             rows.push([l.holder.clone(), l.epoch.to_string(), l.duration_ms.to_string(), left]);
         }
         table(&mut out, &rows);
+    }
+    if let Some(op) = &s.operation {
+        let _ = writeln!(
+            out,
+            "In progress: {}{} of {} → {}, phase {}{}",
+            if op.manual { "forced " } else { "" },
+            op.kind,
+            op.from.as_ref().map(|n| n.as_str()).unwrap_or("?"),
+            op.to.as_ref().map(|n| n.as_str()).unwrap_or("(choosing)"),
+            op.phase.as_str(),
+            op.blocked.as_ref().map(|b| format!(" · BLOCKED: {b}")).unwrap_or_default()
+        );
     }
     if let Some(last) = s.history.back() {
         let _ = writeln!(out, "Last change: {} (epoch {})", last.event, last.epoch);

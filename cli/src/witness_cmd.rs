@@ -73,7 +73,7 @@ pub struct StatusArgs {
 }
 
 /// The cluster from `[cluster]` and the flags (flags replace the file's lists).
-fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result<ClusterSpec> {
+pub(crate) fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result<ClusterSpec> {
     let mut spec = match file {
         Some(path) => crate::file::load(path)?.cluster,
         None => None,

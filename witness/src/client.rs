@@ -63,6 +63,45 @@ impl WitnessClient {
         first.ok_or_else(|| ClientError::NoAnswer(errors.join("; ")))
     }
 
+    /// POSTs `body` to `path` on the leader (a follower's 421 names it), with the cluster's
+    /// bearer `token`. `Ok((status, body))` for any answer from the leader; an error when no
+    /// witness answered.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value), ClientError> {
+        let mut errors = Vec::new();
+        let mut targets: Vec<String> = self.addrs.clone();
+        let mut i = 0;
+        while i < targets.len() && i < self.addrs.len() + 3 {
+            let addr = targets[i].clone();
+            i += 1;
+            let mut req = self.http.post(format!("http://{addr}{path}")).json(body);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("{addr}: {e}"));
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let answer: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            if status == 421 {
+                if let Some(leader) = answer["leader"].as_str() {
+                    targets.insert(i, leader.to_owned());
+                }
+                continue;
+            }
+            return Ok((status, answer));
+        }
+        Err(ClientError::NoAnswer(errors.join("; ")))
+    }
+
     async fn get(&self, addr: &str) -> Result<ClusterView, reqwest::Error> {
         self.http.get(format!("http://{addr}/v1/cluster")).send().await?.error_for_status()?.json().await
     }
