@@ -28,10 +28,11 @@ impl Outcomes {
     }
 
     /// How long writes were unavailable after `t` (a kill): from `t` to the first
-    /// acknowledgement after the first failed or unknown write that followed `t`.
+    /// acknowledgement after the last failed or unknown write (writes fail only while the
+    /// cluster has no primary taking them).
     pub fn outage_after(&self, t: Instant) -> Option<Duration> {
-        let first_failure = self.failed.iter().chain(&self.unknown).map(|(_, at)| *at).filter(|at| *at >= t).min()?;
-        Some(self.first_ack_after(first_failure)? - t)
+        let last_failure = self.failed.iter().chain(&self.unknown).map(|(_, at)| *at).filter(|at| *at >= t).max()?;
+        Some(self.first_ack_after(last_failure)? - t)
     }
 }
 

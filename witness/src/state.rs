@@ -260,6 +260,9 @@ pub enum Command {
         from: NodeId,
         /// The new primary.
         to: NodeId,
+        /// What the history should also say (async mode: the possible loss window).
+        #[serde(default)]
+        note: Option<String>,
     },
     /// A fenced node is a standby of the current primary again (`tandem rejoin`).
     Rejoined {
@@ -440,7 +443,7 @@ impl ClusterState {
                 self.record(req.at_ms, &format!("failover blocked: {reason}"), None);
                 self.changed()
             }
-            Command::Promoted { from, to } => {
+            Command::Promoted { from, to, note } => {
                 let Some(op) = self.operation.take() else { return self.refused("no failover in progress") };
                 if op.from.as_ref() != Some(from) || op.to.as_ref() != Some(to) || op.phase != Phase::Promoting {
                     self.operation = Some(op);
@@ -456,7 +459,10 @@ impl ClusterState {
                 }
                 self.primary_failed_ms = None;
                 self.leases.clear();
-                let event = format!("{}: {}", op.kind, phase_durations(&op, req.at_ms));
+                let mut event = format!("{}: {}", op.kind, phase_durations(&op, req.at_ms));
+                if let Some(note) = note {
+                    event.push_str(&format!("; {note}"));
+                }
                 self.record(req.at_ms, &event, Some(from.clone()));
                 self.changed()
             }
@@ -599,8 +605,8 @@ mod tests {
         assert!(s.apply(&req("p", Command::FailoverPhase { phase: Phase::Promoting, to: Some(id("pg2")) })).applied);
         // Once promoting, the candidate is fixed (a new leader must promote the same one).
         assert!(!s.apply(&req("p2", Command::FailoverPhase { phase: Phase::Promoting, to: Some(id("pg3")) })).applied);
-        assert!(!s.apply(&req("x", Command::Promoted { from: id("pg1"), to: id("pg3") })).applied);
-        assert!(s.apply(&req("done", Command::Promoted { from: id("pg1"), to: id("pg2") })).applied);
+        assert!(!s.apply(&req("x", Command::Promoted { from: id("pg1"), to: id("pg3"), note: None })).applied);
+        assert!(s.apply(&req("done", Command::Promoted { from: id("pg1"), to: id("pg2"), note: None })).applied);
         assert_eq!(s.epoch, Epoch(2));
         assert_eq!(s.primary, Some(id("pg2")));
         assert_eq!(s.nodes[&id("pg1")].role, NodeRole::Fenced);

@@ -27,8 +27,15 @@ pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Res
     cfg.validate()?;
     let configured = cfg.primary_config()?;
     // With a witness group, the group names the primary (it may have failed over while the
-    // relay was down): never stream from an old one.
-    let Some(target) = initial_target(&cfg, &shutdown).await else { return Ok(()) };
+    // relay was down): never stream from an old one. Meanwhile a failover may need this
+    // relay's WAL: the fence endpoint answers from the start.
+    let early = early_fence(&cfg).await?;
+    let target = initial_target(&cfg, &shutdown).await;
+    if let Some((stop, server)) = early {
+        stop.cancel();
+        let _ = server.await;
+    }
+    let Some(target) = target else { return Ok(()) };
     let primary = follow::retarget(&configured, target.primary.as_ref());
     let admin = connect(&primary, "tandem_relay_admin").await?;
     let seg_size = check_primary(&admin).await?;
@@ -121,6 +128,34 @@ pub async fn run(cfg: Arc<ReplicatorConfig>, shutdown: CancellationToken) -> Res
     let _ = poller.await;
     tracing::info!("WAL relay stopped");
     result
+}
+
+/// With a witness group and a status address: serves `/fence` (only) until the relay knows
+/// its primary, so a failover that began while the relay was down can still consult its WAL.
+/// The segment size comes from the WAL already there (none yet: nothing to consult).
+async fn early_fence(
+    cfg: &ReplicatorConfig,
+) -> Result<Option<(CancellationToken, tokio::task::JoinHandle<()>)>, RelayError> {
+    let Some(addr) = cfg.status_listen.filter(|_| !cfg.witnesses.is_empty()) else { return Ok(None) };
+    let wal_dir = cfg.data_dir.join("wal");
+    let seg_size = super::segments::size_in(&wal_dir).unwrap_or(16 * 1024 * 1024);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RelayError::Status { addr, source })?;
+    let fence = follow::FenceState {
+        source: follow::Source::new(follow::Target { fenced: true, ..follow::Target::default() }),
+        receiver: SharedReceiverState::default(),
+        slot: cfg.relay_name.clone(),
+        wal_dir,
+        seg_size,
+        token: cfg.witness_token.clone(),
+    };
+    let stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = axum::serve(listener, follow::router(fence)).with_graceful_shutdown(stop.cancelled_owned()).await;
+        }
+    });
+    Ok(Some((stop, server)))
 }
 
 /// Where to stream first: the configured primary, or with a witness group the group's

@@ -88,6 +88,19 @@ pub struct SegmentFile {
     pub path: PathBuf,
 }
 
+/// The segment size of the WAL in `dir`, from a full-size segment file there (segments and
+/// the preallocated `.partial` are always full size); None when it holds none.
+pub fn size_in(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name();
+        let name = name.to_str()?;
+        let base = name.strip_suffix(PARTIAL).unwrap_or(name);
+        let len = e.metadata().ok()?.len();
+        (base.len() == 24 && base.chars().all(|c| c.is_ascii_hexdigit()) && len.is_power_of_two() && len >= 1 << 20)
+            .then_some(len)
+    })
+}
+
 /// The segment files in `dir`, oldest first (by segment number, then timeline).
 pub fn list(dir: &Path, seg_size: u64) -> std::io::Result<Vec<SegmentFile>> {
     let mut out = Vec::new();

@@ -83,6 +83,7 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
     let from = op.from.clone().ok_or_else(|| Stop::Blocked("the failover names no old primary".into()))?;
     let started = Instant::now();
     let (consulted, mut sessions) = fence(w, state, &from).await;
+    let mut note = None;
     let to = if op.phase == Phase::Promoting {
         op.to.clone().ok_or_else(|| Stop::Blocked("promoting, but no standby chosen".into()))?
     } else {
@@ -102,6 +103,9 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
             Safety::Sync => tracing::info!("sync mode: enough quorum members fenced; no lease wait needed"),
         }
         let chosen = catch_up(w, state, op, &consulted, &sessions, &safety).await?;
+        if safety == Safety::Async {
+            note = Some(loss_window(w, &from, &chosen, &sessions).await);
+        }
         commit(w, Command::FailoverPhase { phase: Phase::Promoting, to: Some(chosen.clone()) }).await?;
         chosen
     };
@@ -113,11 +117,29 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
     };
     session.promote().await.map_err(|e| Stop::Blocked(e.to_string()))?;
     prepare_new_primary(w, state, &to, &session).await.map_err(|e| Stop::Blocked(e.to_string()))?;
-    commit(w, Command::Promoted { from: from.clone(), to: to.clone() }).await?;
+    commit(w, Command::Promoted { from: from.clone(), to: to.clone(), note }).await?;
     tracing::warn!(old = %from, new = %to, "failover done: new primary published");
     let published = w.state.borrow().clone();
     repoint_standbys(w, &published).await;
     Ok(())
+}
+
+/// Async mode: how far the promoted standby is behind the old primary's last position any
+/// probe of this witness saw (acknowledged commits in between are lost).
+async fn loss_window(w: &Witness, from: &NodeId, chosen: &NodeId, sessions: &BTreeMap<NodeId, NodeSession>) -> String {
+    let last = w.views.lock().unwrap_or_else(|p| p.into_inner()).get(from.as_str()).and_then(|v| v.lsn);
+    let replayed = match sessions.get(chosen) {
+        Some(s) => s.positions().await.ok().and_then(|p| p.replayed),
+        None => None,
+    };
+    match (last, replayed) {
+        (Some(l), Some(r)) => format!(
+            "async mode: {chosen} replayed {r}, the old primary was last seen at {l}: {} bytes of WAL (and the \
+             commits in them) may be lost",
+            l.bytes_since(r)
+        ),
+        _ => "async mode: the loss window is unknown (no position of the old primary)".into(),
+    }
 }
 
 /// Step 1 (repeated by every run: idempotent). Returns what the fence learned and the

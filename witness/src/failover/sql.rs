@@ -140,8 +140,14 @@ impl NodeSession {
     /// it acknowledges nothing more to the old primary; it goes on replaying what it has and
     /// what `restore_command` fetches from the relay. Waits until the receiver is gone.
     pub async fn detach(&self) -> Result<(), NodeError> {
-        self.run_each("detaching the standby", &["ALTER SYSTEM SET primary_conninfo = ''", "SELECT pg_reload_conf()"])
+        // A blocked failover repeats the fence every tick: reload only when needed.
+        if !self.primary_conninfo().await?.is_empty() {
+            self.run_each(
+                "detaching the standby",
+                &["ALTER SYSTEM SET primary_conninfo = ''", "SELECT pg_reload_conf()"],
+            )
             .await?;
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let row =
