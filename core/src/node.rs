@@ -86,6 +86,19 @@ impl fmt::Display for Role {
     }
 }
 
+/// The physical replication slot a standby named `name` streams from (on whichever node is
+/// primary): slot names allow only `[a-z0-9_]`, so other characters become `_` (and upper
+/// case lower case). Shared by `tandem replica add`, the relay's trimming and failover.
+pub fn standby_slot_name(name: &NodeId) -> String {
+    let cleaned: String = name
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .take(48)
+        .collect();
+    format!("tandem_standby_{cleaned}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,17 +116,4 @@ mod tests {
             assert!(NodeId::new(name).is_err(), "{name:?} accepted");
         }
     }
-}
-
-/// The physical replication slot a standby named `name` streams from (on whichever node is
-/// primary): slot names allow only `[a-z0-9_]`, so other characters become `_` (and upper
-/// case lower case). Shared by `tandem replica add`, the relay's trimming and failover.
-pub fn standby_slot_name(name: &NodeId) -> String {
-    let cleaned: String = name
-        .as_str()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .take(48)
-        .collect();
-    format!("tandem_standby_{cleaned}")
 }
