@@ -39,14 +39,30 @@ pub struct Ha {
     pub nodes: Vec<PgServer>,
     /// The relay's and witnesses' directories.
     pub dir: tempfile::TempDir,
+    /// With [`Ha::start_partitionable`]: the only way Tandem's parts (witnesses, proxy,
+    /// relay) reach `pg1`; the standbys stream from it directly.
+    pub pg1_link: Option<crate::FaultProxy>,
 }
 
 impl Ha {
     /// Starts everything; `mode` is the relay's `sync` or `async`. Returns once the proxy
     /// takes writes (it holds the group's lease) and the relay reported to the group.
     pub fn start(mode: &str) -> anyhow::Result<Ha> {
+        Ha::start_with(mode, false)
+    }
+
+    /// As [`Ha::start`], but the witnesses, the proxy and the relay reach `pg1` through a
+    /// TCP fault proxy ([`Ha::pg1_link`]), so it can be cut off from them while it runs and
+    /// its standbys still stream from it.
+    pub fn start_partitionable(mode: &str) -> anyhow::Result<Ha> {
+        Ha::start_with(mode, true)
+    }
+
+    fn start_with(mode: &str, partitionable: bool) -> anyhow::Result<Ha> {
         let dir = tempfile::tempdir()?;
         let pg1 = PgServer::start("pg1", PgOptions::default())?;
+        let pg1_link = if partitionable { Some(crate::FaultProxy::start(&pg1.addr())?) } else { None };
+        let pg1_addr = pg1_link.as_ref().map(|l| l.addr()).unwrap_or_else(|| pg1.addr());
         let relay_port = free_port();
         let relay_dir = dir.path().join("relay");
         std::fs::create_dir_all(&relay_dir)?;
@@ -67,7 +83,8 @@ impl Ha {
                 "--primary-node".into(),
                 "pg1".into(),
             ];
-            for n in [&pg1, &s1, &s2] {
+            a.extend(["--node".into(), format!("pg1={pg1_addr}")]);
+            for n in [&s1, &s2] {
                 a.extend(["--node".into(), format!("{}={}", n.name(), n.addr())]);
             }
             for (j, p) in witness_ports.iter().enumerate() {
@@ -97,7 +114,7 @@ impl Ha {
         let mut proxy_args: Vec<String> = vec![
             "proxy".into(),
             "--primary".into(),
-            format!("pg1={}", pg1.addr()),
+            format!("pg1={pg1_addr}"),
             "--replica".into(),
             format!("s1={}", s1.addr()),
             "--replica".into(),
@@ -132,6 +149,7 @@ impl Ha {
             relay_port,
             nodes: vec![pg1, s1, s2],
             dir,
+            pg1_link,
         };
         ha.start_relay()?;
         wait_until("the relay reports its quorum to the group", WAIT, || {

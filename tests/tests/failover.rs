@@ -281,3 +281,42 @@ fn a_forced_failover_to_a_named_standby_waits_for_a_relay_killed_mid_way() -> Re
     wait_until("s1 follows s2", WAIT, || (ids(ha.node("s1")).ok()?.len() == 101).then_some(()))?;
     Ok(())
 }
+
+#[test]
+fn a_primary_cut_off_from_tandem_but_alive_is_fenced_and_never_acknowledges_again() -> Result<()> {
+    init_tracing();
+    let ha = Ha::start_partitionable("sync")?;
+    ha.psql(TABLE)?;
+    let writers = Writers::start(&ha.dsn(), "checked", 4);
+    wait_until("writes before the cut", WAIT, || (writers.acked() >= 200).then_some(()))?;
+    let link = ha.pg1_link.as_ref().context("partitionable")?;
+    // pg1 keeps running and its standbys keep streaming from it; the witnesses, the proxy and
+    // the relay lose it (connections hang, as across a network cut).
+    link.set_blackhole(true);
+    let state = ha.wait_epoch(2, WAIT)?;
+    let new_primary = state["primary"].as_str().context("primary")?.to_owned();
+    let before = writers.acked();
+    wait_until("writes on the new primary", WAIT, || (writers.acked() >= before + 200).then_some(()))
+        .with_context(|| ha.logs())?;
+    // Behind the cut, pg1 is still up: a session on it directly commits locally but is never
+    // acknowledged (its standbys were detached, the relay fenced).
+    let psql = tandem_tests::pg_bin_dir()?.join("psql");
+    let out = std::process::Command::new("timeout")
+        .arg("3")
+        .arg(&psql)
+        .args(["-X", "-q", "-d", &ha.node("pg1").dsn("postgres", "postgres"), "-c", "INSERT INTO checked VALUES (-7)"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(124), "pg1 answered a commit after the fence: {out:?}");
+    // Healed: pg1 answers Tandem again, as a primary; it is fenced in SQL and stays out.
+    link.set_blackhole(false);
+    wait_until("the returning old primary is fenced", WAIT, || {
+        (ha.node("pg1").psql("postgres", "SHOW default_transaction_read_only").ok()? == "on").then_some(())
+    })
+    .with_context(|| ha.logs())?;
+    let outcomes = writers.stop();
+    let v = violations(&ids(ha.node(&new_primary))?, &outcomes);
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(ha.state()?["nodes"]["pg1"]["role"], "fenced");
+    assert_eq!(ha.psql("SELECT count(*) FROM checked WHERE id = -7")?, "0");
+    Ok(())
+}
