@@ -2,7 +2,8 @@
 //!
 //! `tandem proxy` runs the PostgreSQL endpoint, `tandem replicator` the WAL relay (or
 //! the logical change stream), `tandem replica add` and `tandem wal-fetch` make and feed
-//! physical standbys, `tandem witness` is one member of the witness group and `tandem
+//! physical standbys, `tandem rejoin` makes a fenced old primary a standby of the new one
+//! after a failover, `tandem witness` is one member of the witness group and `tandem
 //! status` shows what the group sees, `tandem failover`, `pause` and `resume` ask it to act,
 //! `tandem demo` runs a whole local cluster. Settings come
 //! from `--config tandem.toml`, then `TANDEM_*` environment variables, then flags
@@ -13,6 +14,7 @@ mod demo_witnesses;
 mod file;
 mod operate_cmd;
 mod proxy_cmd;
+mod rejoin_cmd;
 mod replica_cmd;
 mod replicator_cmd;
 mod signals;
@@ -60,6 +62,10 @@ enum Command {
     /// when the relay does not have it, or has only a partial copy holding no more valid WAL
     /// than the standby's own pg_wal.
     WalFetch(replica_cmd::WalFetchArgs),
+    /// Make a fenced old primary a standby of the new primary after a failover: list the
+    /// transactions it loses, pg_rewind it (or re-clone it when pg_rewind cannot), start it
+    /// streaming, and tell the witness group.
+    Rejoin(rejoin_cmd::RejoinArgs),
     /// Run one member of the witness group (3 or 5 form a Raft group that judges the cluster).
     Witness(witness_cmd::WitnessArgs),
     /// Show the cluster as the witness group sees it (exit status 1 when it is not healthy).
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
         Command::Proxy(_)
             | Command::WalFetch(_)
             | Command::Replica(_)
+            | Command::Rejoin(_)
             | Command::Status(_)
             | Command::Failover(_)
             | Command::Pause(_)
@@ -152,6 +159,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_cmd::run(cli.config, *args, cli.threads).await,
             Command::Replicator(args) => replicator_cmd::run(cli.config, args).await,
             Command::Replica(command) => replica_cmd::run(command).await,
+            Command::Rejoin(args) => rejoin_cmd::run(cli.config, args).await,
             // Its own exit code: restore_command's contract.
             Command::WalFetch(args) => return Ok(replica_cmd::wal_fetch(args).await),
             Command::Witness(args) => witness_cmd::run(cli.config, args).await,

@@ -77,9 +77,16 @@ impl LocalServer {
         )
     }
 
+    /// Where [`LocalServer::start`] sends the server's log: `<data dir>.log`, beside the data
+    /// directory rather than in it (pg_rewind and pg_basebackup would copy a log inside it
+    /// from node to node).
+    pub fn log_path(&self) -> PathBuf {
+        self.parent().join(format!("{}.log", self.name()))
+    }
+
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) -> Result<(), LocalPgError> {
-        let log = self.parent().join(format!("{}.log", self.name()));
+        let log = self.log_path();
         let out = server_command(&bin_dir()?.join("pg_ctl"), self.parent())?
             .arg("-D")
             .arg(&self.data_dir)
@@ -91,6 +98,39 @@ impl LocalServer {
             .output()
             .map_err(LocalPgError::io("run pg_ctl start"))?;
         check("pg_ctl start", out)
+    }
+
+    /// Whether a postmaster runs in the data directory (`pg_ctl status`: a `postmaster.pid`
+    /// whose process is alive; a stale one left by a crash counts as not running).
+    pub fn is_running(&self) -> Result<bool, LocalPgError> {
+        let out = server_command(&bin_dir()?.join("pg_ctl"), self.parent())?
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("status")
+            .output()
+            .map_err(LocalPgError::io("run pg_ctl status"))?;
+        // 0: running; 3: not running; 4: not a data directory.
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(3) => Ok(false),
+            _ => check("pg_ctl status", out).map(|()| false),
+        }
+    }
+
+    /// Removes a `postmaster.pid` left by a server that died (kill -9, a crash): `Ok(true)`
+    /// when there was one. Its process being gone is not enough for PostgreSQL when it is a
+    /// zombie (dead but not yet reaped, as under an init that does not reap): pg_ctl and a
+    /// new postmaster both take a zombie's pid for a live server.
+    pub fn clear_dead_postmaster(&self) -> Result<bool, LocalPgError> {
+        let path = self.data_dir.join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(false) };
+        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return Ok(false) };
+        if pid <= 0 || process_alive(pid) {
+            return Ok(false);
+        }
+        std::fs::remove_file(&path).map_err(LocalPgError::io(format!("remove stale {}", path.display())))?;
+        tracing::info!(pid, file = %path.display(), "removed the postmaster.pid of a server that is gone");
+        Ok(true)
     }
 
     /// Stops the server (`fast` mode: clients are disconnected, nothing is lost).
@@ -113,6 +153,22 @@ impl LocalServer {
     }
 }
 
+/// Whether `pid` is a live process: it exists (or belongs to another user) and is not a
+/// zombie (`/proc/PID/stat` state `Z`/`X`, where there is a /proc).
+fn process_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(Errno::ESRCH) => false,
+        Err(_) => true,
+        Ok(()) => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command name, which is in parentheses and may hold any byte.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X'))
+        }
+    }
+}
+
 fn append(path: &Path, text: &str) -> Result<(), LocalPgError> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -120,4 +176,37 @@ fn append(path: &Path, text: &str) -> Result<(), LocalPgError> {
         .open(path)
         .map_err(LocalPgError::io(format!("open {}", path.display())))?;
     f.write_all(text.as_bytes()).map_err(LocalPgError::io(format!("write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_and_zombie_postmasters_are_cleared_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = LocalServer::at(dir.path(), 5432);
+        let pid_file = dir.path().join("postmaster.pid");
+        assert!(!server.clear_dead_postmaster().unwrap(), "no file");
+
+        std::fs::write(&pid_file, format!("{}\n{}\n", std::process::id(), dir.path().display())).unwrap();
+        assert!(!server.clear_dead_postmaster().unwrap(), "a live process");
+        assert!(pid_file.exists());
+
+        // A zombie: exited, not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
+        assert!(server.clear_dead_postmaster().unwrap(), "a zombie is no server");
+        assert!(!pid_file.exists());
+
+        // Gone altogether.
+        child.wait().unwrap();
+        std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
+        assert!(server.clear_dead_postmaster().unwrap());
+    }
 }

@@ -6,16 +6,20 @@
 //! directory or over HTTP from [`status`]'s endpoint). [`relay`] wires it together:
 //! [`identity`] checks which system the WAL comes from, [`quorum`] keeps the primary's
 //! `synchronous_standby_names`, [`status`] polls every member's positions and trims what
-//! every standby has. [`standby`] makes a new standby (`tandem replica add`). [`register`]
-//! reports the relay to the witness group; [`follow`] streams from the group's primary and
-//! takes the failover's fence ([`waldump`] reads where the relay's WAL ends).
+//! every standby has. [`standby`] makes a new standby (`tandem replica add`), [`rejoin`]
+//! turns a fenced old primary into one after a failover (`tandem rejoin`), both finishing
+//! with [`autoconf`]. [`register`] reports the relay to the witness group; [`follow`]
+//! streams from the group's primary and takes the failover's fence ([`waldump`] reads where
+//! the relay's WAL ends).
 
+pub mod autoconf;
 pub mod fetch;
 pub mod follow;
 pub mod identity;
 pub mod quorum;
 pub mod receiver;
 pub mod register;
+pub mod rejoin;
 pub mod relay;
 pub mod segments;
 pub mod standby;

@@ -17,7 +17,7 @@ use super::bin::{pg_bin_dir, pg_tool};
 use super::port::free_port;
 use super::procs::{children_of, is_alive};
 use super::run::{chown_for_server, pg_command, run_capture, run_to_file, tail};
-use super::template::{append_settings, template_dir, COMMON_SETTINGS};
+use super::template::{append_settings, template_dir, write_hba, COMMON_SETTINGS};
 
 /// How long pg_ctl may wait for a start or stop.
 const PG_CTL_WAIT: Duration = Duration::from_secs(60);
@@ -368,6 +368,14 @@ impl PgServer {
         self.wait_ready(PG_CTL_WAIT)
     }
 
+    /// Follows a restart done by `tandem` itself: `tandem rejoin` stops this server and starts
+    /// it again through `tandem_localpg::LocalServer`, which logs beside the data directory.
+    /// From now on [`PgServer::log_tail`] reads that log, and `stop`/`Drop` stop that server.
+    pub fn started_by_tandem(&mut self) {
+        self.log = tandem_localpg::LocalServer::at(&self.data, self.port).log_path();
+        self.running = true;
+    }
+
     /// Promotes a standby to primary (`pg_ctl promote`, waits for the promotion).
     pub fn promote(&self) -> anyhow::Result<()> {
         self.pg_ctl(&["promote"])
@@ -446,23 +454,6 @@ impl Drop for PgServer {
     }
 }
 
-/// Writes `pg_hba.conf`: the test's lines first, then trust for everything on loopback
-/// (normal and replication connections) and on the server's own Unix socket.
-fn write_hba(path: &Path, extra: &[String]) -> anyhow::Result<()> {
-    let mut text = String::from("# written by the tandem test kit\n");
-    for line in extra {
-        text.push_str(line);
-        text.push('\n');
-    }
-    text.push_str(
-        "host all all 127.0.0.1/32 trust\n\
-         host replication all 127.0.0.1/32 trust\n\
-         local all all trust\n\
-         local replication all trust\n",
-    );
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
 /// A short, path-safe version of a server name for temp dir names (the Unix socket path
 /// inside must stay under ~100 bytes).
 fn short_label(name: &str) -> String {
@@ -472,18 +463,6 @@ fn short_label(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hba_puts_extra_lines_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pg_hba.conf");
-        write_hba(&p, &["host all alice 127.0.0.1/32 scram-sha-256".into()]).unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
-        let alice = text.find("alice").unwrap();
-        let trust = text.find("host all all 127.0.0.1/32 trust").unwrap();
-        assert!(alice < trust);
-        assert!(text.contains("host replication all 127.0.0.1/32 trust"));
-    }
 
     #[test]
     fn labels_are_short_and_safe() {

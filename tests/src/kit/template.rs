@@ -1,4 +1,5 @@
-//! The initdb template every [`crate::PgServer`] is copied from.
+//! The initdb template every [`crate::PgServer`] is copied from, and the configuration
+//! files written into each copy (`append_settings`, `write_hba`).
 //!
 //! initdb takes seconds; copying its result takes milliseconds. So initdb runs at most once
 //! per test process (a process-wide `OnceLock`) into a template directory that servers copy
@@ -104,6 +105,23 @@ pub(crate) fn append_settings<'a>(
     f.write_all(text.as_bytes()).with_context(|| format!("writing {}", conf.display()))
 }
 
+/// Writes `pg_hba.conf`: the test's lines first, then trust for everything on loopback
+/// (normal and replication connections) and on the server's own Unix socket.
+pub(crate) fn write_hba(path: &Path, extra: &[String]) -> anyhow::Result<()> {
+    let mut text = String::from("# written by the tandem test kit\n");
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(
+        "host all all 127.0.0.1/32 trust\n\
+         host replication all 127.0.0.1/32 trust\n\
+         local all all trust\n\
+         local replication all trust\n",
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +136,18 @@ mod tests {
         assert!(text.starts_with("# base\n"));
         assert!(text.contains("a = '1'\n"));
         assert!(text.contains("b = 'it''s'\n"));
+    }
+
+    #[test]
+    fn hba_puts_extra_lines_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pg_hba.conf");
+        write_hba(&p, &["host all alice 127.0.0.1/32 scram-sha-256".into()]).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let alice = text.find("alice").unwrap();
+        let trust = text.find("host all all 127.0.0.1/32 trust").unwrap();
+        assert!(alice < trust);
+        assert!(text.contains("host replication all 127.0.0.1/32 trust"));
     }
 
     #[test]
