@@ -250,5 +250,22 @@ fn after_a_real_failover_the_group_names_the_new_primary_and_learns_the_rejoin()
         (ha.node("pg1").psql("postgres", "SELECT count(*) FROM acked").ok()? == "21").then_some(())
     })
     .with_context(|| ha.node("pg1").log_tail())?;
+
+    // And back: a forced failover to the rejoined pg1.
+    let mut args: Vec<String> = vec!["failover".into(), "--to".into(), "pg1".into(), "--yes".into()];
+    for (i, p) in ha.witness_ports.iter().enumerate() {
+        args.extend(["--witness".into(), format!("{}=127.0.0.1:{p}", i + 1)]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = TandemProcess::spawn(&args)?;
+    let status = p.wait_exit(WAIT)?;
+    ensure!(status.success() && p.log().contains("New primary: pg1"), "{}\n{}", p.log(), ha.logs());
+    let state = ha.wait_epoch(3, WAIT)?;
+    ensure!(state["primary"] == "pg1" && state["nodes"][&new_primary]["role"] == "fenced", "{state}");
+    wait_until("writes through the proxy on pg1", WAIT, || {
+        ha.psql("INSERT INTO acked VALUES (22, txid_current())").ok()
+    })
+    .with_context(|| ha.logs())?;
+    ensure!(ha.node("pg1").psql("postgres", "SELECT count(*) FROM acked")? == "22", "every row on pg1");
     Ok(())
 }
