@@ -36,6 +36,18 @@ fn kill_9_of_the_primary_under_load_loses_no_acknowledged_write() -> Result<()> 
     init_tracing();
     let mut ha = Ha::start("sync")?;
     ha.psql(TABLE)?;
+    ha.psql("CREATE TABLE load (id serial, at timestamptz DEFAULT now())")?;
+    // pgbench through the proxy as the load (its clients end at the kill); the checker's
+    // writers reconnect and record every outcome.
+    let script = ha.dir.path().join("load.sql");
+    std::fs::write(&script, "INSERT INTO load DEFAULT VALUES;\nSELECT count(*) FROM load WHERE id < 10;\n")?;
+    let mut pgbench = std::process::Command::new(tandem_tests::pg_bin_dir()?.join("pgbench"))
+        .args(["-n", "-c", "4", "-T", "60", "-f"])
+        .arg(&script)
+        .arg(ha.dsn())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let writers = Writers::start(&ha.dsn(), "checked", 4);
     wait_until("writes acknowledged before the kill", WAIT, || (writers.acked() >= 200).then_some(()))
         .with_context(|| ha.logs())?;
@@ -49,6 +61,8 @@ fn kill_9_of_the_primary_under_load_loses_no_acknowledged_write() -> Result<()> 
     wait_until("writes acknowledged after the failover", WAIT, || (writers.acked() >= before + 200).then_some(()))
         .with_context(|| ha.logs())?;
     let outcomes = writers.stop();
+    let _ = pgbench.kill();
+    let _ = pgbench.wait();
     let resumed = outcomes.outage_after(killed).context("no write after the kill")?;
     eprintln!(
         "kill -9 → first acknowledged write through the proxy: {resumed:?}; acked {}, failed {}, unknown {}; {}",

@@ -329,7 +329,8 @@ async fn repoint_standbys(w: &Witness, state: &ClusterState) {
     });
     for r in futures::future::join_all(jobs).await {
         if let Err(e) = r {
-            tracing::warn!(error = %e, "re-pointing a standby (retried)");
+            // A standby that is down is retried every second: not a warning each time.
+            tracing::debug!(error = %e, "re-pointing a standby (retried)");
         }
     }
 }
