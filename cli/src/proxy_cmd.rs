@@ -87,6 +87,10 @@ pub struct ProxyArgs {
     /// Write lease length asked of the group, in milliseconds [default: 2000].
     #[arg(long, env = "TANDEM_WRITE_LEASE_MS")]
     write_lease_ms: Option<u64>,
+    /// How long a write waits for the group's lease (a failover in progress) before it is
+    /// refused with SQLSTATE 25006, in milliseconds; 0 refuses at once [default: 5000].
+    #[arg(long, env = "TANDEM_WRITE_LEASE_WAIT_MS")]
+    write_lease_wait_ms: Option<u64>,
 }
 
 /// Fills what `[proxy]` leaves out from `[cluster]`, so a deployment describes its nodes
@@ -227,6 +231,9 @@ pub fn build_config(file: Option<&std::path::Path>, args: &ProxyArgs) -> anyhow:
     }
     if let Some(v) = args.write_lease_ms {
         cfg.write_lease_ms = v;
+    }
+    if let Some(v) = args.write_lease_wait_ms {
+        cfg.write_lease_wait_ms = v;
     }
     cfg.validate()?;
     Ok(cfg)

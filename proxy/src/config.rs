@@ -82,6 +82,9 @@ pub struct ProxyConfig {
     pub witness_token: Option<String>,
     /// Length of the write lease asked of the group, in milliseconds (renewed every quarter).
     pub write_lease_ms: u64,
+    /// How long a write waits for a lease before it is refused with 25006, in milliseconds:
+    /// during a failover (about 2 s) writes pause instead of failing. 0: refuse at once.
+    pub write_lease_wait_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -116,6 +119,7 @@ impl Default for ProxyConfig {
             witnesses: Vec::new(),
             witness_token: None,
             write_lease_ms: 2000,
+            write_lease_wait_ms: 5000,
         }
     }
 }
@@ -297,6 +301,7 @@ impl ProxyConfig {
         range(self.login_timeout_ms >= 10, "login_timeout_ms", "at least 10")?;
         range(self.server_idle_timeout_ms >= 100, "server_idle_timeout_ms", "at least 100")?;
         range(self.write_lease_ms >= 100 && self.write_lease_ms <= 30_000, "write_lease_ms", "between 100 and 30000")?;
+        range(self.write_lease_wait_ms <= 60_000, "write_lease_wait_ms", "at most 60000")?;
         range(
             self.max_message_size >= 1024 && self.max_message_size <= 1 << 30,
             "max_message_size",

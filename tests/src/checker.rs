@@ -19,6 +19,8 @@ pub struct Outcomes {
     pub failed: Vec<(i64, Instant)>,
     /// Ids whose outcome is unknown, with when.
     pub unknown: Vec<(i64, Instant)>,
+    /// SQLSTATE (or "connection") of every failed or unknown insert, counted.
+    pub errors: std::collections::BTreeMap<String, u32>,
 }
 
 impl Outcomes {
@@ -110,8 +112,15 @@ async fn writer(dsn: &str, table: &str, stop: &AtomicBool, out: &Mutex<Outcomes>
         let Some(c) = client.as_ref() else { continue };
         let id = next.fetch_add(1, Ordering::SeqCst);
         let result = tokio::time::timeout(Duration::from_secs(10), c.execute(&sql, &[&id])).await;
+        let code = match &result {
+            Ok(Err(e)) => e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| "connection".into()),
+            Err(_) => "timeout".into(),
+            Ok(Ok(_)) => String::new(),
+        };
         let record = |list: fn(&mut Outcomes) -> &mut Vec<(i64, Instant)>| {
-            list(&mut out.lock().unwrap_or_else(|p| p.into_inner())).push((id, Instant::now()));
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            list(&mut o).push((id, Instant::now()));
+            *o.errors.entry(code.clone()).or_default() += 1;
         };
         match result {
             Ok(Ok(_)) => out.lock().unwrap_or_else(|p| p.into_inner()).acked.push((id, Instant::now())),

@@ -65,10 +65,11 @@ fn kill_9_of_the_primary_under_load_loses_no_acknowledged_write() -> Result<()> 
     let _ = pgbench.wait();
     let resumed = outcomes.outage_after(killed).context("no write after the kill")?;
     eprintln!(
-        "kill -9 → first acknowledged write through the proxy: {resumed:?}; acked {}, failed {}, unknown {}; {}",
+        "kill -9 → first acknowledged write through the proxy: {resumed:?}; acked {}, failed {}, unknown {} {:?}; {}",
         outcomes.acked.len(),
         outcomes.failed.len(),
         outcomes.unknown.len(),
+        outcomes.errors,
         history_event(&ha, "failover").unwrap_or_default()
     );
     let on_new = ids(ha.node(&new_primary))?;

@@ -8,7 +8,7 @@
 //! session with the server's reason.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::client_side::{Failure, UnitFailed};
 use super::pipeline::Expect;
@@ -44,7 +44,7 @@ impl Session {
             // A session pinned to the primary: its writes need the lease too (its reads may
             // go on, as on replicas).
             let on_primary = self.active.as_ref().is_some_and(|a| a.node.role == Role::Primary);
-            if on_primary && route == Route::Write && self.tx == TxStatus::Idle && !self.ctx.lease.is_valid() {
+            if on_primary && route == Route::Write && self.tx == TxStatus::Idle && !self.wait_for_lease().await {
                 self.ctx.metrics.error("no_write_lease");
                 self.busy = None;
                 return Err(Failure::Unit(no_lease()));
@@ -58,11 +58,19 @@ impl Session {
         }
         let route = self.unit_route(route);
         let mut last_err = None;
+        let mut waited = false;
         for _attempt in 0..4 {
             let node = self.ctx.router.pick(route, &mut self.floor);
             if route == Route::Write && node.role == Role::Primary && !self.ctx.lease.is_valid() {
                 // The witness group has not confirmed this primary lately: a write now could
-                // land on a node that is being replaced. (Reads go on.)
+                // land on a node that is being replaced. (Reads go on.) Wait a while (a
+                // failover takes about 2 s), then pick again: the primary may have moved.
+                if !waited {
+                    waited = true;
+                    if self.wait_for_lease().await {
+                        continue;
+                    }
+                }
                 self.ctx.metrics.error("no_write_lease");
                 last_err = Some(no_lease());
                 break;
@@ -101,10 +109,20 @@ impl Session {
                     self.span
                         .in_scope(|| tracing::warn!(node = %node.id, error = %e, "could not get a server connection"));
                     let retry = node.role == Role::Replica && replica_unavailable(&e);
+                    // With a witness group, a primary that cannot be reached is likely being
+                    // failed over: wait (bounded) for the group to publish another, then go
+                    // there, instead of failing the write.
+                    let failing_over = node.role == Role::Primary && self.ctx.lease.required() && !waited;
                     last_err = Some(failure_for(&node.id.to_string(), e));
                     if retry {
                         node.set_healthy(false);
                         continue;
+                    }
+                    if failing_over {
+                        waited = true;
+                        if self.wait_for_new_primary(&node).await {
+                            continue;
+                        }
                     }
                     break;
                 }
@@ -286,6 +304,44 @@ fn replica_unavailable(e: &AcquireError) -> bool {
         AcquireError::Connect(_) => true,
     }
 }
+
+impl Session {
+    /// Waits up to `write_lease_wait_ms` for a valid write lease (true: there is one). The
+    /// unit has passed the PAUSE gate; a proxy shutting down stops the wait.
+    async fn wait_for_lease(&mut self) -> bool {
+        if self.ctx.lease.is_valid() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.ctx.cfg.write_lease_wait_ms);
+        self.info.set_state(ClientState::Waiting);
+        while tokio::time::Instant::now() < deadline && !self.ctx.shutdown.is_cancelled() {
+            tokio::time::sleep(LEASE_POLL).await;
+            if self.ctx.lease.is_valid() {
+                return true;
+            }
+        }
+        self.ctx.lease.is_valid()
+    }
+}
+
+impl Session {
+    /// Waits up to `write_lease_wait_ms` until the group's topology names another primary
+    /// than `unreachable` and the proxy holds a lease for it (true: go there).
+    async fn wait_for_new_primary(&mut self, unreachable: &Node) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.ctx.cfg.write_lease_wait_ms);
+        self.info.set_state(ClientState::Waiting);
+        while tokio::time::Instant::now() < deadline && !self.ctx.shutdown.is_cancelled() {
+            tokio::time::sleep(LEASE_POLL).await;
+            if self.ctx.router.topology().primary.addr != unreachable.addr && self.ctx.lease.is_valid() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// How often a write waiting for the lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(10);
 
 /// A unit bound for the primary while the proxy holds no write lease.
 fn no_lease() -> UnitFailed {

@@ -282,10 +282,19 @@ fn lock_dir(dir: &Path) -> Result<File, ChangeLogError> {
         .write(true)
         .open(&path)
         .map_err(|e| ChangeLogError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(ChangeLogError::Locked { path: dir.to_path_buf() }),
-        Err(TryLockError::Error(e)) => Err(ChangeLogError::io(&path, e)),
+    // A process forked by another thread holds a copy of every descriptor (and so of the
+    // lock) until it executes its program, so a lock released a moment ago may still look
+    // held: retry briefly before calling it another owner's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => return Err(ChangeLogError::Locked { path: dir.to_path_buf() }),
+            Err(TryLockError::Error(e)) => return Err(ChangeLogError::io(&path, e)),
+        }
     }
 }
 
