@@ -385,30 +385,7 @@ pub fn major_version(version_output: &str) -> Option<&str> {
 /// under its segment name (pg_waldump reads segments by name), and reads its verdict.
 /// `Err` says why there is none.
 pub async fn valid_wal(program: &Path, name: &str, file: &Path) -> Result<ValidWal, String> {
-    let target = std::path::absolute(file).map_err(|e| format!("resolve {}: {e}", file.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix("tandem-wal-fetch-")
-        .tempdir()
-        .map_err(|e| format!("create a temporary directory: {e}"))?;
-    std::os::unix::fs::symlink(&target, dir.path().join(name))
-        .map_err(|e| format!("link {} into {}: {e}", target.display(), dir.path().display()))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.arg("--quiet")
-        .arg("--path")
-        .arg(dir.path())
-        .arg(name)
-        // The messages are parsed: untranslated, whatever the server's locale.
-        .env("LC_ALL", "C")
-        .env_remove("LANGUAGE")
-        .env_remove("PGDATA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WALDUMP_TIMEOUT, cmd.output())
-        .await
-        .map_err(|_| format!("pg_waldump on {} ran over {WALDUMP_TIMEOUT:?}", file.display()))?
-        .map_err(|e| format!("run {}: {e}", program.display()))?;
+    let out = super::waldump::run_on_copy(program, name, file, true).await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let said = || format!("pg_waldump on {} ({}): {:?}", file.display(), out.status, stderr.trim());
     let verdict = parse_waldump(out.status.success(), &stderr).ok_or_else(said)?;
