@@ -335,3 +335,36 @@ fn a_primary_cut_off_from_tandem_but_alive_is_fenced_and_never_acknowledges_agai
     assert_eq!(ha.psql("SELECT count(*) FROM checked WHERE id = -7")?, "0");
     Ok(())
 }
+
+#[test]
+fn paused_the_cluster_keeps_its_failed_primary_until_resumed() -> Result<()> {
+    init_tracing();
+    let mut ha = Ha::start("sync")?;
+    let flags: Vec<String> =
+        ha.witness_ports.iter().enumerate().map(|(i, p)| format!("--witness={}=127.0.0.1:{p}", i + 1)).collect();
+    let tandem = |cmd: &str| -> Result<String> {
+        let out = std::process::Command::new(tandem_tests::tandem_bin()).arg(cmd).args(&flags).output()?;
+        anyhow::ensure!(out.status.success(), "tandem {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert!(tandem("pause")?.contains("Paused"));
+    ha.node_mut("pg1").kill9();
+    wait_until("the primary declared failed", WAIT, || {
+        (!ha.state().ok()?["primary_failed_ms"].is_null()).then_some(())
+    })?;
+    let status = std::process::Command::new(tandem_tests::tandem_bin()).arg("status").args(&flags).output()?;
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.status.success() && table.contains("MAINTENANCE") && table.contains("DECLARED FAILED"), "{table}");
+    // No failover while paused.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let s = ha.state()?;
+        assert!(s["operation"].is_null() && s["epoch"] == 1, "a failover while paused: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(tandem("resume")?.contains("Resumed"));
+    let state = ha.wait_epoch(2, WAIT)?;
+    assert_ne!(state["primary"], "pg1");
+    wait_until("writes after the resumed failover", WAIT, || ha.psql("CREATE TABLE after_resume (id int)").ok())?;
+    Ok(())
+}

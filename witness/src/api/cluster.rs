@@ -274,6 +274,20 @@ pub(super) async fn metrics(State(w): State<Arc<Witness>>) -> impl IntoResponse 
         "1 while the primary is declared failed.",
         f64::from(u8::from(state.primary_failed_ms.is_some())),
     );
+    gauge(
+        "maintenance",
+        "1 while the cluster is paused (no automatic failover).",
+        f64::from(u8::from(state.maintenance)),
+    );
+    let op = state.operation.as_ref();
+    gauge("operation_in_progress", "1 while a failover runs.", f64::from(u8::from(op.is_some())));
+    gauge(
+        "operation_blocked",
+        "1 while the failover in progress cannot go on (see tandem status for why).",
+        f64::from(u8::from(op.is_some_and(|o| o.blocked.is_some()))),
+    );
+    let failovers = state.history.iter().filter(|h| h.event.starts_with("failover:")).count();
+    gauge("failovers_in_history", "Failovers among the kept history entries.", failovers as f64);
     let views = w.views.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let _ = writeln!(out, "# HELP tandem_witness_node_reachable 1 when this witness's last probe of the node succeeded.\n# TYPE tandem_witness_node_reachable gauge");
     for (name, v) in &views {
