@@ -90,6 +90,15 @@ fn kill_9_of_the_primary_under_load_loses_no_acknowledged_write() -> Result<()> 
     ha.psql("INSERT INTO checked VALUES (-1)")?;
     let history = history_event(&ha, "failover").context("history")?;
     assert!(history.contains(&format!("pg1 → {new_primary}")) && history.contains("promoting"), "{history}");
+    // The new primary's quorum names the other standby and the relay, never itself; a clean
+    // stop of the relay takes only the relay out.
+    let names = ha.node(&new_primary).psql("postgres", "SHOW synchronous_standby_names")?;
+    assert_eq!(names, format!("ANY 1 (\"{other}\", \"tandem_relay\")"));
+    let mut relay = ha.relay.take().context("relay")?;
+    relay.terminate();
+    relay.wait_exit(WAIT)?;
+    let names = ha.node(&new_primary).psql("postgres", "SHOW synchronous_standby_names")?;
+    assert_eq!(names, format!("ANY 1 (\"{other}\")"));
     Ok(())
 }
 

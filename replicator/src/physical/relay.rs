@@ -278,7 +278,7 @@ async fn join_quorum(admin: &Client, cfg: &ReplicatorConfig, members: &[String])
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let value = quorum::any_value(cfg.sync_quorum, members);
+    let value = quorum::any_value(cfg.sync_quorum, &without_primary(admin, members).await?);
     set_sync(admin, &value).await?;
     tracing::info!(synchronous_standby_names = %value, "the relay is in the primary's commit quorum");
     Ok(())
@@ -295,13 +295,25 @@ async fn leave_quorum(
         return Ok(());
     }
     let streaming = streaming_names(&admin).await?;
-    let (value, warning) = quorum::value_without(&cfg.relay_name, cfg.sync_quorum, members, &streaming);
+    let members = without_primary(&admin, members).await?;
+    let (value, warning) = quorum::value_without(&cfg.relay_name, cfg.sync_quorum, &members, &streaming);
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
     set_sync(&admin, &value).await?;
     tracing::info!(synchronous_standby_names = %value, "the relay left the primary's commit quorum");
     Ok(())
+}
+
+/// `members` without the primary itself: after a failover the primary is one of the
+/// configured standbys, and a server never waits for itself.
+async fn without_primary(admin: &Client, members: &[String]) -> Result<Vec<String>, RelayError> {
+    let itself: String = admin
+        .query_one("SELECT current_setting('cluster_name')", &[])
+        .await
+        .map_err(RelayError::sql("reading the primary's cluster_name"))?
+        .get(0);
+    Ok(members.iter().filter(|m| **m != itself).cloned().collect())
 }
 
 /// `application_name`s the primary is streaming to right now.
