@@ -13,6 +13,10 @@ use tokio_postgres::Client;
 
 use crate::config::ProbeLogin;
 
+/// How long a promotion may take (the end of recovery writes a checkpoint record; a busy
+/// machine may need seconds).
+const PROMOTE_WAIT: Duration = Duration::from_secs(15);
+
 /// Why a statement on a node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -86,8 +90,17 @@ impl NodeSession {
     }
 
     async fn run(&self, what: &str, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, NodeError> {
+        self.run_within(self.timeout, what, sql).await
+    }
+
+    async fn run_within(
+        &self,
+        bound: Duration,
+        what: &str,
+        sql: &str,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, NodeError> {
         let err = |reason: String| NodeError::Statement { node: self.name.clone(), what: what.into(), reason };
-        match tokio::time::timeout(self.timeout, self.client.simple_query(sql)).await {
+        match tokio::time::timeout(bound, self.client.simple_query(sql)).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(err(e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string()))),
             Err(_) => Err(err("timed out".into())),
@@ -189,10 +202,14 @@ impl NodeSession {
         if !self.positions().await?.in_recovery {
             return Ok(());
         }
-        let wait_s = self.timeout.as_secs().max(1);
-        let row = self.row("promoting", &format!("SELECT pg_promote(true, {wait_s})")).await;
-        match row {
-            Ok(r) if r.first().cloned().flatten().as_deref() == Some("t") => Ok(()),
+        let wait_s = PROMOTE_WAIT.as_secs();
+        let sql = format!("SELECT pg_promote(true, {wait_s})");
+        let answer = self.run_within(PROMOTE_WAIT + Duration::from_secs(1), "promoting", &sql).await;
+        let promoted = answer.map(|msgs| {
+            msgs.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t")))
+        });
+        match promoted {
+            Ok(true) => Ok(()),
             Ok(_) | Err(_) if !self.positions().await?.in_recovery => Ok(()),
             Ok(_) => Err(NodeError::Statement {
                 node: self.name.clone(),
