@@ -433,7 +433,7 @@ round() { # MODE ROUND
     local cpu_pre="" fo_busy="" fo_steal="" quorum_new="" quorum_after_relay=""
     mkdir -p "$R"
     chown "$PG_USER": "$R"
-    wait_low_load "$MAX_LOAD" "$LOAD_WAIT"
+    ((LOAD_WAIT > 0)) && wait_low_load "$MAX_LOAD" "$LOAD_WAIT"
     load_before=$(load1)
     log "round $n $mode: setting up (load $load_before)"
 
@@ -640,9 +640,11 @@ UPTIME_END=$(uptime | sed 's/^ *//')
 
 # --- results -------------------------------------------------------------------------------
 results_path
-REPORT=$(python3 - "$LOGDIR/rounds" "$LOGDIR" "${MODES[*]}" <<'EOF'
+KILLED="pg1's postmaster"
+[[ $KILL == server ]] && KILLED="pg1's postmaster and all its children"
+REPORT=$(python3 - "$LOGDIR/rounds" "$LOGDIR" "${MODES[*]}" "$KILLED" <<'EOF'
 import datetime, glob, json, math, os, re, statistics, sys
-runs_dir, logdir, modes = sys.argv[1], sys.argv[2], sys.argv[3].split()
+runs_dir, logdir, modes, killed_what = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4]
 rows = [json.load(open(p)) for p in glob.glob(os.path.join(runs_dir, "*.json"))]
 rows.sort(key=lambda r: (int(r["round"]), modes.index(r["mode"]) if r["mode"] in modes else 9))
 
@@ -659,7 +661,7 @@ def msf(v):
 
 print("## Summary")
 print()
-print("kill → first write: from `kill -9` of pg1's postmaster to the first insert through the proxy")
+print(f"kill → first write: from `kill -9` of {killed_what} to the first insert through the proxy")
 print("acknowledged *and committed by the new primary* (the writer's `RETURNING current_setting('cluster_name')`).")
 print("Percentiles by nearest rank (p95 of 20 = the 19th value).")
 print()
