@@ -102,7 +102,7 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
             }
             Safety::Sync => tracing::info!("sync mode: enough quorum members fenced; no lease wait needed"),
         }
-        let chosen = catch_up(w, state, op, &consulted, &sessions, &safety).await?;
+        let chosen = catch_up(w, op, &consulted, &sessions, &safety).await?;
         if safety == Safety::Async {
             note = Some(loss_window(w, &from, &chosen, &sessions).await);
         }
@@ -116,7 +116,7 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
             .map_err(|e| Stop::Blocked(e.to_string()))?,
     };
     session.promote().await.map_err(|e| Stop::Blocked(e.to_string()))?;
-    prepare_new_primary(w, state, &to, &session).await.map_err(|e| Stop::Blocked(e.to_string()))?;
+    prepare_new_primary(state, &to, &session).await.map_err(|e| Stop::Blocked(e.to_string()))?;
     commit(w, Command::Promoted { from: from.clone(), to: to.clone(), note }).await?;
     tracing::warn!(old = %from, new = %to, "failover done: new primary published");
     let published = w.state.borrow().clone();
@@ -205,7 +205,6 @@ async fn fence(w: &Witness, state: &ClusterState, from: &NodeId) -> (Consulted, 
 /// Step 2: waits until a candidate replayed everything any consulted member holds.
 async fn catch_up(
     w: &Witness,
-    state: &ClusterState,
     op: &Operation,
     consulted: &Consulted,
     sessions: &BTreeMap<NodeId, NodeSession>,
@@ -245,18 +244,12 @@ async fn catch_up(
                 }
             }
         }
-        let _ = state;
     }
 }
 
 /// Before the new primary takes a write: slots for the nodes that will stream from it, and
 /// the commit quorum without itself (so RPO 0 holds from its first commit).
-async fn prepare_new_primary(
-    w: &Witness,
-    state: &ClusterState,
-    to: &NodeId,
-    session: &NodeSession,
-) -> Result<(), sql::NodeError> {
+async fn prepare_new_primary(state: &ClusterState, to: &NodeId, session: &NodeSession) -> Result<(), sql::NodeError> {
     let followers: Vec<&NodeId> =
         state.nodes.values().filter(|n| n.role == NodeRole::Standby && &n.name != to).map(|n| &n.name).collect();
     let mut slots: Vec<String> = followers.iter().map(|n| standby_slot_name(n)).collect();
@@ -274,7 +267,6 @@ async fn prepare_new_primary(
     };
     session.set_quorum(&value).await?;
     tracing::info!(node = %to, synchronous_standby_names = %value, slots = ?slots, "new primary prepared");
-    let _ = w;
     Ok(())
 }
 
