@@ -29,12 +29,22 @@ impl Outcomes {
         self.acked.iter().map(|(_, at)| *at).filter(|at| *at >= t).min()
     }
 
-    /// How long writes were unavailable after `t` (a kill): from `t` to the first
-    /// acknowledgement after the last failed or unknown write (writes fail only while the
-    /// cluster has no primary taking them).
+    /// How long writes were unavailable after `t` (a kill): the longest stretch without an
+    /// acknowledgement from `t` on (answers already on their way at the kill come first,
+    /// then the failover's pause). None: no acknowledgement after `t`.
     pub fn outage_after(&self, t: Instant) -> Option<Duration> {
-        let last_failure = self.failed.iter().chain(&self.unknown).map(|(_, at)| *at).filter(|at| *at >= t).max()?;
-        Some(self.first_ack_after(last_failure)? - t)
+        let mut times: Vec<Instant> = self.acked.iter().map(|(_, at)| *at).filter(|at| *at >= t).collect();
+        times.sort();
+        let mut prev = t;
+        let mut longest = None;
+        for at in times {
+            let gap = at - prev;
+            if longest.is_none_or(|l| gap > l) {
+                longest = Some(gap);
+            }
+            prev = at;
+        }
+        longest
     }
 }
 

@@ -37,9 +37,23 @@ pub struct Witness {
     pub views: Views,
     /// The latest report about the primary from each witness (leader's use).
     pub sightings: Mutex<BTreeMap<u64, Sighting>>,
+    /// What this leader last answered each lease holder (see [`LeaseAnswers`]).
+    pub lease_answers: Mutex<BTreeMap<String, LeaseAnswers>>,
     /// Makes request ids unique per process.
     next_request: std::sync::atomic::AtomicU64,
     started: Instant,
+}
+
+/// What a leader last answered one lease holder, to end the async failover's lease wait
+/// early when it can prove every lease ended.
+#[derive(Clone, Debug)]
+pub struct LeaseAnswers {
+    /// The epoch of the answers.
+    pub epoch: tandem_core::Epoch,
+    /// When this leader last granted it a lease (after the grant was committed).
+    pub last_grant: Option<Instant>,
+    /// It asked without a valid lease since that grant, and was refused.
+    pub ended: bool,
 }
 
 /// Milliseconds since the Unix epoch (for display fields only).
@@ -94,6 +108,7 @@ impl Witness {
             state,
             views: Views::default(),
             sightings: Mutex::new(BTreeMap::new()),
+            lease_answers: Mutex::new(BTreeMap::new()),
             next_request: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
         }))
@@ -129,6 +144,36 @@ impl Witness {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
         m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Records the answer to `holder`'s lease request in `epoch`: refused or granted, and
+    /// whether the proxy said it held a valid lease when it sent the request.
+    pub fn record_lease_answer(&self, holder: &str, epoch: tandem_core::Epoch, refused: bool, held: bool) {
+        let mut answers = self.lease_answers.lock().unwrap_or_else(|p| p.into_inner());
+        let a = answers.entry(holder.to_owned()).or_insert(LeaseAnswers { epoch, last_grant: None, ended: false });
+        if a.epoch != epoch {
+            *a = LeaseAnswers { epoch, last_grant: None, ended: false };
+        }
+        if !refused {
+            a.last_grant = Some(Instant::now());
+            a.ended = false;
+        } else if !held {
+            // It held no lease when it asked, and this refusal gives it none: it has none
+            // for this epoch from then on (a proxy sends one request at a time).
+            a.ended = true;
+        }
+    }
+
+    /// Whether no holder of a lease for the current epoch in `state` can still write with it,
+    /// as far as this leader can prove: each asked again without a valid lease and was
+    /// refused, or its last grant here is older than `wait` (the whole lease, drift included).
+    pub fn leases_all_ended(&self, state: &ClusterState, wait: Duration) -> bool {
+        let answers = self.lease_answers.lock().unwrap_or_else(|p| p.into_inner());
+        state.leases.values().filter(|l| l.epoch == state.epoch).all(|l| {
+            answers.get(&l.holder).is_some_and(|a| {
+                a.epoch == state.epoch && (a.ended || a.last_grant.is_some_and(|t| t.elapsed() >= wait))
+            })
+        })
     }
 
     /// Records a witness's report about the primary (leader's use).

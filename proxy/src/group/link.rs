@@ -52,8 +52,10 @@ pub async fn run(ctx: Arc<ProxyContext>, lease: Arc<WriteLease>, stop: Cancellat
         targets.extend(cfg.witnesses.iter().filter(|w| Some(*w) != leader.as_ref()).cloned());
         for addr in targets {
             let sent = Instant::now();
-            let body =
-                serde_json::json!({"holder": holder, "duration_ms": cfg.write_lease_ms, "request_id": request_id});
+            // Whether it holds a lease as it asks: a refused request that says "no" proves to
+            // the group that this proxy writes no more in the epoch (it asks one at a time).
+            let body = serde_json::json!({"holder": holder, "duration_ms": cfg.write_lease_ms,
+                "request_id": request_id, "holds_lease": lease.is_valid()});
             let mut req = http.post(format!("http://{addr}/v1/lease")).json(&body);
             if let Some(t) = &cfg.witness_token {
                 req = req.bearer_auth(t);

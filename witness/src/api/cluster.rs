@@ -132,6 +132,14 @@ pub struct LeaseRequest {
     pub duration_ms: u64,
     /// Idempotency key (retries of one renewal reuse it).
     pub request_id: String,
+    /// Whether the proxy held a valid lease when it sent this request (older proxies do not
+    /// say: assumed yes). Lets an async failover end its lease wait early.
+    #[serde(default = "assumed_held")]
+    pub holds_lease: bool,
+}
+
+fn assumed_held() -> bool {
+    true
 }
 
 /// The answer to a lease request.
@@ -160,8 +168,10 @@ pub(super) async fn lease(
             format!("holder must be set and 0 < duration_ms <= {MAX_LEASE_MS}"),
         ));
     }
+    let (holder, req_held) = (req.holder.clone(), req.holds_lease);
     let outcome =
         w.propose(req.request_id, Command::GrantLease { holder: req.holder, duration_ms: req.duration_ms }).await?;
+    w.record_lease_answer(&holder, outcome.epoch, !outcome.applied, req_held);
     if !outcome.applied {
         return Err(ApiError::new(StatusCode::CONFLICT, outcome.reason.unwrap_or_else(|| "refused".into())));
     }

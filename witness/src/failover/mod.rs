@@ -98,7 +98,11 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
                 let longest = state.leases.values().filter(|l| l.epoch == state.epoch).map(|l| l.duration_ms).max();
                 let wait = choose::lease_wait(Duration::from_millis(longest.unwrap_or(0)));
                 tracing::info!(wait_ms = wait.as_millis() as u64, "async mode: waiting out the write leases");
-                tokio::time::sleep_until((started + wait).into()).await;
+                // Or less: once this leader can prove every lease ended.
+                let deadline = started + wait;
+                while Instant::now() < deadline && !w.leases_all_ended(state, wait) {
+                    tokio::time::sleep(CATCH_UP_POLL).await;
+                }
             }
             Safety::Sync => tracing::info!("sync mode: enough quorum members fenced; no lease wait needed"),
         }
