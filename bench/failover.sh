@@ -189,7 +189,7 @@ res["kill"] = kill
 if r.get("kill_returned") and kill:
     res["kill_call_ms"] = (float(r["kill_returned"]) - kill) * 1000
 if r.get("cpu_pre"):
-    ours, others, steal = r["cpu_pre"].split()
+    ours, others, _, steal = r["cpu_pre"].split()
     res.update(cpu_ours_pct=float(ours), cpu_others_pct=float(others), steal_pct=float(steal))
 if r.get("fo_busy"):
     res.update(failover_busy_pct=float(r["fo_busy"]), failover_steal_pct=float(r["fo_steal"]))
@@ -343,60 +343,6 @@ if r.get("old_left"):
 json.dump(res, open(out, "w"), indent=1)
 EOF
 
-cat >"$WORK/cpu_split.py" <<'EOF'
-"""CPU split of an interval (as in bench/physical.sh): ours (processes under the given roots)
-and everyone else's, in % of the machine, and the steal time.
-
-Usage: cpu_split.py start FILE | cpu_split.py end FILE ROOT_PID..."""
-import json, os, sys, time
-
-def stat():
-    f = open("/proc/stat").readline().split()
-    return int(f[1]) + int(f[2]) + int(f[3]) + int(f[6]) + int(f[7]), int(f[8])
-
-def snapshot():
-    procs = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            raw = open(f"/proc/{d}/stat").read()
-        except OSError:
-            continue
-        rest = raw[raw.rindex(")") + 2:].split()
-        procs[f"{d}:{rest[19]}"] = (int(d), int(rest[1]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]))
-    return procs
-
-if sys.argv[1] == "start":
-    busy, steal = stat()
-    json.dump({"busy": busy, "steal": steal, "procs": snapshot(), "at": time.time()}, open(sys.argv[2], "w"))
-    sys.exit()
-saved = json.load(open(sys.argv[2]))
-busy1, steal1 = stat()
-secs = time.time() - saved["at"]
-roots = {int(p) for p in sys.argv[3:] if p}
-after = snapshot()
-parent = {}
-for snap in (saved["procs"], after):
-    for key, (pid, ppid, _) in snap.items():
-        parent[pid] = ppid
-def ours(pid):
-    seen = 0
-    while pid > 1 and seen < 64:
-        if pid in roots:
-            return True
-        pid = parent.get(pid, 0)
-        seen += 1
-    return False
-mine = 0
-for key, (pid, ppid, t) in after.items():
-    if ours(pid):
-        mine += t - saved["procs"][key][2] if key in saved["procs"] else t
-other = max(0, busy1 - saved["busy"] - mine)
-hz, n = os.sysconf("SC_CLK_TCK"), os.cpu_count()
-pc = lambda ticks: ticks / hz / secs / n * 100
-print(f"{pc(mine):.0f} {pc(other):.0f} {pc(steal1 - saved['steal']):.1f}")
-EOF
 # busy_steal: machine-wide "BUSY STEAL" clock ticks so far.
 busy_steal() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9; exit}' /proc/stat; }
 TICKS=$(getconf CLK_TCK)
@@ -526,7 +472,7 @@ round() { # MODE ROUND
         loop_pid=$!
         BENCH_PIDS+=("$loop_pid")
         ((n == 1)) && [[ $mode == "${MODES[0]}" ]] && COMMANDS+=("load: pgbench -n -c $CLIENTS -j $THREADS -T 600 -P 1 -h 127.0.0.1 -p PROXY -U postgres postgres (TPC-B, scale $SCALE; restarted 0.2 s after it exits) + python3 bench/failover_writer.py 'host=127.0.0.1 port=PROXY user=postgres dbname=postgres connect_timeout=2' OUT $WRITERS")
-        python3 "$WORK/cpu_split.py" start "$R/cpu.json"
+        python3 "$BENCH_DIR/cpu_split.py" start "$R/cpu.json"
         sleep "$LOAD_SECONDS"
 
         local pm
@@ -535,7 +481,7 @@ round() { # MODE ROUND
         psql -X -qAt -h 127.0.0.1 -p "$P_PORT" -U postgres -d postgres -c "SELECT application_name, state, sync_state,
             pg_wal_lsn_diff(pg_current_wal_lsn(), sent_lsn), pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn),
             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication" >"$R/prekill.tsv" 2>/dev/null || true
-        cpu_pre=$(python3 "$WORK/cpu_split.py" end "$R/cpu.json" $$ "$pm" $(head -qn1 "$R/s1/postmaster.pid" "$R/s2/postmaster.pid" 2>/dev/null) || true)
+        cpu_pre=$(python3 "$BENCH_DIR/cpu_split.py" end "$R/cpu.json" $$ "$pm" $(head -qn1 "$R/s1/postmaster.pid" "$R/s2/postmaster.pid" 2>/dev/null) || true)
         local bs0 bs1
         bs0=$(busy_steal)
         # Bash's own clock (no fork) right before and after the signal.

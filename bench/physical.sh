@@ -235,67 +235,6 @@ with open(out, "w", buffering=1) as f:
 EOF
 
 # --- CPU: ours vs everyone else's on this (shared) machine --------------------------------
-cat >"$WORK/cpu_split.py" <<'EOF'
-"""CPU split of a run: ours (processes under the given roots) and everyone else's, in % of the
-machine, and our CPU seconds.
-
-Usage: cpu_split.py start FILE | cpu_split.py end FILE ROOT_PID..."""
-import json, os, sys, time
-
-def busy():
-    f = open("/proc/stat").readline().split()
-    return int(f[1]) + int(f[2]) + int(f[3]) + int(f[6]) + int(f[7])
-
-def snapshot():
-    procs = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            raw = open(f"/proc/{d}/stat").read()
-        except OSError:
-            continue
-        rest = raw[raw.rindex(")") + 2:].split()
-        # rest[0] = state (field 3); utime = field 14 -> rest[11]
-        ppid, ut, st, cut, cst, start = int(rest[1]), int(rest[11]), int(rest[12]), int(rest[13]), int(rest[14]), int(rest[19])
-        procs[f"{d}:{start}"] = (int(d), ppid, ut + st + cut + cst)
-    return procs
-
-if sys.argv[1] == "start":
-    json.dump({"busy": busy(), "procs": snapshot(), "at": time.time()}, open(sys.argv[2], "w"))
-    sys.exit()
-# end FILE ROOT_PID...
-saved = json.load(open(sys.argv[2]))
-before, busy0 = saved["procs"], saved["busy"]
-busy1 = busy()
-secs = time.time() - saved["at"]   # the measured interval (a little longer than pgbench's -T)
-roots = {int(p) for p in sys.argv[3:] if p}
-after = snapshot()
-parent = {}
-for snap in (before, after):
-    for key, (pid, ppid, _) in snap.items():
-        parent[pid] = ppid
-def ours(pid):
-    seen = 0
-    while pid > 1 and seen < 64:
-        if pid in roots:
-            return True
-        pid = parent.get(pid, 0)
-        seen += 1
-    return False
-# Our processes live through the run (servers, their sessions, the relay, pgbench); what
-# they reaped meanwhile (short sessions) is in their cutime. Everyone else's share is the
-# machine's busy time minus ours: counting it per process would miss short-lived processes
-# or, via cutime, count their whole lives.
-mine = 0
-for key, (pid, ppid, t) in after.items():
-    if ours(pid):
-        mine += t - before[key][2] if key in before else t
-other = max(0, busy1 - busy0 - mine)
-hz = os.sysconf("SC_CLK_TCK")
-n = os.cpu_count()
-print(f"{mine / hz / secs / n * 100:.0f} {other / hz / secs / n * 100:.0f} {mine / hz:.2f}")
-EOF
 # our_roots: PIDs whose process trees are this benchmark's (servers, relay, this script).
 our_roots() {
     local d
@@ -337,14 +276,16 @@ run_one() { # ROUND CONFIG
     rp=$(relay_pids)
     d0=$(disk_flushes)
     r0=$(pid_ticks $rp)
-    python3 "$WORK/cpu_split.py" start "$WORK/cpu-$round-$cfg.json"
+    python3 "$BENCH_DIR/cpu_split.py" start "$WORK/cpu-$round-$cfg.json"
     c0=$(cpu_totals)
     $PGBENCH -T "$DURATION" -h 127.0.0.1 -p "$P_PORT" -U postgres postgres >"$log" 2>&1 \
         || log "pgbench exited non-zero: $(tail -1 "$log")"
     c1=$(cpu_totals)
     r1=$(pid_ticks $rp)
     local split
-    split=$(python3 "$WORK/cpu_split.py" end "$WORK/cpu-$round-$cfg.json" $(our_roots) || echo "— — —")
+    # Ours %, others' %, our CPU seconds (the steal column is measured separately here).
+    split=$(python3 "$BENCH_DIR/cpu_split.py" end "$WORK/cpu-$round-$cfg.json" $(our_roots)) &&
+        split=$(cut -d' ' -f1-3 <<<"$split") || split="— — —"
     d1=$(disk_flushes)
     sleep 1.2   # one more sample just after the load
     kill "$spid" 2>/dev/null || true

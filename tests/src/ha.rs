@@ -302,20 +302,28 @@ impl Ha {
 
 /// `GET path` on a witness: the JSON body.
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<Value> {
-    let (code, body) = http(port, "GET", path, None)?;
+    let (code, body) = http(port, "GET", path, None, None)?;
     anyhow::ensure!(code == 200, "GET {path}: {code} {body}");
     Ok(serde_json::from_str(&body)?)
 }
 
-/// One HTTP/1.1 request on loopback: (status, body).
-pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+/// One HTTP/1.1 request on loopback, with the cluster's bearer `token` when given:
+/// (status, body). Used for the witnesses' and the relay's APIs.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = String::new();

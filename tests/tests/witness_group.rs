@@ -3,13 +3,12 @@
 //! majority (one witness cut off from the primary by a TCP fault proxy changes nothing),
 //! `tandem status`, and bad requests.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
+use tandem_tests::ha::http;
 use tandem_tests::{free_port, init_tracing, wait_until, FaultProxy, PgOptions, PgServer, TandemProcess};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -104,24 +103,6 @@ impl Group {
     fn logs(&self) -> String {
         self.procs.iter().flatten().map(|p| p.log_tail()).collect::<Vec<_>>().join("\n---\n")
     }
-}
-
-/// One HTTP/1.1 request on loopback: (status, body).
-fn http(port: u16, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, rest) = raw.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed answer {raw}"))?;
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("{head}"))?;
-    Ok((code, rest.to_string()))
 }
 
 fn status(group: &Group) -> Result<(bool, String)> {
