@@ -14,7 +14,7 @@ use super::client_side::{Failure, UnitFailed};
 use super::pipeline::Expect;
 use super::session::{discard, Attached, End, Session, MAX_REPLAY_BYTES};
 use crate::config::PoolMode;
-use crate::context::ClientState;
+use crate::context::{ClientState, ProxyContext};
 use crate::gate::Busy;
 use crate::pool::{AcquireError, Checkout, ConnectError, PoolKey, ServerPool};
 use crate::protocol::build::{self, sqlstate, Severity};
@@ -306,33 +306,29 @@ fn replica_unavailable(e: &AcquireError) -> bool {
 }
 
 impl Session {
-    /// Waits up to `write_lease_wait_ms` for a valid write lease (true: there is one). The
-    /// unit has passed the PAUSE gate; a proxy shutting down stops the wait.
+    /// Waits up to `write_lease_wait_ms` for a valid write lease (true: there is one).
     async fn wait_for_lease(&mut self) -> bool {
-        if self.ctx.lease.is_valid() {
+        self.wait_for_group(|ctx| ctx.lease.is_valid()).await
+    }
+
+    /// Waits up to `write_lease_wait_ms` until the group's topology names another primary
+    /// than `unreachable` and the proxy holds a lease for it (true: go there).
+    async fn wait_for_new_primary(&mut self, unreachable: &Node) -> bool {
+        let addr = unreachable.addr.clone();
+        self.wait_for_group(move |ctx| ctx.router.topology().primary.addr != addr && ctx.lease.is_valid()).await
+    }
+
+    /// Polls `ready` for up to `write_lease_wait_ms` (the unit has passed the PAUSE gate; a
+    /// proxy shutting down stops the wait).
+    async fn wait_for_group(&mut self, ready: impl Fn(&ProxyContext) -> bool) -> bool {
+        if ready(&self.ctx) {
             return true;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.ctx.cfg.write_lease_wait_ms);
         self.info.set_state(ClientState::Waiting);
         while tokio::time::Instant::now() < deadline && !self.ctx.shutdown.is_cancelled() {
             tokio::time::sleep(LEASE_POLL).await;
-            if self.ctx.lease.is_valid() {
-                return true;
-            }
-        }
-        self.ctx.lease.is_valid()
-    }
-}
-
-impl Session {
-    /// Waits up to `write_lease_wait_ms` until the group's topology names another primary
-    /// than `unreachable` and the proxy holds a lease for it (true: go there).
-    async fn wait_for_new_primary(&mut self, unreachable: &Node) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.ctx.cfg.write_lease_wait_ms);
-        self.info.set_state(ClientState::Waiting);
-        while tokio::time::Instant::now() < deadline && !self.ctx.shutdown.is_cancelled() {
-            tokio::time::sleep(LEASE_POLL).await;
-            if self.ctx.router.topology().primary.addr != unreachable.addr && self.ctx.lease.is_valid() {
+            if ready(&self.ctx) {
                 return true;
             }
         }

@@ -155,7 +155,8 @@ async fn fence(w: &Witness, state: &ClusterState, from: &NodeId) -> (Consulted, 
     if let Ok(addr) = node_addr(state, from) {
         match NodeSession::connect(from.as_str(), &addr, login, w.cfg.timing.probe_timeout).await {
             Ok(s) => match s.fence_primary().await {
-                Ok(()) => tracing::warn!(node = %from, "old primary answers: fenced (read-only, sessions ended)"),
+                Ok(true) => tracing::warn!(node = %from, "old primary answers: fenced (read-only, sessions ended)"),
+                Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "fencing the old primary"),
             },
             Err(e) => tracing::info!(reason = %e, "old primary unreachable (not fenced in SQL)"),
@@ -348,13 +349,12 @@ pub async fn reconcile(w: &Witness, state: &ClusterState) {
         }
         let Ok(addr) = node.addr.parse::<NodeAddr>() else { continue };
         if let Ok(s) = NodeSession::connect(node.name.as_str(), &addr, &w.cfg.probe, NODE_TIMEOUT).await {
-            if !s.is_fenced().await.unwrap_or(false) {
-                match s.fence_primary().await {
-                    Ok(()) => {
-                        tracing::warn!(node = %node.name, "a fenced old primary answered as a primary: fenced again")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "fencing a returning old primary"),
+            match s.fence_primary().await {
+                Ok(true) => {
+                    tracing::warn!(node = %node.name, "a fenced old primary answered as a primary: fenced again")
                 }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "fencing a returning old primary"),
             }
         }
     }

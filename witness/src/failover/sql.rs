@@ -128,8 +128,20 @@ impl NodeSession {
 
     /// Fences a primary that still answers: new transactions read-only, every commit waiting
     /// for a standby that never comes (so nothing more is acknowledged, even by a session
-    /// that turns read-only off), and every client session and WAL sender ended.
-    pub async fn fence_primary(&self) -> Result<(), NodeError> {
+    /// that turns read-only off), and every client session and WAL sender ended. A node that
+    /// already carries the fence is left alone (a blocked failover repeats its fence every
+    /// tick). True when it fenced now.
+    pub async fn fence_primary(&self) -> Result<bool, NodeError> {
+        let row = self
+            .row(
+                "reading the fence",
+                "SELECT current_setting('default_transaction_read_only') = 'on' \
+                 AND current_setting('synchronous_standby_names') = 'tandem_fenced'",
+            )
+            .await?;
+        if row.first().cloned().flatten().as_deref() == Some("t") {
+            return Ok(false);
+        }
         self.run_each(
             "fencing the old primary",
             &[
@@ -140,13 +152,8 @@ impl NodeSession {
                  WHERE pid <> pg_backend_pid() AND backend_type IN ('client backend', 'walsender')",
             ],
         )
-        .await
-    }
-
-    /// Whether this node already carries the fence (read-only by default).
-    pub async fn is_fenced(&self) -> Result<bool, NodeError> {
-        let row = self.row("reading the fence", "SHOW default_transaction_read_only").await?;
-        Ok(row.first().cloned().flatten().as_deref() == Some("on"))
+        .await?;
+        Ok(true)
     }
 
     /// Stops the standby's WAL receiver and keeps it stopped (no `primary_conninfo`), so
