@@ -19,6 +19,7 @@ mod replica_cmd;
 mod replicator_cmd;
 mod signals;
 mod status_table;
+mod switchover_cmd;
 mod witness_cmd;
 
 use std::path::PathBuf;
@@ -73,6 +74,10 @@ enum Command {
     /// Force a failover now (`--to NODE` picks the standby): asks for confirmation, then
     /// shows each phase until the new primary is published.
     Failover(operate_cmd::FailoverArgs),
+    /// Planned switchover to a standby with no client error: the proxies pause, the primary
+    /// stops cleanly (through its `tandem agent`), the standby is promoted, the proxies resume
+    /// on it, and the old primary restarts as its standby (`--at` schedules; `--cancel`).
+    Switchover(switchover_cmd::SwitchoverArgs),
     /// Maintenance mode: no automatic failover until `tandem resume` (shown in status).
     Pause(operate_cmd::PauseArgs),
     /// Leave maintenance mode: automatic failover again.
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
             | Command::Rejoin(_)
             | Command::Status(_)
             | Command::Failover(_)
+            | Command::Switchover(_)
             | Command::Pause(_)
             | Command::Resume(_)
     ) || cores <= 2 && matches!(cli.command, Command::Replicator(_));
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
             Command::Witness(args) => witness_cmd::run(cli.config, args).await,
             Command::Status(args) => return witness_cmd::status(cli.config, args).await,
             Command::Failover(args) => operate_cmd::failover(cli.config, args).await,
+            Command::Switchover(args) => switchover_cmd::switchover(cli.config, args).await,
             Command::Pause(args) => operate_cmd::pause(cli.config, args, true).await,
             Command::Resume(args) => operate_cmd::pause(cli.config, args, false).await,
             Command::Demo(args) => demo::run(args).await,

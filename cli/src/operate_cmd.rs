@@ -40,7 +40,10 @@ pub struct PauseArgs {
     cluster: ClusterArgs,
 }
 
-fn client(file: Option<&std::path::Path>, args: &ClusterArgs) -> anyhow::Result<(WitnessClient, Option<String>)> {
+pub(crate) fn client(
+    file: Option<&std::path::Path>,
+    args: &ClusterArgs,
+) -> anyhow::Result<(WitnessClient, Option<String>)> {
     let spec = cluster(file, args)?;
     if spec.witnesses.is_empty() {
         bail!("no witnesses: give --witness ID=HOST:PORT or a [cluster] table with --config");

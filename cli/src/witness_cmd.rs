@@ -57,6 +57,9 @@ pub struct WitnessArgs {
     /// position than this many bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_lag_on_failover: u64,
+    /// Refuse a switchover to a standby more than this many bytes behind the primary.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_lag_on_switchover: u64,
 }
 
 /// Flags of `tandem status`.
@@ -103,6 +106,7 @@ pub(crate) fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result
                     addr: addr.parse()?,
                     role: if name == primary { Role::Primary } else { Role::Replica },
                     priority: 1,
+                    agent: None,
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -127,6 +131,7 @@ pub async fn run(file: Option<PathBuf>, args: WitnessArgs) -> anyhow::Result<()>
         failover: FailoverSettings {
             catch_up_timeout: Duration::from_millis(args.catch_up_timeout_ms),
             max_lag_on_failover: args.max_lag_on_failover,
+            max_lag_on_switchover: args.max_lag_on_switchover,
         },
     };
     cfg.validate()?;

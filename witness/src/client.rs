@@ -121,13 +121,31 @@ impl WitnessClient {
         body: &serde_json::Value,
         token: Option<&str>,
     ) -> Result<(u16, serde_json::Value), ClientError> {
+        self.send(reqwest::Method::POST, path, Some(body), token).await
+    }
+
+    /// DELETEs `path` on the leader, as [`Self::post`] does.
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Result<(u16, serde_json::Value), ClientError> {
+        self.send(reqwest::Method::DELETE, path, None, token).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value), ClientError> {
         let mut errors = Vec::new();
         let mut targets: Vec<String> = self.addrs.clone();
         let mut i = 0;
         while i < targets.len() && i < self.addrs.len() + 3 {
             let addr = targets[i].clone();
             i += 1;
-            let mut req = self.http.post(format!("http://{addr}{path}")).json(body);
+            let mut req = self.http.request(method.clone(), format!("http://{addr}{path}"));
+            if let Some(body) = body {
+                req = req.json(body);
+            }
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
@@ -222,8 +240,10 @@ mod tests {
 
         let mut busy = v;
         busy.state.operation = Some(Operation {
-            kind: "failover".into(),
+            kind: crate::state::OperationKind::Failover,
             phase: Phase::CatchingUp,
+            not_before_ms: None,
+            pause_timeout_ms: 0,
             from: Some(id("pg2")),
             to: None,
             started_ms: 0,

@@ -43,11 +43,18 @@ pub struct FailoverSettings {
     /// Async mode: a standby further than this many bytes behind the old primary's last
     /// known position is not promoted (Patroni's `maximum_lag_on_failover`, same default).
     pub max_lag_on_failover: u64,
+    /// A switchover target further than this many bytes behind the primary is refused
+    /// (catching it up would lengthen the write pause).
+    pub max_lag_on_switchover: u64,
 }
 
 impl Default for FailoverSettings {
     fn default() -> Self {
-        FailoverSettings { catch_up_timeout: Duration::from_secs(10), max_lag_on_failover: 1024 * 1024 }
+        FailoverSettings {
+            catch_up_timeout: Duration::from_secs(10),
+            max_lag_on_failover: 1024 * 1024,
+            max_lag_on_switchover: 16 * 1024 * 1024,
+        }
     }
 }
 

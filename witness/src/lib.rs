@@ -5,9 +5,12 @@
 //! the leader) → detector ([`detector`]: failed only when a majority saw it fail for the
 //! failure timeout) → a request committed in Raft ([`raft`]) → the [`state::ClusterState`] on
 //! every witness → the HTTP API ([`api`]) that proxies, the replicator and the CLI read. When
-//! the primary is declared failed, the leader runs the [`failover`] steps.
+//! the primary is declared failed, the leader runs the [`failover`] steps; `tandem
+//! switchover` has it run the [`switchover`] steps (the proxies paused, the primary stopped
+//! cleanly through its agent, [`agent_client`]).
 //! [`node`] assembles one witness; [`run`] runs it until shutdown.
 
+pub mod agent_client;
 pub mod api;
 pub mod client;
 pub mod config;
@@ -18,6 +21,7 @@ pub mod probe;
 pub mod raft;
 pub mod report;
 pub mod state;
+pub mod switchover;
 
 use std::sync::Arc;
 use std::time::Duration;

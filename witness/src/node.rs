@@ -22,7 +22,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::HttpNetwork;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Raft, WitnessId};
-use crate::state::{ClusterState, Command, NodeRole, NodeState, Outcome, Request};
+use crate::state::{ClusterState, Command, NodeRole, NodeState, OperationKind, Outcome, Request};
 use crate::WitnessError;
 
 /// A running witness, shared by the API handlers and its own loops.
@@ -39,6 +39,8 @@ pub struct Witness {
     pub sightings: Mutex<BTreeMap<u64, Sighting>>,
     /// What this leader last answered each lease holder (see [`LeaseAnswers`]).
     pub lease_answers: Mutex<BTreeMap<String, LeaseAnswers>>,
+    /// Which proxies went quiet for the switchover in progress (leader's use).
+    pub quiet: Mutex<crate::switchover::quiet::QuietReports>,
     /// Makes request ids unique per process.
     next_request: std::sync::atomic::AtomicU64,
     started: Instant,
@@ -109,6 +111,7 @@ impl Witness {
             views: Views::default(),
             sightings: Mutex::new(BTreeMap::new()),
             lease_answers: Mutex::new(BTreeMap::new()),
+            quiet: Mutex::default(),
             next_request: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
         }))
@@ -245,8 +248,11 @@ async fn leader_loop(w: &Arc<Witness>, stop: &CancellationToken) {
         judge_primary(w, &state).await;
         // A verdict just committed opens the failover: act on it without waiting a tick.
         let state = w.state.borrow().clone();
-        if state.operation.is_some() {
-            crate::failover::drive(w, &state).await;
+        if let Some(op) = &state.operation {
+            match op.kind {
+                OperationKind::Failover => crate::failover::drive(w, &state).await,
+                OperationKind::Switchover => crate::switchover::drive(w, &state).await,
+            }
         } else if reconciled.elapsed() >= RECONCILE_EVERY {
             crate::failover::reconcile(w, &state).await;
             reconciled = Instant::now();

@@ -19,17 +19,32 @@ pub struct WriteLease {
     until_ns: AtomicU64,
     /// The epoch the lease was granted for.
     epoch: AtomicU64,
+    /// Wakes the renewal loop before its period (a switchover's commit: writes are waiting
+    /// for a lease of the new epoch).
+    renew: tokio::sync::Notify,
 }
 
 impl WriteLease {
     /// A lease that is always valid (no witness group).
     pub fn unconditional() -> WriteLease {
-        WriteLease { required: false, base: Instant::now(), until_ns: AtomicU64::new(0), epoch: AtomicU64::new(0) }
+        WriteLease {
+            required: false,
+            base: Instant::now(),
+            until_ns: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            renew: Default::default(),
+        }
     }
 
     /// A lease that must be granted by the group before writes may go out.
     pub fn from_group() -> WriteLease {
-        WriteLease { required: true, base: Instant::now(), until_ns: AtomicU64::new(0), epoch: AtomicU64::new(0) }
+        WriteLease {
+            required: true,
+            base: Instant::now(),
+            until_ns: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            renew: Default::default(),
+        }
     }
 
     /// Whether the group decides (false: no witnesses configured).
@@ -62,6 +77,16 @@ impl WriteLease {
         let until = sent.saturating_duration_since(self.base) + valid;
         self.until_ns.fetch_max(until.as_nanos() as u64, Ordering::AcqRel);
         self.epoch.store(epoch.0, Ordering::Release);
+    }
+
+    /// Asks the renewal loop to renew now.
+    pub fn renew_now(&self) {
+        self.renew.notify_one();
+    }
+
+    /// Resolves when [`Self::renew_now`] was called (at most one call is remembered).
+    pub async fn renewal_requested(&self) {
+        self.renew.notified().await
     }
 
     /// Ends the lease now (the group refused it: the primary is declared failed).

@@ -94,6 +94,7 @@ pub async fn run(ctx: Arc<ProxyContext>, lease: Arc<WriteLease>, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+            _ = lease.renewal_requested() => {}
         }
     }
 }

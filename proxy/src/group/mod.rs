@@ -1,5 +1,5 @@
-//! The proxy's link to the witness group: its write lease ([`link`]) and the topology the
-//! group publishes ([`topology`]).
+//! The proxy's link to the witness group: its write lease ([`link`]), the topology the
+//! group publishes ([`topology`]) and its part in a planned switchover ([`switchover`]).
 //!
 //! Place in the data flow: beside `frontend → router`. A unit headed for the primary asks
 //! [`WriteLease::is_valid`] first; the lease is renewed by [`link::run`] from the group. A
@@ -18,6 +18,7 @@
 
 pub mod lease;
 pub mod link;
+pub mod switchover;
 pub mod topology;
 
 pub use lease::WriteLease;

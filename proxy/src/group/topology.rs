@@ -33,6 +33,7 @@ pub async fn follow(ctx: Arc<ProxyContext>, stop: CancellationToken) {
     };
     let mut revision: Option<u64> = None;
     let mut next = 0usize;
+    let switchover = super::switchover::Participation::default();
     loop {
         let witnesses = &ctx.cfg.witnesses;
         let addr = &witnesses[next % witnesses.len().max(1)];
@@ -65,6 +66,8 @@ pub async fn follow(ctx: Arc<ProxyContext>, stop: CancellationToken) {
                 tracing::error!(error = %e, "switching topology");
             }
         }
+        // After the switch: a switchover's commit resumes clients towards the new primary.
+        switchover.observe(&ctx, state);
     }
 }
 

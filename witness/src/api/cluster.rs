@@ -248,12 +248,6 @@ pub(super) async fn rejoin(
     Ok(Json(outcome))
 }
 
-/// Switchover requests: the seam the switchover issue fills in.
-pub(super) async fn not_built(State(w): State<Arc<Witness>>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
-    authorize(&w, &headers)?;
-    Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "not built yet: switchover comes with its own issue"))
-}
-
 pub(super) async fn health(State(w): State<Arc<Witness>>) -> impl IntoResponse {
     let m = w.raft.metrics().borrow().clone();
     let body = serde_json::json!({"witness": w.cfg.id, "leader": m.current_leader, "term": m.current_term, "now_ms": now_ms()});

@@ -3,12 +3,13 @@
 //! Place in the data flow: the witness's face. `raft.rs` carries Raft RPC between witnesses
 //! (`/raft/...`); `cluster.rs` serves proxies, the replicator and the CLI (`/v1/...`): the
 //! cluster state, a long-poll watch, probe reports, write leases, replicator reports,
-//! maintenance, forced failover and rejoin, `/health` and `/metrics`. Mutating endpoints need the cluster's token (when
+//! maintenance, forced failover and rejoin, switchover (`switchover.rs`), `/health` and `/metrics`. Mutating endpoints need the cluster's token (when
 //! one is configured) as a bearer credential. A write sent to a follower is answered 421
 //! with where the leader is. Every error is a 4xx/5xx with a JSON body, never a panic.
 
 mod cluster;
 mod raft;
+mod switchover;
 
 use std::sync::Arc;
 
@@ -36,7 +37,8 @@ pub fn router(w: Arc<Witness>) -> Router {
         .route("/v1/replicator", post(cluster::replicator))
         .route("/v1/maintenance", post(cluster::maintenance))
         .route("/v1/failover", post(cluster::failover))
-        .route("/v1/switchover", post(cluster::not_built))
+        .route("/v1/switchover", post(switchover::request).delete(switchover::cancel))
+        .route("/v1/switchover/quiet", post(switchover::quiet))
         .route("/v1/rejoin", post(cluster::rejoin))
         .route("/health", get(cluster::health))
         .route("/metrics", get(cluster::metrics))

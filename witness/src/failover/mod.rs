@@ -120,7 +120,7 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
             .map_err(|e| Stop::Blocked(e.to_string()))?,
     };
     session.promote().await.map_err(|e| Stop::Blocked(e.to_string()))?;
-    prepare_new_primary(state, &to, &session).await.map_err(|e| Stop::Blocked(e.to_string()))?;
+    prepare_new_primary(state, &to, &session, &[]).await.map_err(|e| Stop::Blocked(e.to_string()))?;
     commit(w, Command::Promoted { from: from.clone(), to: to.clone(), note }).await?;
     tracing::warn!(old = %from, new = %to, "failover done: new primary published");
     let published = w.state.borrow().clone();
@@ -252,11 +252,18 @@ async fn catch_up(
     }
 }
 
-/// Before the new primary takes a write: slots for the nodes that will stream from it, and
-/// the commit quorum without itself (so RPO 0 holds from its first commit).
-async fn prepare_new_primary(state: &ClusterState, to: &NodeId, session: &NodeSession) -> Result<(), sql::NodeError> {
-    let followers: Vec<&NodeId> =
+/// Before the new primary takes a write: slots for the nodes that will stream from it (the
+/// standbys and `also`: a switchover's old primary), and the commit quorum without itself
+/// (so RPO 0 holds from its first commit).
+pub(crate) async fn prepare_new_primary(
+    state: &ClusterState,
+    to: &NodeId,
+    session: &NodeSession,
+    also: &[&NodeId],
+) -> Result<(), sql::NodeError> {
+    let mut followers: Vec<&NodeId> =
         state.nodes.values().filter(|n| n.role == NodeRole::Standby && &n.name != to).map(|n| &n.name).collect();
+    followers.extend(also);
     let mut slots: Vec<String> = followers.iter().map(|n| standby_slot_name(n)).collect();
     let quorum = quorum_in_force(state);
     if let Some(slot) = state.replicator.as_ref().and_then(|r| r.slot.clone()) {
@@ -303,7 +310,7 @@ fn any_value(k: usize, members: &[String]) -> String {
 }
 
 /// Points every standby at the current primary (best effort; [`reconcile`] retries).
-async fn repoint_standbys(w: &Witness, state: &ClusterState) {
+pub(crate) async fn repoint_standbys(w: &Witness, state: &ClusterState) {
     let Some(primary) = state.primary.as_ref() else { return };
     let Ok(primary_addr) = node_addr(state, primary) else { return };
     let standbys = state.nodes.values().filter(|n| n.role == NodeRole::Standby);

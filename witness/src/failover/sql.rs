@@ -16,6 +16,10 @@ use crate::config::ProbeLogin;
 /// How long a promotion may take (the end of recovery writes a checkpoint record; a busy
 /// machine may need seconds).
 const PROMOTE_WAIT: Duration = Duration::from_secs(15);
+/// How often a promotion is checked on.
+const PROMOTE_POLL: Duration = Duration::from_millis(10);
+/// How long a `CHECKPOINT` may take (it writes every dirty buffer).
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(60);
 
 /// Why a statement on a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,27 +208,34 @@ impl NodeSession {
     }
 
     /// Promotes the standby and waits until it accepts writes; a node already promoted (by
-    /// a leader that died after asking) is fine.
+    /// a leader that died after asking) is fine. `pg_promote(wait => false)` and a poll of
+    /// `pg_is_in_recovery()` every 10 ms: `pg_promote`'s own wait checks every 100 ms, and
+    /// during a switchover every client is waiting on this.
     pub async fn promote(&self) -> Result<(), NodeError> {
         if !self.positions().await?.in_recovery {
             return Ok(());
         }
-        let wait_s = PROMOTE_WAIT.as_secs();
-        let sql = format!("SELECT pg_promote(true, {wait_s})");
-        let answer = self.run_within(PROMOTE_WAIT + Duration::from_secs(1), "promoting", &sql).await;
-        let promoted = answer.map(|msgs| {
-            msgs.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t")))
-        });
-        match promoted {
-            Ok(true) => Ok(()),
-            Ok(_) | Err(_) if !self.positions().await?.in_recovery => Ok(()),
-            Ok(_) => Err(NodeError::Statement {
-                node: self.name.clone(),
-                what: "promoting".into(),
-                reason: format!("not promoted within {wait_s} s"),
-            }),
-            Err(e) => Err(e),
+        self.run("promoting", "SELECT pg_promote(false)").await?;
+        let deadline = tokio::time::Instant::now() + PROMOTE_WAIT;
+        loop {
+            if !self.positions().await?.in_recovery {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Statement {
+                    node: self.name.clone(),
+                    what: "promoting".into(),
+                    reason: format!("not promoted within {} s", PROMOTE_WAIT.as_secs()),
+                });
+            }
+            tokio::time::sleep(PROMOTE_POLL).await;
         }
+    }
+
+    /// `CHECKPOINT` (before a switchover pauses the proxies, so that the old primary's
+    /// shutdown checkpoint, written while every client waits, has little left to flush).
+    pub async fn checkpoint(&self) -> Result<(), NodeError> {
+        self.run_within(CHECKPOINT_WAIT, "checkpoint", "CHECKPOINT").await.map(|_| ())
     }
 
     /// Creates physical slots the followers of this (new) primary stream from.
@@ -249,6 +260,16 @@ impl NodeSession {
             &[&set, "ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()"],
         )
         .await
+    }
+
+    /// Whether this primary streams WAL to the standby called `name` now.
+    pub async fn streams_to(&self, name: &str) -> Result<bool, NodeError> {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = {} AND state = 'streaming'",
+            quote_literal(name)
+        );
+        let row = self.row("reading pg_stat_replication", &sql).await?;
+        Ok(row.first().cloned().flatten().is_some_and(|n| n != "0"))
     }
 
     /// The standby's `primary_conninfo`.

@@ -13,6 +13,10 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use tandem_core::{Epoch, Lsn, NodeId};
 
+mod operation;
+
+pub use operation::{Operation, OperationKind, Phase};
+
 /// How many request ids are remembered for de-duplication.
 const DEDUP_WINDOW: usize = 4096;
 /// How many topology changes the history keeps.
@@ -41,56 +45,6 @@ pub struct NodeState {
     pub role: NodeRole,
     /// Failover priority (higher first among equally advanced standbys; 0 = never promote).
     pub priority: u32,
-}
-
-/// The phases of a failover, in order. Each is committed before its work starts, so a new
-/// leader resumes at the phase the old one reached (every phase's work is idempotent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Stop everything that could acknowledge a write for the old primary.
-    Fencing,
-    /// Standbys replay what the relay holds; the candidate is chosen.
-    CatchingUp,
-    /// `pg_promote()` on the chosen standby (`to` is fixed from here on).
-    Promoting,
-}
-
-impl Phase {
-    /// Its name in status output and history.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Fencing => "fencing",
-            Phase::CatchingUp => "catching_up",
-            Phase::Promoting => "promoting",
-        }
-    }
-}
-
-/// An operation in progress (a failover; the switchover issue adds its own kind).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Operation {
-    /// `failover` (automatic or forced by `tandem failover`).
-    pub kind: String,
-    /// Its current phase.
-    pub phase: Phase,
-    /// The node being replaced.
-    pub from: Option<NodeId>,
-    /// The node taking over: asked for (`tandem failover --to`) or, from `promoting` on,
-    /// chosen. Never changes once promoting.
-    pub to: Option<NodeId>,
-    /// When it started (milliseconds since the Unix epoch, the leader's clock: for display).
-    pub started_ms: u64,
-    /// When each phase was entered (leader's clock), for the history's durations.
-    #[serde(default)]
-    pub phase_started_ms: Vec<(Phase, u64)>,
-    /// Why it cannot go on right now (e.g. too few quorum members reachable to be sure the
-    /// candidate holds every acknowledged commit); cleared when it moves again.
-    #[serde(default)]
-    pub blocked: Option<String>,
-    /// Forced by an operator (`tandem failover`) rather than by the failure detector.
-    #[serde(default)]
-    pub manual: bool,
 }
 
 /// A topology change, for `tandem status` and post-mortems.
@@ -241,7 +195,29 @@ pub enum Command {
         /// The standby to promote, if the operator names one.
         to: Option<NodeId>,
     },
-    /// A failover enters its next phase (only forward; `to` is fixed once promoting).
+    /// An operator asks for a planned switchover to `to` (`tandem switchover`).
+    RequestSwitchover {
+        /// The standby to promote.
+        to: NodeId,
+        /// Not before this time (milliseconds since the Unix epoch), for `--at`.
+        #[serde(default)]
+        not_before_ms: Option<u64>,
+        /// How long the proxies may take to go quiet before it is aborted.
+        pause_timeout_ms: u64,
+    },
+    /// A switchover ends without a new primary (a proxy did not go quiet, the target is
+    /// unfit or died, an operator cancelled it); proxies resume on the old primary.
+    SwitchoverAborted {
+        /// Why.
+        reason: String,
+        /// Whether the old primary runs (it was never stopped, or was started again).
+        primary_running: bool,
+        /// An operator cancelled it: refused once the primary is being stopped.
+        #[serde(default)]
+        cancelled: bool,
+    },
+    /// An operation (failover or switchover) enters its next phase (only forward; `to` is
+    /// fixed once promoting).
     FailoverPhase {
         /// The phase entered.
         phase: Phase,
@@ -307,17 +283,17 @@ impl ClusterState {
         outcome
     }
 
-    fn done(&self) -> Outcome {
+    pub(super) fn done(&self) -> Outcome {
         Outcome { applied: true, reason: None, epoch: self.epoch }
     }
 
     /// A change watchers must see.
-    fn changed(&mut self) -> Outcome {
+    pub(super) fn changed(&mut self) -> Outcome {
         self.revision += 1;
         self.done()
     }
 
-    fn refused(&self, reason: impl Into<String>) -> Outcome {
+    pub(super) fn refused(&self, reason: impl Into<String>) -> Outcome {
         Outcome { applied: false, reason: Some(reason.into()), epoch: self.epoch }
     }
 
@@ -347,9 +323,7 @@ impl ClusterState {
                 self.primary_failed_ms = Some(req.at_ms);
                 let event = format!("primary failed (seen by witnesses {witnesses:?})");
                 self.record(req.at_ms, &event, Some(primary.clone()));
-                if !self.maintenance {
-                    self.begin_failover(req.at_ms, None, false);
-                }
+                self.primary_failed_during(req.at_ms);
                 self.changed()
             }
             Command::PrimaryRecovered { primary } => {
@@ -368,8 +342,8 @@ impl ClusterState {
                 if self.primary_failed_ms.is_some() {
                     return self.refused("the primary is declared failed: no write leases");
                 }
-                if self.operation.is_some() {
-                    return self.refused("a failover is in progress: no write leases");
+                if let Some(op) = self.operation.as_ref().filter(|op| !op.leases_allowed()) {
+                    return self.refused(format!("a {} is in progress: no write leases", op.kind));
                 }
                 let lease = Lease {
                     holder: holder.clone(),
@@ -396,76 +370,16 @@ impl ClusterState {
                 }
                 self.changed()
             }
-            Command::RequestFailover { to } => {
-                if self.operation.is_some() {
-                    return self.refused("another operation is in progress");
-                }
-                if let Some(to) = to {
-                    match self.nodes.get(to) {
-                        Some(n) if n.role == NodeRole::Standby => {}
-                        Some(_) => return self.refused(format!("{to} is not a standby")),
-                        None => return self.refused(format!("{to} is not a node of this cluster")),
-                    }
-                }
-                if self.primary.is_none() {
-                    return self.refused("the cluster has no primary");
-                }
-                self.begin_failover(req.at_ms, to.clone(), true);
-                self.changed()
+            Command::RequestFailover { to } => self.request_failover(req.at_ms, to),
+            Command::RequestSwitchover { to, not_before_ms, pause_timeout_ms } => {
+                self.request_switchover(req.at_ms, to, *not_before_ms, *pause_timeout_ms)
             }
-            Command::FailoverPhase { phase, to } => {
-                let Some(op) = self.operation.as_mut() else { return self.refused("no failover in progress") };
-                if *phase < op.phase {
-                    return self.refused(format!("already past {}", phase.as_str()));
-                }
-                if op.phase == Phase::Promoting && op.to != *to {
-                    return self.refused("the standby being promoted cannot change");
-                }
-                if *phase == Phase::Promoting && to.is_none() {
-                    return self.refused("promoting needs the chosen standby");
-                }
-                if *phase != op.phase {
-                    op.phase_started_ms.push((*phase, req.at_ms));
-                }
-                op.phase = *phase;
-                if to.is_some() {
-                    op.to = to.clone();
-                }
-                op.blocked = None;
-                self.changed()
+            Command::SwitchoverAborted { reason, primary_running, cancelled } => {
+                self.abort_switchover(req.at_ms, reason, *primary_running, *cancelled)
             }
-            Command::FailoverBlocked { reason } => {
-                let Some(op) = self.operation.as_mut() else { return self.refused("no failover in progress") };
-                if op.blocked.as_ref() == Some(reason) {
-                    return self.refused("already blocked for this reason");
-                }
-                op.blocked = Some(reason.clone());
-                self.record(req.at_ms, &format!("failover blocked: {reason}"), None);
-                self.changed()
-            }
-            Command::Promoted { from, to, note } => {
-                let Some(op) = self.operation.take() else { return self.refused("no failover in progress") };
-                if op.from.as_ref() != Some(from) || op.to.as_ref() != Some(to) || op.phase != Phase::Promoting {
-                    self.operation = Some(op);
-                    return self.refused("not the failover in progress");
-                }
-                self.epoch = Epoch(self.epoch.0 + 1);
-                self.primary = Some(to.clone());
-                if let Some(n) = self.nodes.get_mut(from) {
-                    n.role = NodeRole::Fenced;
-                }
-                if let Some(n) = self.nodes.get_mut(to) {
-                    n.role = NodeRole::Primary;
-                }
-                self.primary_failed_ms = None;
-                self.leases.clear();
-                let mut event = format!("{}: {}", op.kind, phase_durations(&op, req.at_ms));
-                if let Some(note) = note {
-                    event.push_str(&format!("; {note}"));
-                }
-                self.record(req.at_ms, &event, Some(from.clone()));
-                self.changed()
-            }
+            Command::FailoverPhase { phase, to } => self.enter_phase(req.at_ms, *phase, to),
+            Command::FailoverBlocked { reason } => self.block(req.at_ms, reason),
+            Command::Promoted { from, to, note } => self.promoted(req.at_ms, from, to, note),
             Command::Rejoined { node } => {
                 match self.nodes.get_mut(node) {
                     Some(n) if n.role == NodeRole::Fenced => n.role = NodeRole::Standby,
@@ -478,24 +392,8 @@ impl ClusterState {
         }
     }
 
-    /// Opens a failover of the current primary.
-    fn begin_failover(&mut self, at_ms: u64, to: Option<NodeId>, manual: bool) {
-        self.operation = Some(Operation {
-            kind: "failover".into(),
-            phase: Phase::Fencing,
-            from: self.primary.clone(),
-            to,
-            started_ms: at_ms,
-            phase_started_ms: vec![(Phase::Fencing, at_ms)],
-            blocked: None,
-            manual,
-        });
-        let event = if manual { "failover requested" } else { "failover started" };
-        self.record(at_ms, event, self.primary.clone());
-    }
-
     /// Appends a history entry about the current primary.
-    fn record(&mut self, at_ms: u64, event: &str, from: Option<NodeId>) {
+    pub(super) fn record(&mut self, at_ms: u64, event: &str, from: Option<NodeId>) {
         self.history.push_back(HistoryEntry {
             at_ms,
             epoch: self.epoch,
@@ -509,35 +407,19 @@ impl ClusterState {
     }
 }
 
-/// "fencing 12 ms, catching_up 40 ms, promoting 300 ms (total 352 ms)" for the history.
-fn phase_durations(op: &Operation, done_ms: u64) -> String {
-    let mut parts = Vec::new();
-    for (i, (phase, at)) in op.phase_started_ms.iter().enumerate() {
-        let end = op.phase_started_ms.get(i + 1).map(|(_, t)| *t).unwrap_or(done_ms);
-        parts.push(format!("{} {} ms", phase.as_str(), end.saturating_sub(*at)));
-    }
-    let total = done_ms.saturating_sub(op.started_ms);
-    format!(
-        "{} → {} ({}; total {total} ms)",
-        op.from.as_ref().map(NodeId::as_str).unwrap_or("?"),
-        op.to.as_ref().map(NodeId::as_str).unwrap_or("?"),
-        parts.join(", ")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(name: &str, role: NodeRole) -> NodeState {
+    pub(super) fn node(name: &str, role: NodeRole) -> NodeState {
         NodeState { name: name.parse().unwrap(), addr: "127.0.0.1:5432".into(), role, priority: 1 }
     }
 
-    fn req(id: &str, command: Command) -> Request {
+    pub(super) fn req(id: &str, command: Command) -> Request {
         Request { id: id.into(), at_ms: 1000, command }
     }
 
-    fn bootstrapped() -> ClusterState {
+    pub(super) fn bootstrapped() -> ClusterState {
         let mut s = ClusterState::default();
         let nodes = vec![node("pg1", NodeRole::Primary), node("pg2", NodeRole::Standby)];
         assert!(s.apply(&req("b", Command::Bootstrap { nodes })).applied);
@@ -584,7 +466,7 @@ mod tests {
         assert!(s.apply(&req("l3", Command::GrantLease { holder: "p1".into(), duration_ms: 2000 })).applied);
     }
 
-    fn id(s: &str) -> NodeId {
+    pub(super) fn id(s: &str) -> NodeId {
         s.parse().unwrap()
     }
 
