@@ -23,6 +23,10 @@ pub struct ClusterArgs {
     /// Which of the --node NAMEs starts as primary.
     #[arg(long = "primary-node", env = "TANDEM_PRIMARY_NODE")]
     primary_node: Option<String>,
+    /// A node's agent (`tandem agent` beside it, which switchover uses to stop and restart
+    /// it): NAME=HOST:PORT; repeat for each (sets the node's `agent`).
+    #[arg(long = "agent", env = "TANDEM_AGENTS", value_delimiter = ',')]
+    agents: Vec<String>,
 }
 
 /// Flags of `tandem witness`.
@@ -110,6 +114,12 @@ pub(crate) fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+    }
+    for a in &args.agents {
+        let (name, addr) = a.split_once('=').with_context(|| format!("--agent {a:?}: expected NAME=HOST:PORT"))?;
+        let node = spec.nodes.iter_mut().find(|n| n.name.as_str() == name);
+        let node = node.with_context(|| format!("--agent {a:?}: no node is called {name}"))?;
+        node.agent = Some(addr.to_owned());
     }
     Ok(spec)
 }

@@ -1,6 +1,7 @@
-//! A whole high-availability cluster for failover tests: a primary `pg1`, two Tandem
-//! standbys `s1` and `s2` (s1 reads the relay's WAL by path, s2 over HTTP), the WAL relay in
-//! the commit quorum (or async), three witnesses, and a proxy following the group.
+//! A whole high-availability cluster for failover and switchover tests: a primary `pg1`,
+//! two Tandem standbys `s1` and `s2` (s1 reads the relay's WAL by path, s2 over HTTP), the
+//! WAL relay in the commit quorum (or async), a `tandem agent` beside each node, three
+//! witnesses, and a proxy following the group.
 //!
 //! Every process is real and is killed on drop (the proxy and witnesses first, then the
 //! relay, then the servers). Nothing waits on a fixed sleep: the helpers poll with deadlines.
@@ -25,6 +26,9 @@ pub struct Ha {
     pub proxy: TandemProcess,
     /// Its client port.
     pub proxy_port: u16,
+    /// More proxies ([`Ha::start_proxy`]).
+    pub extra_proxies: Vec<(TandemProcess, u16)>,
+    proxy_args: Vec<String>,
     /// The witnesses (None while killed).
     pub witnesses: Vec<Option<TandemProcess>>,
     /// Their API ports.
@@ -35,6 +39,10 @@ pub struct Ha {
     relay_args: Vec<String>,
     /// The relay's status port.
     pub relay_port: u16,
+    /// The nodes' agents, in the order of `nodes`.
+    pub agents: Vec<TandemProcess>,
+    /// Their ports.
+    pub agent_ports: Vec<u16>,
     /// PostgreSQL nodes by name: `pg1` (the first primary), `s1`, `s2`.
     pub nodes: Vec<PgServer>,
     /// The relay's and witnesses' directories.
@@ -69,6 +77,17 @@ impl Ha {
         let wal = relay_dir.join("wal");
         let s1 = pg1.start_tandem_standby("s1", wal.to_str().context("relay dir")?)?;
         let s2 = pg1.start_tandem_standby("s2", &format!("http://127.0.0.1:{relay_port}"))?;
+        let mut agents = Vec::new();
+        let mut agent_ports = Vec::new();
+        for n in [&pg1, &s1, &s2] {
+            let port = free_port();
+            let data = n.data_dir().display().to_string();
+            let listen = format!("127.0.0.1:{port}");
+            let p = TandemProcess::spawn(&["agent", "--node", n.name(), "--data-dir", &data, "--listen", &listen])?;
+            p.wait_for_port(port, WAIT)?;
+            agents.push(p);
+            agent_ports.push(port);
+        }
         let witness_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let witness_flags: Vec<String> = witness_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
 
@@ -86,6 +105,9 @@ impl Ha {
             a.extend(["--node".into(), format!("pg1={pg1_addr}")]);
             for n in [&s1, &s2] {
                 a.extend(["--node".into(), format!("{}={}", n.name(), n.addr())]);
+            }
+            for (n, port) in [&pg1, &s1, &s2].iter().zip(&agent_ports) {
+                a.extend(["--agent".into(), format!("{}=127.0.0.1:{port}", n.name())]);
             }
             for (j, p) in witness_ports.iter().enumerate() {
                 a.extend(["--witness".into(), format!("{}=127.0.0.1:{p}", j + 1)]);
@@ -126,7 +148,8 @@ impl Ha {
             proxy_args.extend(["--witness".into(), w.clone()]);
         }
         let proxy_port = free_port();
-        proxy_args.extend(["--listen".into(), format!("127.0.0.1:{proxy_port}")]);
+        let mut first_proxy_args = proxy_args.clone();
+        first_proxy_args.extend(["--listen".into(), format!("127.0.0.1:{proxy_port}")]);
 
         let mut witnesses = Vec::new();
         for (i, a) in witness_args.iter().enumerate() {
@@ -135,18 +158,22 @@ impl Ha {
             p.wait_for_port(witness_ports[i], WAIT)?;
             witnesses.push(Some(p));
         }
-        let args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = first_proxy_args.iter().map(String::as_str).collect();
         let proxy = TandemProcess::spawn(&args)?;
         proxy.wait_for_port(proxy_port, WAIT)?;
         let mut ha = Ha {
             proxy,
             proxy_port,
+            extra_proxies: Vec::new(),
+            proxy_args,
             witnesses,
             witness_ports,
             witness_args,
             relay: None,
             relay_args,
             relay_port,
+            agents,
+            agent_ports,
             nodes: vec![pg1, s1, s2],
             dir,
             pg1_link,
@@ -160,6 +187,22 @@ impl Ha {
         wait_until("a write through the proxy", WAIT, || ha.psql("CREATE TABLE IF NOT EXISTS ha_ready (id int)").ok())
             .with_context(|| ha.logs())?;
         Ok(ha)
+    }
+
+    /// Starts one more proxy following the group; returns its client port once it takes
+    /// writes.
+    pub fn start_proxy(&mut self) -> anyhow::Result<u16> {
+        let port = free_port();
+        let mut args: Vec<&str> = self.proxy_args.iter().map(String::as_str).collect();
+        let listen = format!("127.0.0.1:{port}");
+        args.extend(["--listen", &listen]);
+        let p = TandemProcess::spawn(&args)?;
+        p.wait_for_port(port, WAIT)?;
+        self.extra_proxies.push((p, port));
+        let dsn = self.dsn_for(port);
+        wait_until("a write through the new proxy", WAIT, || psql_at(&dsn, "SELECT 1 FROM ha_ready LIMIT 1").ok())
+            .with_context(|| self.logs())?;
+        Ok(port)
     }
 
     /// Starts (or restarts) the relay.
@@ -250,34 +293,17 @@ impl Ha {
 
     /// libpq key/value string for the proxy.
     pub fn dsn(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=5", self.proxy_port)
+        self.dsn_for(self.proxy_port)
+    }
+
+    /// libpq key/value string for a proxy on `port`.
+    pub fn dsn_for(&self, port: u16) -> String {
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5")
     }
 
     /// Runs `sql` through the proxy with psql; trimmed stdout, or the error.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        let dsn = self.dsn();
-        let out = run_pg_client(
-            "psql",
-            |cmd| {
-                cmd.args([
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-v",
-                    "VERBOSITY=verbose",
-                    "-d",
-                    &dsn,
-                    "-f",
-                    "-",
-                ]);
-            },
-            sql,
-        )?;
-        anyhow::ensure!(out.status.success(), "psql through the proxy: {}", out.stderr.trim());
-        Ok(out.stdout.trim().to_owned())
+        psql_at(&self.dsn(), sql)
     }
 
     /// Every process's log tail, for failure messages.
@@ -291,12 +317,43 @@ impl Ha {
         if let Some(r) = &self.relay {
             parts.push(format!("relay:\n{}", r.log_tail()));
         }
+        for (a, n) in self.agents.iter().zip(&self.nodes) {
+            parts.push(format!("agent of {}:\n{}", n.name(), a.log_tail()));
+        }
         parts.join("\n---\n")
     }
 
     /// The relay's directory.
     pub fn relay_dir(&self) -> PathBuf {
         self.dir.path().join("relay")
+    }
+}
+
+/// Runs `sql` with psql against `dsn`; trimmed stdout, or the error.
+pub fn psql_at(dsn: &str, sql: &str) -> anyhow::Result<String> {
+    {
+        let out = run_pg_client(
+            "psql",
+            |cmd| {
+                cmd.args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-v",
+                    "VERBOSITY=verbose",
+                    "-d",
+                    dsn,
+                    "-f",
+                    "-",
+                ]);
+            },
+            sql,
+        )?;
+        anyhow::ensure!(out.status.success(), "psql through the proxy: {}", out.stderr.trim());
+        Ok(out.stdout.trim().to_owned())
     }
 }
 

@@ -150,6 +150,8 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
     let mut paused = None;
     if phase == Phase::Pausing {
         paused = Some(wait_quiet(w, op).await?);
+        // The target may have died while the proxies were finishing: abort before stopping.
+        check_target(w, &w.state.borrow().clone(), &from, &to).map_err(abort)?;
         enter(w, Phase::Stopping).await?;
         phase = Phase::Stopping;
     }
