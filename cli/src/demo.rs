@@ -163,7 +163,10 @@ async fn serve(
     // The witnesses first: the relay reports to them and the proxy takes its write lease from
     // them (both retry until the group has formed).
     let witness_port = port_after(args.port, 5)?;
-    let (witnesses, witness_addrs) = crate::demo_witnesses::start(root, witness_port, primary, replicas, &shutdown)?;
+    let servers: Vec<&LocalServer> = std::iter::once(primary).chain(replicas).collect();
+    let (agents, agent_addrs) = crate::demo_witnesses::start_agents(port_after(args.port, 8)?, &servers, &shutdown)?;
+    let (witnesses, witness_addrs) =
+        crate::demo_witnesses::start(root, witness_port, primary, replicas, &agent_addrs, &shutdown)?;
     rcfg.witnesses = witness_addrs.clone();
     rcfg.validate()?;
     let replicator = tokio::spawn(tandem_replicator::run(Arc::new(rcfg), shutdown.clone()));
@@ -209,6 +212,10 @@ async fn serve(
     let witness_flags: Vec<String> =
         witness_addrs.iter().enumerate().map(|(i, a)| format!("--witness {}={a}", i + 1)).collect();
     println!("  status:   tandem status {}", witness_flags.join(" "));
+    if physical {
+        let to = replicas.first().map(LocalServer::name).unwrap_or_default();
+        println!("  switch:   tandem switchover --to {to} {}", witness_flags.join(" "));
+    }
     match &args.data_dir {
         Some(_) => println!("  data:     {} (kept)", root.display()),
         None => println!("  data:     {} (removed on exit)", root.display()),
@@ -228,6 +235,9 @@ async fn serve(
         let _ = replicator.await;
         for w in witnesses {
             let _ = w.await;
+        }
+        for a in agents {
+            let _ = a.await;
         }
     })
     .await;

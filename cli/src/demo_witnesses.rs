@@ -1,6 +1,6 @@
 //! The demo's witness group: three witnesses in the demo process, on the ports after the
-//! relay's status port, judging the demo's servers; and the `tandem status` table once the
-//! group has formed.
+//! relay's status port, judging the demo's servers; the servers' agents (for switchover),
+//! also in the demo process; and the `tandem status` table once the group has formed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,26 +19,28 @@ const WITNESSES: u16 = 3;
 pub type WitnessTask = JoinHandle<Result<(), tandem_witness::WitnessError>>;
 
 /// Starts the witnesses on `first_port..` with data under `root/witnessN`; returns their
-/// tasks and addresses.
+/// tasks and addresses. `agents` are the servers' agents (`host:port`; the primary's first,
+/// then the standbys'), which switchover uses.
 pub fn start(
     root: &std::path::Path,
     first_port: u16,
     primary: &LocalServer,
     standbys: &[LocalServer],
+    agents: &[String],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Vec<WitnessTask>, Vec<String>)> {
-    let node = |s: &LocalServer, role| -> anyhow::Result<NodeSpec> {
+    let node = |s: &LocalServer, role, agent: Option<&String>| -> anyhow::Result<NodeSpec> {
         Ok(NodeSpec {
             name: s.name().parse()?,
             addr: format!("127.0.0.1:{}", s.port).parse()?,
             role,
             priority: 1,
-            agent: None,
+            agent: agent.cloned(),
         })
     };
-    let mut nodes = vec![node(primary, Role::Primary)?];
-    for s in standbys {
-        nodes.push(node(s, Role::Replica)?);
+    let mut nodes = vec![node(primary, Role::Primary, agents.first())?];
+    for (i, s) in standbys.iter().enumerate() {
+        nodes.push(node(s, Role::Replica, agents.get(i + 1))?);
     }
     let witnesses: Vec<WitnessSpec> = (0..WITNESSES)
         .map(|i| {
@@ -62,6 +64,32 @@ pub fn start(
     }
     Ok((tasks, witnesses.into_iter().map(|w| w.addr).collect()))
 }
+
+/// Starts an agent for each server (the primary first) on `first_port..`; returns their
+/// tasks and addresses.
+pub fn start_agents(
+    first_port: u16,
+    servers: &[&LocalServer],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Vec<AgentTask>, Vec<String>)> {
+    let mut tasks = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let port = first_port.checked_add(i as u16).context("--port too high for the agents")?;
+        let cfg = tandem_replicator::physical::agent::AgentConfig {
+            node: s.name().parse()?,
+            data_dir: s.data_dir.clone(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            token: None,
+        };
+        tasks.push(tokio::spawn(tandem_replicator::physical::agent::run(Arc::new(cfg), shutdown.clone())));
+        addrs.push(format!("127.0.0.1:{port}"));
+    }
+    Ok((tasks, addrs))
+}
+
+/// A running agent task.
+pub type AgentTask = JoinHandle<Result<(), tandem_replicator::physical::agent::AgentError>>;
 
 /// Prints the `tandem status` table once the group has a leader, the cluster state and the
 /// proxy's lease (waits up to 15 s).

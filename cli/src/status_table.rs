@@ -85,14 +85,19 @@ pub fn render(v: &ClusterView) -> String {
         table(&mut out, &rows);
     }
     if let Some(op) = &s.operation {
+        let now = tandem_witness::node::now_ms();
         let _ = writeln!(
             out,
-            "In progress: {}{} of {} → {}, phase {}{}",
-            if op.manual { "forced " } else { "" },
+            "In progress: {}{} of {} → {}, phase {}{}{}",
+            if op.manual && op.kind == tandem_witness::state::OperationKind::Failover { "forced " } else { "" },
             op.kind,
             op.from.as_ref().map(|n| n.as_str()).unwrap_or("?"),
             op.to.as_ref().map(|n| n.as_str()).unwrap_or("(choosing)"),
             op.phase.as_str(),
+            match op.not_before_ms {
+                Some(at) if at > now => format!(" (scheduled: starts in {} s)", (at - now).div_ceil(1000)),
+                _ => String::new(),
+            },
             op.blocked.as_ref().map(|b| format!(" · BLOCKED: {b}")).unwrap_or_default()
         );
     }
