@@ -28,7 +28,13 @@ pub fn start(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Vec<WitnessTask>, Vec<String>)> {
     let node = |s: &LocalServer, role| -> anyhow::Result<NodeSpec> {
-        Ok(NodeSpec { name: s.name().parse()?, addr: format!("127.0.0.1:{}", s.port).parse()?, role, priority: 1 })
+        Ok(NodeSpec {
+            name: s.name().parse()?,
+            addr: format!("127.0.0.1:{}", s.port).parse()?,
+            role,
+            priority: 1,
+            agent: None,
+        })
     };
     let mut nodes = vec![node(primary, Role::Primary)?];
     for s in standbys {

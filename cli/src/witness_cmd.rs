@@ -103,6 +103,7 @@ pub(crate) fn cluster(file: Option<&Path>, args: &ClusterArgs) -> anyhow::Result
                     addr: addr.parse()?,
                     role: if name == primary { Role::Primary } else { Role::Replica },
                     priority: 1,
+                    agent: None,
                 })
             })
             .collect::<anyhow::Result<_>>()?;

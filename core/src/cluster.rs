@@ -37,6 +37,10 @@ pub struct NodeSpec {
     /// Failover priority: higher first among equally advanced standbys; 0 = never promote.
     #[serde(default = "default_priority")]
     pub priority: u32,
+    /// `host:port` of the node's agent (`tandem agent` on its host), which stops and starts
+    /// its server for a switchover; none: the node has no agent.
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// One witness.
@@ -51,6 +55,11 @@ pub struct WitnessSpec {
 
 fn default_priority() -> u32 {
     1
+}
+
+/// `HOST:PORT` with a numeric port.
+fn has_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
 }
 
 /// Why a cluster description cannot be used.
@@ -70,6 +79,11 @@ impl ClusterSpec {
             if !names.insert(&n.name) {
                 return bad(format!("node {} is listed twice", n.name));
             }
+            if let Some(agent) = &n.agent {
+                if !has_port(agent) {
+                    return bad(format!("node {} agent address {agent:?}: expected HOST:PORT", n.name));
+                }
+            }
         }
         let primaries = self.nodes.iter().filter(|n| n.role == Role::Primary).count();
         if primaries != 1 {
@@ -83,7 +97,7 @@ impl ClusterSpec {
             if !ids.insert(w.id) {
                 return bad(format!("witness id {} is listed twice", w.id));
             }
-            if w.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if !has_port(&w.addr) {
                 return bad(format!("witness {} address {:?}: expected HOST:PORT", w.id, w.addr));
             }
         }
@@ -117,6 +131,7 @@ mod tests {
             addr: addr.parse().unwrap(),
             role,
             priority,
+            agent: None,
         };
         ClusterSpec {
             nodes: vec![node("pg1", "10.0.0.1:5432", Role::Primary, 1), node("pg2", "10.0.0.2:5432", Role::Replica, 0)],
@@ -139,6 +154,11 @@ mod tests {
         let mut s = spec(3);
         s.witnesses[0].addr = "nowhere".into();
         assert!(s.validate().is_err());
+        let mut s = spec(3);
+        s.nodes[0].agent = Some("10.0.0.1:7475".into());
+        s.validate().unwrap();
+        s.nodes[1].agent = Some("10.0.0.2".into());
+        assert!(s.validate().unwrap_err().to_string().contains("agent address"));
         assert_eq!(spec(3).initial_primary().unwrap().name.as_str(), "pg1");
     }
 

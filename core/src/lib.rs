@@ -4,9 +4,11 @@
 //! few things: positions in the primary's write-ahead log ([`Lsn`]), the
 //! PostgreSQL nodes of a cluster ([`NodeId`], [`NodeAddr`]) and the generation
 //! of the cluster's topology ([`Epoch`]). They live here so that every part
-//! parses, prints and compares them the same way.
+//! parses, prints and compares them the same way. [`agent`] holds the JSON bodies of
+//! the node agent's API (`tandem agent`), shared by the agent and its caller.
 
 mod addr;
+pub mod agent;
 mod cluster;
 mod epoch;
 mod lsn;
