@@ -6,8 +6,10 @@
 //! failure timeout) → a request committed in Raft ([`raft`]) → the [`state::ClusterState`] on
 //! every witness → the HTTP API ([`api`]) that proxies, the replicator and the CLI read. When
 //! the primary is declared failed, the leader runs the [`failover`] steps.
-//! [`node`] assembles one witness; [`run`] runs it until shutdown.
+//! [`node`] assembles one witness; [`run`] runs it until shutdown. [`agent_client`] calls a
+//! node's agent (`tandem agent`), which stops and starts its server for a switchover.
 
+pub mod agent_client;
 pub mod api;
 pub mod client;
 pub mod config;
