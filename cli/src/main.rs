@@ -3,12 +3,14 @@
 //! `tandem proxy` runs the PostgreSQL endpoint, `tandem replicator` the WAL relay (or
 //! the logical change stream), `tandem replica add` and `tandem wal-fetch` make and feed
 //! physical standbys, `tandem rejoin` makes a fenced old primary a standby of the new one
-//! after a failover, `tandem witness` is one member of the witness group and `tandem
+//! after a failover, `tandem agent` stops and starts one node's server for the witness
+//! leader (a switchover), `tandem witness` is one member of the witness group and `tandem
 //! status` shows what the group sees, `tandem failover`, `pause` and `resume` ask it to act,
 //! `tandem demo` runs a whole local cluster. Settings come
 //! from `--config tandem.toml`, then `TANDEM_*` environment variables, then flags
 //! (highest wins).
 
+mod agent_cmd;
 mod demo;
 mod demo_witnesses;
 mod file;
@@ -67,6 +69,10 @@ enum Command {
     /// transactions it loses, pg_rewind it (or re-clone it when pg_rewind cannot), start it
     /// streaming, and tell the witness group.
     Rejoin(rejoin_cmd::RejoinArgs),
+    /// Run the node agent beside one PostgreSQL server: an HTTP API (GET /v1/node, POST
+    /// /v1/stop, POST /v1/start) the witness leader uses to stop it cleanly and start it
+    /// again, as a standby of a new primary after a switchover.
+    Agent(agent_cmd::AgentArgs),
     /// Run one member of the witness group (3 or 5 form a Raft group that judges the cluster).
     Witness(witness_cmd::WitnessArgs),
     /// Show the cluster as the witness group sees it (exit status 1 when it is not healthy).
@@ -144,6 +150,7 @@ fn main() -> ExitCode {
             | Command::Switchover(_)
             | Command::Pause(_)
             | Command::Resume(_)
+            | Command::Agent(_)
     ) || cores <= 2 && matches!(cli.command, Command::Replicator(_));
     let threads = if one_thread { 1 } else { cli.threads.unwrap_or(cores).max(1) };
     // One thread: tokio's current-thread scheduler, which has none of the
@@ -168,6 +175,7 @@ fn main() -> ExitCode {
             Command::Rejoin(args) => rejoin_cmd::run(cli.config, args).await,
             // Its own exit code: restore_command's contract.
             Command::WalFetch(args) => return Ok(replica_cmd::wal_fetch(args).await),
+            Command::Agent(args) => agent_cmd::run(cli.config, args).await,
             Command::Witness(args) => witness_cmd::run(cli.config, args).await,
             Command::Status(args) => return witness_cmd::status(cli.config, args).await,
             Command::Failover(args) => operate_cmd::failover(cli.config, args).await,

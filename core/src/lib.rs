@@ -9,12 +9,14 @@
 
 mod addr;
 pub mod agent;
+mod auth;
 mod cluster;
 mod epoch;
 mod lsn;
 mod node;
 
 pub use addr::{AddrError, NodeAddr};
+pub use auth::bearer_allows;
 pub use cluster::{ClusterError, ClusterSpec, NodeSpec, WitnessSpec};
 pub use epoch::Epoch;
 pub use lsn::{Lsn, LsnParseError};

@@ -12,7 +12,7 @@ mod server;
 mod user;
 
 pub use bin::{bin_dir, tool};
-pub use server::{LocalServer, ServerSettings};
+pub use server::{process_alive, LocalServer, ServerSettings};
 pub use user::{chown_for_server, server_command, server_user, LIBPQ_ENV};
 
 /// Something about the local PostgreSQL installation or a server went wrong.

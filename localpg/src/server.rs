@@ -123,14 +123,25 @@ impl LocalServer {
     /// new postmaster both take a zombie's pid for a live server.
     pub fn clear_dead_postmaster(&self) -> Result<bool, LocalPgError> {
         let path = self.data_dir.join("postmaster.pid");
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(false) };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return Ok(false) };
-        if pid <= 0 || process_alive(pid) {
+        let Some(pid) = self.pid_in_file() else { return Ok(false) };
+        if process_alive(pid) {
             return Ok(false);
         }
         std::fs::remove_file(&path).map_err(LocalPgError::io(format!("remove stale {}", path.display())))?;
         tracing::info!(pid, file = %path.display(), "removed the postmaster.pid of a server that is gone");
         Ok(true)
+    }
+
+    /// The postmaster's pid when `postmaster.pid` names a live (not zombie) process: a
+    /// server runs in the data directory. Reads a file and `/proc`, runs no program.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        self.pid_in_file().filter(|&pid| process_alive(pid))
+    }
+
+    /// The first line of `postmaster.pid`, if it is a pid.
+    fn pid_in_file(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse::<i32>().ok().filter(|&pid| pid > 0)
     }
 
     /// Stops the server (`fast` mode: clients are disconnected, nothing is lost).
@@ -155,7 +166,7 @@ impl LocalServer {
 
 /// Whether `pid` is a live process: it exists (or belongs to another user) and is not a
 /// zombie (`/proc/PID/stat` state `Z`/`X`, where there is a /proc).
-fn process_alive(pid: i32) -> bool {
+pub fn process_alive(pid: i32) -> bool {
     use nix::errno::Errno;
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
         Err(Errno::ESRCH) => false,
@@ -192,6 +203,7 @@ mod tests {
         std::fs::write(&pid_file, format!("{}\n{}\n", std::process::id(), dir.path().display())).unwrap();
         assert!(!server.clear_dead_postmaster().unwrap(), "a live process");
         assert!(pid_file.exists());
+        assert_eq!(server.postmaster_pid(), Some(std::process::id() as i32));
 
         // A zombie: exited, not reaped yet.
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -201,6 +213,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
+        assert_eq!(server.postmaster_pid(), None, "a zombie is no server");
         assert!(server.clear_dead_postmaster().unwrap(), "a zombie is no server");
         assert!(!pid_file.exists());
 

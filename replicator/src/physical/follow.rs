@@ -203,11 +203,8 @@ async fn fence_handler(
     headers: HeaderMap,
     Json(req): Json<FenceRequest>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
-    if let Some(token) = &st.token {
-        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return Err((StatusCode::UNAUTHORIZED, "a valid bearer token is required".into()));
-        }
+    if !tandem_core::bearer_allows(st.token.as_deref(), headers.get("authorization").map(|v| v.as_bytes())) {
+        return Err((StatusCode::UNAUTHORIZED, "a valid bearer token is required".into()));
     }
     st.source.fence(req.epoch);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);

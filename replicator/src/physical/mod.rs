@@ -10,8 +10,10 @@
 //! turns a fenced old primary into one after a failover (`tandem rejoin`), both finishing
 //! with [`autoconf`]. [`register`] reports the relay to the witness group; [`follow`]
 //! streams from the group's primary and takes the failover's fence ([`waldump`] reads where
-//! the relay's WAL ends).
+//! the relay's WAL ends). [`agent`] (`tandem agent`) stops and starts one node's server for
+//! the witness leader (a switchover).
 
+pub mod agent;
 pub mod autoconf;
 pub mod fetch;
 pub mod follow;

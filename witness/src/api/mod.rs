@@ -87,12 +87,8 @@ impl From<WitnessError> for ApiError {
 
 /// Checks the bearer token of a mutating request.
 fn authorize(w: &Witness, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &w.cfg.cluster.token else { return Ok(()) };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+    let given = headers.get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    if tandem_core::bearer_allows(w.cfg.cluster.token.as_deref(), given) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required (the cluster's token)"))

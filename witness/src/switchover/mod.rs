@@ -114,7 +114,7 @@ pub fn agent_of(w: &Witness, node: &NodeId) -> Result<AgentClient, String> {
              it): a switchover stops the primary cleanly through it"
         )
     })?;
-    AgentClient::new(addr, w.cfg.cluster.token.as_deref()).map_err(|e| e.to_string())
+    AgentClient::new(addr, w.cfg.cluster.token.as_deref(), NODE_TIMEOUT).map_err(|e| e.to_string())
 }
 
 fn addr_of(state: &ClusterState, node: &NodeId) -> Result<NodeAddr, String> {

@@ -5,7 +5,8 @@
 //! timeline history, stopping it (`pg_ctl stop -m fast`), `pg_rewind` from the new primary,
 //! moving the directory aside before a re-clone, and keeping the node's own configuration
 //! files (which pg_rewind and pg_basebackup overwrite with the new primary's) in a sibling
-//! directory until they are back in place. All blocking: callers use `spawn_blocking`.
+//! directory until they are back in place. The node agent ([`crate::physical::agent`]) reads
+//! the control data here too. All blocking: callers use `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,8 @@ pub struct Control {
     pub checkpoint: Lsn,
     /// `Latest checkpoint's TimeLineID`.
     pub checkpoint_tli: u32,
+    /// `Latest checkpoint's REDO location`.
+    pub redo: Lsn,
 }
 
 /// Reads `pg_controldata`'s output (run with `LC_ALL=C`, so the labels are English).
@@ -47,6 +50,9 @@ pub fn parse_control(text: &str) -> Result<Control, RejoinError> {
         checkpoint_tli: field("Latest checkpoint's TimeLineID")?
             .parse()
             .map_err(|_| bad("Latest checkpoint's TimeLineID"))?,
+        redo: field("Latest checkpoint's REDO location")?
+            .parse()
+            .map_err(|_| bad("Latest checkpoint's REDO location"))?,
     })
 }
 
@@ -237,7 +243,7 @@ mod tests {
                     Database system identifier:           7716572724067505651\n\
                     Database cluster state:               shut down\n\
                     Latest checkpoint location:           0/3018228\n\
-                    Latest checkpoint's REDO location:    0/3018228\n\
+                    Latest checkpoint's REDO location:    0/30181F0\n\
                     Latest checkpoint's TimeLineID:       1\n\
                     Latest checkpoint's PrevTimeLineID:   1\n";
         let c = parse_control(text).unwrap();
@@ -245,6 +251,7 @@ mod tests {
         assert_eq!(c.state, "shut down");
         assert_eq!(c.checkpoint, "0/3018228".parse().unwrap());
         assert_eq!(c.checkpoint_tli, 1);
+        assert_eq!(c.redo, "0/30181F0".parse().unwrap());
         assert!(parse_control("nothing").is_err());
     }
 

@@ -7,7 +7,7 @@
 //! 2. [`fork`]: where its timeline left the new primary's, and every transaction it
 //!    committed after that (logged as "lost transaction" before anything changes);
 //! 3. its slot on the new primary (kept WAL from here on), its own configuration files
-//!    saved (`local.rs`), `pg_rewind` from the new primary — or, when pg_rewind cannot
+//!    saved ([`local`]), `pg_rewind` from the new primary — or, when pg_rewind cannot
 //!    (no `wal_log_hints`, WAL it needs gone...), a full re-clone: the directory moved aside
 //!    and copied afresh as `tandem replica add` does ([`crate::physical::standby`]);
 //! 4. its own configuration back, standby settings and `standby.signal`;
@@ -17,7 +17,7 @@
 //! (`tandem_witness::client`), taken only when this one succeeded.
 
 pub mod fork;
-mod local;
+pub mod local;
 mod primary;
 
 use std::path::{Path, PathBuf};

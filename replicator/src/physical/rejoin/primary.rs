@@ -214,8 +214,13 @@ mod tests {
     #[test]
     fn the_new_primarys_own_directory_is_refused() {
         let facts = Facts { system_id: 7, timeline: 2, history: String::new(), checkpoint: Lsn(0x3000100) };
-        let mut control =
-            Control { system_id: 7, state: "in production".into(), checkpoint: Lsn(0x3000100), checkpoint_tli: 2 };
+        let mut control = Control {
+            system_id: 7,
+            state: "in production".into(),
+            checkpoint: Lsn(0x3000100),
+            checkpoint_tli: 2,
+            redo: Lsn(0x3000100),
+        };
         let dir = Path::new("/data");
         assert!(matches!(check_node_dir(dir, &control, &facts, &facts), Err(RejoinError::Refused(_))));
         // The old primary: its last checkpoint is on its own timeline.
