@@ -47,6 +47,26 @@ fn current_timeline(server: &PgServer) -> Result<u32> {
     Ok(u32::from_str_radix(file.get(..8).context("WAL file name")?, 16)?)
 }
 
+/// `tandem agent` for `server` (as node `name`, with [`TOKEN`]) and its port, once it listens.
+fn spawn_agent(name: &str, server: &PgServer) -> Result<(TandemProcess, u16)> {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = server.data_dir().to_str().context("data dir")?;
+    let agent = TandemProcess::spawn(&[
+        "agent",
+        "--node",
+        name,
+        "--data-dir",
+        data_dir,
+        "--listen",
+        &listen,
+        "--token",
+        TOKEN,
+    ])?;
+    agent.wait_for_port(port, WAIT)?;
+    Ok((agent, port))
+}
+
 #[test]
 fn the_agent_stops_a_primary_cleanly_and_restarts_it_as_a_standby_of_the_promoted_one() -> Result<()> {
     init_tracing();
@@ -58,21 +78,7 @@ fn the_agent_stops_a_primary_cleanly_and_restarts_it_as_a_standby_of_the_promote
         let state = pg1.psql("postgres", "SELECT state FROM pg_stat_replication WHERE application_name = 's1'");
         (state.ok()? == "streaming").then_some(())
     })?;
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let data_dir = pg1.data_dir().to_str().context("data dir")?.to_owned();
-    let agent = TandemProcess::spawn(&[
-        "agent",
-        "--node",
-        "pg1",
-        "--data-dir",
-        &data_dir,
-        "--listen",
-        &listen,
-        "--token",
-        TOKEN,
-    ])?;
-    agent.wait_for_port(port, WAIT)?;
+    let (agent, port) = spawn_agent("pg1", &pg1)?;
 
     // b. The report needs no token; stop and start do.
     let (code, node) = call(port, "GET", "/v1/node", None, None)?;
@@ -149,5 +155,34 @@ fn the_agent_stops_a_primary_cleanly_and_restarts_it_as_a_standby_of_the_promote
     ensure!(pg1.psql("postgres", "SELECT pg_is_in_recovery()")? == "t", "pg1 still runs as a standby");
     ensure!(agent.try_status()?.is_none(), "the agent is still running:\n{}", agent.log_tail());
     eprintln!("--- tandem agent ---\n{}", agent.log());
+    Ok(())
+}
+
+#[test]
+fn a_crashed_primary_is_no_clean_stop_and_is_not_started_as_a_standby() -> Result<()> {
+    init_tracing();
+    let mut pg = PgServer::start("pg", PgOptions::default())?;
+    let (_agent, port) = spawn_agent("pg", &pg)?;
+    // kill -9 leaves the control file "in production" and a stale postmaster.pid.
+    let pid_file = pg.data_dir().join("postmaster.pid");
+    let stale = std::fs::read(&pid_file)?;
+    pg.kill9();
+    std::fs::write(&pid_file, stale)?;
+
+    let why = refused(port, "POST", "/v1/stop", None, Some(TOKEN), 409)?;
+    ensure!(why.contains("did not shut down cleanly") && why.contains("in production"), "{why}");
+    ensure!(!pid_file.exists(), "the stale postmaster.pid was removed");
+    let standby = json!({"standby": {"primary_conninfo": "host=127.0.0.1 port=1", "slot": "tandem_standby_pg"}});
+    let why = refused(port, "POST", "/v1/start", Some(&standby.to_string()), Some(TOKEN), 409)?;
+    ensure!(why.contains("tandem rejoin"), "{why}");
+    ensure!(!pg.data_dir().join("standby.signal").exists(), "nothing was written");
+
+    // As configured it starts (crash recovery) and is a primary again.
+    let started = ok(port, "POST", "/v1/start", Some("{}"))?;
+    pg.started_by_tandem();
+    ensure!(started["started_now"] == true && started["in_recovery"] == false, "{started}");
+    ensure!(pg.psql("postgres", "SELECT pg_is_in_recovery()")? == "f", "a primary again");
+    let stopped = ok(port, "POST", "/v1/stop", None)?;
+    ensure!(stopped["stopped_now"] == true && stopped["control"]["state"] == "shut down", "{stopped}");
     Ok(())
 }
