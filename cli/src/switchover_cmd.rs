@@ -39,7 +39,8 @@ pub struct SwitchoverArgs {
     /// switchover is aborted (clients wait at most this long, then go on unharmed).
     #[arg(long, default_value_t = 3000)]
     pause_timeout_ms: u64,
-    /// How long to follow it before giving up watching (it goes on regardless).
+    /// How long to follow it before giving up watching (it goes on regardless). With `--at`
+    /// the command returns once the group has it scheduled.
     #[arg(long, default_value_t = 60)]
     wait_s: u64,
     /// Withdraw a scheduled or starting switchover (until the primary is being stopped).
@@ -93,13 +94,12 @@ pub async fn switchover(file: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::
     }
     if let Some(t) = at_ms {
         println!(
-            "Scheduled in {} s (`tandem status` shows it; `tandem switchover --cancel` withdraws it).",
-            t.saturating_sub(now_ms()) / 1000
+            "Scheduled: it starts in {} s (`tandem status` shows it; `tandem switchover --cancel` withdraws it).",
+            t.saturating_sub(now_ms()).div_ceil(1000)
         );
+        return Ok(());
     }
-    let wait = Duration::from_secs(args.wait_s)
-        + Duration::from_millis(at_ms.map(|t| t.saturating_sub(now_ms())).unwrap_or(0));
-    follow(&client, epoch, &primary, started, wait).await
+    follow(&client, epoch, &primary, started, Duration::from_secs(args.wait_s)).await
 }
 
 fn standbys(state: &Value) -> Vec<String> {

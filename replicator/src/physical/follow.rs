@@ -108,7 +108,9 @@ pub fn retarget(configured: &tokio_postgres::Config, primary: Option<&(String, u
 /// witness crate).
 fn target_of(state: &serde_json::Value) -> Option<Target> {
     let epoch = state["epoch"].as_u64()?;
-    if !state["operation"].is_null() {
+    // A failover stops the relay until its new epoch; a planned switchover does not: the
+    // relay keeps streaming from the old primary until it stops, its final WAL included.
+    if !state["operation"].is_null() && state["operation"]["kind"] != "switchover" {
         return Some(Target { epoch, primary: None, fenced: true });
     }
     let primary = state["primary"].as_str()?;
@@ -236,6 +238,9 @@ mod tests {
         assert_eq!(t, Target { epoch: 1, primary: Some(("127.0.0.1".into(), 5432)), fenced: false });
         let failing = serde_json::json!({"epoch": 1, "operation": {"phase": "fencing"}, "primary": "pg1", "nodes": {}});
         assert!(target_of(&failing).unwrap().fenced);
+        let switching = serde_json::json!({"epoch": 1, "operation": {"kind": "switchover", "phase": "pausing"},
+            "primary": "pg1", "nodes": {"pg1": {"addr": "127.0.0.1:5432"}}});
+        assert_eq!(target_of(&switching), Some(t.clone()), "a switchover leaves the relay streaming");
 
         let source = Source::new(t.clone());
         source.fence(1);

@@ -239,7 +239,9 @@ pub fn check_target(w: &Witness, state: &ClusterState, from: &NodeId, to: &NodeI
 /// Prepare: waits until every proxy that may hold a write lease reported quiet. Returns the
 /// history's note ("2 proxies paused (17 clients)").
 async fn wait_quiet(w: &Witness, op: &Operation) -> Result<String, Halt> {
-    let since = op.entered(Phase::Pausing).unwrap_or(op.started_ms);
+    // When pausing began, from the state as it is now (`op` may predate the phase).
+    let state = w.state.borrow().clone();
+    let since = state.operation.as_ref().and_then(|o| o.entered(Phase::Pausing)).unwrap_or_else(now_ms);
     let timeout = Duration::from_millis(op.pause_timeout_ms);
     let left = timeout.saturating_sub(Duration::from_millis(now_ms().saturating_sub(since)));
     let deadline = Instant::now() + left;
