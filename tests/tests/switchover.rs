@@ -103,6 +103,21 @@ fn switchover_and_back_under_pgbench_fails_no_transaction() -> Result<()> {
     let simple = pgbench(&ha, "simple", 2, 25)?;
     let writers = Writers::start(&ha.dsn(), "checked", 2);
     wait_until("load before the switchover", WAIT, || (writers.acked() >= 100).then_some(()))?;
+    // A session pinned to its server connection (LISTEN), and a plain one, both idle.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let connect = |dsn: String| async move {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        anyhow::Ok(client)
+    };
+    let (pinned, pinned_conn, plain) = rt.block_on(async {
+        let (pinned, conn) = tokio_postgres::connect(&ha.dsn(), tokio_postgres::NoTls).await?;
+        let pinned_conn = tokio::spawn(conn);
+        pinned.batch_execute("LISTEN switchover_test").await?;
+        let plain = connect(ha.dsn()).await?;
+        plain.batch_execute("SET application_name = 'kept'").await?;
+        anyhow::Ok((pinned, pinned_conn, plain))
+    })?;
 
     let (ok, out) = finish(switchover_cli(&ha, &["--to", "s1"]))?;
     assert!(ok, "{out}\n{}", ha.logs());
@@ -115,6 +130,20 @@ fn switchover_and_back_under_pgbench_fails_no_transaction() -> Result<()> {
     assert_eq!((state["primary"].as_str(), state["epoch"].as_u64()), (Some("s1"), Some(2)));
     assert_eq!(state["nodes"]["pg1"]["role"], "standby");
     assert_eq!(in_recovery(ha.node("pg1")), Some(true), "pg1 follows s1 without pg_rewind");
+    // The plain session goes on, on s1, its setting kept; the pinned one's server state
+    // (its LISTEN) stayed on pg1: it was told so when pg1 stopped (FATAL 57P01, like a
+    // server's own shutdown, saying why), not moved silently without it.
+    rt.block_on(async {
+        let row = plain.query_one("SELECT current_setting('application_name'), pg_is_in_recovery()", &[]).await?;
+        assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("kept".to_owned(), false));
+        plain.execute("INSERT INTO checked VALUES (-9)", &[]).await?;
+        assert!(pinned.simple_query("SELECT 1").await.is_err(), "the pinned session's state is gone");
+        let err = pinned_conn.await?.expect_err("its connection ended with an error");
+        let db = err.as_db_error().with_context(|| format!("a server error, not {err:?}"))?;
+        assert_eq!(db.code().code(), "57P01", "{db:?}");
+        assert!(db.message().contains("switching over"), "{}", db.message());
+        anyhow::Ok(())
+    })?;
     let before = writers.acked();
     wait_until("writes after the switchover", WAIT, || (writers.acked() >= before + 100).then_some(()))?;
 
