@@ -57,6 +57,11 @@ pub async fn follow(ctx: Arc<ProxyContext>, stop: CancellationToken) {
             }
             continue;
         };
+        // Watch the leader when it is known: a follower learns of a commit up to a heartbeat
+        // later, and a switchover's clients wait for exactly that commit.
+        if let Some(i) = leader_index(&view, witnesses) {
+            next = i;
+        }
         let state = &view["state"];
         revision = state["revision"].as_u64();
         if let Some(topo) = changed(&ctx, state) {
@@ -69,6 +74,13 @@ pub async fn follow(ctx: Arc<ProxyContext>, stop: CancellationToken) {
         // After the switch: a switchover's commit resumes clients towards the new primary.
         switchover.observe(&ctx, state);
     }
+}
+
+/// Which of `witnesses` is the leader the answering witness names, if it is one of them.
+fn leader_index(view: &Value, witnesses: &[String]) -> Option<usize> {
+    let leader = view["leader"].as_u64()?;
+    let addr = view["witnesses"].as_array()?.iter().find(|w| w["id"].as_u64() == Some(leader))?["addr"].as_str()?;
+    witnesses.iter().position(|w| w == addr)
 }
 
 /// The topology the group's `state` describes, if it differs from the proxy's.
@@ -103,4 +115,20 @@ fn changed(ctx: &ProxyContext, state: &Value) -> Option<Arc<Topology>> {
         }));
     }
     Some(Arc::new(Topology { epoch, primary, replicas }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_is_watched_when_named() {
+        let witnesses = vec!["127.0.0.1:7001".to_owned(), "127.0.0.1:7002".to_owned()];
+        let view = serde_json::json!({"leader": 2, "witnesses": [
+            {"id": 1, "addr": "127.0.0.1:7001"}, {"id": 2, "addr": "127.0.0.1:7002"}]});
+        assert_eq!(leader_index(&view, &witnesses), Some(1));
+        assert_eq!(leader_index(&serde_json::json!({"leader": null}), &witnesses), None);
+        let elsewhere = serde_json::json!({"leader": 3, "witnesses": [{"id": 3, "addr": "10.0.0.3:7000"}]});
+        assert_eq!(leader_index(&elsewhere, &witnesses), None);
+    }
 }
