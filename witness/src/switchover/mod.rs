@@ -18,8 +18,11 @@
 //!    shutdown): its WAL senders ship everything, the shutdown checkpoint included, before
 //!    it exits. Its last checkpoint is the switchover's final position.
 //! 4. **catching_up**: the target replays past that position (it has every commit).
-//! 5. **promoting**: `pg_promote()`, slots for its followers (the old primary's included),
-//!    the commit quorum; then `Promoted` — epoch + 1: the proxies switch and resume.
+//!    Meanwhile the other standbys start streaming from it (cascading), and it gets the
+//!    slots of its followers (the old primary's included) and its commit quorum, so both
+//!    are in place the moment it is promoted.
+//! 5. **promoting**: `pg_promote()`; then `Promoted` — epoch + 1: the proxies switch and
+//!    resume.
 //! 6. Afterwards: standbys follow the new primary; the old primary, stopped at a point the
 //!    new primary has, restarts as its standby through its agent (no pg_rewind) and is
 //!    marked `Rejoined`.
@@ -174,24 +177,36 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
         Err(e) if phase == Phase::CatchingUp => return Err(restart(&agent, format!("the target: {e}")).await),
         Err(e) => return Err(Halt::Blocked(e)),
     };
+    let mut prepared = false;
     if let (Phase::CatchingUp, Some(lsn)) = (phase, stopped_at) {
+        // While it catches up: the other standbys stream from it, and it gets its slots and
+        // commit quorum now (a standby takes ALTER SYSTEM), in effect from its promotion.
+        let ready = crate::failover::prepare_new_primary(state, &to, &target, &[&from]).await;
         let (caught_up, cascaded) =
             tokio::join!(catch_up(&target, lsn, w.cfg.failover.catch_up_timeout), cascade(w, state, &to, &target));
         if let Err(reason) = caught_up {
             let halt = restart(&agent, reason).await;
-            // Back to the old primary, and no slots left holding WAL on the target.
+            // Back to the old primary, and nothing left on the target that holds WAL or
+            // would make a later promotion wait.
             crate::failover::repoint_standbys(w, state).await;
-            if let Err(e) = target.drop_idle_slots(&cascaded).await {
-                tracing::warn!(error = %e, "dropping the slots made on the target");
+            let cleanup = async {
+                target.drop_idle_slots(&cascaded).await?;
+                target.set_quorum("").await
+            };
+            if let Err(e) = cleanup.await {
+                tracing::warn!(error = %e, "undoing the switchover's preparation of the target");
             }
             return Err(halt);
         }
+        prepared = ready.map_err(|e| tracing::warn!(error = %e, "preparing the target before its promotion")).is_ok();
         commit(w, Command::FailoverPhase { phase: Phase::Promoting, to: Some(to.clone()) }).await?;
     }
     target.promote().await.map_err(|e| Halt::Blocked(e.to_string()))?;
-    crate::failover::prepare_new_primary(state, &to, &target, &[&from])
-        .await
-        .map_err(|e| Halt::Blocked(e.to_string()))?;
+    if !prepared {
+        crate::failover::prepare_new_primary(state, &to, &target, &[&from])
+            .await
+            .map_err(|e| Halt::Blocked(e.to_string()))?;
+    }
     let mut note = Vec::new();
     if let Some(lsn) = stopped_at {
         note.push(format!("{from} stopped at {lsn}"));
