@@ -239,6 +239,10 @@ fn a_proxy_that_never_goes_quiet_aborts_it_and_no_other_client_errs() -> Result<
     let state = ha.wait_epoch(2, WAIT)?;
     assert_eq!(state["primary"], "s1");
     wait_until("writes on s1", WAIT, || ha.psql("INSERT INTO checked VALUES (-8)").ok())?;
+    let leader = ha.leader()?;
+    let (_, metrics) = tandem_tests::ha::http(ha.witness_ports[leader], "GET", "/metrics", None, None)?;
+    assert!(metrics.contains("tandem_witness_switchovers_in_history 1\n"), "{metrics}");
+    assert!(metrics.contains("tandem_witness_operation_in_progress 0\n"), "{metrics}");
     Ok(())
 }
 

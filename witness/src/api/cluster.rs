@@ -284,7 +284,7 @@ pub(super) async fn metrics(State(w): State<Arc<Witness>>) -> impl IntoResponse 
         f64::from(u8::from(state.maintenance)),
     );
     let op = state.operation.as_ref();
-    gauge("operation_in_progress", "1 while a failover runs.", f64::from(u8::from(op.is_some())));
+    gauge("operation_in_progress", "1 while a failover or switchover runs.", f64::from(u8::from(op.is_some())));
     gauge(
         "operation_blocked",
         "1 while the failover in progress cannot go on (see tandem status for why).",
@@ -292,6 +292,8 @@ pub(super) async fn metrics(State(w): State<Arc<Witness>>) -> impl IntoResponse 
     );
     let failovers = state.history.iter().filter(|h| h.event.starts_with("failover:")).count();
     gauge("failovers_in_history", "Failovers among the kept history entries.", failovers as f64);
+    let switchovers = state.history.iter().filter(|h| h.event.starts_with("switchover:")).count();
+    gauge("switchovers_in_history", "Switchovers among the kept history entries.", switchovers as f64);
     let views = w.views.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let _ = writeln!(out, "# HELP tandem_witness_node_reachable 1 when this witness's last probe of the node succeeded.\n# TYPE tandem_witness_node_reachable gauge");
     for (name, v) in &views {
