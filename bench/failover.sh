@@ -28,6 +28,9 @@
 #   LOGDIR=<where failed rounds' logs are kept> OUT=<file>
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# The knobs as given, before any is made an array (arrays are not exported).
+INVOCATION="$(env | grep -E '^(ROUNDS|MODES|LOAD_SECONDS|AFTER_SECONDS|FAILOVER_LIMIT|CLIENTS|THREADS|SCALE|WRITERS|KILL|MAX_LOAD|LOAD_WAIT|WITNESS_ARGS|PROXY_ARGS|RELAY_ARGS|TANDEM_BIN|SKIP_BUILD)=' | sort | paste -sd' ') bench/failover.sh"
+INVOCATION=${INVOCATION# }
 source "$(dirname "$0")/ha_cluster.sh"
 
 ROUNDS=${ROUNDS:-20}
@@ -49,8 +52,6 @@ STAMP=$(date +%Y-%m-%d-%H%M)
 OUT=${OUT:-$BENCH_DIR/results/failover-$STAMP.md}
 LOGDIR=${LOGDIR:-/tmp/tandem-bench-failover-logs-$STAMP}
 [[ $KILL == postmaster || $KILL == server ]] || die "KILL must be postmaster or server"
-INVOCATION="$(env | grep -E '^(ROUNDS|MODES|LOAD_SECONDS|AFTER_SECONDS|FAILOVER_LIMIT|CLIENTS|THREADS|SCALE|WRITERS|KILL|MAX_LOAD|LOAD_WAIT|WITNESS_ARGS|PROXY_ARGS|RELAY_ARGS|TANDEM_BIN|SKIP_BUILD)=' | sort | paste -sd' ') bench/failover.sh"
-INVOCATION=${INVOCATION# }
 
 python3 -c 'import psycopg' 2>/dev/null || die "the writer needs psycopg 3: python3 -m pip install 'psycopg[binary]'"
 UPTIME_START=$(uptime | sed 's/^ *//')

@@ -27,6 +27,9 @@
 #   SKIP_BUILD=0 KEEP_WORK=0 LOGDIR=<where the raw data is kept> OUT=<file>
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# The knobs as given, before any is made an array (arrays are not exported).
+INVOCATION="$(env | grep -E '^(SWITCHOVERS|TARGETS|SCALE|CLIENTS|THREADS|PROTOCOL|WARMUP|STEADY|TAIL|SWITCH_EST|SWITCH_LIMIT|PAUSE_TIMEOUT_MS|WRITERS|WITNESS_ARGS|PROXY_ARGS|RELAY_ARGS|TANDEM_BIN|SKIP_BUILD)=' | sort | paste -sd' ') bench/switchover.sh"
+INVOCATION=${INVOCATION# }
 source "$(dirname "$0")/ha_cluster.sh"
 
 SWITCHOVERS=${SWITCHOVERS:-10}
@@ -48,8 +51,6 @@ OUT=${OUT:-$BENCH_DIR/results/switchover-$STAMP.md}
 LOGDIR=${LOGDIR:-/tmp/tandem-bench-switchover-$STAMP}
 [[ $TARGETS == rotate || $TARGETS == alternate ]] || die "TARGETS must be rotate or alternate"
 ((SWITCHOVERS >= 1)) || die "SWITCHOVERS must be at least 1"
-INVOCATION="$(env | grep -E '^(SWITCHOVERS|TARGETS|SCALE|CLIENTS|THREADS|PROTOCOL|WARMUP|STEADY|TAIL|SWITCH_EST|SWITCH_LIMIT|PAUSE_TIMEOUT_MS|WRITERS|WITNESS_ARGS|PROXY_ARGS|RELAY_ARGS|TANDEM_BIN|SKIP_BUILD)=' | sort | paste -sd' ') bench/switchover.sh"
-INVOCATION=${INVOCATION# }
 # pgbench runs long enough for every switchover at the estimated pace; a slower run does fewer
 # (and says so), a faster one has a longer steady tail.
 DURATION=$((WARMUP + SWITCHOVERS * (SWITCH_EST + STEADY) + TAIL))
