@@ -115,7 +115,7 @@ PGBENCH_END=$(awk -v s="$PGBENCH_START" -v d="$DURATION" 'BEGIN {printf "%.3f", 
 sleep "$WARMUP"
 
 # --- the switchovers --------------------------------------------------------------------------
-printf 'k\tfrom\tto\tstart\tend\trc\tload1\tready_s\n' >"$D/switchovers.tsv"
+printf 'k\tfrom\tto\tstart\tend\trc\tload1\tready_s\tquorum\n' >"$D/switchovers.tsv"
 DONE=0
 STOPPED_EARLY=""
 primary=pg1
@@ -142,10 +142,12 @@ for ((k = 1; k <= SWITCHOVERS; k++)); do
         "${HA_WITNESS_IDS[@]}" >"$D/switch-$k.out" 2>&1 || rc=$?
     end=$EPOCHREALTIME
     ha_state >"$D/state-$k.json" || true
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$primary" "$to" "$start" "$end" "$rc" "$load" "$ready_s" >>"$D/switchovers.tsv"
-    DONE=$k
-    log "switchover $k: rc $rc, $(grep -h -E '^(Write pause|Done):' "$D/switch-$k.out" | paste -sd' ' || true)"
     new=$(jq -r '.primary // empty' "$D/state-$k.json" 2>/dev/null || true)
+    # The primary's commit quorum afterwards (whom its commits wait for until the next one).
+    quorum=$(sql "$(ha_port "${new:-$primary}")" 'SHOW synchronous_standby_names' 2>/dev/null || echo '?')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$primary" "$to" "$start" "$end" "$rc" "$load" "$ready_s" "$quorum" >>"$D/switchovers.tsv"
+    DONE=$k
+    log "switchover $k: rc $rc, $(grep -h -E '^(Write pause|Done):' "$D/switch-$k.out" | paste -sd' ' || true); ${new:-?}'s synchronous_standby_names: $quorum"
     if ((rc != 0)) || [[ $new != "$to" ]]; then
         STOPPED_EARLY="switchover $k ($primary → $to) did not finish: exit status $rc, the group's primary is now ${new:-unknown}; see switch-$k.out"
         log "$STOPPED_EARLY"

@@ -97,8 +97,9 @@ for line in open(os.path.join(d, "switchovers.tsv")):
     f = line.rstrip("\n").split("\t")
     if f[0] == "k":
         continue
-    k, frm, to, start, end, xrc, load, ready = f
-    r = dict(k=int(k), frm=frm, to=to, start=float(start), end=float(end), rc=int(xrc), load=load, ready=float(ready))
+    k, frm, to, start, end, xrc, load, ready = f[:8]
+    r = dict(k=int(k), frm=frm, to=to, start=float(start), end=float(end), rc=int(xrc), load=load, ready=float(ready),
+             quorum=f[8] if len(f) > 8 else "?")
     cli = open(os.path.join(d, f"switch-{k}.out"), errors="replace").read()
     r["cli"] = cli
     m = re.search(r"Write pause: (\d+) ms", cli)
@@ -140,6 +141,12 @@ for line in open(os.path.join(d, "switchovers.tsv")):
         # its quorum.
         i = bisect.bisect_right(ends, b)
         r["first_commit"] = (ends[i] - b) * 1000 if i < len(ends) else None
+    else:
+        # No new primary: what the clients saw from the request until 2 s after the CLI gave up.
+        idx = window(r["start"], r["end"] + 2)
+        r["client_max"] = max((lats[i] for i in idx), default=None)
+        r["gap"] = longest_gap(r["start"], r["end"] + 2)
+        r["reason"] = next((l for l in cli.splitlines() if "aborted" in l or "refused" in l or "error" in l.lower()), cli.strip()[-200:])
     rows.append(r)
 
 # The proxy's own account: "switchover over: resumed paused_ms=N" at the commit.
@@ -241,7 +248,8 @@ print()
 print("| | median | max | goal |")
 print("|---|---:|---:|---|")
 print(f"| **write pause as clients see it** (longest pgbench transaction ending between the pause and 2 s after the publication) | **{ms(med(client))}** | **{ms(max(client) if client else None)}** | "
-      + ("met" if goal_met else "**not met**") + " (≤ 1 s in every switchover) |")
+      + ("met" if goal_met else "**not met**") + " (≤ 1 s in every switchover"
+      + (f"; {len(rows) - len(ok)} did not finish" if len(ok) < len(rows) else "") + ") |")
 print(f"| write pause as the group sees it (history: pausing → published) | {ms(med(group))} | {ms(max(group) if group else None)} | |")
 pp = col("proxy_paused")
 print(f"| the proxy's PAUSE gate closed (its log: `paused_ms`) | {ms(med(pp))} | {ms(max(pp) if pp else None)} | |")
@@ -345,14 +353,31 @@ print("| # | from → to | load | checking | " + " | ".join(names) + " | **group
 print("|---:|---|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
 for r in rows:
     if "published" not in r:
-        status = f"**failed** (exit {r['rc']}): " + " ".join(r["cli"].strip().splitlines()[-2:])[:200]
-        print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | — | " + " | ".join("—" for _ in names) + f" | — | — | — | — | — | — | — | — | — | — | {status} |")
+        status = f"**failed** (exit {r['rc']})"
+        print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | — | " + " | ".join("—" for _ in names)
+              + f" | — | — | — | — | **{ms(r['client_max']).replace(' ms', '')}** | — | {r['gap']:.0f} | — | — | — | {status} |")
         continue
     status = "ok" if r["rc"] == 0 and r["rejoined_cli"] else f"exit {r['rc']}" + ("" if r["rejoined_cli"] else ", old primary not a standby when the CLI returned")
     print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | {r['checking_ms']:.0f} | " if r.get("checking_ms") is not None else f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | — | ", end="")
     print(" | ".join(str(r["phases"].get(p, "—")) for p in names)
           + f" | **{r['total']}** | {r.get('cli_pause') or '—'} | {r.get('proxy_paused') or '—'} | {ms(r.get('first_commit')).replace(' ms', '')} | **{r['client_max']:.0f}** | {r['p99_switch']:.1f} ({r['n_switch']}) | "
           f"{r['gap']:.0f} | {r['writer_max']:.0f} | {r['proxies_clients']} | {r['rejoin_ms'] if r.get('rejoin_ms') is not None else '—'} | {status} |")
+print()
+failed_rows = [r for r in rows if "published" not in r]
+if failed_rows:
+    print("Switchovers that did not finish (the series stops at the first; \"clients: max\" and \"no commit\" above are then")
+    print("from the request to 2 s after the CLI returned):")
+    print()
+    for r in failed_rows:
+        print(f"- {r['k']}: {r['frm']} → {r['to']}: `{r['reason'].strip()}`; the longest pgbench transaction then "
+              f"{ms(r['client_max'])}, {ms(r['gap'])} without any transaction ending.")
+    print()
+print("The primary's `synchronous_standby_names` after each switchover (the quorum its commits wait for until the next):")
+print()
+print("```")
+for r in rows:
+    print(f"{r['k']}: {r['frm']} → {r['to']}: primary {r['to'] if 'published' in r else r['frm']}: {r['quorum']}")
+print("```")
 print()
 print("The group's history entry of each:")
 print()
