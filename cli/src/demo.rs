@@ -27,7 +27,8 @@ pub struct DemoArgs {
     #[arg(long, env = "TANDEM_DEMO_DIR")]
     data_dir: Option<PathBuf>,
     /// Port of the proxy; the PostgreSQL servers take the next three ports, the
-    /// replicator's status endpoint the one after, and the three witnesses the next three.
+    /// replicator's status endpoint the one after, the three witnesses the next three, and
+    /// the servers' agents the three after those (11 ports in all).
     #[arg(long, default_value_t = 6432)]
     port: u16,
     /// `sync`: a commit returns once one quorum member has it (physical: flushed by a standby

@@ -91,16 +91,10 @@ pub async fn failover(file: Option<PathBuf>, args: FailoverArgs) -> anyhow::Resu
     }
     if !args.yes {
         let target = args.to.clone().unwrap_or_else(|| "the most advanced standby".into());
-        print!(
+        confirm(&format!(
             "Fail over from {primary} to {target}? The old primary is fenced until `tandem rejoin`; \
-             writes it took that no standby has are lost. [y/N] "
-        );
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        if !matches!(line.trim(), "y" | "Y" | "yes") {
-            bail!("aborted");
-        }
+             writes it took that no standby has are lost."
+        ))?;
     }
     let started = Instant::now();
     let (status, answer) = client.post("/v1/failover", &json!({ "to": args.to }), token.as_deref()).await?;
@@ -112,8 +106,7 @@ pub async fn failover(file: Option<PathBuf>, args: FailoverArgs) -> anyhow::Resu
 
 /// Prints each phase as the group enters it, until the epoch moves past `epoch`.
 async fn follow(client: &WitnessClient, epoch: u64, started: Instant, wait: Duration) -> anyhow::Result<()> {
-    let mut last_phase = String::new();
-    let mut last_blocked = String::new();
+    let mut progress = Progress::default();
     while started.elapsed() < wait {
         let view = client.cluster().await?;
         let state = serde_json::to_value(&view.state)?;
@@ -123,22 +116,43 @@ async fn follow(client: &WitnessClient, epoch: u64, started: Instant, wait: Dura
             println!("New primary: {} (epoch {})", state["primary"].as_str().unwrap_or("?"), state["epoch"]);
             return Ok(());
         }
-        let op = &state["operation"];
-        if let Some(phase) = op["phase"].as_str() {
-            if phase != last_phase {
-                println!("  {:>6} ms  {phase}", started.elapsed().as_millis());
-                last_phase = phase.to_owned();
-            }
-        }
-        if let Some(reason) = op["blocked"].as_str() {
-            if reason != last_blocked {
-                println!("  blocked: {reason}");
-                last_blocked = reason.to_owned();
-            }
-        }
+        progress.show(&state["operation"], started);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the failover did not finish within {} s (it goes on; see `tandem status`)", wait.as_secs())
+}
+
+/// Asks `question` with ` [y/N] `; anything but yes is an error ("aborted").
+pub(crate) fn confirm(question: &str) -> anyhow::Result<()> {
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        bail!("aborted");
+    }
+    Ok(())
+}
+
+/// Prints an operation's phases and blocked reasons as they change.
+#[derive(Default)]
+pub(crate) struct Progress {
+    phase: String,
+    blocked: String,
+}
+
+impl Progress {
+    /// Prints what changed in `op` (the state's `operation`) since the last call.
+    pub(crate) fn show(&mut self, op: &Value, started: Instant) {
+        if let Some(phase) = op["phase"].as_str().filter(|p| *p != self.phase) {
+            println!("  {:>6} ms  {phase}", started.elapsed().as_millis());
+            self.phase = phase.to_owned();
+        }
+        if let Some(reason) = op["blocked"].as_str().filter(|r| *r != self.blocked) {
+            println!("  blocked: {reason}");
+            self.blocked = reason.to_owned();
+        }
+    }
 }
 
 fn last_failover(state: &Value) -> Option<String> {

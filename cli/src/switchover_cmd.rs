@@ -8,7 +8,6 @@
 //! write pause, the proxies and clients that waited, the new epoch, and the old primary
 //! back as a standby. `--cancel` withdraws a switchover that has not stopped the primary.
 
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +16,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use tandem_witness::client::WitnessClient;
 
-use crate::operate_cmd::client;
+use crate::operate_cmd::{client, confirm, Progress};
 use crate::witness_cmd::ClusterArgs;
 
 /// Flags of `tandem switchover`.
@@ -75,16 +74,10 @@ pub async fn switchover(file: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::
             Some(at) => format!(" at {at}"),
             None => " now".into(),
         };
-        print!(
+        confirm(&format!(
             "Switch over from {primary} to {to}{when}? Proxies hold new transactions until {to} is promoted \
-             (a pause, no errors); {primary} restarts as a standby. [y/N] "
-        );
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        if !matches!(line.trim(), "y" | "Y" | "yes") {
-            bail!("aborted");
-        }
+             (a pause, no errors); {primary} restarts as a standby."
+        ))?;
     }
     let started = Instant::now();
     let body = json!({ "to": to, "at_ms": at_ms, "pause_timeout_ms": args.pause_timeout_ms });
@@ -143,8 +136,7 @@ fn parse_at(text: &str) -> anyhow::Result<u64> {
 /// Prints each phase as the group enters it, until the epoch moves past `epoch` (done) or
 /// the switchover is gone without it (aborted); then waits for the old primary to rejoin.
 async fn follow(client: &WitnessClient, epoch: u64, old: &str, started: Instant, wait: Duration) -> anyhow::Result<()> {
-    let mut last_phase = String::new();
-    let mut last_blocked = String::new();
+    let mut progress = Progress::default();
     let mut seen_op = false;
     while started.elapsed() < wait {
         let view = client.cluster().await?;
@@ -170,18 +162,7 @@ async fn follow(client: &WitnessClient, epoch: u64, old: &str, started: Instant,
         } else {
             seen_op = true;
         }
-        if let Some(phase) = op["phase"].as_str() {
-            if phase != last_phase {
-                println!("  {:>6} ms  {phase}", started.elapsed().as_millis());
-                last_phase = phase.to_owned();
-            }
-        }
-        if let Some(reason) = op["blocked"].as_str() {
-            if reason != last_blocked {
-                println!("  blocked: {reason}");
-                last_blocked = reason.to_owned();
-            }
-        }
+        progress.show(op, started);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("the switchover did not finish within {} s (it goes on; see `tandem status`)", wait.as_secs())

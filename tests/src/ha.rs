@@ -357,6 +357,17 @@ pub fn psql_at(dsn: &str, sql: &str) -> anyhow::Result<String> {
     }
 }
 
+/// The ids in the checker's table `checked` on `pg`, in order.
+pub fn checked_ids(pg: &PgServer) -> anyhow::Result<Vec<i64>> {
+    let out = pg.psql("postgres", "SELECT id FROM checked ORDER BY id")?;
+    out.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(l.trim().parse()?)).collect()
+}
+
+/// `pg_is_in_recovery()` on `pg`; None when it does not answer.
+pub fn in_recovery(pg: &PgServer) -> Option<bool> {
+    Some(pg.psql("postgres", "SELECT pg_is_in_recovery()").ok()? == "t")
+}
+
 /// `GET path` on a witness: the JSON body.
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<Value> {
     let (code, body) = http(port, "GET", path, None, None)?;

@@ -8,19 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tandem_tests::checker::{violations, Writers};
-use tandem_tests::ha::{Ha, WAIT};
-use tandem_tests::{init_tracing, wait_until, PgServer};
+use tandem_tests::ha::{checked_ids as ids, in_recovery, Ha, WAIT};
+use tandem_tests::{init_tracing, wait_until};
 
 const TABLE: &str = "CREATE TABLE checked (id bigint)";
-
-fn ids(pg: &PgServer) -> Result<Vec<i64>> {
-    let out = pg.psql("postgres", "SELECT id FROM checked ORDER BY id")?;
-    out.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(l.trim().parse()?)).collect()
-}
-
-fn in_recovery(pg: &PgServer) -> Option<bool> {
-    Some(pg.psql("postgres", "SELECT pg_is_in_recovery()").ok()? == "t")
-}
 
 /// The last history entry whose event contains `what`.
 fn history_event(ha: &Ha, what: &str) -> Option<String> {

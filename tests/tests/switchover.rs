@@ -11,19 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tandem_tests::checker::{violations, Writers};
-use tandem_tests::ha::{Ha, WAIT};
+use tandem_tests::ha::{checked_ids as ids, in_recovery, Ha, WAIT};
 use tandem_tests::{init_tracing, pg_bin_dir, tandem_bin, wait_until, PgServer};
 
 const TABLE: &str = "CREATE TABLE checked (id bigint)";
-
-fn ids(pg: &PgServer) -> Result<Vec<i64>> {
-    let out = pg.psql("postgres", "SELECT id FROM checked ORDER BY id")?;
-    out.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(l.trim().parse()?)).collect()
-}
-
-fn in_recovery(pg: &PgServer) -> Option<bool> {
-    Some(pg.psql("postgres", "SELECT pg_is_in_recovery()").ok()? == "t")
-}
 
 /// `tandem switchover ARGS --yes` against the group, in a thread: its output.
 fn switchover_cli(ha: &Ha, args: &[&str]) -> std::thread::JoinHandle<std::io::Result<Output>> {
@@ -103,6 +94,21 @@ fn switchover_and_back_under_pgbench_fails_no_transaction() -> Result<()> {
     let simple = pgbench(&ha, "simple", 2, 25)?;
     let writers = Writers::start(&ha.dsn(), "checked", 2);
     wait_until("load before the switchover", WAIT, || (writers.acked() >= 100).then_some(()))?;
+    // A session pinned to its server connection (LISTEN), and a plain one, both idle.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let connect = |dsn: String| async move {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        anyhow::Ok(client)
+    };
+    let (pinned, pinned_conn, plain) = rt.block_on(async {
+        let (pinned, conn) = tokio_postgres::connect(&ha.dsn(), tokio_postgres::NoTls).await?;
+        let pinned_conn = tokio::spawn(conn);
+        pinned.batch_execute("LISTEN switchover_test").await?;
+        let plain = connect(ha.dsn()).await?;
+        plain.batch_execute("SET application_name = 'kept'").await?;
+        anyhow::Ok((pinned, pinned_conn, plain))
+    })?;
 
     let (ok, out) = finish(switchover_cli(&ha, &["--to", "s1"]))?;
     assert!(ok, "{out}\n{}", ha.logs());
@@ -115,6 +121,20 @@ fn switchover_and_back_under_pgbench_fails_no_transaction() -> Result<()> {
     assert_eq!((state["primary"].as_str(), state["epoch"].as_u64()), (Some("s1"), Some(2)));
     assert_eq!(state["nodes"]["pg1"]["role"], "standby");
     assert_eq!(in_recovery(ha.node("pg1")), Some(true), "pg1 follows s1 without pg_rewind");
+    // The plain session goes on, on s1, its setting kept; the pinned one's server state
+    // (its LISTEN) stayed on pg1: it was told so when pg1 stopped (FATAL 57P01, like a
+    // server's own shutdown, saying why), not moved silently without it.
+    rt.block_on(async {
+        let row = plain.query_one("SELECT current_setting('application_name'), pg_is_in_recovery()", &[]).await?;
+        assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("kept".to_owned(), false));
+        plain.execute("INSERT INTO checked VALUES (-9)", &[]).await?;
+        assert!(pinned.simple_query("SELECT 1").await.is_err(), "the pinned session's state is gone");
+        let err = pinned_conn.await?.expect_err("its connection ended with an error");
+        let db = err.as_db_error().with_context(|| format!("a server error, not {err:?}"))?;
+        assert_eq!(db.code().code(), "57P01", "{db:?}");
+        assert!(db.message().contains("switching over"), "{}", db.message());
+        anyhow::Ok(())
+    })?;
     let before = writers.acked();
     wait_until("writes after the switchover", WAIT, || (writers.acked() >= before + 100).then_some(()))?;
 
@@ -194,11 +214,7 @@ fn a_proxy_that_never_goes_quiet_aborts_it_and_no_other_client_errs() -> Result<
     let state = ha.state()?;
     assert_eq!((state["primary"].as_str(), state["epoch"].as_u64()), (Some("pg1"), Some(1)));
     assert_eq!(in_recovery(ha.node("pg1")), Some(false));
-    let before = writers.acked();
-    wait_until("writes after the abort", WAIT, || (writers.acked() >= before + 50).then_some(()))?;
-    let outcomes = writers.stop();
-    assert!(outcomes.failed.is_empty() && outcomes.unknown.is_empty(), "{:?}", outcomes.errors);
-    assert!(violations(&ids(ha.node("pg1"))?, &outcomes).is_empty());
+    no_client_error(&ha, writers, "pg1")?;
 
     // Refused at once, with the reason: an unknown target, the primary itself; a scheduled
     // one shows in the state and is withdrawn by --cancel.
@@ -219,14 +235,20 @@ fn a_proxy_that_never_goes_quiet_aborts_it_and_no_other_client_errs() -> Result<
     Ok(())
 }
 
-#[test]
-fn the_witness_leader_killed_mid_switchover_leaves_one_primary() -> Result<()> {
-    init_tracing();
-    let mut ha = Ha::start("sync")?;
+/// A cluster under a checker's load, in the prepare phase of a switchover to `to` that a 2 s
+/// transaction keeps there (pause timeout 8 s).
+struct Pausing {
+    ha: Ha,
+    writers: Writers,
+    held: std::thread::JoinHandle<Result<String>>,
+    cli: std::thread::JoinHandle<std::io::Result<Output>>,
+}
+
+fn pausing_switchover(to: &str) -> Result<Pausing> {
+    let ha = Ha::start("sync")?;
     ha.psql(TABLE)?;
     let writers = Writers::start(&ha.dsn(), "checked", 2);
     wait_until("load", WAIT, || (writers.acked() >= 50).then_some(()))?;
-    // A 2 s transaction keeps the switchover in its prepare phase while the leader dies.
     let held = hold_transaction(ha.dsn(), Duration::from_secs(2));
     wait_until("the held transaction runs", WAIT, || {
         ha.node("pg1")
@@ -234,8 +256,27 @@ fn the_witness_leader_killed_mid_switchover_leaves_one_primary() -> Result<()> {
             .ok()
             .filter(|n| n != "0")
     })?;
-    let cli = switchover_cli(&ha, &["--to", "s1", "--pause-timeout-ms", "8000"]);
+    let cli = switchover_cli(&ha, &["--to", to, "--pause-timeout-ms", "8000"]);
     wait_until("pausing", WAIT, || (phase(&ha)? == "pausing").then_some(()))?;
+    Ok(Pausing { ha, writers, held, cli })
+}
+
+/// The checker's writes go on; none failed or unknown, every acknowledged one on `primary`.
+fn no_client_error(ha: &Ha, writers: Writers, primary: &str) -> Result<()> {
+    let before = writers.acked();
+    wait_until(&format!("writes on {primary}"), WAIT, || (writers.acked() >= before + 50).then_some(()))
+        .with_context(|| ha.logs())?;
+    let outcomes = writers.stop();
+    assert!(outcomes.failed.is_empty() && outcomes.unknown.is_empty(), "{:?}", outcomes.errors);
+    let v = violations(&ids(ha.node(primary))?, &outcomes);
+    assert!(v.is_empty(), "{v:?}");
+    Ok(())
+}
+
+#[test]
+fn the_witness_leader_killed_mid_switchover_leaves_one_primary() -> Result<()> {
+    init_tracing();
+    let Pausing { mut ha, writers, held, cli } = pausing_switchover("s1")?;
     let leader = ha.leader()?;
     ha.kill_witness(leader);
     let started = Instant::now();
@@ -251,30 +292,13 @@ fn the_witness_leader_killed_mid_switchover_leaves_one_primary() -> Result<()> {
     let primaries: Vec<&str> =
         ["pg1", "s1", "s2"].into_iter().filter(|n| in_recovery(ha.node(n)) == Some(false)).collect();
     assert_eq!(primaries, vec![primary.as_str()], "exactly one primary");
-    let before = writers.acked();
-    wait_until("writes after", WAIT, || (writers.acked() >= before + 50).then_some(()))?;
-    let outcomes = writers.stop();
-    assert!(outcomes.failed.is_empty() && outcomes.unknown.is_empty(), "{:?}", outcomes.errors);
-    assert!(violations(&ids(ha.node(&primary))?, &outcomes).is_empty());
-    Ok(())
+    no_client_error(&ha, writers, &primary)
 }
 
 #[test]
 fn the_target_killed_mid_switchover_aborts_on_the_old_primary() -> Result<()> {
     init_tracing();
-    let mut ha = Ha::start("sync")?;
-    ha.psql(TABLE)?;
-    let writers = Writers::start(&ha.dsn(), "checked", 2);
-    wait_until("load", WAIT, || (writers.acked() >= 50).then_some(()))?;
-    let held = hold_transaction(ha.dsn(), Duration::from_secs(2));
-    wait_until("the held transaction runs", WAIT, || {
-        ha.node("pg1")
-            .psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2%'")
-            .ok()
-            .filter(|n| n != "0")
-    })?;
-    let cli = switchover_cli(&ha, &["--to", "s1", "--pause-timeout-ms", "8000"]);
-    wait_until("pausing", WAIT, || (phase(&ha)? == "pausing").then_some(()))?;
+    let Pausing { mut ha, writers, held, cli } = pausing_switchover("s1")?;
     ha.node_mut("s1").kill9();
     let (ok, out) = finish(cli)?;
     assert!(!ok && out.contains("switchover aborted"), "{out}\n{}", ha.logs());
@@ -283,11 +307,5 @@ fn the_target_killed_mid_switchover_aborts_on_the_old_primary() -> Result<()> {
     assert_eq!((state["primary"].as_str(), state["epoch"].as_u64()), (Some("pg1"), Some(1)));
     assert_eq!(in_recovery(ha.node("pg1")), Some(false));
     assert_eq!(in_recovery(ha.node("s2")), Some(true));
-    let before = writers.acked();
-    wait_until("writes on pg1 after the abort", WAIT, || (writers.acked() >= before + 50).then_some(()))
-        .with_context(|| ha.logs())?;
-    let outcomes = writers.stop();
-    assert!(outcomes.failed.is_empty() && outcomes.unknown.is_empty(), "{:?}", outcomes.errors);
-    assert!(violations(&ids(ha.node("pg1"))?, &outcomes).is_empty());
-    Ok(())
+    no_client_error(&ha, writers, "pg1")
 }

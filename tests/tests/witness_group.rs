@@ -298,10 +298,13 @@ fn the_relay_reports_to_the_group() -> Result<()> {
     wait_until("the relay records the epoch", WAIT, || {
         (std::fs::read_to_string(relay_dir.path().join("epoch")).ok()?.trim() == "1").then_some(())
     })?;
-    // Switchover is the seam of its own issue: a clear 501, not a 404. A failover to a node
-    // that is not a standby is refused with the reason.
+    // A switchover needs a target, and an agent beside the primary (none here): refused
+    // with the reason. A failover to a node that is not a standby is refused with the reason.
     let (code, body) = http(g.ports[leader], "POST", "/v1/switchover", Some("{}"), None)?;
-    assert_eq!(code, 501, "{body}");
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = http(g.ports[leader], "POST", "/v1/switchover", Some(r#"{"to": "nosuch"}"#), None)?;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("no agent"), "{body}");
     let (code, body) = http(g.ports[leader], "POST", "/v1/failover", Some(r#"{"to": "nosuch"}"#), None)?;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("not a node"), "{body}");

@@ -41,6 +41,8 @@ pub struct Witness {
     pub lease_answers: Mutex<BTreeMap<String, LeaseAnswers>>,
     /// Which proxies went quiet for the switchover in progress (leader's use).
     pub quiet: Mutex<crate::switchover::quiet::QuietReports>,
+    /// A switchover's old primary is being restarted as a standby (one task at a time).
+    pub restarting: std::sync::atomic::AtomicBool,
     /// Makes request ids unique per process.
     next_request: std::sync::atomic::AtomicU64,
     started: Instant,
@@ -112,6 +114,7 @@ impl Witness {
             sightings: Mutex::new(BTreeMap::new()),
             lease_answers: Mutex::new(BTreeMap::new()),
             quiet: Mutex::default(),
+            restarting: Default::default(),
             next_request: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
         }))
@@ -255,6 +258,7 @@ async fn leader_loop(w: &Arc<Witness>, stop: &CancellationToken) {
             }
         } else if reconciled.elapsed() >= RECONCILE_EVERY {
             crate::failover::reconcile(w, &state).await;
+            crate::switchover::finish_restart(w, &state);
             reconciled = Instant::now();
         }
     }

@@ -6,11 +6,17 @@ use bytes::Buf;
 use super::session::{discard, End, Session, MAX_SERVER_MESSAGE};
 use crate::config::PoolMode;
 use crate::context::ClientState;
-use crate::protocol::build::{sqlstate, Severity};
+use crate::protocol::build::{self, sqlstate, Severity};
 use crate::protocol::fields::{self, TxStatus};
 use crate::protocol::frame::{measure, message_len, HEADER_LEN};
 use crate::router::classify::SessionEffect;
 use tandem_core::Role;
+
+/// What a session pinned to its server connection (session mode, LISTEN, temporary
+/// objects, ...) is told when a switchover stops the primary under it.
+const SWITCHOVER_ENDS_PINNED: &str = "terminating connection: the primary is switching over to another node, \
+     and this session's server state (session pooling, LISTEN, temporary objects, WITH HOLD cursors, SQL \
+     PREPARE) stays on the old one; reconnect to continue on the new primary";
 
 impl Session {
     /// Handles every complete message buffered from the active server.
@@ -68,6 +74,17 @@ impl Session {
                 self.span
                     .in_scope(|| tracing::debug!(node = %a.node.id, "server sent an error with nothing outstanding"));
                 a.conn.broken = true;
+                pos += total;
+                continue;
+            }
+            if tag == b'E' && self.pinned && self.pipeline.is_idle() && self.ctx.gate.is_paused() && is_fatal(body) {
+                // A pinned session's server shut down while the proxy is paused for a
+                // switchover: say so (same SQLSTATE as the server's own shutdown message),
+                // since its server state does not move to the new primary.
+                flush(&mut self.cout, &rbuf, &mut run);
+                build::error(&mut self.cout, Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, SWITCHOVER_ENDS_PINNED);
+                self.forwarded = true;
+                self.server_fatal = true;
                 pos += total;
                 continue;
             }

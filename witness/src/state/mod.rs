@@ -150,6 +150,10 @@ pub struct ClusterState {
     pub replicator: Option<ReplicatorState>,
     /// Topology changes, newest last.
     pub history: VecDeque<HistoryEntry>,
+    /// An old primary a switchover stopped cleanly, to restart as a standby (through its
+    /// agent; no pg_rewind needed) until it is `Rejoined`: the leader retries it.
+    #[serde(default)]
+    pub restart_as_standby: Option<NodeId>,
     /// Recently applied request ids and their outcomes.
     #[serde(default)]
     applied_requests: VecDeque<(String, Outcome)>,
@@ -385,6 +389,9 @@ impl ClusterState {
                     Some(n) if n.role == NodeRole::Fenced => n.role = NodeRole::Standby,
                     Some(_) => return self.refused(format!("{node} is not fenced")),
                     None => return self.refused(format!("{node} is not a node of this cluster")),
+                }
+                if self.restart_as_standby.as_ref() == Some(node) {
+                    self.restart_as_standby = None;
                 }
                 self.record(req.at_ms, &format!("{node} rejoined as a standby"), None);
                 self.changed()

@@ -319,6 +319,9 @@ impl ClusterState {
         }
         self.primary_failed_ms = None;
         self.leases.clear();
+        // A failover's old primary may hold commits the new one lacks (pg_rewind, `tandem
+        // rejoin`); a switchover's stopped cleanly at a point the new primary has.
+        self.restart_as_standby = (op.kind == OperationKind::Switchover).then(|| from.clone());
         let mut event = format!("{}: {}", op.kind, phase_durations(&op, at_ms));
         if let Some(note) = note {
             event.push_str(&format!("; {note}"));
@@ -395,7 +398,9 @@ mod tests {
         assert!(s.primary_failed_ms.is_none() && s.operation.is_none());
         let event = &s.history.back().unwrap().event;
         assert!(event.starts_with("switchover: pg1 → pg2 (pausing"), "{event}");
+        assert_eq!(s.restart_as_standby, Some(id("pg1")), "the leader restarts it as a standby");
         assert!(s.apply(&req("j", Command::Rejoined { node: id("pg1") })).applied);
+        assert_eq!(s.restart_as_standby, None);
     }
 
     #[test]

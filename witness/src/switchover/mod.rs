@@ -193,10 +193,33 @@ async fn run(w: &Arc<Witness>, state: &ClusterState, op: &Operation) -> Result<(
     tracing::warn!(old = %from, new = %to, "switchover done: new primary published");
     let published = w.state.borrow().clone();
     crate::failover::repoint_standbys(w, &published).await;
-    if let Err(e) = rejoin_old_primary(w, &published, &from, &to, &agent).await {
-        tracing::error!(node = %from, error = %e, "restarting the old primary as a standby (`tandem rejoin` it)");
-    }
+    finish_restart(w, &published);
     Ok(())
+}
+
+/// Restarts a switchover's old primary as a standby until it rejoined, in a task of its own
+/// (it waits for streaming; the leader's loop must go on judging the primary). Called after
+/// the commit and again by the leader's reconcile tick while `restart_as_standby` is set
+/// (the leader that finished the switchover may have died, or the restart failed).
+pub fn finish_restart(w: &Arc<Witness>, state: &ClusterState) {
+    let Some(node) = state.restart_as_standby.clone() else { return };
+    if state.nodes.get(&node).map(|n| n.role) != Some(crate::state::NodeRole::Fenced) {
+        return;
+    }
+    if w.restarting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return; // one at a time
+    }
+    let (w, state) = (w.clone(), state.clone());
+    tokio::spawn(async move {
+        let outcome = match agent_of(&w, &node) {
+            Ok(agent) => rejoin_old_primary(&w, &state, &node, &agent).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(%node, error = %e, "restarting the old primary as a standby (retried)");
+        }
+        w.restarting.store(false, std::sync::atomic::Ordering::Release);
+    });
 }
 
 /// Before anything pauses: may this switchover go ahead?
@@ -310,9 +333,10 @@ async fn rejoin_old_primary(
     w: &Witness,
     state: &ClusterState,
     from: &NodeId,
-    to: &NodeId,
     agent: &AgentClient,
 ) -> Result<(), String> {
+    let to = state.primary.clone().ok_or("no primary")?;
+    let to = &to;
     let new_primary = addr_of(state, to)?;
     let standby = StandbyStart {
         primary_conninfo: sql::conninfo_for(&new_primary, &w.cfg.probe, from.as_str()),
