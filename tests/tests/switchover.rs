@@ -166,6 +166,13 @@ fn switchover_and_back_under_pgbench_fails_no_transaction() -> Result<()> {
     assert!(v.is_empty(), "{v:?}");
     // Every node: the same rows, and the newest timeline.
     converged(&ha, "pg1")?;
+    // s1, left out of pg1's commit quorum while it was stopped, is a member again once it
+    // rejoined (the relay's configured members: s1, s2 and itself).
+    wait_until("s1 back in pg1's commit quorum", WAIT, || {
+        let names = ha.node("pg1").psql("postgres", "SHOW synchronous_standby_names").ok()?;
+        (names == r#"ANY 1 ("s1", "s2", "tandem_relay")"#).then_some(())
+    })
+    .with_context(|| ha.node("pg1").psql("postgres", "SHOW synchronous_standby_names").unwrap_or_default())?;
     let tli = timeline(ha.node("pg1")).context("pg1's timeline")?;
     assert_eq!(tli, 3, "two promotions: timeline 3");
     for n in ["s1", "s2"] {

@@ -270,22 +270,27 @@ pub(crate) async fn prepare_new_primary(
         slots.push(slot);
     }
     session.ensure_slots(&slots).await?;
-    let value = match quorum {
-        Some(q) if q.k > 0 => {
-            let members: Vec<String> = q.members.into_iter().filter(|m| m != to.as_str()).collect();
-            any_value(q.k.min(members.len()), &members)
-        }
-        _ => String::new(),
-    };
+    let value = quorum_value(quorum, to);
     session.set_quorum(&value).await?;
     tracing::info!(node = %to, synchronous_standby_names = %value, slots = ?slots, "new primary prepared");
     Ok(())
 }
 
+/// `synchronous_standby_names` for `primary` under `quorum` (never waiting for itself).
+pub(crate) fn quorum_value(quorum: Option<crate::state::Quorum>, primary: &NodeId) -> String {
+    match quorum {
+        Some(q) if q.k > 0 => {
+            let members: Vec<String> = q.members.into_iter().filter(|m| m != primary.as_str()).collect();
+            any_value(q.k.min(members.len()), &members)
+        }
+        _ => String::new(),
+    }
+}
+
 /// The commit quorum the primary of this epoch runs with: the relay's configured members
 /// that are standbys now (a fenced old primary or the primary itself never is one), plus the
 /// relay; `k` no more than there are members. The same rule sets it on a new primary.
-fn quorum_in_force(state: &ClusterState) -> Option<crate::state::Quorum> {
+pub(crate) fn quorum_in_force(state: &ClusterState) -> Option<crate::state::Quorum> {
     let r = state.replicator.as_ref()?;
     let q = r.quorum.as_ref()?;
     let members: Vec<String> = q

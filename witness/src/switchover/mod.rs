@@ -354,5 +354,11 @@ async fn rejoin_old_primary(
     }
     commit(w, Command::Rejoined { node: from.clone() }).await.map_err(|_| "marking it rejoined".to_owned())?;
     tracing::info!(node = %from, primary = %to, "old primary rejoined as a standby");
+    // It was left out of the new primary's commit quorum while it was stopped (waiting for
+    // it would have stalled every commit); a quorum member again, it counts again.
+    let rejoined = w.state.borrow().clone();
+    let value = crate::failover::quorum_value(crate::failover::quorum_in_force(&rejoined), to);
+    primary.set_quorum(&value).await.map_err(|e| e.to_string())?;
+    tracing::info!(synchronous_standby_names = %value, "commit quorum with the rejoined standby");
     Ok(())
 }
