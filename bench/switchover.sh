@@ -112,10 +112,11 @@ PGBENCH_START=$EPOCHREALTIME
 PGBENCH_PID=$!
 BENCH_PIDS+=("$PGBENCH_PID")
 PGBENCH_END=$(awk -v s="$PGBENCH_START" -v d="$DURATION" 'BEGIN {printf "%.3f", s + d}')
+python3 "$BENCH_DIR/cpu_split.py" start "$D/cpu-before-1.json"
 sleep "$WARMUP"
 
 # --- the switchovers --------------------------------------------------------------------------
-printf 'k\tfrom\tto\tstart\tend\trc\tload1\tready_s\tquorum\n' >"$D/switchovers.tsv"
+printf 'k\tfrom\tto\tstart\tend\trc\tload1\tready_s\tquorum\tothers_before\tbusy_during\n' >"$D/switchovers.tsv"
 DONE=0
 STOPPED_EARLY=""
 primary=pg1
@@ -135,17 +136,26 @@ for ((k = 1; k <= SWITCHOVERS; k++)); do
         break
     fi
     load=$(load1)
+    # How much of the machine other work took in the steady load before (this run's processes:
+    # the script's descendants and the servers, which the agents start outside it), and how
+    # busy the machine was during the switchover.
+    others=$(python3 "$BENCH_DIR/cpu_split.py" end "$D/cpu-before-$k.json" $$ \
+        $(head -qn1 "$C"/{pg1,s1,s2}/postmaster.pid 2>/dev/null) | awk '{print $2}' || echo '')
+    bs0=$(busy_steal)
     log "switchover $k: $primary → $to (load $load)"
     rc=0
     start=$EPOCHREALTIME
     timeout "$SWITCH_LIMIT" "$TANDEM_BIN" switchover --to "$to" --yes --pause-timeout-ms "$PAUSE_TIMEOUT_MS" \
         "${HA_WITNESS_IDS[@]}" >"$D/switch-$k.out" 2>&1 || rc=$?
     end=$EPOCHREALTIME
+    busy=$(awk -v a="$(busy_steal)" -v b="$bs0" -v t0="$start" -v t1="$end" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); printf "%.0f", (x[1] - y[1]) / ((t1 - t0) * hz * n) * 100 }')
     ha_state >"$D/state-$k.json" || true
     new=$(jq -r '.primary // empty' "$D/state-$k.json" 2>/dev/null || true)
     # The primary's commit quorum afterwards (whom its commits wait for until the next one).
     quorum=$(sql "$(ha_port "${new:-$primary}")" 'SHOW synchronous_standby_names' 2>/dev/null || echo '?')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$primary" "$to" "$start" "$end" "$rc" "$load" "$ready_s" "$quorum" >>"$D/switchovers.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$primary" "$to" "$start" "$end" "$rc" "$load" "$ready_s" "$quorum" \
+        "$others" "$busy" >>"$D/switchovers.tsv"
     DONE=$k
     log "switchover $k: rc $rc, $(grep -h -E '^(Write pause|Done):' "$D/switch-$k.out" | paste -sd' ' || true); ${new:-?}'s synchronous_standby_names: $quorum"
     if ((rc != 0)) || [[ $new != "$to" ]]; then
@@ -155,6 +165,7 @@ for ((k = 1; k <= SWITCHOVERS; k++)); do
         break
     fi
     primary=$to
+    python3 "$BENCH_DIR/cpu_split.py" start "$D/cpu-before-$((k + 1)).json"
     sleep "$STEADY"
 done
 UNTIL_END=$(awk -v e="$PGBENCH_END" -v n="$EPOCHREALTIME" 'BEGIN {printf "%d", e - n}')

@@ -99,7 +99,8 @@ for line in open(os.path.join(d, "switchovers.tsv")):
         continue
     k, frm, to, start, end, xrc, load, ready = f[:8]
     r = dict(k=int(k), frm=frm, to=to, start=float(start), end=float(end), rc=int(xrc), load=load, ready=float(ready),
-             quorum=f[8] if len(f) > 8 else "?")
+             quorum=f[8] if len(f) > 8 else "?", others=f[9] + "%" if len(f) > 9 and f[9] else "—",
+             busy=f[10] + "%" if len(f) > 10 and f[10] else "—")
     cli = open(os.path.join(d, f"switch-{k}.out"), errors="replace").read()
     r["cli"] = cli
     m = re.search(r"Write pause: (\d+) ms", cli)
@@ -348,17 +349,20 @@ print()
 print("Times in ms. Phases from the group's history; \"clients: max\" is the longest pgbench transaction that ended between")
 print("the pause and 2 s after the publication; \"p99 ±1 s\" over the transactions that ended within 1 s of the pause")
 print("(n of them); \"no commit\" the longest time without any transaction ending; \"writer\" its longest insert across the pause.")
+print("\"others' CPU before\": the share of the machine (100% = both cores) that processes not of this benchmark used in")
+print("the steady load before the switchover; \"busy during\": how busy the machine was from the CLI call to its return.")
 print()
-print("| # | from → to | load | checking | " + " | ".join(names) + " | **group total** | CLI \"Write pause\" | proxy paused | published → first commit | **clients: max** | p99 ±1 s (n) | no commit | writer | proxies / clients paused | rejoined after | status |")
-print("|---:|---|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
+print("| # | from → to | load | others' CPU before | busy during | checking | " + " | ".join(names) + " | **group total** | CLI \"Write pause\" | proxy paused | published → first commit | **clients: max** | p99 ±1 s (n) | no commit | writer | proxies / clients paused | rejoined after | status |")
+print("|---:|---|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
 for r in rows:
     if "published" not in r:
         status = f"**failed** (exit {r['rc']})"
-        print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | — | " + " | ".join("—" for _ in names)
+        print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | {r['others']} | {r['busy']} | — | " + " | ".join("—" for _ in names)
               + f" | — | — | — | — | **{ms(r['client_max']).replace(' ms', '')}** | — | {r['gap']:.0f} | — | — | — | {status} |")
         continue
     status = "ok" if r["rc"] == 0 and r["rejoined_cli"] else f"exit {r['rc']}" + ("" if r["rejoined_cli"] else ", old primary not a standby when the CLI returned")
-    print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | {r['checking_ms']:.0f} | " if r.get("checking_ms") is not None else f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | — | ", end="")
+    print(f"| {r['k']} | {r['frm']} → {r['to']} | {r['load']} | {r['others']} | {r['busy']} | "
+          + (f"{r['checking_ms']:.0f} | " if r.get("checking_ms") is not None else "— | "), end="")
     print(" | ".join(str(r["phases"].get(p, "—")) for p in names)
           + f" | **{r['total']}** | {r.get('cli_pause') or '—'} | {r.get('proxy_paused') or '—'} | {ms(r.get('first_commit')).replace(' ms', '')} | **{r['client_max']:.0f}** | {r['p99_switch']:.1f} ({r['n_switch']}) | "
           f"{r['gap']:.0f} | {r['writer_max']:.0f} | {r['proxies_clients']} | {r['rejoin_ms'] if r.get('rejoin_ms') is not None else '—'} | {status} |")
