@@ -2,11 +2,11 @@
 # Failover benchmark (issue #17): kill -9 of the primary's postmaster under load, through the
 # proxy, in sync and in async mode; writes bench/results/failover-<date>-<HHMM>.md.
 #
-# Every round is a fresh Tandem HA cluster on this machine, assembled as tests/src/ha.rs
-# does: primary pg1 (a copy of one initdb + `pgbench -i` template), standbys s1 and s2 made by
-# `tandem replica add` (s1 reads the relay's WAL by path, s2 over HTTP), the WAL relay
-# (`tandem replicator --replication physical --mode sync|async`), three witnesses and the proxy
-# following the group. Load through the proxy: pgbench TPC-B (-c $CLIENTS, restarted whenever
+# Every round is a fresh Tandem HA cluster on this machine (bench/ha_cluster.sh), assembled as
+# tests/src/ha.rs does: primary pg1 (a copy of one initdb + `pgbench -i` template), standbys s1
+# and s2 made by `tandem replica add` (s1 reads the relay's WAL by path, s2 over HTTP), the WAL
+# relay (`tandem replicator --replication physical --mode sync|async`), three witnesses and the
+# proxy following the group. Load through the proxy: pgbench TPC-B (-c $CLIENTS, restarted whenever
 # its clients abort) and a writer (bench/failover_writer.py) that inserts unique ids and
 # records every outcome with timestamps and the server that committed it. After $LOAD_SECONDS
 # s, kill -9 of pg1's postmaster; then, per round:
@@ -28,6 +28,10 @@
 #   LOGDIR=<where failed rounds' logs are kept> OUT=<file>
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# The knobs as given, before any is made an array (arrays are not exported).
+INVOCATION="$(env | grep -E '^(ROUNDS|MODES|LOAD_SECONDS|AFTER_SECONDS|FAILOVER_LIMIT|CLIENTS|THREADS|SCALE|WRITERS|KILL|MAX_LOAD|LOAD_WAIT|WITNESS_ARGS|PROXY_ARGS|RELAY_ARGS|TANDEM_BIN|SKIP_BUILD)=' | sort | paste -sd' ') bench/failover.sh"
+INVOCATION=${INVOCATION# }
+source "$(dirname "$0")/ha_cluster.sh"
 
 ROUNDS=${ROUNDS:-20}
 MODES=(${MODES:-sync async})
@@ -44,57 +48,21 @@ MAX_LOAD=${MAX_LOAD:-4}
 # average near 10 on two cores, so by default nothing waits for it; each round records how
 # much of the machine other work took instead (see "others' CPU").
 LOAD_WAIT=${LOAD_WAIT:-0}
-WITNESS_ARGS=(${WITNESS_ARGS:-})
-PROXY_ARGS=(${PROXY_ARGS:-})
-RELAY_ARGS=(${RELAY_ARGS:-})
 STAMP=$(date +%Y-%m-%d-%H%M)
 OUT=${OUT:-$BENCH_DIR/results/failover-$STAMP.md}
 LOGDIR=${LOGDIR:-/tmp/tandem-bench-failover-logs-$STAMP}
-SETUP_LIMIT=60
 [[ $KILL == postmaster || $KILL == server ]] || die "KILL must be postmaster or server"
-INVOCATION="$(env | grep -E '^(ROUNDS|MODES|LOAD_SECONDS|AFTER_SECONDS|FAILOVER_LIMIT|CLIENTS|THREADS|SCALE|WRITERS|KILL|MAX_LOAD|LOAD_WAIT|WITNESS_ARGS|PROXY_ARGS|RELAY_ARGS|TANDEM_BIN|SKIP_BUILD)=' | sort | paste -sd' ') bench/failover.sh"
-INVOCATION=${INVOCATION# }
 
 python3 -c 'import psycopg' 2>/dev/null || die "the writer needs psycopg 3: python3 -m pip install 'psycopg[binary]'"
 UPTIME_START=$(uptime | sed 's/^ *//')
 bench_init failover
-if [[ -n ${TANDEM_BIN:-} ]]; then
-    [[ -x $TANDEM_BIN ]] || die "TANDEM_BIN=$TANDEM_BIN is not executable"
-    BIN_DESC="the binary given as TANDEM_BIN=$TANDEM_BIN"
-else
-    build_tandem
-    BIN_DESC="release build"
-fi
-# A copy: a rebuild of the original cannot change the binary under the run, and the
-# standbys' restore_command (`tandem wal-fetch`, run by the postgres user) finds it here.
-cp "$TANDEM_BIN" "$WORK/tandem"
-chmod 755 "$WORK/tandem"
-TANDEM_BIN="$WORK/tandem"
-BIN_VERSION=$("$TANDEM_BIN" --version 2>/dev/null || echo unknown)
+ha_binary
 MACHINE=$(machine_info)
 mkdir -p "$WORK/rounds"
 cp "$BENCH_DIR/failover_writer.py" "$WORK/writer.py"
 
 # --- the template: initdb and pgbench -i once; every round's pg1 is a copy --------------
-T_PORT=$(free_port)
-pg_create template "$T_PORT"
-cat >>"$WORK/template/postgresql.conf" <<EOF
-shared_buffers = 128MB
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-wal_log_hints = on
-log_min_messages = warning
-EOF
-pg_start template
-log "pgbench -i -s $SCALE into the template"
-pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$T_PORT" -U postgres postgres >"$WORK/pgbench-init.log" 2>&1 \
-    || die "pgbench -i failed (see $WORK/pgbench-init.log)"
-psql -X -q -h 127.0.0.1 -p "$T_PORT" -U postgres -d postgres \
-    -c 'CREATE TABLE failover_writes (id bigint PRIMARY KEY)' -c 'VACUUM ANALYZE' -c 'CHECKPOINT' >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$WORK/template" -w -t 60 stop -m fast >/dev/null || die "could not stop the template"
-TEMPLATE_SETTINGS=$(grep -A40 '^# --- tandem bench' "$WORK/template/postgresql.conf" | grep -v '^#' | grep . \
-    | grep -v -E '^(port|unix_socket)' | sed 's/ *= */=/' | awk -F= '{v[$1]=$0; if (!($1 in o)) {o[$1]=n++; k[n-1]=$1}} END {for (i=0;i<n;i++) printf "%s%s", (i?", ":""), v[k[i]]}')
+ha_template "$SCALE"
 
 # --- helpers -------------------------------------------------------------------------------
 cat >"$WORK/wait_failover.py" <<'EOF'
@@ -343,28 +311,7 @@ if r.get("old_left"):
 json.dump(res, open(out, "w"), indent=1)
 EOF
 
-# busy_steal: machine-wide "BUSY STEAL" clock ticks so far.
-busy_steal() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9; exit}' /proc/stat; }
 TICKS=$(getconf CLK_TCK)
-
-# wait_until_sql PORT SQL WANT SECONDS: until SQL on 127.0.0.1:PORT prints WANT.
-wait_until_sql() {
-    local port=$1 sql=$2 want=$3 limit=$4 i
-    for ((i = 0; i < limit * 5; i++)); do
-        [[ $(psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$sql" 2>/dev/null) == "$want" ]] && return 0
-        sleep 0.2
-    done
-    return 1
-}
-
-# descendants PID...: the PIDs and all their descendants.
-descendants() {
-    local p
-    for p in "$@"; do
-        echo "$p"
-        descendants $(pgrep -P "$p" 2>/dev/null || true)
-    done
-}
 
 # --- one round -------------------------------------------------------------------------------
 RUNS_DIR="$WORK/rounds"
@@ -383,88 +330,26 @@ round() { # MODE ROUND
     load_before=$(load1)
     log "round $n $mode: setting up (load $load_before)"
 
-    local P_PORT S1_PORT S2_PORT RELAY_PORT PROXY_PORT W_PORTS=() i
-    P_PORT=$(free_port); S1_PORT=$(free_port); S2_PORT=$(free_port); RELAY_PORT=$(free_port); PROXY_PORT=$(free_port)
-    for i in 1 2 3; do W_PORTS+=("$(free_port)"); done
-    local P_URL="postgres://postgres@127.0.0.1:$P_PORT/postgres"
-    local witness_flags=() node_flags=()
-    for i in 1 2 3; do witness_flags+=(--witness "$i=127.0.0.1:${W_PORTS[$((i - 1))]}"); done
-    node_flags=(--node "pg1=127.0.0.1:$P_PORT" --node "s1=127.0.0.1:$S1_PORT" --node "s2=127.0.0.1:$S2_PORT")
-    local addr_flags=()
-    for i in 1 2 3; do addr_flags+=(--witness "127.0.0.1:${W_PORTS[$((i - 1))]}"); done
-    local relay_pid="" writer_pid="" sampler_pid="" loop_pid=""
-
-    setup() {
-        cp -a "$WORK/template" "$R/pg1"
-        printf "port = %s\nunix_socket_directories = '%s'\ncluster_name = 'pg1'\n" "$P_PORT" "$R" >>"$R/pg1/postgresql.conf"
-        BENCH_PGDATA+=("$R/pg1")
-        as_pg "$PG_BIN/pg_ctl" -D "$R/pg1" -l "$R/pg1.log" -w -t 60 start >/dev/null || { reason="pg1 did not start"; return 1; }
-        local s port relay
-        for s in s1 s2; do
-            if [[ $s == s1 ]]; then port=$S1_PORT relay="$R/relay/wal"; else port=$S2_PORT relay="http://127.0.0.1:$RELAY_PORT"; fi
-            "$TANDEM_BIN" replica add "$s" --from "$P_URL" --data-dir "$R/$s" --port "$port" --relay "$relay" --no-start \
-                >"$R/replica-add-$s.log" 2>&1 || { reason="tandem replica add $s failed: $(tail -2 "$R/replica-add-$s.log")"; return 1; }
-            BENCH_PGDATA+=("$R/$s")
-            as_pg "$PG_BIN/pg_ctl" -D "$R/$s" -l "$R/$s.log" -w -t 60 start >/dev/null || { reason="$s did not start"; return 1; }
-        done
-        local cmd
-        for i in 1 2 3; do
-            cmd=("$TANDEM_BIN" witness --id "$i" --data-dir "$R/w$i" "${node_flags[@]}" --primary-node pg1 "${witness_flags[@]}" "${WITNESS_ARGS[@]}")
-            ((n == 1)) && [[ $i == 1 ]] && COMMANDS+=("witness: ${cmd[*]}")
-            spawn "$R/w$i.log" "${cmd[@]}"
-        done
-        for i in 1 2 3; do wait_port "${W_PORTS[$((i - 1))]}" 30 || { reason="witness $i did not listen"; return 1; }; done
-        cmd=("$TANDEM_BIN" proxy --primary "pg1=127.0.0.1:$P_PORT" --replica "s1=127.0.0.1:$S1_PORT" --replica "s2=127.0.0.1:$S2_PORT"
-            "${addr_flags[@]}" --listen "127.0.0.1:$PROXY_PORT" "${PROXY_ARGS[@]}")
-        ((n == 1)) && COMMANDS+=("proxy: ${cmd[*]}")
-        spawn "$R/proxy.log" "${cmd[@]}"
-        wait_port "$PROXY_PORT" 30 || { reason="the proxy did not listen"; return 1; }
-        cmd=("$TANDEM_BIN" replicator --replication physical --mode "$mode" --primary "$P_URL"
-            --replica "s1=postgres://postgres@127.0.0.1:$S1_PORT/postgres" --replica "s2=postgres://postgres@127.0.0.1:$S2_PORT/postgres"
-            --data-dir "$R/relay" --status-listen "127.0.0.1:$RELAY_PORT" "${addr_flags[@]}" "${RELAY_ARGS[@]}")
-        ((n == 1)) && COMMANDS+=("relay ($mode): ${cmd[*]}")
-        spawn "$R/relay.log" "${cmd[@]}"
-        relay_pid=$SPAWNED_PID
-        wait_port "$RELAY_PORT" 30 || { reason="the relay did not listen"; return 1; }
-        # Ready as tests/src/ha.rs: the relay reported its quorum to the group, both standbys
-        # and the relay stream, (sync) the relay set the quorum, and a write passes the proxy.
-        for ((i = 0; i < SETUP_LIMIT * 5; i++)); do
-            curl -fsS --max-time 1 "http://127.0.0.1:${W_PORTS[0]}/v1/cluster" 2>/dev/null \
-                | jq -e '.state.replicator.slot != null and (.state.replicator.flushed | type == "string")' >/dev/null 2>&1 && break
-            sleep 0.2
-        done
-        ((i < SETUP_LIMIT * 5)) || { reason="the relay did not report to the group within ${SETUP_LIMIT}s"; return 1; }
-        wait_until_sql "$P_PORT" "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name IN ('s1', 's2', 'tandem_relay')" 3 "$SETUP_LIMIT" \
-            || { reason="s1, s2 and the relay not all streaming within ${SETUP_LIMIT}s"; return 1; }
-        if [[ $mode == sync ]]; then
-            wait_until_sql "$P_PORT" "SELECT current_setting('synchronous_standby_names') LIKE '%tandem_relay%'" t "$SETUP_LIMIT" \
-                || { reason="the relay did not set synchronous_standby_names within ${SETUP_LIMIT}s"; return 1; }
-        fi
-        for ((i = 0; i < SETUP_LIMIT * 5; i++)); do
-            psql -X -q -h 127.0.0.1 -p "$PROXY_PORT" -U postgres -d postgres -c 'CREATE TABLE IF NOT EXISTS ha_ready (id int)' >/dev/null 2>&1 && break
-            sleep 0.2
-        done
-        ((i < SETUP_LIMIT * 5)) || { reason="no write through the proxy within ${SETUP_LIMIT}s of the setup"; return 1; }
-        return 0
-    }
-
-    if ! setup; then
+    local writer_pid="" sampler_pid="" loop_pid="" p d
+    if ! ha_start "$R" "$mode"; then
         status=setup_failed
+        reason=$HA_REASON
         log "round $n $mode: setup failed: $reason"
     else
+        ((n == 1)) && COMMANDS+=("${HA_COMMANDS[@]}")
         # Load: the writer, pgbench (restarted whenever its clients abort), the relay sampler.
-        python3 "$WORK/writer.py" "host=127.0.0.1 port=$PROXY_PORT user=postgres dbname=postgres connect_timeout=2" \
+        python3 "$WORK/writer.py" "host=127.0.0.1 port=$HA_PROXY_PORT user=postgres dbname=postgres connect_timeout=2" \
             "$R/writer.tsv" "$WRITERS" 2>"$R/writer.err" &
         writer_pid=$!
         BENCH_PIDS+=("$writer_pid")
-        python3 "$WORK/sampler.py" "$R/samples.tsv" "http://127.0.0.1:$RELAY_PORT/status" 2>/dev/null &
+        python3 "$WORK/sampler.py" "$R/samples.tsv" "http://127.0.0.1:$HA_RELAY_PORT/status" 2>/dev/null &
         sampler_pid=$!
         BENCH_PIDS+=("$sampler_pid")
         (
             k=0
             while [[ ! -e $R/stop-load ]]; do
                 k=$((k + 1))
-                pgbench -n -c "$CLIENTS" -j "$THREADS" -T 600 -P 1 -h 127.0.0.1 -p "$PROXY_PORT" -U postgres postgres \
+                pgbench -n -c "$CLIENTS" -j "$THREADS" -T 600 -P 1 -h 127.0.0.1 -p "$HA_PROXY_PORT" -U postgres postgres \
                     >"$R/pgbench-$k.log" 2>&1 || true
                 sleep 0.2
             done
@@ -478,7 +363,7 @@ round() { # MODE ROUND
         local pm
         pm=$(head -1 "$R/pg1/postmaster.pid")
         old_children=$(pgrep -P "$pm" | paste -sd' ' || true)
-        psql -X -qAt -h 127.0.0.1 -p "$P_PORT" -U postgres -d postgres -c "SELECT application_name, state, sync_state,
+        psql -X -qAt -h 127.0.0.1 -p "$HA_P_PORT" -U postgres -d postgres -c "SELECT application_name, state, sync_state,
             pg_wal_lsn_diff(pg_current_wal_lsn(), sent_lsn), pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn),
             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication" >"$R/prekill.tsv" 2>/dev/null || true
         cpu_pre=$(python3 "$BENCH_DIR/cpu_split.py" end "$R/cpu.json" $$ "$pm" $(head -qn1 "$R/s1/postmaster.pid" "$R/s2/postmaster.pid" 2>/dev/null) || true)
@@ -494,7 +379,7 @@ round() { # MODE ROUND
         kill_t1=$EPOCHREALTIME
         log "round $n $mode: kill -9 of pg1's $KILL ($pm)"
         local out rc=0
-        out=$(python3 "$WORK/wait_failover.py" "$FAILOVER_LIMIT" "$kill_t" "$R/writer.tsv" "$R/state.json" "${W_PORTS[@]}") || rc=$?
+        out=$(python3 "$WORK/wait_failover.py" "$FAILOVER_LIMIT" "$kill_t" "$R/writer.tsv" "$R/state.json" "${HA_W_PORTS[@]}") || rc=$?
         bs1=$(busy_steal)
         read -r fo_busy fo_steal <<<"$(awk -v a="$bs0" -v b="$bs1" -v t0="$kill_t" -v t1="$EPOCHREALTIME" -v hz="$TICKS" -v n="$(nproc)" 'BEGIN {
             split(a, x, " "); split(b, y, " "); d = (t1 - t0) * hz * n; printf "%.0f %.1f", (y[1] - x[1]) / d * 100, (y[2] - x[2]) / d * 100 }')"
@@ -516,7 +401,7 @@ round() { # MODE ROUND
         # Which ids the new primary has.
         local newp port
         newp=$(jq -r '[.[] | .state? // empty] | max_by(.epoch) | .primary // empty' "$R/state.json" 2>/dev/null || true)
-        case $newp in s1) port=$S1_PORT ;; s2) port=$S2_PORT ;; *) port="" ;; esac
+        case $newp in s1) port=$HA_S1_PORT ;; s2) port=$HA_S2_PORT ;; *) port="" ;; esac
         if [[ -n $port ]]; then
             psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'SELECT id FROM failover_writes' >"$R/ids.txt" 2>"$R/ids.err" \
                 || { rm -f "$R/ids.txt"; [[ $status == ok ]] && { status=failed; reason="could not read the ids on $newp: $(head -2 "$R/ids.err")"; }; }
@@ -528,32 +413,17 @@ round() { # MODE ROUND
         # leaves the quorum on SIGTERM): the relay goes first in the teardown.
         if [[ -n $port ]]; then
             quorum_new=$(psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'SHOW synchronous_standby_names' 2>/dev/null || true)
-            kill -TERM "$relay_pid" 2>/dev/null || true
-            for _ in $(seq 1 50); do kill -0 "$relay_pid" 2>/dev/null || break; sleep 0.1; done
+            kill -TERM "$HA_RELAY_PID" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$HA_RELAY_PID" 2>/dev/null || break; sleep 0.1; done
             quorum_after_relay=$(psql -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'SHOW synchronous_standby_names' 2>/dev/null || true)
         fi
     fi
     load_after=$(load1)
     local teardown_at=$EPOCHREALTIME
 
-    # Tear the round down: our processes (and theirs), then the servers.
-    local pids=("${BENCH_PIDS[@]:$pids_base}") all p
-    all=$(descendants "${pids[@]}" | paste -sd' ')
-    kill -TERM $all 2>/dev/null || true
-    for p in $all; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    local d
-    for d in "${BENCH_PGDATA[@]:$pgdata_base}"; do
-        if [[ -f $d/postmaster.pid ]] && kill -0 "$(head -1 "$d/postmaster.pid")" 2>/dev/null; then
-            as_pg "$PG_BIN/pg_ctl" -D "$d" stop -m immediate >/dev/null 2>&1 || true
-        fi
-    done
+    # Tear the round down: our processes (and theirs), then the servers; pg1's orphans last.
+    ha_stop "$pids_base" "$pgdata_base"
     for p in $old_children; do kill -KILL "$p" 2>/dev/null || true; done
-    BENCH_PIDS=("${BENCH_PIDS[@]:0:$pids_base}")
-    BENCH_PGDATA=("${BENCH_PGDATA[@]:0:$pgdata_base}")
 
     python3 "$WORK/analyze_round.py" "$RUNS_DIR/$rn.json" "$R" mode="$mode" round="$n" status="$status" reason="$reason" \
         load1="$load_before" load_after="$load_after" kill="$kill_t" kill_returned="$kill_t1" old_left="$old_left" \
@@ -839,24 +709,12 @@ EOF
     echo "acknowledged ids are compared with the new primary's table. A round with no new primary, or no"
     echo "write through the proxy, within $FAILOVER_LIMIT s of the kill counts as failed."
     echo
-    echo "## Machine"
-    echo
-    echo "$MACHINE"
-    echo "- disk: $(df -hT "$WORK" | awk 'NR == 2 {print $2 " on " $1}') (every server, the relay and the witnesses on it)"
-    echo "- \`uptime\` before: $UPTIME_START"
-    echo "- \`uptime\` after: $UPTIME_END"
-    echo "- The machine is shared: other builds and tests ran during the benchmark; each round's one-minute"
-    echo "  load before its setup and after the failover is in the table below."
+    ha_machine_section "- The machine is shared: other builds and tests ran during the benchmark; each round's one-minute
+  load before its setup and after the failover is in the table below."
     echo
     echo "$REPORT"
     echo
-    echo "## Setup and exact commands"
-    echo
-    echo '```'
-    echo "$INVOCATION"
-    echo '```'
-    echo
-    echo "- PostgreSQL (pg1; the standbys get the same file from pg_basebackup): $TEMPLATE_SETTINGS; everything else default."
+    ha_setup_section
     echo "- Standbys: \`tandem replica add sN --from postgres://postgres@127.0.0.1:PG1/postgres --data-dir DIR --port PORT --relay RELAY --no-start\`"
     echo "  (s1: \`--relay RELAYDIR/wal\`, s2: \`--relay http://127.0.0.1:RELAY_STATUS_PORT\`), then \`pg_ctl start\`."
     echo "- A round starts the load once the relay reported its quorum to the group, s1, s2 and the relay stream,"
