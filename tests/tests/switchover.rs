@@ -239,6 +239,12 @@ fn a_proxy_that_never_goes_quiet_aborts_it_and_no_other_client_errs() -> Result<
     let state = ha.wait_epoch(2, WAIT)?;
     assert_eq!(state["primary"], "s1");
     wait_until("writes on s1", WAIT, || ha.psql("INSERT INTO checked VALUES (-8)").ok())?;
+    // A target whose replay lags past max_lag_on_switchover (16 MiB) is refused, saying so.
+    ha.node("s2").psql("postgres", "SELECT pg_wal_replay_pause()")?;
+    ha.psql("INSERT INTO checked SELECT -g FROM generate_series(10, 400009) g")?;
+    let (ok, out) = finish(switchover_cli(&ha, &["--to", "s2"]))?;
+    assert!(!ok && out.contains("bytes behind") && out.contains("max_lag_on_switchover"), "{out}");
+    ha.node("s2").psql("postgres", "SELECT pg_wal_replay_resume()")?;
     let leader = ha.leader()?;
     let (_, metrics) = tandem_tests::ha::http(ha.witness_ports[leader], "GET", "/metrics", None, None)?;
     assert!(metrics.contains("tandem_witness_switchovers_in_history 1\n"), "{metrics}");
