@@ -74,15 +74,7 @@ pub async fn failover(file: Option<PathBuf>, args: FailoverArgs) -> anyhow::Resu
     let state = serde_json::to_value(&view.state)?;
     let primary = state["primary"].as_str().unwrap_or("?").to_owned();
     let epoch = state["epoch"].as_u64().unwrap_or(0);
-    let standbys: Vec<String> = state["nodes"]
-        .as_object()
-        .map(|n| {
-            n.values()
-                .filter(|v| v["role"] == "standby")
-                .filter_map(|v| v["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let standbys = standbys(&state);
     println!("Current primary: {primary} (epoch {epoch}); standbys: {}", standbys.join(", "));
     if let Some(to) = &args.to {
         if !standbys.contains(to) {
@@ -120,6 +112,19 @@ async fn follow(client: &WitnessClient, epoch: u64, started: Instant, wait: Dura
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the failover did not finish within {} s (it goes on; see `tandem status`)", wait.as_secs())
+}
+
+/// The standbys' names in the group's `state`.
+pub(crate) fn standbys(state: &Value) -> Vec<String> {
+    state["nodes"]
+        .as_object()
+        .map(|n| {
+            n.values()
+                .filter(|v| v["role"] == "standby")
+                .filter_map(|v| v["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Asks `question` with ` [y/N] `; anything but yes is an error ("aborted").

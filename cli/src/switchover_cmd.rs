@@ -9,15 +9,16 @@
 //! back as a standby. `--cancel` withdraws a switchover that has not stopped the primary.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 use tandem_witness::client::WitnessClient;
 
-use crate::operate_cmd::{client, confirm, Progress};
+use crate::operate_cmd::{client, confirm, standbys, Progress};
 use crate::witness_cmd::ClusterArgs;
+use tandem_witness::node::now_ms;
 
 /// Flags of `tandem switchover`.
 #[derive(Args, Debug)]
@@ -93,22 +94,6 @@ pub async fn switchover(file: Option<PathBuf>, args: SwitchoverArgs) -> anyhow::
         return Ok(());
     }
     follow(&client, epoch, &primary, started, Duration::from_secs(args.wait_s)).await
-}
-
-fn standbys(state: &Value) -> Vec<String> {
-    state["nodes"]
-        .as_object()
-        .map(|n| {
-            n.values()
-                .filter(|v| v["role"] == "standby")
-                .filter_map(|v| v["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// `--at`: RFC 3339, or `+N{s,m,h}` from now.
